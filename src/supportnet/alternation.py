@@ -1,0 +1,232 @@
+"""Training schedules: SGD, B-alternation and I-alternation (paper Sec. 4.1-4.2).
+
+Each schedule is a small controller that the training loop consults at three
+points: the start of an epoch (which phase? re-estimate the support?), before
+every step (hand the layers their support) and the end of an epoch (has the
+loss plateaued?).
+
+* ``sgd``: every epoch free.
+* ``b-alt``: ``warmup`` free epochs, then every step computes one support for
+  the mini-batch from its own activations (Eq. 39-41) and trains under it.
+* ``i-alt``: ``warmup`` free epochs, then rounds. A round estimates every
+  example's support with the weights at its start, then trains the weights
+  with those supports fixed until the training loss plateaus (relative drop
+  below ``plateau_tol`` for ``patience`` epochs), between ``min_gap`` and
+  ``max_gap`` epochs (the paper used gaps of 4 to 50).
+
+Two interchangeable I-alternation back ends:
+
+* ``stored``: one pass over the training set writes every support, bit-packed,
+  into a :class:`~supportnet.masks.MaskStore` (memory or memory-mapped file).
+* ``snapshot``: a frozen copy of the weights from the start of the round
+  recomputes the support of each batch; no storage, one extra forward a step.
+
+Supports are estimated in eval mode (dropout off), so without augmentation
+both back ends give the same masks, bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import SupportConfig
+from .data import Split, batches
+from .layers import configure, record_masks, set_instance_masks, threshold_layers
+from .masks import MaskStore
+
+PROBE_SIZE = 4096  # examples used to measure support change for the snapshot back end
+
+
+class Schedule:
+    """Base controller: plain SGD (every epoch free)."""
+
+    name = "sgd"
+
+    def __init__(self, cfg: SupportConfig, model: nn.Module, train: Split, device: torch.device,
+                 run_dir: Path | None = None, eval_batch_size: int = 1000):
+        self.cfg, self.model, self.train, self.device = cfg, model, train, device
+        self.run_dir, self.eval_batch_size = run_dir, eval_batch_size
+        self.phase = "sgd"
+        self.round = 0
+        self.lr_factor = 1.0
+        configure(model, apply=cfg.apply, rule=cfg.rule, beta=cfg.beta, tau=cfg.tau, mode="free")
+
+    def start_epoch(self, epoch: int) -> dict:
+        """Called before epoch ``epoch`` (0-based). Returns events to log."""
+        configure(self.model, mode="free")
+        return {"phase": self.phase, "round": self.round, "reestimated": False,
+                "mask_change": float("nan"), "est_seconds": 0.0}
+
+    def before_step(self, x: torch.Tensor, index: torch.Tensor) -> None:
+        """Called before each training forward pass."""
+
+    def end_epoch(self, obj_loss: float) -> None:
+        """Called after the epoch's training with its mean training-objective loss."""
+
+    def state_dict(self) -> dict:
+        return {"phase": self.phase, "round": self.round}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.phase, self.round = state["phase"], state["round"]
+
+
+class BAlternation(Schedule):
+    """B-alternation: one support per mini-batch, computed on the fly (Eq. 39-41)."""
+
+    name = "b-alt"
+
+    def start_epoch(self, epoch: int) -> dict:
+        if epoch < self.cfg.warmup:
+            self.phase, self.lr_factor = "warmup", 1.0
+            configure(self.model, mode="free")
+        else:
+            self.phase, self.lr_factor = "b-alt", self.cfg.lr_scale
+            configure(self.model, mode="batch", apply=self.cfg.apply, rule=self.cfg.rule, beta=self.cfg.beta)
+        return {"phase": self.phase, "round": self.round, "reestimated": False,
+                "mask_change": float("nan"), "est_seconds": 0.0}
+
+
+class IAlternation(Schedule):
+    """I-alternation: per-example supports re-estimated in rounds (Sec. 4.1)."""
+
+    name = "i-alt"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.store: MaskStore | None = None
+        self.snapshot: nn.Module | None = None
+        self.round_epochs = 0
+        self.below = 0
+        self.prev_loss: float | None = None
+        self.need_new = True
+        self.shapes: list[tuple[int, ...]] | None = None
+
+    # -- support estimation ----------------------------------------------------
+    def _layer_shapes(self) -> list[tuple[int, ...]]:
+        if self.shapes is None:
+            masks = record_masks(self._eval_model(self.model), self.train.x[:1].to(self.device))
+            self.model.train()
+            self.shapes = [tuple(m.shape[1:]) for m in masks]
+        return self.shapes
+
+    @staticmethod
+    def _eval_model(model: nn.Module) -> nn.Module:
+        return model.eval()
+
+    def estimate_store(self) -> MaskStore:
+        """One pass over the training set in eval mode, writing every support (bit-packed)."""
+        shapes = self._layer_shapes()
+        path = None
+        if self.cfg.store == "file" and self.run_dir is not None:
+            path = self.run_dir / f"masks-round{self.round:03d}.smask"
+        store = MaskStore(len(self.train), shapes, path=path)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for x, _, idx in batches(self.train, self.eval_batch_size):
+                store.write(idx, record_masks(self.model, x.to(self.device)))
+        except BaseException:
+            store.discard()
+            raise
+        finally:
+            self.model.train(was_training)
+        return store.finalize()
+
+    def _probe_masks(self, model: nn.Module) -> torch.Tensor:
+        n = min(PROBE_SIZE, len(self.train))
+        model.eval()
+        out = []
+        for x, _, _ in batches(Split(self.train.x[:n], self.train.y[:n]), self.eval_batch_size):
+            out.append(torch.cat([m.reshape(m.shape[0], -1) for m in record_masks(model, x.to(self.device))], 1))
+        return torch.cat(out)
+
+    def reestimate(self) -> dict:
+        t0 = time.perf_counter()
+        change = float("nan")
+        if self.cfg.backend == "stored":
+            old = self.store
+            self.store = self.estimate_store()
+            if old is not None:
+                change = self.store.changed_fraction(old)
+                old_path = old.path
+                del old
+                if old_path is not None and old_path != self.store.path:
+                    old_path.unlink(missing_ok=True)
+        else:
+            old_snap = self.snapshot
+            snap = copy.deepcopy(self.model).eval()
+            for p in snap.parameters():
+                p.requires_grad_(False)
+            if old_snap is not None:
+                change = (self._probe_masks(old_snap) != self._probe_masks(snap)).float().mean().item()
+            self.snapshot = snap
+        self.model.train()
+        return {"mask_change": change, "est_seconds": time.perf_counter() - t0}
+
+    # -- controller hooks ------------------------------------------------------
+    def start_epoch(self, epoch: int) -> dict:
+        ev = {"phase": "warmup", "round": self.round, "reestimated": False,
+              "mask_change": float("nan"), "est_seconds": 0.0}
+        if epoch < self.cfg.warmup:
+            self.phase, self.lr_factor = "warmup", 1.0
+            configure(self.model, mode="free")
+            return ev
+        self.phase, self.lr_factor = "i-alt", self.cfg.lr_scale
+        if self.need_new:
+            self.round += 1
+            ev.update(self.reestimate())
+            ev["reestimated"] = True
+            self.need_new = False
+            self.round_epochs = 0
+            self.below = 0
+        configure(self.model, mode="instance", apply=self.cfg.apply)
+        ev["phase"], ev["round"] = self.phase, self.round
+        return ev
+
+    def masks_for(self, x: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
+        if self.cfg.backend == "stored":
+            assert self.store is not None
+            return self.store.read(index, device=self.device)
+        assert self.snapshot is not None
+        return record_masks(self.snapshot, x)
+
+    def before_step(self, x: torch.Tensor, index: torch.Tensor) -> None:
+        if self.phase == "i-alt":
+            set_instance_masks(self.model, self.masks_for(x, index))
+
+    def end_epoch(self, obj_loss: float) -> None:
+        if self.phase == "i-alt":
+            self.round_epochs += 1
+            if self.prev_loss is not None and math.isfinite(self.prev_loss) and self.prev_loss != 0:
+                rel = (self.prev_loss - obj_loss) / abs(self.prev_loss)
+                self.below = self.below + 1 if rel < self.cfg.plateau_tol else 0
+            self.need_new = (self.round_epochs >= self.cfg.max_gap
+                             or (self.round_epochs >= self.cfg.min_gap and self.below >= self.cfg.patience))
+        self.prev_loss = obj_loss
+
+    def state_dict(self) -> dict:
+        return {"phase": self.phase, "round": self.round, "round_epochs": self.round_epochs,
+                "below": self.below, "prev_loss": self.prev_loss, "need_new": self.need_new,
+                "store_checksum": self.store.checksum if self.store is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in ("phase", "round", "round_epochs", "below", "prev_loss", "need_new"):
+            setattr(self, k, state[k])
+
+
+SCHEDULES = {"sgd": Schedule, "b-alt": BAlternation, "i-alt": IAlternation}
+
+
+def make_schedule(cfg: SupportConfig, model: nn.Module, train: Split, device, run_dir=None,
+                  eval_batch_size: int = 1000) -> Schedule:
+    if not threshold_layers(model) and cfg.method != "sgd":
+        from .errors import ConfigError
+
+        raise ConfigError(f"support.method={cfg.method} needs HardThreshold layers and the model has none; "
+                          f"run supportnet.convert(model) first")
+    return SCHEDULES[cfg.method](cfg, model, train, device, run_dir, eval_batch_size)

@@ -1,0 +1,188 @@
+"""The ``supportnet`` command line.
+
+Every user error prints one line, ``supportnet: error: <problem>; <fix>``, and
+exits with code 2; a diverged run exits with 3. No tracebacks for either.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import SupportnetError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints the whole usage otherwise)
+        self.exit(2, f"supportnet: error: {message}; see '{self.prog} --help'\n")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.lr=0.01 (repeatable)")
+    p.add_argument("--data-dir", help="folder holding the data set (searched first)")
+    p.add_argument("--subset", type=int, help="train on a seeded subset of N training examples")
+    p.add_argument("--seed", type=int, help="seed for weights, data order and dropout")
+    p.add_argument("--epochs", type=int, help="number of epochs, warm-up included")
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _shortcuts(a: argparse.Namespace) -> list[str]:
+    sets = []
+    for flag, key in (("data_dir", "data.data_dir"), ("subset", "data.subset"), ("seed", "train.seed"),
+                      ("epochs", "train.epochs"), ("out", "out")):
+        v = getattr(a, flag, None)
+        if v is not None:
+            sets.append(f"{key}={json.dumps(v) if isinstance(v, str) else v}")
+    if getattr(a, "quiet", False):
+        sets.append("quiet=true")
+    for flag, key in (("data", "data.name"), ("model", "model.name"), ("method", "support.method")):
+        v = getattr(a, flag, None)
+        if v is not None:
+            sets.append(f"{key}={v}")
+    return sets
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="supportnet", description="CNN training by weight/support alternation "
+                "(Huang, Kong, Lucey 2017).")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train one model (defaults: convnet-s on Fashion-MNIST, SGD)")
+    t.add_argument("--config", help="YAML config file (see configs/)")
+    t.add_argument("--method", help="support.method: sgd | b-alt | i-alt")
+    t.add_argument("--model", help="model name (supportnet models)")
+    t.add_argument("--data", help="data set name (supportnet data list)")
+    _add_common(t)
+
+    c = sub.add_parser("compare", help="train several methods from the same start; table and plot")
+    c.add_argument("--config", help="base YAML config")
+    c.add_argument("--data", help="data set name")
+    c.add_argument("--model", help="model name")
+    c.add_argument("--methods", default="sgd,b-alt,i-alt",
+                   help="comma-separated methods, e.g. sgd,b-alt,i-alt,i-alt[backend=stored]")
+    _add_common(c)
+
+    sub.add_parser("models", help="list the registered models with their parameter counts")
+
+    d = sub.add_parser("data", help="list, check or fetch data sets")
+    dsub = d.add_subparsers(dest="data_cmd", metavar="ACTION", parser_class=_Parser)
+    dsub.add_parser("list", help="list the registered data sets")
+    dc = dsub.add_parser("check", help="report where a data set was found and whether it verifies")
+    dc.add_argument("name")
+    dc.add_argument("--data-dir")
+    df = dsub.add_parser("fetch", help="download a data set with checksum verification")
+    df.add_argument("name")
+    df.add_argument("--root", help="target folder (default ~/.cache/supportnet/NAME)")
+    df.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _split_methods(s: str) -> list[str]:
+    out, depth, cur = [], 0, ""
+    for ch in s:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur:
+        out.append(cur)
+    return [m.strip() for m in out if m.strip()]
+
+
+def cmd_train(a) -> int:
+    from .config import load_config
+    from .train import fit
+
+    cfg = load_config(a.config, _shortcuts(a) + a.overrides)
+    out = fit(cfg)
+    print(f"run folder: {out}")
+    return 0
+
+
+def cmd_compare(a) -> int:
+    from .compare import compare
+    from .config import load_config
+    from .report import markdown_table
+
+    cfg = load_config(a.config, _shortcuts(a) + a.overrides)
+    out = Path(cfg.out or "runs/compare")
+    summary = compare(cfg, _split_methods(a.methods), out)
+    print(markdown_table(summary["methods"]), end="")
+    print(f"written: {out / 'summary.json'}, {out / 'table.md'}, {out / 'curves.png'}")
+    return 0
+
+
+def cmd_models(a) -> int:
+    from .models import count_params, create_model, list_models, model_note
+
+    print(f"{'name':14s} {'input':>10s} {'params':>10s}  note")
+    for name in list_models():
+        from .models import default_input
+
+        shape = default_input(name)
+        n = count_params(create_model(name, in_shape=shape, num_classes=default_classes(name)))
+        print(f"{name:14s} {'x'.join(map(str, shape)):>10s} {n:10,d}  {model_note(name)}")
+    return 0
+
+
+def default_classes(name: str) -> int:
+    return 1000 if name.endswith("-imagenet") else 10
+
+
+def cmd_data(a) -> int:
+    from .data import DATASETS, check_dataset, fetch_dataset, get_spec
+
+    if a.data_cmd in (None, "list"):
+        for name, spec in sorted(DATASETS.items()):
+            print(f"{name:16s} {spec.num_classes:4d} classes  {spec.note}")
+        return 0
+    if a.data_cmd == "check":
+        get_spec(a.name)
+        rows = check_dataset(a.name, getattr(a, "data_dir", None))
+        for r in rows:
+            print(f"{'OK ' if r['ok'] else 'BAD'} {r['file']:30s} {r['path'] or '-':60s} {r['how']}")
+        ok = all(r["ok"] for r in rows)
+        print(f"{a.name}: {'verified' if ok else 'NOT verified'}")
+        if not ok:
+            print(f"supportnet: error: data set {a.name!r} is missing or fails verification; "
+                  f"run 'supportnet data fetch {a.name}'", file=sys.stderr)
+        return 0 if ok else 2
+    if a.data_cmd == "fetch":
+        dest = fetch_dataset(a.name, a.root, quiet=a.quiet)
+        print(f"{a.name}: verified in {dest}")
+        return 0
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.cmd is None:
+        parser.print_help()
+        return 0
+    try:
+        if a.cmd == "train":
+            return cmd_train(a)
+        if a.cmd == "compare":
+            return cmd_compare(a)
+        if a.cmd == "models":
+            return cmd_models(a)
+        if a.cmd == "data":
+            return cmd_data(a)
+        if a.cmd == "theory":
+            from .theory.cli import run as theory_run
+
+            return theory_run(a)
+    except SupportnetError as e:
+        print(f"supportnet: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("supportnet: interrupted; the last checkpoint in the run folder is intact", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,239 @@
+"""Typed configuration: nested dataclasses, YAML in and out, ``--set key=value`` overrides.
+
+Unknown keys, wrong types and out-of-range values raise :class:`ConfigError`
+with one line naming the key and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist"  # registered data set (supportnet data list)
+    data_dir: str | None = None  # looked up first; then $SUPPORTNET_DATA, ~/.cache/supportnet, /usr/share/datasets
+    subset: int | None = None  # train on a seeded subset of N training examples
+    val: int = 0  # seeded hold-out of N training examples for tuning (never the test set)
+    pad: int = 0  # zero padding on each side (28x28 -> 32x32 with pad=2)
+    normalize: bool = True  # per-channel mean/std from the training split
+
+
+@dataclass
+class ModelConfig:
+    name: str = "convnet-s"  # registered model (supportnet models)
+    kwargs: dict = field(default_factory=dict)  # extra constructor arguments, e.g. {width: 16}
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # total epochs, warm-up included
+    batch_size: int = 128
+    lr: float = 0.05  # peak learning rate
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step | constant
+    milestones: list = field(default_factory=list)  # epochs at which 'step' multiplies lr by gamma
+    gamma: float = 0.1
+    seed: int = 0  # seeds weights, data order and dropout
+    device: str = "cpu"
+    threads: int | None = None  # torch.set_num_threads; None leaves the default
+    eval_batch_size: int = 1000
+    train_eval_size: int = 10000  # training examples evaluated in free mode each epoch (0: skip)
+    maskt: bool = False  # also evaluate with binary masks (the paper's MaskT)
+    stats_every: int = 10  # steps between samples of active fraction and support drift
+    checkpoint_every: int = 1  # epochs between checkpoints (0: only the final one)
+
+
+@dataclass
+class SupportConfig:
+    method: str = "sgd"  # sgd | b-alt | i-alt
+    apply: str = "gated"  # linear (z = m*q, Eq. 13) | gated (z = m*relu_tau(q))
+    rule: str = "energy-rel"  # batch rule: energy (Eq. 41) | energy-rel | vote
+    tau: Any = 0.0  # threshold, one value or one per layer
+    beta: float = 0.1  # Eq. 41's beta (for energy-rel, in units of the layer's mean energy)
+    warmup: int = 1  # epochs of free SGD before alternation starts
+    min_gap: int = 1  # i-alt: fewest epochs between support re-estimations
+    max_gap: int = 4  # i-alt: most epochs between support re-estimations
+    plateau_tol: float = 0.05  # i-alt: relative drop of the training loss below which it has plateaued
+    patience: int = 1  # i-alt: epochs below plateau_tol before re-estimating
+    backend: str = "snapshot"  # i-alt supports: stored (bit-packed MaskStore) | snapshot (frozen weights)
+    store: str = "memory"  # stored back end: memory | file (memory-mapped, in the run folder)
+    lr_scale: float = 1.0  # learning-rate multiplier while a support is held fixed
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    support: SupportConfig = field(default_factory=SupportConfig)
+    out: str | None = None  # run folder (default: runs/<model>-<method>-<time>)
+    quiet: bool = False  # no progress bar
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def copy(self) -> "Config":
+        return from_dict(self.to_dict())
+
+
+METHODS = ("sgd", "b-alt", "i-alt")
+CHOICES = {
+    ("train", "schedule"): ("cosine", "step", "constant"),
+    ("support", "method"): METHODS,
+    ("support", "apply"): ("linear", "gated"),
+    ("support", "rule"): ("energy", "energy-rel", "vote"),
+    ("support", "backend"): ("stored", "snapshot"),
+    ("support", "store"): ("memory", "file"),
+}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp, key: str):
+    """Check ``value`` against the annotation ``tp`` (ints are accepted for floats)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key {key} must be {' or '.join(_type_name(a) for a in args)}, "
+                          f"got {value!r}; fix the value")
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    if (tp is list or origin is list) and isinstance(value, list):
+        return value
+    if (tp is dict or origin is dict) and isinstance(value, dict):
+        return value
+    raise ConfigError(f"config key {key} must be {_type_name(tp)}, got {value!r} "
+                      f"({type(value).__name__}); fix the value")
+
+
+def _build(cls, data: Any, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {prefix or 'top level'} must be a mapping, got {type(data).__name__}; "
+                          f"fix the YAML")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            raise ConfigError(f"unknown config key {key!r}; valid keys{' in ' + prefix if prefix else ''}: "
+                              f"{', '.join(sorted(names))}")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            kwargs[k] = _build(tp, v, key)
+        else:
+            kwargs[k] = _coerce(v, tp, key)
+    return cls(**kwargs)
+
+
+def validate(cfg: Config) -> Config:
+    for (sec, key), allowed in CHOICES.items():
+        v = getattr(getattr(cfg, sec), key)
+        if v not in allowed:
+            raise ConfigError(f"unknown {sec}.{key} {v!r}; choose one of: {', '.join(allowed)}")
+    t, s = cfg.train, cfg.support
+    positive = {"train.epochs": t.epochs, "train.batch_size": t.batch_size, "train.eval_batch_size": t.eval_batch_size,
+                "train.stats_every": t.stats_every}
+    for k, v in positive.items():
+        if v <= 0:
+            raise ConfigError(f"{k} must be a positive integer, got {v}; set it to 1 or more")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr must be positive, got {t.lr}; try 0.05")
+    if not (0 <= t.momentum < 1):
+        raise ConfigError(f"train.momentum must be in [0, 1), got {t.momentum}; try 0.9")
+    if t.weight_decay < 0 or t.train_eval_size < 0 or t.checkpoint_every < 0:
+        raise ConfigError("train.weight_decay, train.train_eval_size and train.checkpoint_every "
+                          "must not be negative; fix the value")
+    if s.warmup < 0 or s.min_gap < 1 or s.max_gap < s.min_gap or s.patience < 1:
+        raise ConfigError(f"support needs warmup >= 0, 1 <= min_gap <= max_gap and patience >= 1 "
+                          f"(got warmup={s.warmup}, min_gap={s.min_gap}, max_gap={s.max_gap}, "
+                          f"patience={s.patience}); fix the values")
+    if s.beta < 0 or s.lr_scale <= 0 or s.plateau_tol < 0:
+        raise ConfigError("support.beta and support.plateau_tol must be >= 0 and support.lr_scale > 0; fix the value")
+    taus = s.tau if isinstance(s.tau, list) else [s.tau]
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in taus):
+        raise ConfigError(f"support.tau must be a number or a list of numbers, got {s.tau!r}; fix the value")
+    if cfg.data.subset is not None and cfg.data.subset <= 0:
+        raise ConfigError(f"data.subset must be positive, got {cfg.data.subset}; drop it to use the whole set")
+    if cfg.data.val < 0 or cfg.data.pad < 0:
+        raise ConfigError("data.val and data.pad must not be negative; fix the value")
+    return cfg
+
+
+def from_dict(data: dict | None) -> Config:
+    return validate(_build(Config, data or {}, ""))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (``yaml.safe_load``) and apply ``key=value`` overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; check the path given to --config")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"config file {p} is not valid YAML{where}; fix the syntax") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {p} is not a text file; pass a YAML file") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(data).__name__}; "
+                              f"see configs/ for examples")
+        data.pop("paper", None)  # documentation only: the paper's row and figure
+    for item in overrides or []:
+        apply_override(data, item)
+    return from_dict(data)
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Apply one ``section.key=value`` override; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value; e.g. --set train.epochs=5")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override key {key!r} is malformed; e.g. --set train.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r} goes through a non-section value; check the key")
+    node[parts[-1]] = value

@@ -1,0 +1,240 @@
+"""Positive hard-thresholding with a support that can be held fixed.
+
+Implements the paper's non-linearity (Huang, Kong, Lucey 2017, Eq. 9)
+
+    eta*(q; tau) = q  if q > tau else 0,
+
+and its re-reading as a binary support ``m = 1[q > tau]`` (Eq. 12-13). One
+module, :class:`HardThreshold`, replaces ``nn.ReLU``. The training loop (never
+the model code) sets its *mode*:
+
+=========  ==================================================================
+mode       forward
+=========  ==================================================================
+free       ``q * 1[q > tau]``; with ``tau == 0`` this *is* ``torch.relu``
+instance   fixed per-example support ``m_n`` supplied by the loop
+batch      support shared by the batch, from this batch's ``q`` (Eq. 39-41)
+binary     ``1[q > tau]``, the mask itself (the paper's "MaskT" test)
+record     as ``free``, and keeps the mask in ``last_mask``
+=========  ==================================================================
+
+How a fixed support ``m`` is applied is a second choice, ``apply``:
+
+* ``linear`` (Eq. 13, literal): ``z = m * q``. With every support fixed the
+  network is linear in its input, which is what Section 3 needs.
+* ``gated``: ``z = m * relu_tau(q)``. The support can only switch units off.
+
+Gradients: the mask is a constant in every mode, so ``dz/dq = m``.
+
+Batch rules (the ``x`` of Eq. 39-41 is the layer's free output ``relu_tau(q)``):
+
+* ``energy`` (Eq. 41): ``m_i = 1[sum_n x_{n,i}^2 > beta]``; ``beta = 0`` is the
+  OR of the examples' supports.
+* ``energy-rel``: ``m_i = 1[sum_n x_{n,i}^2 > beta * mean_j sum_n x_{n,j}^2]``,
+  Eq. 41 with ``beta`` measured in units of the layer's mean energy, so one
+  value works across layers and batch sizes.
+* ``vote`` (the paper's majority-vote remark): ``m_i = 1[mean_n 1[q_{n,i} > tau] > 1/2]``.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+MODES = ("free", "instance", "batch", "binary", "record")
+APPLY = ("linear", "gated")
+RULES = ("energy", "energy-rel", "vote")
+
+
+class _BinaryStraightThrough(torch.autograd.Function):
+    """Forward ``1[q > tau]``; backward multiplies by the same mask (``dz/dq = m``)."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, tau: float) -> torch.Tensor:  # type: ignore[override]
+        m = q > tau
+        ctx.save_for_backward(m)
+        return m.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (m,) = ctx.saved_tensors
+        return grad * m, None
+
+
+def batch_support(q: torch.Tensor, tau: float, rule: str, beta: float) -> torch.Tensor:
+    """The support shared by a batch, shape ``q.shape[1:]`` (bool). No gradient."""
+    with torch.no_grad():
+        if rule == "vote":
+            return (q > tau).float().mean(0) > 0.5
+        x = torch.where(q > tau, q, 0.0)
+        energy = (x.float() ** 2).sum(0)  # (*unit): sum over the batch, Eq. 40
+        if rule == "energy":
+            return energy > beta
+        if rule == "energy-rel":
+            return energy > beta * energy.mean()
+    raise ConfigError(f"unknown batch rule {rule!r}; use one of {', '.join(RULES)}")
+
+
+class HardThreshold(nn.Module):
+    """Positive hard-thresholding ``q * 1[q > tau]`` whose support can be fixed.
+
+    A drop-in replacement for ``nn.ReLU`` (``inplace`` is accepted and ignored).
+    ``tau`` is a per-layer hyperparameter, not trained. See the module docstring
+    for the modes, ``apply`` choices and batch rules.
+    """
+
+    def __init__(self, tau: float = 0.0, inplace: bool = False):
+        super().__init__()
+        self.tau = float(tau)
+        self.mode = "free"
+        self.apply = "gated"
+        self.rule = "energy-rel"
+        self.beta = 0.1
+        self.instance_mask: torch.Tensor | None = None  # (B, *unit) bool, set by the loop
+        self.last_mask: torch.Tensor | None = None  # (B, *unit) bool, record mode
+        self.batch_mask: torch.Tensor | None = None  # (*unit) bool, last batch support
+        self.track = False
+        self.stats = torch.zeros(4, dtype=torch.float64)  # active, total, drift, drift_total
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, mode={self.mode}, apply={self.apply}"
+
+    def reset_stats(self) -> None:
+        self.stats = torch.zeros(4, dtype=torch.float64)
+
+    def _apply_support(self, q: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        if self.apply == "linear":
+            out = torch.where(m, q, 0.0)
+        else:
+            out = torch.where(m & (q > self.tau), q, 0.0)
+        if self.track:
+            with torch.no_grad():
+                free = q > self.tau
+                on = m if self.apply == "linear" else (m & free)
+                self._count(on.expand_as(q).sum(), q.numel(), (free != m).sum(), q.numel())
+        return out
+
+    def _count(self, active, total, drift, drift_total) -> None:
+        self.stats += torch.tensor([float(active), float(total), float(drift), float(drift_total)],
+                                   dtype=torch.float64)
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        mode = self.mode
+        if mode == "free" or mode == "record":
+            out = torch.relu(q) if self.tau == 0.0 else torch.where(q > self.tau, q, 0.0)
+            if mode == "record":
+                self.last_mask = (q > self.tau).detach()
+            if self.track:
+                with torch.no_grad():
+                    self._count((q > self.tau).sum(), q.numel(), 0, 0)
+            return out
+        if mode == "instance":
+            m = self.instance_mask
+            if m is None:
+                raise RuntimeError("HardThreshold in 'instance' mode has no mask; set instance_mask first")
+            if m.shape != q.shape:
+                raise RuntimeError(f"instance mask shape {tuple(m.shape)} does not match activations {tuple(q.shape)}")
+            return self._apply_support(q, m)
+        if mode == "batch":
+            m = batch_support(q, self.tau, self.rule, self.beta)
+            self.batch_mask = m
+            return self._apply_support(q, m.unsqueeze(0))
+        if mode == "binary":
+            out = _BinaryStraightThrough.apply(q, self.tau)
+            if self.track:
+                with torch.no_grad():
+                    self._count((q > self.tau).sum(), q.numel(), 0, 0)
+            return out
+        raise ConfigError(f"unknown HardThreshold mode {mode!r}; use one of {', '.join(MODES)}")
+
+
+def threshold_layers(model: nn.Module) -> list[tuple[str, HardThreshold]]:
+    """Every :class:`HardThreshold` in ``model``, in registration order (the support order)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, HardThreshold)]
+
+
+def configure(model: nn.Module, *, mode: str | None = None, apply: str | None = None,
+              rule: str | None = None, beta: float | None = None, tau=None,
+              track: bool | None = None) -> None:
+    """Set the given attributes on every threshold layer of ``model``.
+
+    ``tau`` may be a number or a list with one value per layer.
+    """
+    if mode is not None and mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if apply is not None and apply not in APPLY:
+        raise ConfigError(f"unknown support.apply {apply!r}; use one of {', '.join(APPLY)}")
+    if rule is not None and rule not in RULES:
+        raise ConfigError(f"unknown support.rule {rule!r}; use one of {', '.join(RULES)}")
+    layers = threshold_layers(model)
+    taus = None
+    if tau is not None:
+        taus = list(tau) if isinstance(tau, (list, tuple)) else [tau] * len(layers)
+        if len(taus) != len(layers):
+            raise ConfigError(f"support.tau has {len(taus)} values but the model has {len(layers)} "
+                              f"threshold layers; give one value or one per layer")
+    for i, (_, layer) in enumerate(layers):
+        if mode is not None:
+            layer.mode = mode
+            if mode != "instance":
+                layer.instance_mask = None
+        if apply is not None:
+            layer.apply = apply
+        if rule is not None:
+            layer.rule = rule
+        if beta is not None:
+            layer.beta = float(beta)
+        if taus is not None:
+            layer.tau = float(taus[i])
+        if track is not None:
+            layer.track = track
+
+
+@contextmanager
+def layer_mode(model: nn.Module, mode: str) -> Iterator[None]:
+    """Temporarily put every threshold layer in ``mode`` (restores the previous modes)."""
+    layers = threshold_layers(model)
+    saved = [(l.mode, l.track) for _, l in layers]
+    configure(model, mode=mode, track=False)
+    try:
+        yield
+    finally:
+        for (_, l), (m, t) in zip(layers, saved):
+            l.mode, l.track = m, t
+
+
+def set_instance_masks(model: nn.Module, masks: list[torch.Tensor]) -> None:
+    """Hand each threshold layer its per-example support (``instance`` mode)."""
+    layers = threshold_layers(model)
+    if len(masks) != len(layers):
+        raise RuntimeError(f"{len(masks)} masks for {len(layers)} threshold layers")
+    for (_, layer), m in zip(layers, masks):
+        layer.instance_mask = m
+        layer.mode = "instance"
+
+
+@torch.no_grad()
+def record_masks(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Run ``model`` on ``x`` in ``record`` mode and return every layer's support."""
+    layers = threshold_layers(model)
+    with layer_mode(model, "record"):
+        model(x)
+        masks = [l.last_mask for _, l in layers]
+        for _, l in layers:
+            l.last_mask = None
+    return masks  # type: ignore[return-value]
+
+
+def collect_stats(model: nn.Module, reset: bool = True) -> dict[str, dict[str, float]]:
+    """Per-layer fraction of active units and support drift since the last reset."""
+    out = {}
+    for name, layer in threshold_layers(model):
+        a, t, d, dt = layer.stats.tolist()
+        out[name] = {"active": a / t if t else float("nan"), "drift": d / dt if dt else float("nan")}
+        if reset:
+            layer.reset_stats()
+    return out

@@ -1,0 +1,275 @@
+"""``fit(config) -> run folder``: the training loop for every schedule.
+
+The loop reads as the algorithm does: warm-up epochs of free SGD, then (for the
+alternation schedules) rounds of *estimate support, train weights with it
+fixed*, with evaluation and logging after every epoch. What happens in each
+phase lives in :mod:`supportnet.alternation`.
+
+Run folder::
+
+    config.yaml      the resolved config
+    metrics.csv      one row per epoch (see ``METRIC_DOC``)
+    curves.png       loss and error against epochs, re-estimations marked
+    checkpoint.pt    latest checkpoint (model, optimizer, schedule state, RNG, metrics)
+    final.pt         final weights and config: {"state_dict", "config", "metrics"}
+    summary.json     final figures
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .alternation import make_schedule
+from .config import Config
+from .data import DataBundle, Split, batches, epoch_order, load_data, num_batches
+from .errors import ConfigError, DivergenceError
+from .io import atomic_write_text, save_checkpoint
+from .layers import collect_stats, configure, layer_mode, threshold_layers
+from .models import count_params, create_model
+
+METRIC_DOC = {
+    "epoch": "epochs completed",
+    "phase": "warmup | sgd | b-alt | i-alt",
+    "round": "I-alternation round (support estimations so far)",
+    "lr": "learning rate at the end of the epoch",
+    "iterations": "optimizer steps so far",
+    "seconds": "training wall time so far, support estimation included, evaluation excluded",
+    "obj_loss": "mean training loss of the epoch under the schedule's support (the objective)",
+    "train_loss / train_acc": "free-mode loss and accuracy on up to train.train_eval_size training examples",
+    "test_loss / test_acc / test_err": "free-mode test figures (accuracy and error as fractions)",
+    "maskt_acc": "test accuracy with binary masks as activations (the paper's MaskT), if train.maskt",
+    "reestimated": "1 if the support was re-estimated at the start of this epoch",
+    "mask_change": "fraction of mask bits changed since the previous support (stored: all examples; "
+                   "snapshot: the first 4096 training examples)",
+    "est_seconds": "time spent estimating supports this epoch",
+    "active/<layer>": "fraction of active units (sampled every train.stats_every steps)",
+    "drift/<layer>": "fraction of units whose free support disagrees with the fixed one",
+}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def lr_at(cfg: Config, step: int, steps_per_epoch: int) -> float:
+    """Learning rate multiplier at optimizer step ``step`` (per-step cosine, or step decay)."""
+    t = cfg.train
+    total = max(1, t.epochs * steps_per_epoch)
+    if t.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    if t.schedule == "step":
+        epoch = step // steps_per_epoch
+        return t.gamma ** sum(1 for m in t.milestones if epoch >= m)
+    return 1.0
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, device=None,
+             mode: str = "free") -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``split`` with every layer in ``mode``."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, n = 0.0, 0, 0
+    try:
+        with layer_mode(model, mode):
+            for x, y, _ in batches(split, batch_size):
+                x, y = x.to(device), y.to(device)
+                out = model(x)
+                total_loss += F.cross_entropy(out, y, reduction="sum").item()
+                correct += (out.argmax(1) == y).sum().item()
+                n += y.numel()
+    finally:
+        model.train(was_training)
+    return total_loss / max(n, 1), correct / max(n, 1)
+
+
+def first_nonfinite_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """Name of the first module whose output is not finite on ``x`` (a diagnostic forward)."""
+    found: list[str] = []
+    hooks = []
+    for name, mod in model.named_modules():
+        if name and not list(mod.children()):
+            def hook(m, inp, out, name=name):
+                if not found and isinstance(out, torch.Tensor) and not torch.isfinite(out).all():
+                    found.append(name)
+            hooks.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception:  # noqa: BLE001 - diagnostics only
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    if found:
+        return found[0]
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    return f"(weights of {bad[0]})" if bad else "(loss only)"
+
+
+@dataclass
+class RunState:
+    epoch: int = 0
+    step: int = 0
+    seconds: float = 0.0
+
+
+def _default_out(cfg: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.model.name}-{cfg.support.method}-{stamp}"
+
+
+def build(cfg: Config, data: DataBundle | None = None):
+    """Data and model for ``cfg``, seeded so every method starts from the same weights."""
+    data = data or load_data(cfg.data.name, cfg.data.data_dir, subset=cfg.data.subset, val=cfg.data.val,
+                             seed=cfg.train.seed, pad=cfg.data.pad, do_normalize=cfg.data.normalize)
+    seed_everything(cfg.train.seed)
+    model = create_model(cfg.model.name, in_shape=data.in_shape, num_classes=data.num_classes, **cfg.model.kwargs)
+    return data, model
+
+
+def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = None) -> Path:
+    """Train as ``cfg`` says and return the run folder (see the module docstring)."""
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = torch.device(t.device)
+    if model is None:
+        data, model = build(cfg, data)
+    elif data is None:
+        data, _ = build(cfg)
+    assert data is not None
+    seed_everything(t.seed)
+    model.to(device)
+    out = Path(cfg.out) if cfg.out else _default_out(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", cfg.to_yaml())
+
+    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    sched = make_schedule(cfg.support, model, data.train, device, out, t.eval_batch_size)
+    layer_names = [n for n, _ in threshold_layers(model)]
+    steps_per_epoch = num_batches(len(data.train), t.batch_size)
+    eval_train = data.train.take(torch.arange(min(t.train_eval_size, len(data.train)))) if t.train_eval_size else None
+    rows: list[dict] = []
+    st = RunState()
+    last_good: Path | None = None
+    from tqdm import tqdm
+
+    for epoch in range(t.epochs):
+        # Phase: the schedule decides warm-up vs alternation and re-estimates supports.
+        t0 = time.perf_counter()
+        ev = sched.start_epoch(epoch)
+        model.train()
+        order = epoch_order(len(data.train), t.seed, epoch)
+        loss_sum, n_seen = 0.0, 0
+        bar = tqdm(batches(data.train, t.batch_size, order), total=steps_per_epoch, leave=False,
+                   disable=cfg.quiet, desc=f"epoch {epoch + 1}/{t.epochs} [{ev['phase']}]")
+        for x, y, idx in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            lr = t.lr * lr_at(cfg, st.step, steps_per_epoch) * sched.lr_factor
+            for g in opt.param_groups:
+                g["lr"] = lr
+            sched.before_step(x, idx)
+            track = st.step % t.stats_every == 0
+            configure(model, track=track)
+            loss = F.cross_entropy(model(x), y)
+            if not torch.isfinite(loss):
+                where = first_nonfinite_layer(model, x)
+                raise DivergenceError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {st.step + 1} ({ev['phase']} phase); "
+                    f"first non-finite activations: {where}; last good checkpoint: {last_good or 'none'}; "
+                    f"lower train.lr, or use support.apply=gated or another support.rule")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            st.step += 1
+            loss_sum += loss.item() * y.numel()
+            n_seen += y.numel()
+            if st.step % 20 == 0:
+                bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}")
+        bar.close()
+        configure(model, track=False)
+        obj_loss = loss_sum / max(n_seen, 1)
+        sched.end_epoch(obj_loss)
+        st.seconds += time.perf_counter() - t0
+        st.epoch = epoch + 1
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise DivergenceError(f"weights became non-finite in epoch {epoch + 1}; last good checkpoint: "
+                                  f"{last_good or 'none'}; lower train.lr or use support.apply=gated")
+
+        # Evaluate in free mode (the paper applies the threshold at test time).
+        test_loss, test_acc = evaluate(model, data.test, t.eval_batch_size, device)
+        row = {"epoch": st.epoch, "phase": ev["phase"], "round": ev["round"], "lr": lr,
+               "iterations": st.step, "seconds": round(st.seconds, 3), "obj_loss": obj_loss}
+        if eval_train is not None:
+            row["train_loss"], row["train_acc"] = evaluate(model, eval_train, t.eval_batch_size, device)
+        row.update(test_loss=test_loss, test_acc=test_acc, test_err=1.0 - test_acc)
+        if t.maskt:
+            row["maskt_acc"] = evaluate(model, data.test, t.eval_batch_size, device, mode="binary")[1]
+        row.update(reestimated=int(ev["reestimated"]), mask_change=ev["mask_change"],
+                   est_seconds=round(ev["est_seconds"], 3))
+        stats = collect_stats(model)
+        for name in layer_names:
+            row[f"active/{name}"] = stats[name]["active"]
+        for name in layer_names:
+            row[f"drift/{name}"] = stats[name]["drift"]
+        rows.append(row)
+        if not cfg.quiet:
+            tqdm.write(f"epoch {st.epoch:3d} [{ev['phase']:6s}] obj {obj_loss:.4f}  test loss {test_loss:.4f}  "
+                       f"acc {test_acc:.4f}  {st.seconds:7.1f}s" + ("  (support re-estimated)" if ev["reestimated"] else ""))
+        write_metrics(out / "metrics.csv", rows)
+        if t.checkpoint_every and st.epoch % t.checkpoint_every == 0:
+            last_good = save_checkpoint(out / "checkpoint.pt", {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
+                "epoch": st.epoch, "step": st.step, "seconds": st.seconds, "config": cfg.to_dict(),
+                "rng": torch.get_rng_state(), "metrics": rows})
+
+    # Final artefacts: weights, curves, summary.
+    save_checkpoint(out / "final.pt", {"state_dict": model.state_dict(), "config": cfg.to_dict(), "metrics": rows})
+    last = rows[-1]
+    summary = {"method": cfg.support.method, "model": cfg.model.name, "data": cfg.data.name,
+               "params": count_params(model), "test_acc": last["test_acc"], "test_loss": last["test_loss"],
+               "iterations": last["iterations"], "seconds": last["seconds"],
+               "curve": [curve_point(r) for r in rows]}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    from .report import plot_run
+
+    plot_run(rows, out / "curves.png", title=f"{cfg.model.name} on {cfg.data.name}: {cfg.support.method}")
+    return out
+
+
+def curve_point(r: dict) -> dict:
+    return {"epoch": r["epoch"], "iterations": r["iterations"], "seconds": r["seconds"],
+            "train_loss": r.get("train_loss", r["obj_loss"]), "obj_loss": r["obj_loss"],
+            "test_loss": r["test_loss"], "test_acc": r["test_acc"], "reestimated": bool(r["reestimated"])}
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    import io
+
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def check_config_runs(cfg: Config) -> None:
+    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={cfg.train.device} but no CUDA device is available; use --set train.device=cpu")
