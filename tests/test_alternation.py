@@ -1,0 +1,103 @@
+import copy
+
+import pytest
+import torch
+
+from supportnet.alternation import IAlternation, make_schedule
+from supportnet.config import SupportConfig, load_config
+from supportnet.data import batches, epoch_order
+from supportnet.io import load_checkpoint
+from supportnet.layers import record_masks, threshold_layers
+from supportnet.models import create_model
+from supportnet.train import fit
+
+
+def _model(synthetic, seed=0):
+    torch.manual_seed(seed)
+    return create_model("convnet-s", in_shape=synthetic.in_shape, num_classes=10, width=8, hidden=32)
+
+
+@pytest.mark.parametrize("store", ["memory", "file"])
+def test_stored_and_snapshot_masks_are_bit_identical(synthetic, tmp_path, store):
+    model = _model(synthetic)
+    stored = IAlternation(SupportConfig(method="i-alt", backend="stored", store=store, warmup=0), model,
+                          synthetic.train, torch.device("cpu"), tmp_path, eval_batch_size=97)
+    snap = IAlternation(SupportConfig(method="i-alt", backend="snapshot", warmup=0), copy.deepcopy(model),
+                        synthetic.train, torch.device("cpu"), tmp_path, eval_batch_size=97)
+    stored.start_epoch(0)
+    snap.start_epoch(0)
+    n_bits = 0
+    for x, _, idx in batches(synthetic.train, 64, epoch_order(len(synthetic.train), 0, 0)):
+        a, b = stored.masks_for(x, idx), snap.masks_for(x, idx)
+        for ma, mb in zip(a, b):
+            assert ma.dtype == torch.bool and torch.equal(ma, mb)
+            n_bits += ma.numel()
+    assert n_bits == len(synthetic.train) * sum(m.shape[1:].numel() for m in a)
+    if store == "file":
+        assert stored.store.path.exists() and stored.store.path.suffix == ".smask"
+
+
+def test_stored_and_snapshot_give_identical_weights_after_a_round(synthetic, tmp_path):
+    finals = {}
+    for backend in ("stored", "snapshot"):
+        cfg = load_config(None, ["data.name=synthetic", "train.epochs=3", "support.method=i-alt",
+                                 f"support.backend={backend}", "support.warmup=1", "support.min_gap=2",
+                                 "support.max_gap=2", "model.kwargs={width: 8, hidden: 32}",
+                                 f"out={tmp_path / backend}", "quiet=true", "train.train_eval_size=0"])
+        run = fit(cfg, data=synthetic)
+        finals[backend] = load_checkpoint(run / "final.pt")["state_dict"]
+    for k in finals["stored"]:
+        assert torch.equal(finals["stored"][k], finals["snapshot"][k]), k
+
+
+def test_i_alt_rounds_follow_min_and_max_gap(synthetic, tmp_path):
+    cfg = load_config(None, ["data.name=synthetic", "train.epochs=6", "support.method=i-alt",
+                             "support.warmup=1", "support.min_gap=2", "support.max_gap=2",
+                             "model.kwargs={width: 8, hidden: 32}", f"out={tmp_path}", "quiet=true",
+                             "train.train_eval_size=0"])
+    run = fit(cfg, data=synthetic)
+    import csv
+
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["phase"] for r in rows] == ["warmup"] + ["i-alt"] * 5
+    assert [int(r["reestimated"]) for r in rows] == [0, 1, 0, 1, 0, 1]
+    assert rows[1]["mask_change"] == "nan" and 0 <= float(rows[3]["mask_change"]) <= 1
+    assert [int(r["round"]) for r in rows] == [0, 1, 1, 2, 2, 3]
+
+
+def test_plateau_triggers_reestimation(synthetic):
+    model = _model(synthetic)
+    s = IAlternation(SupportConfig(method="i-alt", warmup=0, min_gap=1, max_gap=10, plateau_tol=0.05, patience=1),
+                     model, synthetic.train, torch.device("cpu"))
+    s.start_epoch(0)
+    s.end_epoch(1.0)
+    assert not s.need_new  # no previous loss yet
+    s.start_epoch(1)
+    s.end_epoch(0.5)  # 50% drop: still improving
+    assert not s.need_new
+    s.start_epoch(2)
+    s.end_epoch(0.49)  # 2% drop < 5%: plateau
+    assert s.need_new
+
+
+def test_b_alt_sets_batch_mode_after_warmup(synthetic):
+    model = _model(synthetic)
+    s = make_schedule(SupportConfig(method="b-alt", warmup=2, rule="vote"), model, synthetic.train, "cpu")
+    assert s.start_epoch(0)["phase"] == "warmup"
+    assert all(l.mode == "free" for _, l in threshold_layers(model))
+    assert s.start_epoch(2)["phase"] == "b-alt"
+    assert all(l.mode == "batch" and l.rule == "vote" for _, l in threshold_layers(model))
+
+
+def test_snapshot_is_frozen(synthetic):
+    model = _model(synthetic)
+    s = IAlternation(SupportConfig(method="i-alt", warmup=0), model, synthetic.train, torch.device("cpu"))
+    s.start_epoch(0)
+    x = synthetic.train.x[:8]
+    before = [m.clone() for m in s.masks_for(x, torch.arange(8))]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    after = s.masks_for(x, torch.arange(8))
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert not all(torch.equal(a, b) for a, b in zip(before, record_masks(model.eval(), x)))

@@ -1,0 +1,57 @@
+import pytest
+
+from supportnet.config import Config, apply_override, from_dict, load_config
+from supportnet.errors import ConfigError
+
+
+def test_defaults_train_convnet_s_on_fashion_mnist():
+    cfg = Config()
+    assert (cfg.model.name, cfg.data.name, cfg.support.method) == ("convnet-s", "fashion-mnist", "sgd")
+
+
+def test_yaml_roundtrip(tmp_path):
+    cfg = load_config(None, ["train.epochs=3", "support.method=i-alt", "support.tau=[0.0, 0.1]"])
+    p = tmp_path / "c.yaml"
+    p.write_text(cfg.to_yaml())
+    again = load_config(p)
+    assert again.to_dict() == cfg.to_dict()
+    assert again.support.tau == [0.0, 0.1]
+
+
+def test_int_is_accepted_for_float():
+    assert from_dict({"train": {"lr": 1}}).train.lr == 1.0
+
+
+@pytest.mark.parametrize("data,match", [
+    ({"train": {"epochz": 3}}, "unknown config key 'train.epochz'"),
+    ({"bogus": 1}, "unknown config key 'bogus'"),
+    ({"train": {"epochs": "ten"}}, "train.epochs must be int"),
+    ({"train": {"lr": "fast"}}, "train.lr must be float"),
+    ({"train": {"epochs": 0}}, "train.epochs must be a positive"),
+    ({"train": {"epochs": -2}}, "train.epochs must be a positive"),
+    ({"support": {"method": "c-alt"}}, "unknown support.method"),
+    ({"support": {"rule": "x"}}, "unknown support.rule"),
+    ({"support": {"min_gap": 3, "max_gap": 2}}, "min_gap <= max_gap"),
+    ({"train": "x"}, "must be a mapping"),
+])
+def test_bad_configs(data, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(data)
+
+
+def test_override_parsing():
+    d = {}
+    apply_override(d, "train.lr=0.01")
+    apply_override(d, "model.kwargs={width: 8}")
+    assert d == {"train": {"lr": 0.01}, "model": {"kwargs": {"width": 8}}}
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_override(d, "train.lr")
+
+
+def test_bad_yaml_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")

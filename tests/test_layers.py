@@ -1,0 +1,171 @@
+import pytest
+import torch
+from torch import nn
+
+from supportnet import HardThreshold, configure, record_masks, threshold_layers
+from supportnet.layers import batch_support, set_instance_masks
+from supportnet.models import create_model
+
+
+def test_free_tau0_is_relu_bit_for_bit():
+    q = torch.randn(64, 8, 5, 5)
+    q[0, 0, 0, :3] = torch.tensor([0.0, -0.0, 1e-40])
+    layer = HardThreshold(0.0)
+    out = layer(q)
+    ref = torch.relu(q)
+    assert out.dtype == ref.dtype
+    assert torch.equal(out.view(torch.int32), ref.view(torch.int32))  # bit for bit
+    q1 = q.clone().requires_grad_(True)
+    q2 = q.clone().requires_grad_(True)
+    layer(q1).sum().backward()
+    torch.relu(q2).sum().backward()
+    assert torch.equal(q1.grad, q2.grad)
+
+
+def test_free_positive_threshold_keeps_q_not_q_minus_tau():
+    q = torch.tensor([-1.0, 0.2, 0.5, 0.51, 2.0])
+    out = HardThreshold(0.5)(q)
+    assert torch.equal(out, torch.tensor([0.0, 0.0, 0.0, 0.51, 2.0]))  # Eq. 9: q, not q - tau
+
+
+def test_record_mode_returns_free_output_and_mask():
+    layer = HardThreshold(0.1)
+    layer.mode = "record"
+    q = torch.randn(4, 10)
+    out = layer(q)
+    assert torch.equal(out, torch.where(q > 0.1, q, 0.0))
+    assert torch.equal(layer.last_mask, q > 0.1)
+
+
+def test_binary_mode_value_and_gradient():
+    layer = HardThreshold(0.0)
+    layer.mode = "binary"
+    q = torch.randn(6, 7, requires_grad=True)
+    out = layer(q)
+    assert torch.equal(out, (q > 0).float())
+    out.sum().backward()
+    assert torch.equal(q.grad, (q > 0).float())  # dz/dq = m
+
+
+@pytest.mark.parametrize("apply", ["linear", "gated"])
+def test_instance_mode_applies_given_mask(apply):
+    layer = HardThreshold(0.0)
+    q = torch.randn(5, 3, 4, 4, requires_grad=True)
+    m = torch.rand(5, 3, 4, 4) > 0.5
+    configure(nn.Sequential(layer), mode="instance", apply=apply)
+    layer.instance_mask = m
+    out = layer(q)
+    expect = torch.where(m, q, 0.0) if apply == "linear" else torch.where(m & (q > 0), q, 0.0)
+    assert torch.equal(out, expect)
+    out.sum().backward()
+    gm = m if apply == "linear" else (m & (q > 0))
+    assert torch.equal(q.grad, gm.float())
+
+
+def test_instance_mode_without_mask_or_wrong_shape_raises():
+    layer = HardThreshold()
+    layer.mode = "instance"
+    with pytest.raises(RuntimeError, match="no mask"):
+        layer(torch.randn(2, 3))
+    layer.instance_mask = torch.ones(3, 3, dtype=torch.bool)
+    with pytest.raises(RuntimeError, match="does not match"):
+        layer(torch.randn(2, 3))
+
+
+def test_energy_rule_beta0_is_or_of_supports():
+    q = torch.randn(16, 50)
+    m = batch_support(q, 0.0, "energy", 0.0)
+    assert torch.equal(m, (q > 0).any(0))
+
+
+def test_energy_rule_eq41_threshold():
+    q = torch.tensor([[1.0, 0.5, -2.0], [1.0, 0.5, -1.0]])
+    # energies of relu(q): [2, 0.5, 0]
+    assert batch_support(q, 0.0, "energy", 1.0).tolist() == [True, False, False]
+    assert batch_support(q, 0.0, "energy", 0.25).tolist() == [True, True, False]
+
+
+def test_energy_rel_rule_scales_with_mean_energy():
+    q = torch.tensor([[3.0, 1.0, 0.1, -1.0]])
+    # energies: 9, 1, 0.01, 0 -> mean 2.5025
+    assert batch_support(q, 0.0, "energy-rel", 0.3).tolist() == [True, True, False, False]
+    assert batch_support(10 * q, 0.0, "energy-rel", 0.3).tolist() == [True, True, False, False]
+
+
+def test_vote_rule_is_strict_majority():
+    q = torch.tensor([[1.0, 1.0, -1.0], [1.0, -1.0, -1.0], [-1.0, 1.0, 1.0], [1.0, -1.0, -1.0]])
+    # on-fractions: 0.75, 0.5, 0.25
+    assert batch_support(q, 0.0, "vote", 0.0).tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("apply", ["linear", "gated"])
+@pytest.mark.parametrize("rule", ["energy", "energy-rel", "vote"])
+def test_batch_mode_shares_one_support(apply, rule):
+    layer = HardThreshold(0.0)
+    configure(nn.Sequential(layer), mode="batch", apply=apply, rule=rule, beta=0.0 if rule == "energy" else 0.5)
+    q = torch.randn(8, 20)
+    out = layer(q)
+    m = layer.batch_mask
+    assert m.shape == (20,)
+    assert torch.equal(m, batch_support(q, 0.0, rule, layer.beta))
+    expect = torch.where(m, q, 0.0) if apply == "linear" else torch.where(m & (q > 0), q, 0.0)
+    assert torch.equal(out, expect)
+
+
+def test_gated_energy_beta0_equals_free():
+    """With beta = 0 the batch support is the OR of supports, so gating changes nothing."""
+    layer = HardThreshold(0.0)
+    configure(nn.Sequential(layer), mode="batch", apply="gated", rule="energy", beta=0.0)
+    q = torch.randn(32, 40)
+    assert torch.equal(layer(q), torch.relu(q))
+
+
+def test_unknown_mode_raises():
+    layer = HardThreshold()
+    layer.mode = "nope"
+    with pytest.raises(Exception, match="unknown HardThreshold mode"):
+        layer(torch.randn(2))
+
+
+@pytest.mark.parametrize("name", ["mlp", "convnet-s"])
+def test_fixed_support_bias_free_network_is_linear(name):
+    """Eq. 13: with every support fixed (linear application) F(a x1 + b x2) = a F(x1) + b F(x2)."""
+    torch.manual_seed(0)
+    model = create_model(name, in_shape=(1, 12, 12), num_classes=5, bias=False).double().eval()
+    x0 = torch.randn(3, 1, 12, 12, dtype=torch.float64)
+    masks = record_masks(model, x0)
+    configure(model, apply="linear")
+    set_instance_masks(model, masks)
+    x1, x2 = torch.randn_like(x0), torch.randn_like(x0)
+    a, b = 1.7, -0.6
+    lhs = model(a * x1 + b * x2)
+    rhs = a * model(x1) + b * model(x2)
+    assert torch.allclose(lhs, rhs, rtol=1e-10, atol=1e-12)
+    # and it is not linear in free mode (sanity: the check can fail)
+    configure(model, mode="free")
+    assert not torch.allclose(model(a * x1 + b * x2), a * model(x1) + b * model(x2), rtol=1e-6)
+
+
+def test_stats_track_active_fraction_and_drift():
+    layer = HardThreshold(0.0)
+    net = nn.Sequential(layer)
+    configure(net, mode="instance", apply="gated", track=True)
+    q = torch.tensor([[1.0, -1.0, 2.0, -2.0]])
+    layer.instance_mask = torch.tensor([[True, True, False, False]])
+    layer(q)
+    from supportnet.layers import collect_stats
+
+    s = collect_stats(net)["0"]
+    assert s["active"] == pytest.approx(0.25)  # only unit 0 is on under the gate
+    assert s["drift"] == pytest.approx(0.5)  # units 1 and 2 disagree with the free support
+    assert layer.stats.sum() == 0  # reset
+
+
+def test_threshold_layers_order_and_tau_per_layer():
+    model = create_model("convnet-s", in_shape=(1, 12, 12))
+    names = [n for n, _ in threshold_layers(model)]
+    assert names == ["features.1", "features.3", "features.5", "classifier.3"]
+    configure(model, tau=[0.0, 0.1, 0.2, 0.3])
+    assert [l.tau for _, l in threshold_layers(model)] == [0.0, 0.1, 0.2, 0.3]
+    with pytest.raises(Exception, match="one value or one per layer"):
+        configure(model, tau=[0.1, 0.2])

@@ -1,0 +1,119 @@
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from supportnet import MaskStore
+from supportnet.errors import IntegrityError
+from supportnet.masks import pack_masks, unpack_masks
+
+SHAPES = [(3, 5, 5), (7,), (2, 2, 3)]
+
+
+def _random_masks(n, shapes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand((n, *s), generator=g) > 0.5 for s in shapes]
+
+
+def test_pack_unpack_roundtrip():
+    masks = _random_masks(9, SHAPES)
+    rows = pack_masks(masks)
+    bits = sum(math.prod(s) for s in SHAPES)
+    assert rows.shape == (9, (bits + 7) // 8) and rows.dtype == np.uint8
+    back = unpack_masks(rows, SHAPES)
+    for a, b in zip(masks, back):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("n", [1, 10, 1000])
+def test_file_size_is_payload_plus_header(tmp_path, n):
+    shapes = [(16, 14, 14), (32, 7, 7), (100,)]
+    path = tmp_path / "m.smask"
+    store = MaskStore(n, shapes, path=path)
+    store.write(torch.arange(n), _random_masks(n, shapes))
+    store.finalize()
+    bits = 16 * 14 * 14 + 32 * 7 * 7 + 100
+    payload = n * math.ceil(bits / 8)
+    assert os.path.getsize(path) == store.header_nbytes + payload
+    assert store.nbytes == os.path.getsize(path)
+    assert store.header_nbytes % 64 == 0 and store.header_nbytes <= 512  # small header
+
+
+def test_bits_per_activation_at_scale():
+    # Fashion-MNIST with convnet-s: 60,000 examples, 43,136 mask bits each.
+    store = MaskStore(60000, [(32, 28, 28), (64, 14, 14), (64, 7, 7), (128,)])
+    assert store.bits_per_activation() <= 1.01
+
+
+@pytest.mark.parametrize("where", ["memory", "file"])
+def test_write_read_by_index(tmp_path, where):
+    n = 50
+    store = MaskStore(n, SHAPES, path=tmp_path / "s.smask" if where == "file" else None)
+    masks = _random_masks(n, SHAPES, seed=3)
+    perm = torch.randperm(n)
+    for i in range(0, n, 16):  # written in shuffled batches, read by example index
+        idx = perm[i:i + 16]
+        store.write(idx, [m[idx] for m in masks])
+    store.finalize()
+    idx = torch.tensor([4, 0, 49, 17])
+    got = store.read(idx)
+    for g, m in zip(got, masks):
+        assert torch.equal(g, m[idx])
+    if where == "memory":
+        p = store.save(tmp_path / "saved.smask")
+        again = MaskStore.open(p)
+        for g, m in zip(again.read(idx), masks):
+            assert torch.equal(g, m[idx])
+
+
+def _written(tmp_path):
+    store = MaskStore(20, SHAPES, path=tmp_path / "s.smask")
+    store.write(torch.arange(20), _random_masks(20, SHAPES))
+    store.finalize()
+    return tmp_path / "s.smask", store
+
+
+def test_open_verifies_checksum_bit_flip(tmp_path):
+    path, store = _written(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[store.header_nbytes + 5] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="checksum"):
+        MaskStore.open(path)
+
+
+def test_open_detects_truncation(tmp_path):
+    path, _ = _written(tmp_path)
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(IntegrityError, match="truncated"):
+        MaskStore.open(path)
+
+
+def test_open_detects_wrong_version_and_magic(tmp_path):
+    path, _ = _written(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[8] = 99
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="version 99"):
+        MaskStore.open(path)
+    path.write_bytes(b"not a store at all")
+    with pytest.raises(IntegrityError, match="magic"):
+        MaskStore.open(path)
+
+
+def test_unfinished_store_leaves_no_file(tmp_path):
+    store = MaskStore(10, SHAPES, path=tmp_path / "x.smask")
+    store.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_changed_fraction():
+    a, b = MaskStore(10, [(8,)]), MaskStore(10, [(8,)])
+    m = _random_masks(10, [(8,)])
+    a.write(torch.arange(10), m)
+    m2 = [m[0].clone()]
+    m2[0][0, :4] = ~m2[0][0, :4]
+    b.write(torch.arange(10), m2)
+    assert a.changed_fraction(b) == pytest.approx(4 / 80)

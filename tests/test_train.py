@@ -1,0 +1,61 @@
+import json
+
+import pytest
+import torch
+
+from supportnet.config import load_config
+from supportnet.errors import DivergenceError
+from supportnet.io import load_checkpoint
+from supportnet.train import fit, lr_at
+
+
+def _cfg(tmp_path, *sets):
+    return load_config(None, ["data.name=synthetic", "train.epochs=2", "model.kwargs={width: 8, hidden: 32}",
+                              f"out={tmp_path}", "quiet=true", *sets])
+
+
+@pytest.mark.parametrize("method", ["sgd", "b-alt", "i-alt"])
+def test_fit_writes_run_folder(synthetic, tmp_path, method):
+    run = fit(_cfg(tmp_path, f"support.method={method}", "train.maskt=true"), data=synthetic)
+    for f in ("config.yaml", "metrics.csv", "curves.png", "checkpoint.pt", "final.pt", "summary.json"):
+        assert (run / f).is_file(), f
+    s = json.loads((run / "summary.json").read_text())
+    assert s["iterations"] == 2 * 8 and len(s["curve"]) == 2
+    assert 0 <= s["test_acc"] <= 1
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    for col in ("train_loss", "test_loss", "test_err", "maskt_acc", "iterations", "seconds", "reestimated",
+                "mask_change", "active/features.1", "drift/classifier.3"):
+        assert col in header
+    ck = load_checkpoint(run / "final.pt")
+    assert set(ck) == {"state_dict", "config", "metrics"}
+
+
+def test_training_learns_synthetic(synthetic, tmp_path):
+    run = fit(_cfg(tmp_path, "train.epochs=6", "train.lr=0.05"), data=synthetic)
+    assert json.loads((run / "summary.json").read_text())["test_acc"] > 0.5
+
+
+def test_same_seed_same_initial_weights_and_result(synthetic, tmp_path):
+    a = fit(_cfg(tmp_path / "a", "train.epochs=1"), data=synthetic)
+    b = fit(_cfg(tmp_path / "b", "train.epochs=1"), data=synthetic)
+    sa, sb = load_checkpoint(a / "final.pt")["state_dict"], load_checkpoint(b / "final.pt")["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(synthetic, tmp_path):
+    cfg = _cfg(tmp_path, "train.epochs=4", "train.lr=1e12", "train.schedule=constant", "train.momentum=0.0")
+    with pytest.raises(DivergenceError, match="first non-finite"):
+        fit(cfg, data=synthetic)
+    ck = tmp_path / "checkpoint.pt"
+    if ck.exists():  # any checkpoint written holds finite weights only
+        sd = load_checkpoint(ck)["model"]
+        assert all(torch.isfinite(v).all() for v in sd.values())
+    assert not (tmp_path / "final.pt").exists()
+
+
+def test_lr_schedules():
+    cfg = load_config(None, ["train.epochs=10", "train.schedule=step", "train.milestones=[5, 8]", "train.gamma=0.1"])
+    assert lr_at(cfg, 0, 100) == 1.0 and lr_at(cfg, 500, 100) == pytest.approx(0.1)
+    assert lr_at(cfg, 850, 100) == pytest.approx(0.01)
+    cfg = load_config(None, ["train.epochs=10"])
+    assert lr_at(cfg, 0, 100) == 1.0 and lr_at(cfg, 500, 100) == pytest.approx(0.5) and lr_at(cfg, 1000, 100) < 1e-9
