@@ -54,7 +54,8 @@ class Schedule:
         self.phase = "sgd"
         self.round = 0
         self.lr_factor = 1.0
-        configure(model, apply=cfg.apply, rule=cfg.rule, beta=cfg.beta, tau=cfg.tau, mode="free")
+        configure(model, apply=cfg.apply, rule=cfg.rule, beta=cfg.beta, tau=cfg.tau, mode="free",
+                  consistency=cfg.consistency)
 
     def start_epoch(self, epoch: int) -> dict:
         """Called before epoch ``epoch`` (0-based). Returns events to log."""

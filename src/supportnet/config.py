@@ -67,6 +67,7 @@ class SupportConfig:
     backend: str = "snapshot"  # i-alt supports: stored (bit-packed MaskStore) | snapshot (frozen weights)
     store: str = "memory"  # stored back end: memory | file (memory-mapped, in the run folder)
     lr_scale: float = 1.0  # learning-rate multiplier while a support is held fixed
+    consistency: float = 0.0  # weight of the penalty keeping pre-activations consistent with a fixed support
 
 
 @dataclass
@@ -184,8 +185,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"support needs warmup >= 0, 1 <= min_gap <= max_gap and patience >= 1 "
                           f"(got warmup={s.warmup}, min_gap={s.min_gap}, max_gap={s.max_gap}, "
                           f"patience={s.patience}); fix the values")
-    if s.beta < 0 or s.lr_scale <= 0 or s.plateau_tol < 0:
-        raise ConfigError("support.beta and support.plateau_tol must be >= 0 and support.lr_scale > 0; fix the value")
+    if s.beta < 0 or s.lr_scale <= 0 or s.plateau_tol < 0 or s.consistency < 0:
+        raise ConfigError("support.beta, support.plateau_tol and support.consistency must be >= 0 and "
+                          "support.lr_scale > 0; fix the value")
     taus = s.tau if isinstance(s.tau, list) else [s.tau]
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in taus):
         raise ConfigError(f"support.tau must be a number or a list of numbers, got {s.tau!r}; fix the value")

@@ -99,6 +99,8 @@ class HardThreshold(nn.Module):
         self.batch_mask: torch.Tensor | None = None  # (*unit) bool, last batch support
         self.track = False
         self.stats = torch.zeros(4, dtype=torch.float64)  # active, total, drift, drift_total
+        self.consistency = 0.0  # weight of the support-consistency penalty (0: not computed)
+        self.penalty: torch.Tensor | None = None  # last forward's penalty, read by the training loop
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, mode={self.mode}, apply={self.apply}"
@@ -111,6 +113,14 @@ class HardThreshold(nn.Module):
             out = torch.where(m, q, 0.0)
         else:
             out = torch.where(m & (q > self.tau), q, 0.0)
+        if self.consistency > 0:
+            # Keep the weights consistent with the fixed support: units the support holds off
+            # should stay below tau ('gated' and 'linear'); units it holds on above tau ('linear').
+            over = torch.where(m, 0.0, torch.relu(q - self.tau))
+            pen = over.pow(2).mean()
+            if self.apply == "linear":
+                pen = pen + torch.where(m, torch.relu(self.tau - q), 0.0).pow(2).mean()
+            self.penalty = pen
         if self.track:
             with torch.no_grad():
                 free = q > self.tau
@@ -159,7 +169,7 @@ def threshold_layers(model: nn.Module) -> list[tuple[str, HardThreshold]]:
 
 def configure(model: nn.Module, *, mode: str | None = None, apply: str | None = None,
               rule: str | None = None, beta: float | None = None, tau=None,
-              track: bool | None = None) -> None:
+              track: bool | None = None, consistency: float | None = None) -> None:
     """Set the given attributes on every threshold layer of ``model``.
 
     ``tau`` may be a number or a list with one value per layer.
@@ -192,6 +202,9 @@ def configure(model: nn.Module, *, mode: str | None = None, apply: str | None = 
             layer.tau = float(taus[i])
         if track is not None:
             layer.track = track
+        if consistency is not None:
+            layer.consistency = float(consistency)
+        layer.penalty = None
 
 
 @contextmanager
@@ -227,6 +240,16 @@ def record_masks(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
         for _, l in layers:
             l.last_mask = None
     return masks  # type: ignore[return-value]
+
+
+def support_penalty(model: nn.Module) -> torch.Tensor | float:
+    """Sum over layers of ``consistency * penalty`` from the last forward pass (0 if none)."""
+    total: torch.Tensor | float = 0.0
+    for _, layer in threshold_layers(model):
+        if layer.penalty is not None:
+            total = total + layer.consistency * layer.penalty
+            layer.penalty = None
+    return total
 
 
 def collect_stats(model: nn.Module, reset: bool = True) -> dict[str, dict[str, float]]:

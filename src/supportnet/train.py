@@ -34,7 +34,7 @@ from .config import Config
 from .data import DataBundle, Split, batches, epoch_order, load_data, num_batches
 from .errors import ConfigError, DivergenceError
 from .io import atomic_write_text, save_checkpoint
-from .layers import collect_stats, configure, layer_mode, threshold_layers
+from .layers import collect_stats, configure, layer_mode, support_penalty, threshold_layers
 from .models import count_params, create_model
 
 METRIC_DOC = {
@@ -185,14 +185,15 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
             track = st.step % t.stats_every == 0
             configure(model, track=track)
             loss = F.cross_entropy(model(x), y)
-            if not torch.isfinite(loss):
+            objective = loss + support_penalty(model)  # 0 unless support.consistency > 0
+            if not torch.isfinite(objective):
                 where = first_nonfinite_layer(model, x)
                 raise DivergenceError(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {st.step + 1} ({ev['phase']} phase); "
                     f"first non-finite activations: {where}; last good checkpoint: {last_good or 'none'}; "
                     f"lower train.lr, or use support.apply=gated or another support.rule")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             opt.step()
             st.step += 1
             loss_sum += loss.item() * y.numel()
