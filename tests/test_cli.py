@@ -105,3 +105,21 @@ def test_truncated_or_corrupt_idx(cli, tmp_path, kind):
 def test_data_check_missing_is_exit_2(cli, tmp_path):
     p = cli("data", "check", "mnist", "--data-dir", tmp_path, env={"SUPPORTNET_DATA": str(tmp_path), "HOME": str(tmp_path)})
     assert p.returncode == 2 and "NOT verified" in p.stdout
+
+
+def test_theory_lift_check_cli(cli):
+    p = cli("theory", "lift-check")
+    assert p.returncode == 0, p.stderr
+    assert "identity holds" in p.stdout and "conv-conv-fc (3 layers)" in p.stdout
+
+
+def test_theory_planted_cli_small(cli, tmp_path):
+    p = cli("theory", "planted", "--d", "6", "--h", "3", "--o", "2", "--n", "120", "--starts", "4",
+            "--max-steps", "500", "--out", tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "planted.json").is_file() and (tmp_path / "planted.png").is_file()
+    assert "| 6 | 3 | 2 | 120 |" in p.stdout
+
+
+def test_theory_bad_grid_is_user_error(cli):
+    assert_user_error(cli("theory", "planted", "--widths", "5,x"), "--widths")

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("name")
     df.add_argument("--root", help="target folder (default ~/.cache/supportnet/NAME)")
     df.add_argument("--quiet", action="store_true")
+    from .theory.cli import add_parser as add_theory
+
+    add_theory(sub)
     return p
 
 
@@ -177,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_data(a)
         if a.cmd == "theory":
             from .theory.cli import run as theory_run
+
 
             return theory_run(a)
     except SupportnetError as e:

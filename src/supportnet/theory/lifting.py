@@ -66,7 +66,7 @@ def jacobian(layer: nn.Module, u: torch.Tensor, in_shape: tuple[int, ...]) -> to
     c = layer.out_channels
     patches = F.unfold(u.reshape(1, *in_shape), layer.kernel_size, dilation=layer.dilation,
                        padding=layer.padding, stride=layer.stride)[0]  # (Cin*kh*kw, L)
-    return torch.kron(torch.eye(c, dtype=u.dtype), patches.t())  # I_Cout (x) P^T
+    return torch.kron(torch.eye(c, dtype=u.dtype), patches.t().contiguous())  # I_Cout (x) P^T
 
 
 def conv_matrix(layer: nn.Conv2d, in_shape: tuple[int, int, int]) -> torch.Tensor:
