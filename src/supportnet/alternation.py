@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import SupportConfig
+from .config import METHOD_DEFAULTS, SupportConfig
 from .data import Split, batches
 from .layers import configure, record_masks, set_instance_masks, threshold_layers
 from .masks import MaskStore
@@ -54,8 +54,10 @@ class Schedule:
         self.phase = "sgd"
         self.round = 0
         self.lr_factor = 1.0
+        consistency = cfg.consistency if cfg.consistency is not None else \
+            METHOD_DEFAULTS[cfg.method]["consistency"]
         configure(model, apply=cfg.apply, rule=cfg.rule, beta=cfg.beta, tau=cfg.tau, mode="free",
-                  consistency=cfg.consistency)
+                  consistency=consistency)
 
     def start_epoch(self, epoch: int) -> dict:
         """Called before epoch ``epoch`` (0-based). Returns events to log."""

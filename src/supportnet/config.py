@@ -67,7 +67,8 @@ class SupportConfig:
     backend: str = "snapshot"  # i-alt supports: stored (bit-packed MaskStore) | snapshot (frozen weights)
     store: str = "memory"  # stored back end: memory | file (memory-mapped, in the run folder)
     lr_scale: float = 1.0  # learning-rate multiplier while a support is held fixed
-    consistency: float = 0.0  # weight of the penalty keeping pre-activations consistent with a fixed support
+    consistency: float | None = None  # penalty keeping pre-activations consistent with a fixed support;
+    # None: the method's tuned default (METHOD_DEFAULTS)
 
 
 @dataclass
@@ -90,6 +91,21 @@ class Config:
 
 
 METHODS = ("sgd", "b-alt", "i-alt")
+
+#: Tuned defaults for support fields left as None (see docs/alternation.md for the measurements).
+METHOD_DEFAULTS = {
+    "sgd": {"consistency": 0.0},
+    "b-alt": {"consistency": 0.0},
+    "i-alt": {"consistency": 1.0},
+}
+
+
+def resolve_method_defaults(cfg: "Config") -> "Config":
+    """Fill support fields left as None with the method's tuned default (in place)."""
+    for k, v in METHOD_DEFAULTS[cfg.support.method].items():
+        if getattr(cfg.support, k) is None:
+            setattr(cfg.support, k, v)
+    return cfg
 CHOICES = {
     ("train", "schedule"): ("cosine", "step", "constant"),
     ("support", "method"): METHODS,
@@ -185,7 +201,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"support needs warmup >= 0, 1 <= min_gap <= max_gap and patience >= 1 "
                           f"(got warmup={s.warmup}, min_gap={s.min_gap}, max_gap={s.max_gap}, "
                           f"patience={s.patience}); fix the values")
-    if s.beta < 0 or s.lr_scale <= 0 or s.plateau_tol < 0 or s.consistency < 0:
+    if s.beta < 0 or s.lr_scale <= 0 or s.plateau_tol < 0 or (s.consistency is not None and s.consistency < 0):
         raise ConfigError("support.beta, support.plateau_tol and support.consistency must be >= 0 and "
                           "support.lr_scale > 0; fix the value")
     taus = s.tau if isinstance(s.tau, list) else [s.tau]

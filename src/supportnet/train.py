@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .alternation import make_schedule
-from .config import Config
+from .config import Config, resolve_method_defaults
 from .data import DataBundle, Split, batches, epoch_order, load_data, num_batches
 from .errors import ConfigError, DivergenceError
 from .io import atomic_write_text, save_checkpoint
@@ -142,6 +142,7 @@ def build(cfg: Config, data: DataBundle | None = None):
 
 def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = None) -> Path:
     """Train as ``cfg`` says and return the run folder (see the module docstring)."""
+    cfg = resolve_method_defaults(cfg.copy())
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
