@@ -61,7 +61,7 @@ class SupportConfig:
     beta: float = 0.1  # Eq. 41's beta (for energy-rel, in units of the layer's mean energy)
     warmup: int = 1  # epochs of free SGD before alternation starts
     min_gap: int = 1  # i-alt: fewest epochs between support re-estimations
-    max_gap: int = 4  # i-alt: most epochs between support re-estimations
+    max_gap: int = 1  # i-alt: most epochs between support re-estimations (1: every epoch, the measured default)
     plateau_tol: float = 0.05  # i-alt: relative drop of the training loss below which it has plateaued
     patience: int = 1  # i-alt: epochs below plateau_tol before re-estimating
     backend: str = "snapshot"  # i-alt supports: stored (bit-packed MaskStore) | snapshot (frozen weights)
