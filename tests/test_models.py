@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from supportnet import configure, count_params, create_model, list_models, record_masks, threshold_layers
+from supportnet.layers import set_instance_masks
+from supportnet.models import default_input
+
+MODES = ["free", "instance", "batch", "binary", "record"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward_every_mode(name, mode):
+    torch.manual_seed(0)
+    shape = default_input(name)
+    model = create_model(name, in_shape=shape, num_classes=7)
+    assert threshold_layers(model), "every model uses HardThreshold"
+    x = torch.randn(3, *shape)
+    if mode == "instance":
+        set_instance_masks(model, record_masks(model.eval(), x))
+    else:
+        configure(model, mode=mode)
+    model.train()
+    out = model(x)
+    assert out.shape == (3, 7) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None, n
+        assert torch.isfinite(p.grad).all(), n
+
+
+def test_paper_parameter_counts():
+    """Table 2 of the paper: 1.28M, 1.35M, 1.40M (docs/models.md explains ALL-CNN-B's gap)."""
+    counts = {n: count_params(create_model(n, (3, 32, 32), 10)) for n in ("allcnn-a", "allcnn-b", "allcnn-c")}
+    assert counts == {"allcnn-a": 1_254_250, "allcnn-b": 1_300_618, "allcnn-c": 1_369_738}
+    assert abs(counts["allcnn-a"] / 1.28e6 - 1) < 0.03 and abs(counts["allcnn-c"] / 1.40e6 - 1) < 0.03
+
+
+def test_allcnn_c_output_map_is_6x6_before_pooling():
+    m = create_model("allcnn-c", (3, 32, 32), 10)
+    feats = m.net[:-2](torch.randn(1, 3, 32, 32))
+    assert feats.shape == (1, 10, 6, 6)  # Springenberg: global averaging over 6x6
+
+
+def test_unknown_model_is_config_error():
+    with pytest.raises(Exception, match="unknown model"):
+        create_model("resnet-9000")
