@@ -36,6 +36,7 @@ from torch import nn
 
 from .config import METHOD_DEFAULTS, SupportConfig
 from .data import Split, batches
+from .data.augment import crop_flip
 from .layers import configure, record_masks, set_instance_masks, threshold_layers
 from .masks import MaskStore
 
@@ -48,8 +49,9 @@ class Schedule:
     name = "sgd"
 
     def __init__(self, cfg: SupportConfig, model: nn.Module, train: Split, device: torch.device,
-                 run_dir: Path | None = None, eval_batch_size: int = 1000):
+                 run_dir: Path | None = None, eval_batch_size: int = 1000, augment_seed: int | None = None):
         self.cfg, self.model, self.train, self.device = cfg, model, train, device
+        self.augment_seed = augment_seed  # not None: the loader augments; views are keyed by view_key()
         self.run_dir, self.eval_batch_size = run_dir, eval_batch_size
         self.phase = "sgd"
         self.round = 0
@@ -67,6 +69,10 @@ class Schedule:
 
     def before_step(self, x: torch.Tensor, index: torch.Tensor) -> None:
         """Called before each training forward pass."""
+
+    def view_key(self, epoch: int) -> int:
+        """Key of the augmented views this epoch: a fresh view every epoch."""
+        return epoch
 
     def end_epoch(self, obj_loss: float) -> None:
         """Called after the epoch's training with its mean training-objective loss."""
@@ -132,6 +138,8 @@ class IAlternation(Schedule):
         self.model.eval()
         try:
             for x, _, idx in batches(self.train, self.eval_batch_size):
+                if self.augment_seed is not None:  # the exact view training will see this round
+                    x = crop_flip(x, idx, self.augment_seed, self.view_key(-1))
                 store.write(idx, record_masks(self.model, x.to(self.device)))
         except BaseException:
             store.discard()
@@ -191,6 +199,12 @@ class IAlternation(Schedule):
         ev["phase"], ev["round"] = self.phase, self.round
         return ev
 
+    def view_key(self, epoch: int) -> int:
+        """Stored supports need one fixed view per example for the whole round."""
+        if self.phase == "i-alt" and self.cfg.backend == "stored":
+            return 1_000_000 + self.round
+        return epoch
+
     def masks_for(self, x: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
         if self.cfg.backend == "stored":
             assert self.store is not None
@@ -226,10 +240,10 @@ SCHEDULES = {"sgd": Schedule, "b-alt": BAlternation, "i-alt": IAlternation}
 
 
 def make_schedule(cfg: SupportConfig, model: nn.Module, train: Split, device, run_dir=None,
-                  eval_batch_size: int = 1000) -> Schedule:
+                  eval_batch_size: int = 1000, augment_seed: int | None = None) -> Schedule:
     if not threshold_layers(model) and cfg.method != "sgd":
         from .errors import ConfigError
 
         raise ConfigError(f"support.method={cfg.method} needs HardThreshold layers and the model has none; "
                           f"run supportnet.convert(model) first")
-    return SCHEDULES[cfg.method](cfg, model, train, device, run_dir, eval_batch_size)
+    return SCHEDULES[cfg.method](cfg, model, train, device, run_dir, eval_batch_size, augment_seed)

@@ -24,6 +24,10 @@ class DataConfig:
     val: int = 0  # seeded hold-out of N training examples for tuning (never the test set)
     pad: int = 0  # zero padding on each side (28x28 -> 32x32 with pad=2)
     normalize: bool = True  # per-channel mean/std from the training split
+    preprocess: str = "standard"  # standard (mean/std) | gcn-zca (ALL-CNN/NIN on CIFAR) | none
+    augment: bool = False  # random crop (4-pixel padding) + horizontal flip, batched
+    image_size: int | None = None  # imagefolder: resize every image to this square size
+    extra: bool = False  # svhn: add extra_32x32.mat to the training split
 
 
 @dataclass
@@ -109,6 +113,7 @@ def resolve_method_defaults(cfg: "Config") -> "Config":
 CHOICES = {
     ("train", "schedule"): ("cosine", "step", "constant"),
     ("support", "method"): METHODS,
+    ("data", "preprocess"): ("standard", "gcn-zca", "none"),
     ("support", "apply"): ("linear", "gated"),
     ("support", "rule"): ("energy", "energy-rel", "vote"),
     ("support", "backend"): ("stored", "snapshot"),

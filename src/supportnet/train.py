@@ -32,6 +32,7 @@ from torch import nn
 from .alternation import make_schedule
 from .config import Config, resolve_method_defaults
 from .data import DataBundle, Split, batches, epoch_order, load_data, num_batches
+from .data.augment import crop_flip
 from .errors import ConfigError, DivergenceError
 from .io import atomic_write_text, save_checkpoint
 from .layers import collect_stats, configure, layer_mode, support_penalty, threshold_layers
@@ -133,8 +134,10 @@ def _default_out(cfg: Config) -> Path:
 
 def build(cfg: Config, data: DataBundle | None = None):
     """Data and model for ``cfg``, seeded so every method starts from the same weights."""
-    data = data or load_data(cfg.data.name, cfg.data.data_dir, subset=cfg.data.subset, val=cfg.data.val,
-                             seed=cfg.train.seed, pad=cfg.data.pad, do_normalize=cfg.data.normalize)
+    d = cfg.data
+    data = data or load_data(d.name, d.data_dir, subset=d.subset, val=d.val, seed=cfg.train.seed, pad=d.pad,
+                             do_normalize=d.normalize, preprocess=d.preprocess, image_size=d.image_size,
+                             extra=d.extra)
     seed_everything(cfg.train.seed)
     model = create_model(cfg.model.name, in_shape=data.in_shape, num_classes=data.num_classes, **cfg.model.kwargs)
     return data, model
@@ -159,7 +162,8 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
     atomic_write_text(out / "config.yaml", cfg.to_yaml())
 
     opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    sched = make_schedule(cfg.support, model, data.train, device, out, t.eval_batch_size)
+    sched = make_schedule(cfg.support, model, data.train, device, out, t.eval_batch_size,
+                          augment_seed=t.seed if cfg.data.augment else None)
     layer_names = [n for n, _ in threshold_layers(model)]
     steps_per_epoch = num_batches(len(data.train), t.batch_size)
     eval_train = data.train.take(torch.arange(min(t.train_eval_size, len(data.train)))) if t.train_eval_size else None
@@ -178,6 +182,8 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         bar = tqdm(batches(data.train, t.batch_size, order), total=steps_per_epoch, leave=False,
                    disable=cfg.quiet, desc=f"epoch {epoch + 1}/{t.epochs} [{ev['phase']}]")
         for x, y, idx in bar:
+            if cfg.data.augment:  # the view of each example: a function of (seed, view key, index)
+                x = crop_flip(x, idx, t.seed, sched.view_key(epoch))
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             lr = t.lr * lr_at(cfg, st.step, steps_per_epoch) * sched.lr_factor
             for g in opt.param_groups:

@@ -59,11 +59,14 @@ class DatasetSpec:
     md5: dict[str, str] = field(default_factory=dict)  # official (compressed) file -> md5
     raw_sha256: dict[str, str] = field(default_factory=dict)  # file -> sha256 of the decompressed bytes
     urls: tuple[str, ...] = ()
-    loader: Callable[[Path, "DatasetSpec"], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] | None = None
+    loader: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] | None = None
     note: str = ""
+    present: Callable[[Path], bool] | None = None  # custom 'is the set in this folder?' test
+    member_md5: dict[str, str] = field(default_factory=dict)  # md5 of extracted members (relative paths)
+    optional: tuple[str, ...] = ()  # files that may be absent (SVHN's extra split)
 
 
-def _load_idx_set(root: Path, spec: DatasetSpec):
+def _load_idx_set(root: Path, spec: DatasetSpec, **_):
     arrays = {role: read_idx(root / fname) for role, fname in spec.files.items()}
     xtr, ytr, xte, yte = arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"]
     for xs, ys, split in ((xtr, ytr, "train"), (xte, yte, "test")):
@@ -106,8 +109,55 @@ DATASETS: dict[str, DatasetSpec] = {
              "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"},
         urls=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
         loader=_load_idx_set),
+    "kmnist": DatasetSpec(
+        "kmnist", 10, dict(_IDX_FILES),
+        # Published by ROIS-CODH (github.com/rois-codh/kmnist), as torchvision uses them.
+        md5={"train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
+             "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
+             "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
+             "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134"},
+        urls=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",), loader=_load_idx_set),
+    "cifar10": DatasetSpec(
+        "cifar10", 10, {"archive": "cifar-10-python.tar.gz"},
+        md5={"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
+        member_md5={"cifar-10-batches-py/data_batch_1": "c99cafc152244af753f735de768cd75f",
+                    "cifar-10-batches-py/data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+                    "cifar-10-batches-py/data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+                    "cifar-10-batches-py/data_batch_4": "634d18415352ddfa80567beed471001a",
+                    "cifar-10-batches-py/data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+                    "cifar-10-batches-py/test_batch": "40351d587109b95175f43aff81a1287e"},
+        urls=("https://www.cs.toronto.edu/~kriz/",),
+        loader=lambda root, spec, **_: _formats().load_cifar(root, "cifar10"),
+        present=lambda d: _formats().cifar_present(d, "cifar10"),
+        note="python-pickle tarball (read in place, no extraction needed)"),
+    "cifar100": DatasetSpec(
+        "cifar100", 100, {"archive": "cifar-100-python.tar.gz"},
+        md5={"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"},
+        member_md5={"cifar-100-python/train": "16019d7e3df5f24257cddd939b257f8d",
+                    "cifar-100-python/test": "f0ef6b0ae62326f3e7ffdfab6717acfc"},
+        urls=("https://www.cs.toronto.edu/~kriz/",),
+        loader=lambda root, spec, **_: _formats().load_cifar(root, "cifar100"),
+        present=lambda d: _formats().cifar_present(d, "cifar100"),
+        note="python-pickle tarball, fine labels"),
+    "svhn": DatasetSpec(
+        "svhn", 10, {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "extra_32x32.mat"},
+        md5={"train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373", "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
+             "extra_32x32.mat": "a93ce644f1a588dc4d68dda5feec44a7"},
+        urls=("http://ufldl.stanford.edu/housenumbers/",), optional=("extra",),
+        loader=lambda root, spec, extra=False, **_: _formats().load_svhn(root, use_extra=extra),
+        note="cropped digits .mat; data.extra=true adds extra_32x32.mat"),
+    "imagefolder": DatasetSpec(
+        "imagefolder", 0, {}, loader=lambda root, spec, image_size=None, **_: _formats().load_imagefolder(root, image_size),
+        present=lambda d: (d / "train").is_dir() and ((d / "val").is_dir() or (d / "test").is_dir()),
+        note="ImageNet-style train/ and val/ class folders (pass --data-dir)"),
     "synthetic": DatasetSpec("synthetic", 10, {}, note="generated in memory; for tests and smoke runs"),
 }
+
+
+def _formats():
+    from . import formats
+
+    return formats
 
 
 def list_datasets() -> list[str]:
@@ -136,7 +186,9 @@ def search_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
 
 
 def _has_files(d: Path, spec: DatasetSpec) -> bool:
-    return all(_find_file(d, f) is not None for f in spec.files.values())
+    if spec.present is not None:
+        return d.is_dir() and spec.present(d)
+    return all(_find_file(d, f) is not None for r, f in spec.files.items() if r not in spec.optional)
 
 
 def _find_file(d: Path, fname: str) -> Path | None:
@@ -201,7 +253,8 @@ def normalize(train: torch.Tensor, *others: torch.Tensor):
 
 
 def load_data(name: str, data_dir: str | Path | None = None, subset: int | None = None, val: int = 0,
-              seed: int = 0, pad: int = 0, do_normalize: bool = True) -> DataBundle:
+              seed: int = 0, pad: int = 0, do_normalize: bool = True, preprocess: str = "standard",
+              image_size: int | None = None, extra: bool = False) -> DataBundle:
     """Load ``name`` into tensors: optional seeded ``subset`` of the training split,
     a seeded validation hold-out of ``val`` examples, zero padding, normalisation."""
     spec = get_spec(name)
@@ -211,7 +264,8 @@ def load_data(name: str, data_dir: str | Path | None = None, subset: int | None 
     else:
         root = find_root(name, data_dir)
         assert spec.loader is not None
-        xtr_np, ytr_np, xte_np, yte_np = spec.loader(root, _resolve_files(root, spec))
+        xtr_np, ytr_np, xte_np, yte_np = spec.loader(root, _resolve_files(root, spec), image_size=image_size,
+                                                     extra=extra)
         xtr, xte = _to_float(xtr_np), _to_float(xte_np)
         ytr, yte = torch.from_numpy(ytr_np.astype(np.int64)), torch.from_numpy(yte_np.astype(np.int64))
     g = torch.Generator().manual_seed(seed)
@@ -236,13 +290,21 @@ def load_data(name: str, data_dir: str | Path | None = None, subset: int | None 
         xtr, xte = pad_fn(xtr, p), pad_fn(xte, p)
         if val_split is not None:
             val_split = (pad_fn(val_split[0], p), val_split[1])
-    if do_normalize:
+    num_classes = spec.num_classes or int(max(ytr.max().item(), yte.max().item()) + 1)
+    if preprocess == "gcn-zca":
+        from .preprocess import gcn_zca
+
+        parts = gcn_zca(xtr, xte, *([val_split[0]] if val_split else []))
+        xtr, xte = parts[0], parts[1]
+        if val_split is not None:
+            val_split = (parts[2], val_split[1])
+    elif do_normalize and preprocess == "standard":
         parts = normalize(xtr, xte, *([val_split[0]] if val_split else []))
         xtr, xte = parts[0], parts[1]
         if val_split is not None:
             val_split = (parts[2], val_split[1])
     return DataBundle(name=name, train=Split(xtr.contiguous(), ytr), test=Split(xte.contiguous(), yte),
-                      num_classes=spec.num_classes, in_shape=tuple(xtr.shape[1:]),  # type: ignore[arg-type]
+                      num_classes=num_classes, in_shape=tuple(xtr.shape[1:]),  # type: ignore[arg-type]
                       val=Split(*val_split) if val_split else None, root=str(root) if root else None)
 
 
@@ -303,11 +365,27 @@ def check_dataset(name: str, data_dir: str | Path | None = None) -> list[dict]:
     try:
         root = find_root(name, data_dir)
     except DataError:
-        return [{"file": f, "path": None, "ok": False, "how": "not found"} for f in spec.files.values()]
+        return [{"file": f, "path": None, "ok": False, "how": "not found"} for f in spec.files.values()] or \
+            [{"file": "train/, val/", "path": None, "ok": False, "how": "not found"}]
     rows = []
-    for fname in spec.files.values():
+    if name == "imagefolder":
+        return [{"file": "train/, val/", "path": str(root), "ok": True,
+                 "how": "layout found (image folders have no published checksum)"}]
+    for role, fname in spec.files.items():
         p = _find_file(root, fname)
-        assert p is not None
+        if p is None:
+            if role in spec.optional:
+                rows.append({"file": fname, "path": None, "ok": True, "how": "optional, absent"})
+                continue
+            members = {k: v for k, v in spec.member_md5.items()}
+            if members and all((root / k).is_file() for k in members):
+                for k, md5 in members.items():
+                    ok = file_hash(root / k, "md5") == md5
+                    rows.append({"file": k, "path": str(root / k), "ok": ok,
+                                 "how": "extracted member md5 " + ("matches" if ok else "does NOT match")})
+                continue
+            rows.append({"file": fname, "path": None, "ok": False, "how": "not found"})
+            continue
         ok, how = verify_file(p, spec, fname)
         rows.append({"file": fname, "path": str(p), "ok": ok, "how": how})
     return rows
@@ -320,7 +398,9 @@ def fetch_dataset(name: str, root: str | Path | None = None, quiet: bool = False
         raise DataError(f"data set {name!r} cannot be downloaded ({spec.note or 'no public URL'})")
     dest = Path(root).expanduser() if root else Path("~/.cache/supportnet").expanduser() / name
     dest.mkdir(parents=True, exist_ok=True)
-    for fname in spec.files.values():
+    for role, fname in spec.files.items():
+        if role in spec.optional:
+            continue
         target = dest / fname
         if target.is_file() and verify_file(target, spec, fname)[0]:
             continue
