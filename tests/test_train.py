@@ -59,3 +59,13 @@ def test_lr_schedules():
     assert lr_at(cfg, 850, 100) == pytest.approx(0.01)
     cfg = load_config(None, ["train.epochs=10"])
     assert lr_at(cfg, 0, 100) == 1.0 and lr_at(cfg, 500, 100) == pytest.approx(0.5) and lr_at(cfg, 1000, 100) < 1e-9
+
+
+def test_validation_split_is_evaluated(synthetic, tmp_path):
+    from supportnet.data import load_data
+
+    data = load_data("synthetic", val=200)
+    assert len(data.train) == 1024 - 200 and len(data.val) == 200
+    run = fit(_cfg(tmp_path, "train.epochs=1", "data.val=200"), data=data)
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "val_acc" in header and "val_loss" in header

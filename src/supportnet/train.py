@@ -223,6 +223,8 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
                "iterations": st.step, "seconds": round(st.seconds, 3), "obj_loss": obj_loss}
         if eval_train is not None:
             row["train_loss"], row["train_acc"] = evaluate(model, eval_train, t.eval_batch_size, device)
+        if data.val is not None:  # the split to tune on; never the test set
+            row["val_loss"], row["val_acc"] = evaluate(model, data.val, t.eval_batch_size, device)
         row.update(test_loss=test_loss, test_acc=test_acc, test_err=1.0 - test_acc)
         if t.maskt:
             row["maskt_acc"] = evaluate(model, data.test, t.eval_batch_size, device, mode="binary")[1]

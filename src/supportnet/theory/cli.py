@@ -176,19 +176,25 @@ def _plot_planted(results: list[dict], path: Path) -> None:
     colors = {"oracle": "C0", "relu": "C1", "alternation": "C2"}
     for name, m in r0["methods"].items():
         for i, c in enumerate(m["curves"]):
-            a.semilogy([max(v, 1e-16) for v in c], color=colors[name], alpha=0.5, lw=0.8,
+            xs = [k * c["every"] for k in range(len(c["values"]))]
+            a.semilogy(xs, [max(v, 1e-16) for v in c["values"]], color=colors[name], alpha=0.5, lw=0.8,
                        label=name if i == 0 else None)
-    a.set_xlabel("iteration (alternation: round; every k-th point kept)"), a.set_ylabel("relative loss")
+    a.set_xscale("symlog", linthresh=10)
+    a.set_xlabel("iteration (alternation: round)"), a.set_ylabel("relative loss")
     p = r0["problem"]
     a.set_title(f"d={p['d']} h={p['h']} o={p['o']} N={p['n']}: first 10 starts", fontsize=9)
     a.legend(fontsize=8), a.grid(alpha=0.3)
-    ratios = [r["problem"]["size_ratio"] for r in results]
-    order = sorted(range(len(results)), key=lambda i: ratios[i])
+    widths = sorted({r["problem"]["h"] for r in results})
+    styles = ["-", "--", ":", "-."]
     for name in ("oracle", "relu", "alternation"):
-        b.plot([ratios[i] for i in order], [results[i]["methods"][name]["success_rate"] for i in order], "o-",
-               color=colors[name], label=name)
+        for wi, h in enumerate(widths):
+            rs = sorted((r for r in results if r["problem"]["h"] == h), key=lambda r: r["problem"]["size_ratio"])
+            b.plot([r["problem"]["size_ratio"] for r in rs], [r["methods"][name]["success_rate"] for r in rs],
+                   marker="o", ls=styles[wi % 4], color=colors[name],
+                   label=f"{name}, h={h}" if len(widths) > 1 else name)
+    b.set_xscale("log")
     b.set_xlabel("size ratio N·o / (h·d·o)"), b.set_ylabel("success rate"), b.set_ylim(-0.05, 1.05)
-    b.legend(fontsize=8), b.grid(alpha=0.3)
+    b.legend(fontsize=7, ncol=1 if len(widths) == 1 else 3), b.grid(alpha=0.3)
     _save(fig, path)
 
 

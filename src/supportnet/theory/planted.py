@@ -113,7 +113,7 @@ def _summ(name, rel, dist, tol, hist) -> dict:
             "median_iterations_to_success": st[len(st) // 2] if st else None,
             "max_iterations_to_success": st[-1] if st else None,
             "median_final_rel_loss": sorted(rel)[S // 2],
-            "curves": [h[:: max(1, len(h) // 200)] for h in hist[:10]]}
+            "curves": [{"every": max(1, len(h) // 200), "values": h[:: max(1, len(h) // 200)]} for h in hist[:10]]}
 
 
 def run_planted(cfg: PlantedConfig, progress=None) -> dict:
