@@ -21,7 +21,7 @@ data: $(STAMP)
 
 demo: data
 	$(VENV)/bin/supportnet compare --data fashion-mnist --model convnet-s --methods sgd,b-alt,i-alt \
-		--epochs 3 --subset 12000 --seed 0 --out runs/demo
+		--epochs 3 --seed 0 --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests

@@ -123,3 +123,11 @@ def test_theory_planted_cli_small(cli, tmp_path):
 
 def test_theory_bad_grid_is_user_error(cli):
     assert_user_error(cli("theory", "planted", "--widths", "5,x"), "--widths")
+
+
+def test_theory_check_rip_cli_synthetic(cli, tmp_path):
+    p = cli("theory", "check-rip", "--data", "synthetic", "--n", "32", "--out", tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "lambda_min^2 / m" in p.stdout and "sufficient condition holds" in p.stdout
+    r = json.loads((tmp_path / "check-rip.json").read_text())
+    assert 0 <= r["lambda_min_sq_over_m"] <= r["lambda_max_sq_over_m"] and r["columns"] == 32 * 10
