@@ -210,3 +210,23 @@ def test_gcn_zca_whitens_train_and_uses_train_stats_only(tmp_path, monkeypatch):
     assert torch.allclose(a_tr, b_tr)
     assert len(list((tmp_path / "zca").iterdir())) == 1  # cached once, keyed by the inputs
     assert torch.allclose(gcn(torch.ones(1, 3, 2, 2) * 4 + torch.arange(4.0).reshape(1, 1, 2, 2)).mean(), torch.tensor(0.0), atol=1e-6)
+
+
+def test_fetch_dataset_from_mirror_verifies(tmp_path, monkeypatch):
+    import dataclasses
+    import hashlib
+
+    from supportnet import data as D
+    from test_data import _fake_idx_set
+
+    mirror = _fake_idx_set(tmp_path / "mirror")
+    md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in mirror.iterdir()}
+    spec = dataclasses.replace(D.DATASETS["mnist"], urls=(mirror.as_uri() + "/",), md5=md5, raw_sha256={})
+    monkeypatch.setitem(D.DATASETS, "mnist", spec)
+    dest = D.fetch_dataset("mnist", tmp_path / "dl", quiet=True)
+    assert all(r["ok"] for r in D.check_dataset("mnist", dest))
+    bad = dataclasses.replace(spec, md5={k: "0" * 32 for k in md5})
+    monkeypatch.setitem(D.DATASETS, "mnist", bad)
+    with pytest.raises(DataError, match="failed its checksum"):
+        D.fetch_dataset("mnist", tmp_path / "dl2", quiet=True)
+    assert list((tmp_path / "dl2").iterdir()) == []
