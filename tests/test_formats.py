@@ -230,3 +230,18 @@ def test_fetch_dataset_from_mirror_verifies(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="failed its checksum"):
         D.fetch_dataset("mnist", tmp_path / "dl2", quiet=True)
     assert list((tmp_path / "dl2").iterdir()) == []
+
+
+def test_fetch_extract_uses_safe_extract(tmp_path, monkeypatch):
+    import dataclasses
+    import hashlib
+
+    from supportnet import data as D
+
+    arch, _ = _cifar_tar(tmp_path / "mirror")
+    spec = dataclasses.replace(D.DATASETS["cifar10"], urls=((tmp_path / "mirror").as_uri() + "/",),
+                               md5={arch.name: hashlib.md5(arch.read_bytes()).hexdigest()})
+    monkeypatch.setitem(D.DATASETS, "cifar10", spec)
+    dest = D.fetch_dataset("cifar10", tmp_path / "dl", quiet=True, extract=True)
+    assert (dest / "cifar-10-batches-py" / "data_batch_1").is_file()
+    assert len(load_data("cifar10", data_dir=dest, do_normalize=False).train) == 100

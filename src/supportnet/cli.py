@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("name")
     df.add_argument("--root", help="target folder (default ~/.cache/supportnet/NAME)")
     df.add_argument("--quiet", action="store_true")
+    df.add_argument("--extract", action="store_true", help="also unpack tarballs (safely) beside them")
     from .theory.cli import add_parser as add_theory
 
     add_theory(sub)
@@ -159,7 +160,7 @@ def cmd_data(a) -> int:
                   f"run 'supportnet data fetch {a.name}'", file=sys.stderr)
         return 0 if ok else 2
     if a.data_cmd == "fetch":
-        dest = fetch_dataset(a.name, a.root, quiet=a.quiet)
+        dest = fetch_dataset(a.name, a.root, quiet=a.quiet, extract=a.extract)
         print(f"{a.name}: verified in {dest}")
         return 0
     return 2

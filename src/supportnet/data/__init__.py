@@ -391,8 +391,12 @@ def check_dataset(name: str, data_dir: str | Path | None = None) -> list[dict]:
     return rows
 
 
-def fetch_dataset(name: str, root: str | Path | None = None, quiet: bool = False) -> Path:
-    """Download ``name`` into ``root`` (default ``~/.cache/supportnet/<name>``), verified."""
+def fetch_dataset(name: str, root: str | Path | None = None, quiet: bool = False, extract: bool = False) -> Path:
+    """Download ``name`` into ``root`` (default ``~/.cache/supportnet/<name>``), verified.
+
+    Tarballs are read in place; ``extract=True`` also unpacks them with
+    :func:`~supportnet.data.download.safe_extract` (no absolute paths, ``..`` or escaping links).
+    """
     spec = get_spec(name)
     if not spec.urls:
         raise DataError(f"data set {name!r} cannot be downloaded ({spec.note or 'no public URL'})")
@@ -414,4 +418,8 @@ def fetch_dataset(name: str, root: str | Path | None = None, quiet: bool = False
                 last = e
         if last is not None:
             raise last
+        if extract and fname.endswith((".tar.gz", ".tgz", ".tar")):
+            from .download import safe_extract
+
+            safe_extract(target, dest)
     return dest
