@@ -138,7 +138,8 @@ def planted(a, out: Path) -> int:
         cfg = PlantedConfig(d=a.d, h=h, o=a.o, n=n, tau=a.tau, starts=a.starts, seed=a.seed, max_steps=a.max_steps)
         results.append(run_planted(cfg))
     lines = ["| d | h | o | N | N·o/(h·d·o) | oracle | plain ReLU | alternation | median iters (oracle / ReLU / alt rounds) "
-             "| Thm 1 holds (literal / identifiable part) |", "|---|---|---|---|---:|---:|---:|---:|---|---|"]
+             "| seconds, all starts (oracle / ReLU / alt) | Thm 1 holds (literal / identifiable part) |",
+             "|---|---|---|---|---:|---:|---:|---:|---|---|---|"]
     for r in results:
         p, m = r["problem"], r["methods"]
         lines.append(f"| {p['d']} | {p['h']} | {p['o']} | {p['n']} | {p['size_ratio']:.2f} "
@@ -148,6 +149,7 @@ def planted(a, out: Path) -> int:
                      f"| {_fmt(m['oracle']['median_iterations_to_success'])} / "
                      f"{_fmt(m['relu']['median_iterations_to_success'])} / "
                      f"{_fmt(m['alternation']['median_iterations_to_success'])} "
+                     f"| {m['oracle']['seconds']:.1f} / {m['relu']['seconds']:.1f} / {m['alternation']['seconds']:.1f} "
                      f"| {'yes' if r['theorem1']['literal_holds'] else 'no'} / "
                      f"{'yes' if r['theorem1']['identifiable_holds'] else 'no'} |")
     table = "\n".join(lines) + "\n"
