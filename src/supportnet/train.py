@@ -97,14 +97,19 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, device=None
 
 
 def first_nonfinite_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """Name of the first module whose output is not finite on ``x`` (a diagnostic forward)."""
+    """Where the activations blew up on ``x``: the first module whose output is not finite, or
+    else the module with the largest output magnitude (a diagnostic forward pass)."""
     found: list[str] = []
+    largest: list[tuple[float, str]] = []
     hooks = []
     for name, mod in model.named_modules():
         if name and not list(mod.children()):
             def hook(m, inp, out, name=name):
-                if not found and isinstance(out, torch.Tensor) and not torch.isfinite(out).all():
-                    found.append(name)
+                if isinstance(out, torch.Tensor) and out.is_floating_point():
+                    if not found and not torch.isfinite(out).all():
+                        found.append(name)
+                    elif out.numel():
+                        largest.append((out.detach().abs().max().item(), name))
             hooks.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -115,9 +120,14 @@ def first_nonfinite_layer(model: nn.Module, x: torch.Tensor) -> str:
         for h in hooks:
             h.remove()
     if found:
-        return found[0]
+        return f"first non-finite activations in {found[0]}"
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
-    return f"(weights of {bad[0]})" if bad else "(loss only)"
+    if bad:
+        return f"non-finite weights in {bad[0]}"
+    if largest:
+        v, name = max(largest)
+        return f"activations finite, largest |output| {v:.3g} in {name}"
+    return "activations finite"
 
 
 @dataclass
@@ -196,9 +206,9 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
             if not torch.isfinite(objective):
                 where = first_nonfinite_layer(model, x)
                 raise DivergenceError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {st.step + 1} ({ev['phase']} phase); "
-                    f"first non-finite activations: {where}; last good checkpoint: {last_good or 'none'}; "
-                    f"lower train.lr, or use support.apply=gated or another support.rule")
+                    f"training objective became {objective.item():.3g} (cross-entropy {loss.item():.3g}) at epoch "
+                    f"{epoch + 1}, step {st.step + 1} ({ev['phase']} phase); {where}; last good checkpoint: "
+                    f"{last_good or 'none'}; lower train.lr, or use support.apply=gated or another support.rule")
             opt.zero_grad(set_to_none=True)
             objective.backward()
             opt.step()
