@@ -69,3 +69,12 @@ def test_validation_split_is_evaluated(synthetic, tmp_path):
     run = fit(_cfg(tmp_path, "train.epochs=1", "data.val=200"), data=data)
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "val_acc" in header and "val_loss" in header
+
+
+def test_nonfinite_test_loss_stops_the_run(synthetic, tmp_path, monkeypatch):
+    import supportnet.train as T
+
+    monkeypatch.setattr(T, "evaluate", lambda *a, **k: (float("nan"), 0.1))
+    with pytest.raises(DivergenceError, match="test loss became nan after epoch 1"):
+        fit(_cfg(tmp_path, "train.epochs=2", "train.train_eval_size=0"), data=synthetic)
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "final.pt").exists()

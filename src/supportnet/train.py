@@ -229,6 +229,12 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
 
         # Evaluate in free mode (the paper applies the threshold at test time).
         test_loss, test_acc = evaluate(model, data.test, t.eval_batch_size, device)
+        if not math.isfinite(test_loss):  # weights finite but so large that the free forward overflows
+            where = first_nonfinite_layer(model, data.test.x[: t.eval_batch_size].to(device))
+            raise DivergenceError(
+                f"test loss became {test_loss} after epoch {epoch + 1} ({ev['phase']} phase) although the training "
+                f"objective was {obj_loss:.3g}; {where}; last good checkpoint: {last_good or 'none'}; lower "
+                f"train.lr, or use support.apply=gated or another support.rule")
         row = {"epoch": st.epoch, "phase": ev["phase"], "round": ev["round"], "lr": lr,
                "iterations": st.step, "seconds": round(st.seconds, 3), "obj_loss": obj_loss}
         if eval_train is not None:
