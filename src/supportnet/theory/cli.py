@@ -194,9 +194,13 @@ def _plot_planted(results: list[dict], path: Path) -> None:
             b.plot([r["problem"]["size_ratio"] for r in rs], [r["methods"][name]["success_rate"] for r in rs],
                    marker="o", ls=styles[wi % 4], color=colors[name],
                    label=f"{name}, h={h}" if len(widths) > 1 else name)
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     b.set_xscale("log")
+    b.xaxis.set_major_formatter(ScalarFormatter())
+    b.xaxis.set_minor_formatter(NullFormatter())
     b.set_xlabel("size ratio N·o / (h·d·o)"), b.set_ylabel("success rate"), b.set_ylim(-0.05, 1.05)
-    b.legend(fontsize=7, ncol=1 if len(widths) == 1 else 3), b.grid(alpha=0.3)
+    b.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5)), b.grid(alpha=0.3)
     _save(fig, path)
 
 
