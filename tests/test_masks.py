@@ -42,7 +42,7 @@ def test_file_size_is_payload_plus_header(tmp_path, n):
 
 
 def test_bits_per_activation_at_scale():
-    # Fashion-MNIST with convnet-s: 60,000 examples, 43,136 mask bits each.
+    # Fashion-MNIST with convnet-s: 60,000 examples, 40,896 mask bits each.
     store = MaskStore(60000, [(32, 28, 28), (64, 14, 14), (64, 7, 7), (128,)])
     assert store.bits_per_activation() <= 1.01
 
