@@ -131,3 +131,12 @@ def test_theory_check_rip_cli_synthetic(cli, tmp_path):
     assert "lambda_min^2 / m" in p.stdout and "sufficient condition holds" in p.stdout
     r = json.loads((tmp_path / "check-rip.json").read_text())
     assert 0 <= r["lambda_min_sq_over_m"] <= r["lambda_max_sq_over_m"] and r["columns"] == 32 * 10
+
+
+def test_cuda_device_without_gpu_is_user_error(cli, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert_user_error(cli("train", "--data", "synthetic", "--set", "train.device=cuda", "--out", tmp_path / "o"),
+                      "train.device=cuda", "no CUDA device")

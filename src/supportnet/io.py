@@ -65,15 +65,6 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def file_digest(path: str | Path, algo: str = "sha256", offset: int = 0) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        f.seek(offset)
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
     """Save a checkpoint atomically with its format version and a checksum of its body."""
     buf = io.BytesIO()

@@ -156,6 +156,7 @@ def build(cfg: Config, data: DataBundle | None = None):
 def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = None) -> Path:
     """Train as ``cfg`` says and return the run folder (see the module docstring)."""
     cfg = resolve_method_defaults(cfg.copy())
+    check_config_runs(cfg)
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)

@@ -88,7 +88,7 @@ def random_starts(d: int, h: int, o: int, starts: int, seed: int) -> tuple[torch
 
 
 def armijo_descent(params: list[torch.Tensor], loss_fn, max_steps: int = 3000, tol: float = 1e-10,
-                   t0: float = 1.0, grad_fn=None, time_budget: float | None = None):
+                   t0: float = 1.0, grad_fn=None):
     """Batched gradient descent with per-start Armijo backtracking.
 
     ``params`` are tensors with a leading start dimension S; ``loss_fn(params)``
@@ -125,8 +125,6 @@ def armijo_descent(params: list[torch.Tensor], loss_fn, max_steps: int = 3000, t
                 steps_to[s], secs_to[s] = step, now
         active &= ~newly
         if not active.any() or step == max_steps:
-            break
-        if time_budget is not None and time.perf_counter() - start > time_budget:
             break
         gn = sum((g ** 2).flatten(1).sum(1) for g in grads)
         tt = t.clone()
