@@ -101,3 +101,21 @@ def test_snapshot_is_frozen(synthetic):
     after = s.masks_for(x, torch.arange(8))
     assert all(torch.equal(a, b) for a, b in zip(before, after))
     assert not all(torch.equal(a, b) for a, b in zip(before, record_masks(model.eval(), x)))
+
+
+def test_stored_masks_match_the_augmented_views_of_the_round(synthetic, tmp_path):
+    """With augmentation, example i's view in round r is fixed by (seed, r, i), so stored masks stay exact."""
+    from supportnet.data.augment import crop_flip
+
+    model = _model(synthetic)
+    frozen = copy.deepcopy(model).eval()
+    s = IAlternation(SupportConfig(method="i-alt", backend="stored", warmup=0), model, synthetic.train,
+                     torch.device("cpu"), tmp_path, eval_batch_size=100, augment_seed=7)
+    s.start_epoch(0)
+    key = s.view_key(0)
+    assert key == s.view_key(1)  # the same view all round
+    idx = torch.tensor([3, 500, 17, 1000])
+    x = crop_flip(synthetic.train.x[idx], idx, 7, key)
+    assert not torch.equal(x, synthetic.train.x[idx])  # the views really are augmented
+    for a, b in zip(s.masks_for(x, idx), record_masks(frozen, x)):
+        assert torch.equal(a, b)
