@@ -65,12 +65,18 @@ class _BinaryStraightThrough(torch.autograd.Function):
         return grad * m, None
 
 
-def batch_support(q: torch.Tensor, tau: float, rule: str, beta: float) -> torch.Tensor:
-    """The support shared by a batch, shape ``q.shape[1:]`` (bool). No gradient."""
+def batch_support(q: torch.Tensor, tau: float, rule: str, beta: float,
+                  x: torch.Tensor | None = None) -> torch.Tensor:
+    """The support shared by a batch, shape ``q.shape[1:]`` (bool). No gradient.
+
+    ``x`` may pass the free output ``relu_tau(q)`` when the caller has it already.
+    """
     with torch.no_grad():
         if rule == "vote":
             return (q > tau).float().mean(0) > 0.5
-        x = torch.where(q > tau, q, 0.0)
+        if x is None:
+            x = torch.where(q > tau, q, 0.0)
+        x = x.detach()
         energy = (x.float() ** 2).sum(0)  # (*unit): sum over the batch, Eq. 40
         if rule == "energy":
             return energy > beta
@@ -108,11 +114,14 @@ class HardThreshold(nn.Module):
     def reset_stats(self) -> None:
         self.stats = torch.zeros(4, dtype=torch.float64)
 
-    def _apply_support(self, q: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    def _free(self, q: torch.Tensor) -> torch.Tensor:
+        return torch.relu(q) if self.tau == 0.0 else torch.where(q > self.tau, q, 0.0)
+
+    def _apply_support(self, q: torch.Tensor, m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         if self.apply == "linear":
             out = torch.where(m, q, 0.0)
-        else:
-            out = torch.where(m & (q > self.tau), q, 0.0)
+        else:  # gated: relu_tau(q) * m, the same values and gradient as where(m & (q > tau), q, 0)
+            out = (self._free(q) if x is None else x) * m.to(q.dtype)
         if self.consistency > 0:
             # Keep the weights consistent with the fixed support: units the support holds off
             # should stay below tau ('gated' and 'linear'); units it holds on above tau ('linear').
@@ -135,7 +144,7 @@ class HardThreshold(nn.Module):
     def forward(self, q: torch.Tensor) -> torch.Tensor:
         mode = self.mode
         if mode == "free" or mode == "record":
-            out = torch.relu(q) if self.tau == 0.0 else torch.where(q > self.tau, q, 0.0)
+            out = self._free(q)
             if mode == "record":
                 self.last_mask = (q > self.tau).detach()
             if self.track:
@@ -150,9 +159,10 @@ class HardThreshold(nn.Module):
                 raise RuntimeError(f"instance mask shape {tuple(m.shape)} does not match activations {tuple(q.shape)}")
             return self._apply_support(q, m)
         if mode == "batch":
-            m = batch_support(q, self.tau, self.rule, self.beta)
+            x = self._free(q) if self.apply == "gated" else None  # computed once, reused by the rule
+            m = batch_support(q, self.tau, self.rule, self.beta, x=x)
             self.batch_mask = m
-            return self._apply_support(q, m.unsqueeze(0))
+            return self._apply_support(q, m.unsqueeze(0), x)
         if mode == "binary":
             out = _BinaryStraightThrough.apply(q, self.tau)
             if self.track:
