@@ -114,6 +114,7 @@ class IAlternation(Schedule):
         self.prev_loss: float | None = None
         self.need_new = True
         self.shapes: list[tuple[int, ...]] | None = None
+        self._probe_prev: torch.Tensor | None = None  # snapshot back end: last round's probe supports
 
     # -- support estimation ----------------------------------------------------
     def _layer_shapes(self) -> list[tuple[int, ...]]:
@@ -173,9 +174,10 @@ class IAlternation(Schedule):
             snap = copy.deepcopy(self.model).eval()
             for p in snap.parameters():
                 p.requires_grad_(False)
-            if old_snap is not None:
-                change = (self._probe_masks(old_snap) != self._probe_masks(snap)).float().mean().item()
-            self.snapshot = snap
+            probe = self._probe_masks(snap)
+            if old_snap is not None:  # the old snapshot's probe masks were computed last round
+                change = (self._probe_prev != probe).float().mean().item()
+            self.snapshot, self._probe_prev = snap, probe
         self.model.train()
         return {"mask_change": change, "est_seconds": time.perf_counter() - t0}
 

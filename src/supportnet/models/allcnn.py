@@ -34,22 +34,15 @@ class AllCNN(nn.Module):
         w1, w2 = width
         L: list[nn.Module] = [nn.Dropout(0.2) if dropout else nn.Identity()]
         a = dict(act_layer=act_layer)
-        if variant == "A":
-            L += _conv(c, w1, 5, **a)
-        elif variant == "B":
-            L += _conv(c, w1, 5, **a) + _conv(w1, w1, 1, **a)
-        else:
-            L += _conv(c, w1, 3, **a) + _conv(w1, w1, 3, **a)
-        L += _conv(w1, w1, 3, stride=2, pad=1, **a)  # replaces 3x3 max pooling, stride 2   (B, w1, H/2, W/2)
-        L += [nn.Dropout(0.5) if dropout else nn.Identity()]
-        if variant == "A":
-            L += _conv(w1, w2, 5, **a)
-        elif variant == "B":
-            L += _conv(w1, w2, 5, **a) + _conv(w2, w2, 1, **a)
-        else:
-            L += _conv(w1, w2, 3, **a) + _conv(w2, w2, 3, **a)
-        L += _conv(w2, w2, 3, stride=2, pad=1, **a)  # replaces 3x3 max pooling, stride 2   (B, w2, H/4, W/4)
-        L += [nn.Dropout(0.5) if dropout else nn.Identity()]
+        for cin, cout in ((c, w1), (w1, w2)):  # two stages: the variant's convs, then a strided conv
+            if variant == "A":
+                L += _conv(cin, cout, 5, **a)
+            elif variant == "B":
+                L += _conv(cin, cout, 5, **a) + _conv(cout, cout, 1, **a)
+            else:
+                L += _conv(cin, cout, 3, **a) + _conv(cout, cout, 3, **a)
+            L += _conv(cout, cout, 3, stride=2, pad=1, **a)  # replaces 3x3 max pooling, stride 2: H -> H/2
+            L += [nn.Dropout(0.5) if dropout else nn.Identity()]
         L += _conv(w2, w2, 3, pad=0, **a)  # valid 3x3: 8x8 -> 6x6 for 32x32 input
         L += _conv(w2, w2, 1, **a)
         L += [nn.Conv2d(w2, num_classes, 1), act_layer()]  # Springenberg's last 1x1 conv has a ReLU too
