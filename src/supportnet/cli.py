@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", help="model name")
     c.add_argument("--methods", default="sgd,b-alt,i-alt",
                    help="comma-separated methods, e.g. sgd,b-alt,i-alt,i-alt[backend=stored]")
+    c.add_argument("--seeds", help="several seeds, e.g. 0,1,2: run the convergence study (time-to-target, "
+                   "mean ± std; see docs/results.md) instead of a single comparison")
+    c.add_argument("--lr-grid", help="study: learning rates tuned per method on a validation split, e.g. 0.02,0.05,0.1")
+    c.add_argument("--tune-epochs", type=int, help="study: epochs per tuning run (default: --epochs)")
+    c.add_argument("--tune-val", type=int, default=5000, help="study: validation hold-out for tuning (default 5000)")
+    c.add_argument("--targets", default="", help="study: fixed target accuracies, e.g. 0.88,0.90,0.91 "
+                   "(SGD's final accuracy - 0.2 points is always a target)")
+    c.add_argument("--jobs", type=int, default=1, help="study: runs in parallel processes (default 1)")
     _add_common(c)
 
     sub.add_parser("models", help="list the registered models with their parameter counts")
@@ -118,10 +126,35 @@ def cmd_compare(a) -> int:
 
     cfg = load_config(a.config, _shortcuts(a) + a.overrides)
     out = Path(cfg.out or "runs/compare")
+    if a.seeds:
+        from .study import run_study
+
+        summary = run_study(cfg, _split_methods(a.methods), _floats(a.seeds, "--seeds", int), out,
+                            lr_grid=_floats(a.lr_grid, "--lr-grid") if a.lr_grid else None,
+                            tune_epochs=a.tune_epochs, tune_val=a.tune_val,
+                            targets=_floats(a.targets, "--targets") if a.targets else [], jobs=a.jobs,
+                            log=(lambda *_: None) if a.quiet else print)
+        print((out / "table.md").read_text(), end="")
+        print(f"written: {out / 'study.json'}, {out / 'table.md'}, {out / 'curves.png'}, {out / 'ratio.png'}")
+        return 0
     summary = compare(cfg, _split_methods(a.methods), out)
     print(markdown_table(summary["methods"]), end="")
     print(f"written: {out / 'summary.json'}, {out / 'table.md'}, {out / 'curves.png'}")
     return 0
+
+
+def _floats(s: str, flag: str, kind=float) -> list:
+    from .errors import ConfigError
+
+    try:
+        vals = [kind(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {s!r} is not a comma-separated list of numbers; e.g. {flag} 0,1,2") from None
+    if not vals:
+        raise ConfigError(f"{flag} is empty; e.g. {flag} 0,1,2")
+    if kind is float and any(not (v > 0) for v in vals) and flag != "--seeds":
+        raise ConfigError(f"{flag} {s!r} holds a value that is not positive; give positive numbers")
+    return vals
 
 
 def cmd_models(a) -> int:

@@ -54,6 +54,7 @@ class TrainConfig:
     maskt: bool = False  # also evaluate with binary masks (the paper's MaskT)
     stats_every: int = 10  # steps between samples of active fraction and support drift
     checkpoint_every: int = 1  # epochs between checkpoints (0: only the final one)
+    evals_per_epoch: int = 1  # test evaluations per epoch for the convergence trace (time-to-target)
 
 
 @dataclass

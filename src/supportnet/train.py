@@ -179,6 +179,9 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
     steps_per_epoch = num_batches(len(data.train), t.batch_size)
     eval_train = data.train.take(torch.arange(min(t.train_eval_size, len(data.train)))) if t.train_eval_size else None
     rows: list[dict] = []
+    trace: list[dict] = []  # test accuracy at evals_per_epoch points per epoch (time-to-target)
+    k_eval = max(1, t.evals_per_epoch)
+    eval_at = {round(j * steps_per_epoch / k_eval) for j in range(1, k_eval)} - {0, steps_per_epoch}
     st = RunState()
     last_good: Path | None = None
     from tqdm import tqdm
@@ -189,7 +192,7 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         ev = sched.start_epoch(epoch)
         model.train()
         order = epoch_order(len(data.train), t.seed, epoch)
-        loss_sum, n_seen = 0.0, 0
+        loss_sum, n_seen, step_in_epoch, eval_seconds = 0.0, 0, 0, 0.0
         bar = tqdm(batches(data.train, t.batch_size, order), total=steps_per_epoch, leave=False,
                    disable=cfg.quiet, desc=f"epoch {epoch + 1}/{t.epochs} [{ev['phase']}]")
         for x, y, idx in bar:
@@ -214,15 +217,23 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
             objective.backward()
             opt.step()
             st.step += 1
+            step_in_epoch += 1
             loss_sum += loss.item() * y.numel()
             n_seen += y.numel()
+            if step_in_epoch in eval_at:  # mid-epoch point of the trace; its time is not training time
+                te = time.perf_counter()
+                tl, ta = evaluate(model, data.test, t.eval_batch_size, device)
+                trace.append({"epoch": epoch + step_in_epoch / steps_per_epoch, "iterations": st.step,
+                              "seconds": round(st.seconds + te - t0 - eval_seconds, 3),
+                              "test_loss": tl, "test_acc": ta})
+                eval_seconds += time.perf_counter() - te
             if st.step % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}")
         bar.close()
         configure(model, track=False)
         obj_loss = loss_sum / max(n_seen, 1)
         sched.end_epoch(obj_loss)
-        st.seconds += time.perf_counter() - t0
+        st.seconds += time.perf_counter() - t0 - eval_seconds
         st.epoch = epoch + 1
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise DivergenceError(f"weights became non-finite in epoch {epoch + 1}; last good checkpoint: "
@@ -243,6 +254,8 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         if data.val is not None:  # the split to tune on; never the test set
             row["val_loss"], row["val_acc"] = evaluate(model, data.val, t.eval_batch_size, device)
         row.update(test_loss=test_loss, test_acc=test_acc, test_err=1.0 - test_acc)
+        trace.append({"epoch": float(st.epoch), "iterations": st.step, "seconds": round(st.seconds, 3),
+                      "test_loss": test_loss, "test_acc": test_acc})
         if t.maskt:
             row["maskt_acc"] = evaluate(model, data.test, t.eval_batch_size, device, mode="binary")[1]
         row.update(reestimated=int(ev["reestimated"]), mask_change=ev["mask_change"],
@@ -269,7 +282,7 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
     summary = {"method": cfg.support.method, "model": cfg.model.name, "data": cfg.data.name,
                "params": count_params(model), "test_acc": last["test_acc"], "test_loss": last["test_loss"],
                "iterations": last["iterations"], "seconds": last["seconds"],
-               "curve": [curve_point(r) for r in rows]}
+               "curve": [curve_point(r) for r in rows], "trace": trace}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     from .report import plot_run
 
@@ -280,7 +293,13 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
 def curve_point(r: dict) -> dict:
     return {"epoch": r["epoch"], "iterations": r["iterations"], "seconds": r["seconds"],
             "train_loss": r.get("train_loss", r["obj_loss"]), "obj_loss": r["obj_loss"],
-            "test_loss": r["test_loss"], "test_acc": r["test_acc"], "reestimated": bool(r["reestimated"])}
+            "test_loss": r["test_loss"], "test_acc": r["test_acc"], "reestimated": bool(r["reestimated"]),
+            **({"val_loss": r["val_loss"], "val_acc": r["val_acc"]} if "val_acc" in r else {}),
+            "mask_change": _finite_or_none(r.get("mask_change"))}
+
+
+def _finite_or_none(v):
+    return v if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:

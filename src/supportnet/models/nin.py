@@ -34,6 +34,10 @@ class NIN(nn.Module):
         L += _mlpconv(c2, (a3, b3, num_classes), kernels[2], act_layer)
         L += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]  # (B, K)
         self.net = nn.Sequential(*L)
+        for m in self.modules():  # He initialisation: PyTorch's default leaves this 9-layer net stuck at chance
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def forward(self, x):
         return self.net(x)
