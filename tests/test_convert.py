@@ -1,7 +1,10 @@
+import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from supportnet import HardThreshold, convert
+from supportnet import HardThreshold, configure, convert, create_model, record_masks, threshold_layers
+from supportnet.errors import ConfigError
 
 
 class Net(nn.Module):
@@ -9,21 +12,146 @@ class Net(nn.Module):
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
                                   nn.Conv2d(4, 4, 3), nn.ReLU())
-        self.head = nn.Sequential(nn.Flatten(), nn.LazyLinear(3), nn.Tanh())
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(36, 3), nn.Tanh())
 
     def forward(self, x):
         return self.head(self.body(x))
 
 
-def test_convert_swaps_relu_modules_and_reports():
+class FunctionalBlocks(nn.Module):
+    """Every functional form of relu, a ReLU module called twice, and in-place forms whose
+    input is read again afterwards."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3, self.c4 = (nn.Conv2d(2, 2, 3, padding=1) for _ in range(4))
+        self.shared = nn.ReLU()
+        self.fc = nn.Linear(2 * 8 * 8, 5)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        y = torch.relu(self.c2(x))
+        z = self.c3(y).relu()
+        w = self.c4(z)
+        F.relu(w, inplace=True)  # result discarded: w itself is now relu'd
+        v = self.shared(w) + self.shared(-w)  # one module, two sites
+        v = v.relu_()
+        h = F.max_pool2d(v, 1)
+        return self.fc(h.flatten(1))
+
+
+def test_module_path_swaps_relu_modules_and_reports():
     torch.manual_seed(0)
     net = Net()
     x = torch.randn(2, 1, 12, 12)
     before = net(x).detach()
-    rep = convert(net)
-    assert rep.converted == ["body.1", "body.4"]
+    rep = convert(net, path="module")
+    assert rep.path == "module"
+    assert rep.converted == ["body.1 (nn.ReLU)", "body.4 (nn.ReLU)"]
     assert any("MaxPool2d" in s for s in rep.left_alone) and any("Tanh" in s for s in rep.left_alone)
     assert all(isinstance(net.body[i], HardThreshold) for i in (1, 4))
-    assert not any(isinstance(m, nn.ReLU) for m in net.modules())
     assert torch.equal(net(x), before)  # tau = 0: identical outputs
     assert "converted 2 ReLU site(s)" in str(rep)
+
+
+def test_fx_path_finds_every_functional_form_bit_for_bit():
+    torch.manual_seed(0)
+    net = FunctionalBlocks()
+    x = torch.randn(3, 2, 8, 8)
+    before = net(x).detach()
+    rep = convert(net)
+    assert rep.path == "fx", rep.reason
+    forms = " ".join(rep.converted)
+    assert len(rep.converted) == 7, rep.converted
+    for form in ("functional.relu", "torch.relu", "Tensor.relu()", "Tensor.relu_()", "shared (nn.ReLU)"):
+        assert form in forms, (form, forms)
+    assert any("max_pool2d" in s for s in rep.left_alone), rep.left_alone
+    gm = rep.model
+    assert len(threshold_layers(gm)) == 7
+    assert not any(isinstance(m, nn.ReLU) for m in gm.modules())
+    assert torch.equal(gm(x), before)
+    # parameters keep their names: the original state dict loads into the converted model
+    gm.load_state_dict(net.state_dict())
+    # the two calls of the shared module are two layers with two supports
+    masks = record_masks(gm, x)
+    assert len(masks) == 7
+
+
+def test_converted_model_supports_can_be_held_fixed():
+    torch.manual_seed(0)
+    gm = convert(FunctionalBlocks()).model
+    x = torch.randn(4, 2, 8, 8)
+    configure(gm, mode="batch")
+    out = gm(x)
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+
+
+class Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+            return self.act(self.fc(x))
+        return self.act(-self.fc(x))
+
+
+def test_untraceable_model_falls_back_to_module_swap():
+    rep = convert(Untraceable())
+    assert rep.path == "module" and "fx could not trace" in rep.reason
+    assert rep.converted == ["act (nn.ReLU)"]
+    with pytest.raises(ConfigError, match="torch.fx cannot trace"):
+        convert(Untraceable(), path="fx")
+
+
+@pytest.mark.parametrize("name,shape,sites", [("resnet18", (3, 32, 32), 17), ("vgg16", (3, 32, 32), 15),
+                                              ("googlenet", (3, 32, 32), 55), ("resnet18", (3, 224, 224), 17),
+                                              ("googlenet", (3, 224, 224), 57), ("allcnn-c", (3, 32, 32), 9),
+                                              ("convnet-s", (1, 28, 28), 4)])
+def test_zoo_models_with_relu_convert_bit_for_bit(name, shape, sites):
+    torch.manual_seed(0)
+    ref = create_model(name, shape, 10, act_layer=nn.ReLU).eval()
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        before = ref(x)
+        rep = convert(ref)
+        assert rep.path == "fx" and len(rep.converted) == sites
+        assert sites == len(threshold_layers(create_model(name, shape, 10)))  # as many as the native model
+        assert torch.equal(rep.model(x), before)
+
+
+def test_vgg16_224_converts():  # separate: 138M parameters
+    torch.manual_seed(0)
+    ref = create_model("vgg16", (3, 224, 224), 1000, act_layer=nn.ReLU).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        before = ref(x)
+        rep = convert(ref)
+        assert len(rep.converted) == 15 and torch.equal(rep.model(x), before)
+
+
+def _torchvision():
+    try:
+        import torchvision.models as tvm  # optional; never required
+
+        return tvm
+    except Exception:  # noqa: BLE001 - absent, or a build that does not import beside this torch
+        return None
+
+
+@pytest.mark.skipif(_torchvision() is None, reason="torchvision is not installed (optional)")
+@pytest.mark.parametrize("name,sites,params", [("resnet18", 17, 11_689_512), ("vgg16", 15, 138_357_544)])
+def test_against_torchvision(name, sites, params):
+    tvm = _torchvision()
+    ref = getattr(tvm, name)(weights=None).eval()
+    ours = create_model(name, (3, 224, 224), 1000)
+    assert sum(p.numel() for p in ref.parameters()) == params == sum(p.numel() for p in ours.parameters())
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        before = ref(x)
+        rep = convert(ref)
+        assert len(rep.converted) == sites == len(threshold_layers(ours))
+        assert torch.equal(rep.model(x), before)

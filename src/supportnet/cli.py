@@ -171,7 +171,9 @@ def cmd_models(a) -> int:
 
 
 def default_classes(name: str) -> int:
-    return 1000 if name.endswith("-imagenet") else 10
+    from .models import default_input
+
+    return 1000 if default_input(name)[1] >= 128 else 10  # listed at ImageNet size: ImageNet's classes
 
 
 def cmd_data(a) -> int:

@@ -46,7 +46,7 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-from . import allcnn, nin, simple  # noqa: E402,F401  (registers models)
+from . import allcnn, imagenet, nin, simple  # noqa: E402,F401  (registers models)
 
 
 def default_input(name: str) -> tuple[int, int, int]:
