@@ -41,9 +41,11 @@ FULL = {
                               tune_epochs=2, tune_val=5000, targets=[0.80, 0.85, 0.88])),
 }
 QUICK = {
-    "fmnist6k-convnet-s": (["data.subset=6000"], dict(methods=ALL_METHODS, epochs=3, lr_grid=[0.05, 0.1],
-                                                      tune_epochs=2, tune_val=1000, targets=[0.80, 0.84])),
-    "fmnist6k-nin-small": (["data.subset=6000", "model.name=nin-mnist", f"model.kwargs={NIN_SMALL}"],
+    "fmnist5k-convnet-s": (["data.subset=5000", "train.evals_per_epoch=2"],
+                           dict(methods=ALL_METHODS, epochs=3, lr_grid=[0.05, 0.1], tune_epochs=2, tune_val=1000,
+                                targets=[0.80, 0.84])),
+    "fmnist5k-nin-small": (["data.subset=5000", "train.evals_per_epoch=2", "model.name=nin-mnist",
+                            f"model.kwargs={NIN_SMALL}"],
                            dict(methods=["sgd", "b-alt", "i-alt-stored"], epochs=2, lr_grid=None, tune_epochs=None,
                                 tune_val=0, targets=[0.6, 0.7], lr=0.01)),
 }
@@ -78,7 +80,7 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--lr", type=float, default=0.05, help="learning rate where a study does not tune")
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
-    ap.add_argument("--evals-per-epoch", type=int, default=4)
+    ap.add_argument("--evals-per-epoch", type=int, default=3)
     a = ap.parse_args()
     kind = "quick" if a.quick else "levers" if a.levers else "full"
     studies = {"quick": QUICK, "levers": LEVERS, "full": FULL}[kind]
@@ -94,7 +96,7 @@ def main() -> int:
         kw = dict(kw)
         cfg = load_config(None, ["data.name=fashion-mnist", f"train.epochs={kw.pop('epochs')}", "quiet=true",
                                  "train.train_eval_size=0", "train.checkpoint_every=0", f"train.lr={a.lr}",
-                                 f"train.evals_per_epoch={a.evals_per_epoch}"] + sets)
+                                 f"train.evals_per_epoch={a.evals_per_epoch}", "train.threads=2"] + sets)
         s_seeds = kw.pop("seeds", seeds)
         if "lr" in kw:
             cfg.train.lr = kw.pop("lr")

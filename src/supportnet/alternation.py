@@ -85,9 +85,51 @@ class Schedule:
 
 
 class BAlternation(Schedule):
-    """B-alternation: one support per mini-batch, computed on the fly (Eq. 39-41)."""
+    """B-alternation: one support per mini-batch (Eq. 39-41).
+
+    ``sync=local`` (default): each threshold layer computes the support from the
+    batch's own activations inside the training forward (layer ``l`` sees the
+    supports of layers ``< l`` already applied).
+    ``sync=global`` (or ``probe=True``): a no-grad probe forward in eval mode first
+    collects every layer's per-unit energy and vote counts; under torchrun they
+    are summed over all ranks in *one* all-reduce, so the support is the global
+    batch's; the training forward then applies those supports.
+    """
 
     name = "b-alt"
+
+    @property
+    def probing(self) -> bool:
+        return self.cfg.sync == "global" or self.cfg.probe
+
+    def before_step(self, x: torch.Tensor, index: torch.Tensor) -> None:
+        if self.phase != "b-alt" or not self.probing:
+            return
+        from .distributed import all_reduce_sum
+        from .layers import support_from_stats
+
+        layers = [l for _, l in threshold_layers(self.model)]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            configure(self.model, mode="probe")
+            with torch.no_grad():
+                self.model(x)
+        finally:
+            self.model.train(was_training)
+        stats = [l.probe_stats for l in layers]
+        flat = torch.cat([torch.cat([e.reshape(-1), v.reshape(-1)]) for e, v, _ in stats]
+                         + [torch.tensor([float(stats[0][2])], dtype=torch.float64, device=x.device)])
+        if self.cfg.sync == "global":
+            all_reduce_sum(flat)  # one bucket for every layer
+        n, off = flat[-1].item(), 0
+        configure(self.model, mode="batch")
+        for layer, (e, _, _) in zip(layers, stats):
+            k = e.numel()
+            energy, votes = flat[off:off + k].view_as(e), flat[off + k:off + 2 * k].view_as(e)
+            off += 2 * k
+            layer.given_batch_mask = support_from_stats(energy, votes, n, layer.rule, layer.beta)
+            layer.probe_stats = None
 
     def start_epoch(self, epoch: int) -> dict:
         if epoch < self.cfg.warmup:
@@ -115,6 +157,11 @@ class IAlternation(Schedule):
         self.need_new = True
         self.shapes: list[tuple[int, ...]] | None = None
         self._probe_prev: torch.Tensor | None = None  # snapshot back end: last round's probe supports
+        self.shard_rank, self.shard_world = 0, 1  # stored back end under torchrun: examples i % world == rank
+
+    def set_shard(self, rank: int, world: int) -> None:
+        """Keep only this rank's masks: examples ``i`` with ``i % world == rank`` (row ``i // world``)."""
+        self.shard_rank, self.shard_world = rank, world
 
     # -- support estimation ----------------------------------------------------
     def _layer_shapes(self) -> list[tuple[int, ...]]:
@@ -134,14 +181,18 @@ class IAlternation(Schedule):
         path = None
         if self.cfg.store == "file" and self.run_dir is not None:
             path = self.run_dir / f"masks-round{self.round:03d}.smask"
-        store = MaskStore(len(self.train), shapes, path=path)
+        w = self.shard_world
+        if w > 1 and path is not None:
+            path = path.with_name(f"masks-round{self.round:03d}-rank{self.shard_rank}.smask")
+        mine = torch.arange(self.shard_rank, len(self.train), w) if w > 1 else None
+        store = MaskStore(len(self.train) if mine is None else len(mine), shapes, path=path)
         was_training = self.model.training
         self.model.eval()
         try:
-            for x, _, idx in batches(self.train, self.eval_batch_size):
+            for x, _, idx in batches(self.train, self.eval_batch_size, mine):
                 if self.augment_seed is not None:  # the exact view training will see this round
                     x = crop_flip(x, idx, self.augment_seed, self.view_key(-1))
-                store.write(idx, record_masks(self.model, x.to(self.device)))
+                store.write(idx // w, record_masks(self.model, x.to(self.device)))
         except BaseException:
             store.discard()
             raise
@@ -210,7 +261,7 @@ class IAlternation(Schedule):
     def masks_for(self, x: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
         if self.cfg.backend == "stored":
             assert self.store is not None
-            return self.store.read(index, device=self.device)
+            return self.store.read(index // self.shard_world, device=self.device)
         assert self.snapshot is not None
         return record_masks(self.snapshot, x)
 

@@ -16,6 +16,8 @@ instance   fixed per-example support ``m_n`` supplied by the loop
 batch      support shared by the batch, from this batch's ``q`` (Eq. 39-41)
 binary     ``1[q > tau]``, the mask itself (the paper's "MaskT" test)
 record     as ``free``, and keeps the mask in ``last_mask``
+probe      as ``free``, and keeps per-unit batch statistics (``probe_stats``)
+           from which a batch support is computed later, e.g. over all ranks
 =========  ==================================================================
 
 How a fixed support ``m`` is applied is a second choice, ``apply``:
@@ -45,7 +47,7 @@ from torch import nn
 
 from .errors import ConfigError
 
-MODES = ("free", "instance", "batch", "binary", "record")
+MODES = ("free", "instance", "batch", "binary", "record", "probe")
 APPLY = ("linear", "gated")
 RULES = ("energy", "energy-rel", "vote")
 
@@ -85,6 +87,18 @@ def batch_support(q: torch.Tensor, tau: float, rule: str, beta: float,
     raise ConfigError(f"unknown batch rule {rule!r}; use one of {', '.join(RULES)}")
 
 
+def support_from_stats(energy: torch.Tensor, votes: torch.Tensor, n: float, rule: str, beta: float) -> torch.Tensor:
+    """The batch support from summed statistics (``probe`` mode; possibly summed over ranks):
+    ``energy = sum_n relu_tau(q)^2`` and ``votes = sum_n 1[q > tau]`` per unit, ``n`` examples."""
+    if rule == "vote":
+        return votes * 2 > n
+    if rule == "energy":
+        return energy > beta
+    if rule == "energy-rel":
+        return energy > beta * energy.mean()
+    raise ConfigError(f"unknown batch rule {rule!r}; use one of {', '.join(RULES)}")
+
+
 class HardThreshold(nn.Module):
     """Positive hard-thresholding ``q * 1[q > tau]`` whose support can be fixed.
 
@@ -103,6 +117,8 @@ class HardThreshold(nn.Module):
         self.instance_mask: torch.Tensor | None = None  # (B, *unit) bool, set by the loop
         self.last_mask: torch.Tensor | None = None  # (B, *unit) bool, record mode
         self.batch_mask: torch.Tensor | None = None  # (*unit) bool, last batch support
+        self.given_batch_mask: torch.Tensor | None = None  # (*unit) bool: batch mode uses it instead of the rule
+        self.probe_stats: tuple[torch.Tensor, torch.Tensor, int] | None = None  # probe mode: energy, votes, n
         self.track = False
         self.stats = torch.zeros(4, dtype=torch.float64)  # active, total, drift, drift_total
         self.consistency = 0.0  # weight of the support-consistency penalty (0: not computed)
@@ -158,9 +174,16 @@ class HardThreshold(nn.Module):
             if m.shape != q.shape:
                 raise RuntimeError(f"instance mask shape {tuple(m.shape)} does not match activations {tuple(q.shape)}")
             return self._apply_support(q, m)
+        if mode == "probe":
+            out = self._free(q)
+            with torch.no_grad():
+                self.probe_stats = ((out.detach().double() ** 2).sum(0), (q > self.tau).sum(0).double(), q.shape[0])
+            return out
         if mode == "batch":
             x = self._free(q) if self.apply == "gated" else None  # computed once, reused by the rule
-            m = batch_support(q, self.tau, self.rule, self.beta, x=x)
+            m = self.given_batch_mask
+            if m is None:
+                m = batch_support(q, self.tau, self.rule, self.beta, x=x)
             self.batch_mask = m
             return self._apply_support(q, m.unsqueeze(0), x)
         if mode == "binary":
@@ -200,6 +223,7 @@ def configure(model: nn.Module, *, mode: str | None = None, apply: str | None = 
     for i, (_, layer) in enumerate(layers):
         if mode is not None:
             layer.mode = mode
+            layer.given_batch_mask = None
             if mode != "instance":
                 layer.instance_mask = None
         if apply is not None:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .alternation import make_schedule
 from .config import Config, resolve_method_defaults
 from .data import DataBundle, Split, batches, epoch_order, load_data, num_batches
@@ -80,9 +81,16 @@ def lr_at(cfg: Config, step: int, steps_per_epoch: int) -> float:
 def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, device=None,
              mode: str = "free") -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``split`` with every layer in ``mode``."""
+    from .distributed import all_reduce_sum, world_size
+
     was_training = model.training
     model.eval()
     total_loss, correct, n = 0.0, 0, 0
+    world = world_size()
+    if world > 1:  # each rank evaluates its share; the sums are all-reduced below
+        import torch.distributed as dist
+
+        split = split.take(torch.arange(dist.get_rank(), len(split), world))
     try:
         with layer_mode(model, mode):
             for x, y, _ in batches(split, batch_size):
@@ -93,6 +101,10 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, device=None
                 n += y.numel()
     finally:
         model.train(was_training)
+    if world > 1:
+        sums = all_reduce_sum(torch.tensor([total_loss, float(correct), float(n)], dtype=torch.float64,
+                                           device=device))
+        total_loss, correct, n = sums[0].item(), int(sums[1].item()), int(sums[2].item())
     return total_loss / max(n, 1), correct / max(n, 1)
 
 
@@ -160,7 +172,9 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    device = torch.device(t.device)
+    info = distributed.setup(t.device)
+    distributed.check_batch(t.batch_size, info)
+    device = torch.device(f"cuda:{info.local_rank}" if info.active and t.device.startswith("cuda") else t.device)
     if model is None:
         data, model = build(cfg, data)
     elif data is None:
@@ -169,14 +183,26 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
     seed_everything(t.seed)
     model.to(device)
     out = Path(cfg.out) if cfg.out else _default_out(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    main = info.is_main  # only rank 0 writes the run folder
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", cfg.to_yaml())
 
     opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     sched = make_schedule(cfg.support, model, data.train, device, out, t.eval_batch_size,
                           augment_seed=t.seed if cfg.data.augment else None)
+    # I-alternation with stored supports under torchrun: a fixed shard of examples (and masks) per rank.
+    sharded = info.active and cfg.support.method == "i-alt" and cfg.support.backend == "stored"
+    if sharded:
+        sched.set_shard(info.rank, info.world)
+    net = model
+    if info.active:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     layer_names = [n for n, _ in threshold_layers(model)]
-    steps_per_epoch = num_batches(len(data.train), t.batch_size)
+    local_batch = t.batch_size // info.world if sharded else t.batch_size
+    steps_per_epoch = num_batches(len(data.train) // info.world if sharded else len(data.train), local_batch)
     eval_train = data.train.take(torch.arange(min(t.train_eval_size, len(data.train)))) if t.train_eval_size else None
     rows: list[dict] = []
     trace: list[dict] = []  # test accuracy at evals_per_epoch points per epoch (time-to-target)
@@ -192,10 +218,15 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         ev = sched.start_epoch(epoch)
         model.train()
         order = epoch_order(len(data.train), t.seed, epoch)
+        if sharded:
+            order = distributed.shard_order(order, info, len(data.train))
         loss_sum, n_seen, step_in_epoch, eval_seconds = 0.0, 0, 0, 0.0
-        bar = tqdm(batches(data.train, t.batch_size, order), total=steps_per_epoch, leave=False,
-                   disable=cfg.quiet, desc=f"epoch {epoch + 1}/{t.epochs} [{ev['phase']}]")
+        bar = tqdm(batches(data.train, local_batch, order), total=steps_per_epoch, leave=False,
+                   disable=cfg.quiet or not main, desc=f"epoch {epoch + 1}/{t.epochs} [{ev['phase']}]")
         for x, y, idx in bar:
+            if info.active and not sharded:  # this rank's slice of the global batch
+                sl = distributed.local_slice(len(idx), info)
+                x, y, idx = x[sl], y[sl], idx[sl]
             if cfg.data.augment:  # the view of each example: a function of (seed, view key, index)
                 x = crop_flip(x, idx, t.seed, sched.view_key(epoch))
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -205,9 +236,12 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
             sched.before_step(x, idx)
             track = st.step % t.stats_every == 0
             configure(model, track=track)
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(net(x), y)
             objective = loss + support_penalty(model)  # 0 unless support.consistency > 0
-            if not torch.isfinite(objective):
+            finite = torch.isfinite(objective.detach())
+            if info.active:  # every rank stops together
+                finite = distributed.all_reduce_sum((~finite).double().reshape(1)).item() == 0
+            if not finite:
                 where = first_nonfinite_layer(model, x)
                 raise DivergenceError(
                     f"training objective became {objective.item():.3g} (cross-entropy {loss.item():.3g}) at epoch "
@@ -231,6 +265,10 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
                 bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}")
         bar.close()
         configure(model, track=False)
+        if info.active:
+            sums = distributed.all_reduce_sum(torch.tensor([loss_sum, float(n_seen)], dtype=torch.float64,
+                                                           device=device))
+            loss_sum, n_seen = sums[0].item(), int(sums[1].item())
         obj_loss = loss_sum / max(n_seen, 1)
         sched.end_epoch(obj_loss)
         st.seconds += time.perf_counter() - t0 - eval_seconds
@@ -266,6 +304,8 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         for name in layer_names:
             row[f"drift/{name}"] = stats[name]["drift"]
         rows.append(row)
+        if not main:
+            continue
         if not cfg.quiet:
             tqdm.write(f"epoch {st.epoch:3d} [{ev['phase']:6s}] obj {obj_loss:.4f}  test loss {test_loss:.4f}  "
                        f"acc {test_acc:.4f}  {st.seconds:7.1f}s" + ("  (support re-estimated)" if ev["reestimated"] else ""))
@@ -276,6 +316,9 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
                 "epoch": st.epoch, "step": st.step, "seconds": st.seconds, "config": cfg.to_dict(),
                 "rng": torch.get_rng_state(), "metrics": rows})
 
+    if not main:
+        distributed.teardown(info)
+        return out
     # Final artefacts: weights, curves, summary.
     save_checkpoint(out / "final.pt", {"state_dict": model.state_dict(), "config": cfg.to_dict(), "metrics": rows})
     last = rows[-1]
@@ -287,6 +330,7 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
     from .report import plot_run
 
     plot_run(rows, out / "curves.png", title=f"{cfg.model.name} on {cfg.data.name}: {cfg.support.method}")
+    distributed.teardown(info)
     return out
 
 

@@ -318,9 +318,9 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 def batches(split: Split, batch_size: int, order: torch.Tensor | None = None,
             start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y, index)`` batches of ``split`` in ``order`` (default: as stored)."""
-    n = len(split)
     if order is None:
-        order = torch.arange(n)
+        order = torch.arange(len(split))
+    n = len(order)  # an order may cover only part of the split (a rank's shard)
     for i in range(start * batch_size, n, batch_size):
         idx = order[i:i + batch_size]
         yield split.x[idx], split.y[idx], idx

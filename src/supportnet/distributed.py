@@ -1,0 +1,104 @@
+"""Distributed training on PyTorch's own engine: torchrun + DistributedDataParallel.
+
+``torchrun --nproc_per_node=N -m supportnet train ...`` sets ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous variables; :func:`setup` reads
+them and joins the process group (``gloo`` on CPU, ``nccl`` on GPU). A plain
+``supportnet train`` is a world of one and never touches ``torch.distributed``.
+
+Data: ``train.batch_size`` is the *global* batch. Every rank walks the same global
+order (:func:`supportnet.data.epoch_order`) and takes its contiguous slice of
+each global batch, so N ranks with B/N examples each see exactly the batches
+that one process with batch B sees. (I-alternation with the stored back end
+instead keeps a fixed shard of examples per rank; see :func:`shard_order`.)
+
+Only rank 0 writes the run folder; metrics are all-reduced; every rank loads the
+same checkpoint when resuming.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    owned: bool = False  # this module started the process group (and so ends it)
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number; launch with torchrun") from None
+
+
+def setup(device: str) -> DistInfo:
+    """Join the process group torchrun described (no-op for a world of one)."""
+    world = env_world()
+    if world <= 1:
+        return DistInfo()
+    for k in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if k not in os.environ:
+            raise ConfigError(f"WORLD_SIZE={world} but {k} is not set; launch with torchrun --nproc_per_node=N")
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank=rank, world=world, local_rank=local, backend=backend, owned=owned)
+
+
+def teardown(info: DistInfo) -> None:
+    if info.active and info.owned and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over ranks in place (one collective); identity for a world of one."""
+    if world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def local_slice(n: int, info: DistInfo) -> slice:
+    """This rank's contiguous part of a global batch of ``n`` examples."""
+    if not info.active:
+        return slice(0, n)
+    per = -(-n // info.world)
+    return slice(min(n, info.rank * per), min(n, (info.rank + 1) * per))
+
+
+def shard_order(order: torch.Tensor, info: DistInfo, n: int) -> torch.Tensor:
+    """The global ``order`` restricted to this rank's fixed shard ``{i : i % world == rank}``,
+    cut to the same length on every rank (so every rank takes the same number of steps)."""
+    mine = order[order % info.world == info.rank]
+    return mine[: n // info.world]
+
+
+def check_batch(batch_size: int, info: DistInfo) -> None:
+    if info.active and batch_size % info.world:
+        raise ConfigError(f"train.batch_size={batch_size} (the global batch) does not divide among "
+                          f"{info.world} processes; use a multiple of {info.world}")

@@ -1,0 +1,83 @@
+"""torchrun + DDP on CPU with gloo: 2 processes against 1 (see docs/distributed.md)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from supportnet.distributed import DistInfo, check_batch, local_slice, shard_order
+from supportnet.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "dist" / "worker.py"
+
+
+def _env():
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + e.get("PYTHONPATH", "")
+    e["OMP_NUM_THREADS"] = "1"
+    return e
+
+
+def _run(args, nproc):
+    cmd = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                              if nproc > 1 else []) + [str(a) for a in args]
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    return p
+
+
+@pytest.mark.parametrize("rule", ["energy-rel", "vote"])
+def test_global_balt_two_ranks_match_one_process(tmp_path, rule):
+    """Per-rank batch B/2 with global sync: the same supports, bit for bit, as one process with
+    batch B and the same data order; after every step the weights agree within float tolerance."""
+    sets = ["b-alt", "support.sync=global", f"support.rule={rule}"]
+    _run([WORKER, tmp_path / "one", *sets], 1)
+    _run([WORKER, tmp_path / "two", *sets], 2)
+    one = torch.load(tmp_path / "one" / "result.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "result.pt", weights_only=True)
+    assert len(one["supports"]) == len(two["supports"]) == 8  # 1 B-alt epoch of 256/32 steps
+    for step, (a, b) in enumerate(zip(one["supports"], two["supports"])):
+        for layer, (ma, mb) in enumerate(zip(a, b)):
+            assert torch.equal(ma, mb), f"support differs at step {step}, layer {layer}"
+    assert any(not m.all() for m in one["supports"][-1]), "the supports switch some units off"
+    for k, v in one["state"].items():
+        torch.testing.assert_close(two["state"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_local_sync_differs_from_global(tmp_path):
+    """With sync=local each rank uses its own half-batch support (a different algorithm)."""
+    _run([WORKER, tmp_path / "g", "b-alt", "support.sync=global"], 2)
+    _run([WORKER, tmp_path / "l", "b-alt", "support.sync=local", "support.probe=true"], 2)
+    g = torch.load(tmp_path / "g" / "result.pt", weights_only=True)["supports"]
+    loc = torch.load(tmp_path / "l" / "result.pt", weights_only=True)["supports"]
+    assert any(not torch.equal(a, b) for sa, sb in zip(g, loc) for a, b in zip(sa, sb))
+
+
+@pytest.mark.parametrize("backend", ["stored", "snapshot"])
+def test_ialt_runs_on_two_ranks(tmp_path, backend):
+    _run([WORKER, tmp_path, "i-alt", f"support.backend={backend}"], 2)
+    state = torch.load(tmp_path / "result.pt", weights_only=True)["state"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_torchrun_cli_rank0_writes_the_run_folder(tmp_path):
+    out = tmp_path / "run"
+    p = _run(["-m", "supportnet", "train", "--data", "synthetic", "--subset", "256", "--epochs", "1", "--quiet",
+              "--set", "model.kwargs={width: 8, hidden: 32}", "--set", "train.batch_size=32", "--out", out], 2)
+    assert (out / "summary.json").is_file() and (out / "final.pt").is_file()
+    assert p.stdout.count("run folder:") == 2  # every rank reports the one folder
+
+
+def test_data_partition_helpers():
+    info = DistInfo(rank=1, world=2)
+    assert local_slice(32, info) == slice(16, 32)
+    assert local_slice(5, DistInfo(rank=1, world=2)) == slice(3, 5)
+    order = torch.randperm(11, generator=torch.Generator().manual_seed(0))
+    a, b = shard_order(order, DistInfo(0, 2), 11), shard_order(order, DistInfo(1, 2), 11)
+    assert len(a) == len(b) == 5 and (a % 2 == 0).all() and (b % 2 == 1).all()
+    check_batch(32, info)
+    with pytest.raises(ConfigError, match="does not divide among 2 processes"):
+        check_batch(33, info)
