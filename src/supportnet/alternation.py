@@ -90,6 +90,9 @@ class BAlternation(Schedule):
     ``sync=local`` (default): each threshold layer computes the support from the
     batch's own activations inside the training forward (layer ``l`` sees the
     supports of layers ``< l`` already applied).
+    ``sync=global-inline``: the same, but each layer's statistics are summed over all
+    ranks inside the forward (one small all-reduce per layer), so N ranks compute
+    exactly the supports of one process with the global batch.
     ``sync=global`` (or ``probe=True``): a no-grad probe forward in eval mode first
     collects every layer's per-unit energy and vote counts; under torchrun they
     are summed over all ranks in *one* all-reduce, so the support is the global
@@ -138,6 +141,8 @@ class BAlternation(Schedule):
         else:
             self.phase, self.lr_factor = "b-alt", self.cfg.lr_scale
             configure(self.model, mode="batch", apply=self.cfg.apply, rule=self.cfg.rule, beta=self.cfg.beta)
+            for _, layer in threshold_layers(self.model):
+                layer.sync_inline = self.cfg.sync == "global-inline"
         return {"phase": self.phase, "round": self.round, "reestimated": False,
                 "mask_change": float("nan"), "est_seconds": 0.0}
 

@@ -73,7 +73,8 @@ class SupportConfig:
     store: str = "memory"  # stored back end: memory | file (memory-mapped, in the run folder)
     lr_scale: float = 1.0  # learning-rate multiplier while a support is held fixed
     sync: str = "local"  # b-alt batch support: local (this rank's examples, inside the training forward) |
-    # global (the global batch: a no-grad probe pass, one all-reduce of every layer's statistics, then train)
+    # global (the global batch: a no-grad probe pass, one all-reduce of every layer's statistics, then train) |
+    # global-inline (the global batch, inside the training forward: one small all-reduce per layer)
     probe: bool = False  # b-alt: estimate the batch support in a probe pass even when sync=local
     consistency: float | None = None  # penalty keeping pre-activations consistent with a fixed support;
     # None: the method's tuned default (METHOD_DEFAULTS)
@@ -122,7 +123,7 @@ CHOICES = {
     ("support", "rule"): ("energy", "energy-rel", "vote"),
     ("support", "backend"): ("stored", "snapshot"),
     ("support", "store"): ("memory", "file"),
-    ("support", "sync"): ("local", "global"),
+    ("support", "sync"): ("local", "global", "global-inline"),
 }
 
 

@@ -118,6 +118,7 @@ class HardThreshold(nn.Module):
         self.last_mask: torch.Tensor | None = None  # (B, *unit) bool, record mode
         self.batch_mask: torch.Tensor | None = None  # (*unit) bool, last batch support
         self.given_batch_mask: torch.Tensor | None = None  # (*unit) bool: batch mode uses it instead of the rule
+        self.sync_inline = False  # batch mode: all-reduce this layer's statistics inside the forward
         self.probe_stats: tuple[torch.Tensor, torch.Tensor, int] | None = None  # probe mode: energy, votes, n
         self.track = False
         self.stats = torch.zeros(4, dtype=torch.float64)  # active, total, drift, drift_total
@@ -182,7 +183,19 @@ class HardThreshold(nn.Module):
         if mode == "batch":
             x = self._free(q) if self.apply == "gated" else None  # computed once, reused by the rule
             m = self.given_batch_mask
-            if m is None:
+            if m is None and self.sync_inline:  # this layer's statistics summed over every rank
+                from .distributed import all_reduce_sum
+
+                with torch.no_grad():
+                    free = (x if x is not None else self._free(q)).detach()
+                    e = (free.double() ** 2).sum(0)
+                    flat = torch.cat([e.reshape(-1), (q > self.tau).sum(0).double().reshape(-1),
+                                      torch.tensor([float(q.shape[0])], dtype=torch.float64, device=q.device)])
+                    all_reduce_sum(flat)
+                    k = e.numel()
+                    m = support_from_stats(flat[:k].view_as(e), flat[k:2 * k].view_as(e), flat[-1].item(),
+                                           self.rule, self.beta)
+            elif m is None:
                 m = batch_support(q, self.tau, self.rule, self.beta, x=x)
             self.batch_mask = m
             return self._apply_support(q, m.unsqueeze(0), x)

@@ -8,23 +8,22 @@ from pathlib import Path
 
 import torch
 
-from supportnet.alternation import BAlternation
+import supportnet.layers as layers
 from supportnet.config import load_config
-from supportnet.layers import threshold_layers
 from supportnet.train import fit
 
 out, method, *sets = sys.argv[1:]
-seen: list[list[torch.Tensor]] = []
-original = BAlternation.before_step
+seen: list[torch.Tensor] = []  # every batch support computed from (all-reduced) statistics, in order
+original = layers.support_from_stats
 
 
-def recording(self, x, index):
-    original(self, x, index)
-    if self.phase == "b-alt":
-        seen.append([l.given_batch_mask.clone() for _, l in threshold_layers(self.model)])
+def recording(*args, **kwargs):
+    m = original(*args, **kwargs)
+    seen.append(m.clone())
+    return m
 
 
-BAlternation.before_step = recording
+layers.support_from_stats = recording
 torch.set_num_threads(1)
 cfg = load_config(None, ["data.name=synthetic", "data.subset=256", "train.epochs=2", "train.batch_size=32",
                          "model.kwargs={width: 8, hidden: 32}", "quiet=true", "train.train_eval_size=0",
