@@ -1,7 +1,7 @@
 """Convergence study: iterations and time to target accuracy, alternation against SGD.
 
     python bench/convergence.py --quick      # about 6 minutes on 2 CPU cores (subset of Fashion-MNIST)
-    python bench/convergence.py              # the full study (about 2 hours on 2 CPU cores)
+    python bench/convergence.py              # the full study (about 100 minutes on 2 idle CPU cores)
     python bench/convergence.py --levers     # the levers of DESIGN.md (beta, tau, gap, warm-up)
 
 The protocol is :mod:`supportnet.study` (``supportnet compare --seeds ...`` runs the
@@ -37,7 +37,7 @@ FULL = {
     "fmnist-convnet-s": ([], dict(methods=ALL_METHODS, epochs=4, lr_grid=[0.02, 0.05, 0.1], tune_epochs=2,
                                   tune_val=5000, targets=[0.88, 0.90, 0.91])),
     "fmnist-nin-small": ([f"model.name=nin-mnist", f"model.kwargs={NIN_SMALL}"],
-                         dict(methods=["sgd", "b-alt", "i-alt-stored"], epochs=3, lr_grid=[0.01, 0.03],
+                         dict(methods=["sgd", "b-alt", "i-alt-stored"], epochs=2, lr_grid=[0.01, 0.03],
                               tune_epochs=2, tune_val=5000, targets=[0.80, 0.85, 0.88])),
 }
 QUICK = {

@@ -41,22 +41,32 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="steps per timed block")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (data resident on the device)")
     a = ap.parse_args()
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     data = load_data(a.data, subset=a.subset)
+    if dev.type != "cpu":
+        from supportnet.train import to_device
+
+        data = to_device(data, dev)
     train = data.train
-    model = create_model("convnet-s", data.in_shape, data.num_classes)
+    model = create_model("convnet-s", data.in_shape, data.num_classes).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     bs = a.batch_size
     order = epoch_order(len(train), 0, 0)
     batch_list = list(batches(train, bs, order))[: a.steps]
 
     # Supports for the I-alt back ends, estimated once from the current weights.
-    ialt_stored = IAlternation(SupportConfig(method="i-alt", backend="stored", warmup=0), model, train, "cpu")
+    ialt_stored = IAlternation(SupportConfig(method="i-alt", backend="stored", warmup=0), model, train, dev)
+    ialt_stored.start_epoch(0)  # the first estimation also warms up; time the second
+    sync()
     t0 = time.perf_counter()
-    ialt_stored.start_epoch(0)
+    ialt_stored.reestimate()
+    sync()
     est_seconds = time.perf_counter() - t0
-    ialt_snap = IAlternation(SupportConfig(method="i-alt", backend="snapshot", warmup=0), model, train, "cpu")
+    ialt_snap = IAlternation(SupportConfig(method="i-alt", backend="snapshot", warmup=0), model, train, dev)
     ialt_snap.start_epoch(0)
 
     def step(x, y):
@@ -71,13 +81,15 @@ def main() -> None:
             configure(model, mode="free")
         elif kind == "b-alt":
             configure(model, mode="batch", apply="gated", rule="energy-rel", beta=0.1)
+        sync()
         t = time.perf_counter()
         for x, y, idx in batch_list:
             if kind == "i-alt-stored":
-                set_instance_masks(model, ialt_stored.store.read(idx))
+                set_instance_masks(model, ialt_stored.store.read(idx, device=dev))
             elif kind == "i-alt-snapshot":
                 set_instance_masks(model, record_masks(ialt_snap.snapshot, x))
             step(x, y)
+        sync()
         return (time.perf_counter() - t) / len(batch_list)
 
     kinds = ["sgd", "b-alt", "i-alt-stored", "i-alt-snapshot"]
@@ -91,20 +103,22 @@ def main() -> None:
 
     # Estimation pass vs one epoch of free SGD steps over the same examples.
     configure(model, mode="free")
-    epoch_est = med["sgd"] * (len(train) + bs - 1) // bs
+    epoch_est = med["sgd"] * -(-len(train) // bs)  # one epoch of free SGD steps
 
     # Framework tax: fit() (training time only) vs a hand-written loop, same model, data, order.
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(None, [f"data.name={a.data}", f"data.subset={a.subset}", "train.epochs=1", "quiet=true",
                                  f"out={tmp}", "train.train_eval_size=0", "train.checkpoint_every=0",
-                                 "train.schedule=constant"])
+                                 "train.schedule=constant", f"train.device={a.device}",
+                                 f"train.loader={'device' if dev.type != 'cpu' else 'host'}"])
         taxes = []
         for _ in range(max(1, a.repeats // 2)):
             run_dir = fit(cfg, data=data)
             fit_s = json.loads((run_dir / "summary.json").read_text())["seconds"]
             torch.manual_seed(0)
-            hand = create_model("convnet-s", data.in_shape, data.num_classes, act_layer=nn.ReLU)
+            hand = create_model("convnet-s", data.in_shape, data.num_classes, act_layer=nn.ReLU).to(dev)
             hopt = torch.optim.SGD(hand.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+            sync()
             t = time.perf_counter()
             perm = epoch_order(len(train), 0, 0)
             for i in range(0, len(train), bs):
@@ -113,12 +127,15 @@ def main() -> None:
                 hopt.zero_grad(set_to_none=True)
                 loss.backward()
                 hopt.step()
+            sync()
             hand_s = time.perf_counter() - t
             taxes.append(fit_s / hand_s)
     store = ialt_stored.store
+    machine = (f"{torch.cuda.get_device_name(dev)} torch {torch.__version__}" if dev.type == "cuda" else
+               f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__} "
+               f"threads {torch.get_num_threads()}".strip())
     res = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__} "
-                   f"threads {torch.get_num_threads()}".strip(),
+        "machine": machine, "device": a.device,
         "data": a.data, "subset": a.subset, "batch_size": bs, "steps": a.steps, "repeats": a.repeats,
         "seconds_per_step": med,
         "b_alt_step_over_sgd": med["b-alt"] / med["sgd"],
@@ -129,7 +146,8 @@ def main() -> None:
         "framework_tax": statistics.median(taxes) - 1.0,
     }
     OUT.mkdir(exist_ok=True)
-    (OUT / "overhead.json").write_text(json.dumps(res, indent=2))
+    suffix = "" if dev.type == "cpu" else f"-{dev.type}"
+    (OUT / f"overhead{suffix}.json").write_text(json.dumps(res, indent=2))
     rows = [("B-alt step / SGD step", res["b_alt_step_over_sgd"], "≤ 1.05"),
             ("I-alt (stored) step / SGD step", res["i_alt_stored_step_over_sgd"], "≤ 1.10"),
             ("I-alt (snapshot) step / SGD step", res["i_alt_snapshot_step_over_sgd"], "–"),
@@ -150,7 +168,7 @@ def main() -> None:
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_xlabel("ratio")
     ax.set_title(f"supportnet overhead ({res['machine']})", fontsize=8)
-    fig.savefig(OUT / "overhead.png", dpi=90, bbox_inches="tight")
+    fig.savefig(OUT / f"overhead{suffix}.png", dpi=90, bbox_inches="tight")
 
 
 if __name__ == "__main__":

@@ -78,3 +78,20 @@ def test_nonfinite_test_loss_stops_the_run(synthetic, tmp_path, monkeypatch):
     with pytest.raises(DivergenceError, match="test loss became nan after epoch 1"):
         fit(_cfg(tmp_path, "train.epochs=2", "train.train_eval_size=0"), data=synthetic)
     assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "final.pt").exists()
+
+
+@pytest.mark.parametrize("method", ["sgd", "b-alt", "i-alt"])
+def test_fast_path_options_run_on_cpu(synthetic, tmp_path, method):
+    """bf16 autocast, channels_last and the device-resident loader (off by default; the GPU
+    figures are in docs/performance.md). On CPU they must still train to finite numbers."""
+    run = fit(_cfg(tmp_path, f"support.method={method}", "train.amp=bf16", "train.channels_last=true",
+                   "train.loader=device"), data=synthetic)
+    s = json.loads((run / "summary.json").read_text())
+    assert s["iterations"] == 16 and s["test_acc"] > 0.0 and torch.isfinite(torch.tensor(s["test_loss"]))
+
+
+def test_fast_path_default_is_off():
+    from supportnet.config import TrainConfig
+
+    t = TrainConfig()
+    assert (t.amp, t.channels_last, t.compile, t.loader) == ("off", False, False, "host")

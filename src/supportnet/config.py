@@ -55,6 +55,11 @@ class TrainConfig:
     stats_every: int = 10  # steps between samples of active fraction and support drift
     checkpoint_every: int = 1  # epochs between checkpoints (0: only the final one)
     evals_per_epoch: int = 1  # test evaluations per epoch for the convergence trace (time-to-target)
+    # GPU fast path (docs/performance.md); all off by default
+    amp: str = "off"  # off | bf16 (autocast of the forward pass and loss)
+    channels_last: bool = False  # NHWC memory format for model and inputs
+    compile: bool = False  # torch.compile the model
+    loader: str = "host"  # host | device (whole data set resident on the device; augmentation as tensor ops there)
 
 
 @dataclass
@@ -124,6 +129,8 @@ CHOICES = {
     ("support", "backend"): ("stored", "snapshot"),
     ("support", "store"): ("memory", "file"),
     ("support", "sync"): ("local", "global", "global-inline"),
+    ("train", "amp"): ("off", "bf16"),
+    ("train", "loader"): ("host", "device"),
 }
 
 

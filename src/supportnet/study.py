@@ -71,7 +71,8 @@ def _run_all(cfgs: list[Config], jobs: int, log) -> list[dict]:
         if done.exists() and same.exists():
             import yaml
 
-            if yaml.safe_load(same.read_text()) == _resolved(c).to_dict():
+            # the same config, fields added since the run was written taking their defaults
+            if _resolved(from_dict(yaml.safe_load(same.read_text()))).to_dict() == _resolved(c).to_dict():
                 results[i] = json.loads(done.read_text()) | {"out": c.out}
                 log(f"  reuse {c.out}")
                 continue

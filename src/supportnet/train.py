@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+from contextlib import nullcontext
 import math
 import random
 import time
@@ -181,7 +182,10 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         data, _ = build(cfg)
     assert data is not None
     seed_everything(t.seed)
-    model.to(device)
+    fmt = torch.channels_last if t.channels_last else torch.contiguous_format
+    model.to(device, memory_format=fmt)
+    if t.loader == "device":  # the whole set on the device: batches are gathers, no host copies
+        data = to_device(data, device)
     out = Path(cfg.out) if cfg.out else _default_out(cfg)
     main = info.is_main  # only rank 0 writes the run folder
     if main:
@@ -200,6 +204,9 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        net = torch.compile(net)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t.amp == "bf16" else nullcontext
     layer_names = [n for n, _ in threshold_layers(model)]
     local_batch = t.batch_size // info.world if sharded else t.batch_size
     steps_per_epoch = num_batches(len(data.train) // info.world if sharded else len(data.train), local_batch)
@@ -230,14 +237,17 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
             if cfg.data.augment:  # the view of each example: a function of (seed, view key, index)
                 x = crop_flip(x, idx, t.seed, sched.view_key(epoch))
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if t.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             lr = t.lr * lr_at(cfg, st.step, steps_per_epoch) * sched.lr_factor
             for g in opt.param_groups:
                 g["lr"] = lr
             sched.before_step(x, idx)
             track = st.step % t.stats_every == 0
             configure(model, track=track)
-            loss = F.cross_entropy(net(x), y)
-            objective = loss + support_penalty(model)  # 0 unless support.consistency > 0
+            with autocast():
+                loss = F.cross_entropy(net(x), y)
+            objective = loss.float() + support_penalty(model)  # 0 unless support.consistency > 0
             finite = torch.isfinite(objective.detach())
             if info.active:  # every rank stops together
                 finite = distributed.all_reduce_sum((~finite).double().reshape(1)).item() == 0
@@ -358,6 +368,13 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     atomic_write_text(path, buf.getvalue())
+
+
+def to_device(data: DataBundle, device: torch.device) -> DataBundle:
+    import dataclasses
+
+    move = (lambda s: None if s is None else Split(s.x.to(device), s.y.to(device)))
+    return dataclasses.replace(data, train=move(data.train), test=move(data.test), val=move(data.val))
 
 
 def check_config_runs(cfg: Config) -> None:

@@ -1,0 +1,139 @@
+"""Training throughput (images/s) of SGD, B-alternation and I-alternation (snapshot) on one device.
+
+    python bench/gpu_throughput.py [--device cuda] [--quick] [--compile]
+
+Synthetic data resident on the device (the device loader). Per model, each method
+is timed fp32 and with the fast path (bf16 autocast + channels_last), the methods
+interleaved and the median of repeats kept; ratios are to SGD in the same setting.
+Models: allcnn-c on 3x32x32 with batch 256; resnet18 on 3x224x224 with batch 128.
+Writes bench/out/gpu_throughput.json and prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from supportnet.alternation import BAlternation
+from supportnet.config import SupportConfig
+from supportnet.data import Split
+from supportnet.layers import configure, record_masks, set_instance_masks
+from supportnet.models import create_model
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def bench_model(name, shape, batch, steps, warm, repeats, dev, fast, use_compile=False) -> dict:
+    torch.manual_seed(0)
+    model = create_model(name, shape, 10).to(dev)
+    fmt = torch.channels_last if fast else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x_all = torch.randn(batch * 4, *shape, device=dev).contiguous(memory_format=fmt)
+    y_all = torch.randint(0, 10, (batch * 4,), device=dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    net = torch.compile(model) if use_compile else model
+    amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if fast else nullcontext
+    balt = BAlternation(SupportConfig(method="b-alt", warmup=0), model, Split(x_all, y_all), dev)
+    snapshot = copy.deepcopy(model).eval()
+
+    def step(i):
+        j = (i % 4) * batch
+        x, y = x_all[j:j + batch], y_all[j:j + batch]
+        with amp():
+            loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def run(kind, n):
+        if kind == "sgd":
+            configure(model, mode="free")
+        elif kind == "b-alt":
+            balt.start_epoch(0)
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        sync()
+        t = time.perf_counter()
+        for i in range(n):
+            if kind == "i-alt-snapshot":
+                j = (i % 4) * batch
+                with amp():
+                    set_instance_masks(model, record_masks(snapshot, x_all[j:j + batch]))
+            step(i)
+        sync()
+        return batch * n / (time.perf_counter() - t)
+
+    kinds = ["sgd", "b-alt", "i-alt-snapshot"]
+    t0 = time.perf_counter()
+    for k in kinds:
+        run(k, warm)
+    compile_s = time.perf_counter() - t0
+    ips = {k: [] for k in kinds}
+    for _ in range(repeats):
+        for k in kinds:
+            ips[k].append(run(k, steps))
+    med = {k: statistics.median(v) for k, v in ips.items()}
+    return {"model": name, "input": "x".join(map(str, shape)), "batch": batch, "fast_path": fast,
+            "compile": use_compile, "warmup_seconds": round(compile_s, 2), "images_per_s": med,
+            "ratio_to_sgd": {k: med[k] / med["sgd"] for k in kinds}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke run)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile on allcnn-c")
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    plan = [("allcnn-c", (3, 32, 32), 256, 30, 10), ("resnet18", (3, 224, 224), 128, 15, 5)]
+    if a.quick:
+        plan = [("allcnn-c", (3, 32, 32), 16, 2, 1), ("resnet18", (3, 64, 64), 4, 2, 1)]
+    rows = []
+    for name, shape, batch, steps, warm in plan:
+        for fast in (False, True):
+            r = bench_model(name, shape, batch, steps, warm, a.repeats, dev, fast)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    if a.compile:
+        name, shape, batch, steps, warm = plan[0]
+        try:
+            rows.append(bench_model(name, shape, batch, steps, warm, a.repeats, dev, True, use_compile=True))
+            print(json.dumps(rows[-1]), flush=True)
+        except Exception as e:  # noqa: BLE001 - report, do not lose the other figures
+            rows.append({"model": name, "compile": True, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+    res = {"device": device_name(dev), "rows": rows}
+    OUT.mkdir(exist_ok=True)
+    (OUT / "gpu_throughput.json").write_text(json.dumps(res, indent=1))
+    print(f"device: {res['device']}")
+    print("| model | input | batch | precision | SGD img/s | B-alt img/s (÷SGD) | I-alt snapshot img/s (÷SGD) |")
+    print("|---|---|---:|---|---:|---:|---:|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['model']} | compile failed: {r['error']} |")
+            continue
+        p = ("bf16 + channels_last" if r["fast_path"] else "fp32") + (" + compile" if r["compile"] else "")
+        ips, rat = r["images_per_s"], r["ratio_to_sgd"]
+        print(f"| {r['model']} | {r['input']} | {r['batch']} | {p} | {ips['sgd']:.0f} | {ips['b-alt']:.0f} "
+              f"({rat['b-alt']:.2f}) | {ips['i-alt-snapshot']:.0f} ({rat['i-alt-snapshot']:.2f}) |")
+
+
+if __name__ == "__main__":
+    main()
