@@ -28,6 +28,8 @@ class DataConfig:
     augment: bool = False  # random crop (4-pixel padding) + horizontal flip, batched
     image_size: int | None = None  # imagefolder: resize every image to this square size
     extra: bool = False  # svhn: add extra_32x32.mat to the training split
+    stream: bool = False  # imagefolder: decode on the fly in DataLoader workers (random-resized crop, flip)
+    workers: int = 4  # DataLoader worker processes for stream=true
 
 
 @dataclass

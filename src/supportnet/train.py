@@ -160,7 +160,7 @@ def build(cfg: Config, data: DataBundle | None = None):
     d = cfg.data
     data = data or load_data(d.name, d.data_dir, subset=d.subset, val=d.val, seed=cfg.train.seed, pad=d.pad,
                              do_normalize=d.normalize, preprocess=d.preprocess, image_size=d.image_size,
-                             extra=d.extra)
+                             extra=d.extra, stream=d.stream, workers=d.workers)
     seed_everything(cfg.train.seed)
     model = create_model(cfg.model.name, in_shape=data.in_shape, num_classes=data.num_classes, **cfg.model.kwargs)
     return data, model
@@ -184,6 +184,7 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
     seed_everything(t.seed)
     fmt = torch.channels_last if t.channels_last else torch.contiguous_format
     model.to(device, memory_format=fmt)
+    streaming = hasattr(data.train, "loader")
     if t.loader == "device":  # the whole set on the device: batches are gathers, no host copies
         data = to_device(data, device)
     out = Path(cfg.out) if cfg.out else _default_out(cfg)
@@ -225,6 +226,8 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         ev = sched.start_epoch(epoch)
         model.train()
         order = epoch_order(len(data.train), t.seed, epoch)
+        if streaming:  # the workers draw this epoch's views (random-resized crops, flips)
+            data.train.key = sched.view_key(epoch)
         if sharded:
             order = distributed.shard_order(order, info, len(data.train))
         loss_sum, n_seen, step_in_epoch, eval_seconds = 0.0, 0, 0, 0.0
@@ -234,7 +237,7 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
             if info.active and not sharded:  # this rank's slice of the global batch
                 sl = distributed.local_slice(len(idx), info)
                 x, y, idx = x[sl], y[sl], idx[sl]
-            if cfg.data.augment:  # the view of each example: a function of (seed, view key, index)
+            if cfg.data.augment and not streaming:  # the view of each example: a function of (seed, view key, index)
                 x = crop_flip(x, idx, t.seed, sched.view_key(epoch))
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if t.channels_last and x.dim() == 4:
@@ -378,5 +381,10 @@ def to_device(data: DataBundle, device: torch.device) -> DataBundle:
 
 
 def check_config_runs(cfg: Config) -> None:
+    if cfg.data.stream and cfg.train.loader == "device":
+        raise ConfigError("data.stream=true decodes images on the host; it cannot use train.loader=device")
+    if cfg.data.stream and cfg.support.method == "i-alt" and cfg.support.backend == "stored":
+        raise ConfigError("stored supports need one fixed view per example, which streamed random crops do not "
+                          "give; use support.backend=snapshot with data.stream=true")
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={cfg.train.device} but no CUDA device is available; use --set train.device=cpu")

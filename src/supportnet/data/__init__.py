@@ -154,6 +154,34 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+def _load_stream(name, data_dir, subset, val, seed, image_size, workers) -> DataBundle:
+    if name != "imagefolder":
+        raise DataError(f"data.stream=true works for imagefolder only, not {name!r}; drop data.stream")
+    if workers < 0:
+        raise DataError(f"data.workers={workers} is negative; use 0 (decode in the main process) or more")
+    from .folder import load_stream
+
+    root = find_root(name, data_dir)
+    size = image_size or 224
+    train, test, k = load_stream(root, size, seed=seed, workers=workers)
+    n = len(train)
+    if val < 0 or (subset is not None and subset <= 0):
+        raise DataError("data.subset and data.val must be positive; fix the value or drop the option")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_split = None
+    if val:
+        if val >= n:
+            raise DataError(f"data.val={val} leaves no training examples (the set has {n}); use a smaller --val")
+        val_split = train.take(perm[:val].sort().values)
+        val_split.train = False
+        perm = perm[val:]
+    if subset is not None:
+        perm = perm[:subset]
+    if subset is not None or val:
+        train = train.take(perm.sort().values)
+    return DataBundle(name, train, test, k, (3, size, size), val=val_split, root=str(root))
+
+
 def _formats():
     from . import formats
 
@@ -254,10 +282,14 @@ def normalize(train: torch.Tensor, *others: torch.Tensor):
 
 def load_data(name: str, data_dir: str | Path | None = None, subset: int | None = None, val: int = 0,
               seed: int = 0, pad: int = 0, do_normalize: bool = True, preprocess: str = "standard",
-              image_size: int | None = None, extra: bool = False) -> DataBundle:
+              image_size: int | None = None, extra: bool = False, stream: bool = False,
+              workers: int = 4) -> DataBundle:
     """Load ``name`` into tensors: optional seeded ``subset`` of the training split,
-    a seeded validation hold-out of ``val`` examples, zero padding, normalisation."""
+    a seeded validation hold-out of ``val`` examples, zero padding, normalisation.
+    ``stream=True`` (image folders only) decodes on the fly instead (:mod:`.folder`)."""
     spec = get_spec(name)
+    if stream:
+        return _load_stream(name, data_dir, subset, val, seed, image_size, workers)
     if name == "synthetic":
         xtr, ytr, xte, yte = _synthetic(seed=0)
         root = None
@@ -320,6 +352,9 @@ def batches(split: Split, batch_size: int, order: torch.Tensor | None = None,
     """Yield ``(x, y, index)`` batches of ``split`` in ``order`` (default: as stored)."""
     if order is None:
         order = torch.arange(len(split))
+    if hasattr(split, "loader"):  # a streaming split decodes in worker processes
+        yield from split.loader(order[start * batch_size:], batch_size)
+        return
     n = len(order)  # an order may cover only part of the split (a rank's shard)
     for i in range(start * batch_size, n, batch_size):
         idx = order[i:i + batch_size]
