@@ -14,7 +14,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 def test_there_is_a_config_per_table_row():
     names = {p.stem for p in CONFIGS}
     for t in ("t2-allcnn-a", "t2-allcnn-b", "t2-allcnn-c", "t3-allcnn-c", "t4-allcnn-c-cifar100", "t5-nin-mnist",
-              "t6-nin-svhn", "t7-allcnn-c"):
+              "t6-nin-svhn", "t7-allcnn-c", "t8-resnet18", "t8-vgg16", "t8-googlenet"):
         assert any(n.startswith(t) for n in names), t
     assert len(CONFIGS) >= 20
 
