@@ -75,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--jobs", type=int, default=1, help="study: runs in parallel processes (default 1)")
     _add_common(c)
 
+    ds = sub.add_parser("dsd", help="Dense-Sparse-Dense training with magnitude or support pruning (Table 8)")
+    ds.add_argument("--config", help="YAML config with a dsd: section (see configs/t8-*-dsd-*.yaml)")
+    ds.add_argument("--model", help="model name")
+    ds.add_argument("--data", help="data set name")
+    ds.add_argument("--prune", choices=["magnitude", "support-b", "support-i"], help="dsd.prune")
+    _add_common(ds)
+
+    ex = sub.add_parser("export", help="export a model; --compact drops pruned channels from a DSD sparse.pt")
+    ex.add_argument("checkpoint", help="RUN/sparse.pt written by 'supportnet dsd'")
+    ex.add_argument("-o", "--output", required=True, help="file to write")
+    ex.add_argument("--compact", action="store_true", help="physically remove the pruned channels")
+
     sub.add_parser("models", help="list the registered models with their parameter counts")
 
     d = sub.add_parser("data", help="list, check or fetch data sets")
@@ -157,6 +169,33 @@ def _floats(s: str, flag: str, kind=float) -> list:
     return vals
 
 
+def cmd_dsd(a) -> int:
+    from .config import load_config
+    from .dsd import dsd, dsd_table
+
+    sets = _shortcuts(a) + ([f"dsd.prune={a.prune}"] if a.prune else []) + a.overrides
+    cfg = load_config(a.config, sets)
+    out = Path(cfg.out or "runs/dsd")
+    res = dsd(cfg, out, log=(lambda *_: None) if a.quiet else print)
+    print(dsd_table({cfg.dsd.prune: res}), end="")
+    print(f"written: {out / 'dsd.json'}, {out / 'sparse.pt'}")
+    return 0
+
+
+def cmd_export(a) -> int:
+    from .errors import ConfigError
+
+    if not a.compact:
+        raise ConfigError("only --compact export exists so far; pass --compact")
+    from .dsd import export_compact
+
+    info = export_compact(a.checkpoint, a.output)
+    print(f"parameters {info['params_before']:,} -> {info['params_after']:,}; "
+          f"FLOPs {info['flops_before']:,} -> {info['flops_after']:,}; "
+          f"max |output difference| {info['max_abs_diff']:.2e}; written {a.output}")
+    return 0
+
+
 def cmd_models(a) -> int:
     from .models import count_params, create_model, list_models, model_note
 
@@ -212,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(a)
         if a.cmd == "compare":
             return cmd_compare(a)
+        if a.cmd == "dsd":
+            return cmd_dsd(a)
+        if a.cmd == "export":
+            return cmd_export(a)
         if a.cmd == "models":
             return cmd_models(a)
         if a.cmd == "data":

@@ -88,11 +88,26 @@ class SupportConfig:
 
 
 @dataclass
+class DSDConfig:
+    """Dense-Sparse-Dense training (``supportnet dsd``; docs/dsd.md)."""
+
+    dense_epochs: int = 3  # E_d: dense training (SGD)
+    sparse_epochs: int = 2  # E_s: sparse retraining with the pruned weights held at zero
+    redense_epochs: int = 1  # E_r: the pruned weights restart at zero and train again
+    prune: str = "support-b"  # magnitude (DSD's baseline) | support-b | support-i
+    sparsity: float = 0.3  # magnitude: fraction of each layer's weights pruned (DSD used 30% for CNNs)
+    eps: float = 0.01  # support-*: a unit on in at most this fraction of batches / examples is pruned
+    sparse_lr: float | None = None  # None: train.lr
+    redense_lr: float | None = None  # None: 0.1 x train.lr, as DSD recommends
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     support: SupportConfig = field(default_factory=SupportConfig)
+    dsd: DSDConfig = field(default_factory=DSDConfig)
     out: str | None = None  # run folder (default: runs/<model>-<method>-<time>)
     quiet: bool = False  # no progress bar
 
@@ -132,6 +147,7 @@ CHOICES = {
     ("support", "store"): ("memory", "file"),
     ("support", "sync"): ("local", "global", "global-inline"),
     ("train", "amp"): ("off", "bf16"),
+    ("dsd", "prune"): ("magnitude", "support-b", "support-i"),
     ("train", "loader"): ("host", "device"),
 }
 
@@ -229,6 +245,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"support.tau must be a number or a list of numbers, got {s.tau!r}; fix the value")
     if cfg.data.subset is not None and cfg.data.subset <= 0:
         raise ConfigError(f"data.subset must be positive, got {cfg.data.subset}; drop it to use the whole set")
+    ds = cfg.dsd
+    if min(ds.dense_epochs, ds.sparse_epochs, ds.redense_epochs) < 0 or not (0 <= ds.sparsity < 1) \
+            or not (0 <= ds.eps < 1) or any(v is not None and v <= 0 for v in (ds.sparse_lr, ds.redense_lr)):
+        raise ConfigError("dsd needs epochs >= 0, 0 <= sparsity < 1, 0 <= eps < 1 and positive learning rates; "
+                          "fix the value")
     if cfg.data.val < 0 or cfg.data.pad < 0:
         raise ConfigError("data.val and data.pad must not be negative; fix the value")
     return cfg

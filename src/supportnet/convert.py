@@ -83,7 +83,7 @@ def convert(model: nn.Module, tau: float = 0.0, path: str = "auto") -> Conversio
 def _convert_fx(model: nn.Module, tau: float) -> ConversionReport:
     import torch.fx as fx
 
-    gm = fx.symbolic_trace(model)
+    gm = trace(model)
     modules = dict(gm.named_modules())
     report = ConversionReport(gm, path="fx")
     used: set[str] = set(modules)
@@ -132,6 +132,19 @@ def _convert_fx(model: nn.Module, tau: float) -> ConversionReport:
     gm.delete_all_unused_submodules()
     gm.recompile()
     return report
+
+
+def trace(model: nn.Module):
+    """``torch.fx`` trace of ``model`` that keeps every :class:`HardThreshold` as one module call."""
+    import torch.fx as fx
+
+    class _Tracer(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, HardThreshold) or super().is_leaf_module(m, qualname)
+
+    root = model
+    graph = _Tracer().trace(root)
+    return fx.GraphModule(root, graph, type(root).__name__)
 
 
 def _inplace(node, modules) -> bool:

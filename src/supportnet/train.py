@@ -166,8 +166,13 @@ def build(cfg: Config, data: DataBundle | None = None):
     return data, model
 
 
-def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = None) -> Path:
-    """Train as ``cfg`` says and return the run folder (see the module docstring)."""
+def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = None,
+        step_hook=None) -> Path:
+    """Train as ``cfg`` says and return the run folder (see the module docstring).
+
+    ``step_hook(model, optimizer)``, if given, runs once before training and after every
+    optimizer step (DSD uses it to hold pruned weights at zero).
+    """
     cfg = resolve_method_defaults(cfg.copy())
     check_config_runs(cfg)
     t = cfg.train
@@ -194,6 +199,8 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         atomic_write_text(out / "config.yaml", cfg.to_yaml())
 
     opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if step_hook is not None:
+        step_hook(model, opt)
     sched = make_schedule(cfg.support, model, data.train, device, out, t.eval_batch_size,
                           augment_seed=t.seed if cfg.data.augment else None)
     # I-alternation with stored supports under torchrun: a fixed shard of examples (and masks) per rank.
@@ -263,6 +270,8 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
             opt.zero_grad(set_to_none=True)
             objective.backward()
             opt.step()
+            if step_hook is not None:
+                step_hook(model, opt)
             st.step += 1
             step_in_epoch += 1
             loss_sum += loss.item() * y.numel()

@@ -1,0 +1,473 @@
+"""Dense-Sparse-Dense training with support pruning (the paper's Table 8; Han et al., ICLR 2017).
+
+Three phases, each a :func:`~supportnet.train.fit` call with its own learning-rate
+schedule, on one model:
+
+1. ``dense``: ``dsd.dense_epochs`` of SGD.
+2. ``sparse``: prune, then ``dsd.sparse_epochs`` of retraining with the pruned
+   weights held at exactly zero (zeroed after every step, their gradients masked,
+   their momentum cleared). The pruning rule is ``dsd.prune``:
+
+   * ``magnitude`` (DSD's baseline): per Conv/Linear layer, the ``dsd.sparsity``
+     fraction of smallest-magnitude weights; the sparse step trains with SGD.
+   * ``support-b``: a census pass over one epoch of training batches computes each
+     threshold layer's batch support (the B-alternation rule); a unit (a channel
+     for convolutions, its support taken over all positions) that is on in at most
+     a fraction ``dsd.eps`` of batches is pruned, with the weights that feed it
+     (its producer's output channel, bias and batch-norm scale/shift) and the
+     weights it feeds (its consumer's input channel). The sparse step trains with
+     B-alternation. The sparsity is an output.
+   * ``support-i``: the same with per-example supports (a unit on for at most
+     ``eps`` of the examples); the sparse step trains with I-alternation.
+
+3. ``redense``: the pruned weights restart at zero and everything trains with SGD
+   for ``dsd.redense_epochs`` at ``dsd.redense_lr`` (default 0.1x, as DSD advises).
+   A whole pruned unit is a stationary point at zero (no gradient reaches either
+   side), so its *producer* weights are redrawn from the default initialisation
+   while its consumer weights restart at zero (see :func:`revive`).
+
+Units are pruned only where the graph is a chain: producer Conv/Linear (optionally
+followed by batch norm) -> threshold -> channel-wise ops (pooling, dropout,
+flatten) -> consumer Conv/Linear, each with a single user (checked with torch.fx).
+Threshold layers elsewhere (residual sums, concatenations, the class maps of NIN)
+are left alone and reported.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import Config
+from .data import batches, epoch_order
+from .errors import ConfigError
+from .io import atomic_write_text, load_checkpoint, save_checkpoint
+from .layers import HardThreshold, batch_support, configure, record_masks
+
+CHANNELWISE = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity, nn.Flatten)
+
+
+@dataclass
+class Unit:
+    """A prunable threshold layer and its neighbours (qualified module names)."""
+
+    act: str
+    producer: str
+    bn: str | None
+    consumer: str
+    channels: int
+    block: int = 1  # consumer Linear after flatten: input features per channel
+
+
+@dataclass
+class Pruning:
+    keep: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter name -> bool mask (True: kept)
+    units: dict[str, list[int]] = field(default_factory=dict)  # threshold layer -> pruned channels
+    left_alone: list[str] = field(default_factory=list)
+
+    def sparsity(self, model: nn.Module) -> dict:
+        params = dict(model.named_parameters())
+        per = {n: 1.0 - m.float().mean().item() for n, m in self.keep.items()}
+        tot = sum(p.numel() for n, p in params.items() if p.dim() > 1)
+        zero = sum((~m).sum().item() for n, m in self.keep.items() if params[n].dim() > 1)
+        return {"weights": zero / max(tot, 1), "per_param": per,
+                "units": {k: len(v) for k, v in self.units.items()}}
+
+
+def find_units(model: nn.Module) -> tuple[list[Unit], list[str]]:
+    """Chain-structured threshold layers of ``model`` (see the module docstring)."""
+    import torch.fx as fx
+
+    from .convert import trace
+
+    try:
+        gm = trace(model)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"support pruning needs a model torch.fx can trace ({type(e).__name__}); "
+                          f"use dsd.prune=magnitude") from None
+    mods = dict(model.named_modules())
+    units, skipped = [], []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(mods.get(node.target), HardThreshold):
+            continue
+        why = None
+        prev = node.args[0]
+        bn = None
+        if isinstance(prev, fx.Node) and prev.op == "call_module" and isinstance(mods[prev.target], nn.BatchNorm2d) \
+                and len(prev.users) == 1:
+            bn, prev = prev.target, prev.args[0]
+        if not (isinstance(prev, fx.Node) and prev.op == "call_module"
+                and isinstance(mods[prev.target], (nn.Conv2d, nn.Linear)) and len(prev.users) == 1):
+            why = "no single Conv/Linear producer"
+        cur, consumer = node, None
+        while why is None:
+            if len(cur.users) != 1:
+                why = "its output has several users"
+                break
+            cur = next(iter(cur.users))
+            if cur.op == "call_module" and isinstance(mods[cur.target], (nn.Conv2d, nn.Linear)):
+                consumer = cur.target
+                break
+            ok = (cur.op == "call_module" and isinstance(mods[cur.target], CHANNELWISE)) or \
+                (cur.op == "call_function" and cur.target in (torch.flatten,)) or \
+                (cur.op == "call_method" and cur.target in ("flatten", "view", "reshape"))
+            if not ok:
+                why = "no Conv/Linear consumer through channel-wise ops"
+        if why is None:
+            p, c = mods[prev.target], mods[consumer]
+            ch = p.out_channels if isinstance(p, nn.Conv2d) else p.out_features
+            if isinstance(c, nn.Conv2d):
+                if c.in_channels != ch or c.groups != 1:
+                    why = "consumer channels do not match"
+                block = 1
+            else:
+                block = c.in_features // ch if c.in_features % ch == 0 else 0
+                if not block:
+                    why = "consumer features do not match"
+            if getattr(p, "groups", 1) != 1:
+                why = "grouped producer"
+        if why:
+            skipped.append(f"{node.target} ({why})")
+            continue
+        units.append(Unit(node.target, prev.target, bn, consumer, ch, block))
+    return units, skipped
+
+
+# ----------------------------------------------------------------------------- pruning rules
+
+def magnitude_pruning(model: nn.Module, sparsity: float) -> Pruning:
+    pr = Pruning()
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            w = mod.weight.detach()
+            k = int(sparsity * w.numel())
+            keep = torch.ones_like(w, dtype=torch.bool)
+            if k:
+                thr = w.abs().flatten().kthvalue(k).values
+                keep = w.abs() > thr
+            pr.keep[f"{name}.weight"] = keep
+    return pr
+
+
+@torch.no_grad()
+def support_census(model: nn.Module, units: list[Unit], train, batch_size: int, kind: str, seed: int,
+                   rule: str = "energy-rel", beta: float = 0.1, device=None) -> dict[str, tuple[torch.Tensor, int]]:
+    """Per unit channel, in how many batches (``kind='b'``) or examples (``'i'``) its support is on."""
+    mods = dict(model.named_modules())
+    counts = {u.act: torch.zeros(u.channels, dtype=torch.long) for u in units}
+    total = 0
+    captured: dict[str, torch.Tensor] = {}
+    hooks = []
+    for u in units:
+        def hook(m, inp, out, name=u.act):
+            q = inp[0]
+            if kind == "b":
+                captured[name] = batch_support(q, m.tau, rule, beta)  # (*unit)
+            else:
+                captured[name] = q > m.tau  # (B, *unit)
+        hooks.append(mods[u.act].register_forward_hook(hook))
+    was = model.training
+    model.eval()
+    try:
+        configure(model, mode="free")
+        for x, _, _ in batches(train, batch_size, epoch_order(len(train), seed, 0)):
+            model(x.to(device))
+            for u in units:
+                m = captured[u.act]
+                if kind == "b":
+                    counts[u.act] += m.reshape(u.channels, -1).any(1).long().cpu()
+                else:
+                    counts[u.act] += m.reshape(m.shape[0], u.channels, -1).any(2).sum(0).long().cpu()
+            total += 1 if kind == "b" else x.shape[0]
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return {k: (v, total) for k, v in counts.items()}
+
+
+def unit_pruning(model: nn.Module, units: list[Unit], census: dict, eps: float) -> Pruning:
+    """Prune every unit on in at most ``eps`` of the census, with the weights in and out of it."""
+    mods = dict(model.named_modules())
+    pr = Pruning(keep={n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()})
+    for u in units:
+        on, total = census[u.act]
+        dead = (on.double() <= eps * total).nonzero().flatten()
+        if dead.numel() == u.channels:  # never remove a whole layer: keep its most active unit
+            dead = dead[dead != int(on.argmax())]
+        if not dead.numel():
+            continue
+        pr.units[u.act] = dead.tolist()
+        pr.keep[f"{u.producer}.weight"][dead] = False
+        if mods[u.producer].bias is not None:
+            pr.keep[f"{u.producer}.bias"][dead] = False
+        if u.bn:
+            pr.keep[f"{u.bn}.weight"][dead] = False
+            pr.keep[f"{u.bn}.bias"][dead] = False
+        cw = pr.keep[f"{u.consumer}.weight"]
+        if u.block == 1:
+            cw[:, dead] = False
+        else:
+            cols = (dead[:, None] * u.block + torch.arange(u.block)[None, :]).flatten()
+            cw[:, cols] = False
+    pr.keep = {n: m for n, m in pr.keep.items() if not m.all()}
+    return pr
+
+
+class Enforcer:
+    """Hold pruned weights at exactly zero: weights zeroed after every step, gradients masked
+    (a hook), momentum buffers cleared at the pruned positions."""
+
+    def __init__(self, pruning: Pruning):
+        self.pruning = pruning
+        self.handles: list = []
+
+    def __call__(self, model: nn.Module, opt: torch.optim.Optimizer) -> None:
+        params = dict(model.named_parameters())
+        if not self.handles:
+            for n, keep in self.pruning.keep.items():
+                k = keep.to(params[n].device)
+                self.handles.append(params[n].register_hook(lambda g, k=k: g * k))
+        with torch.no_grad():
+            for n, keep in self.pruning.keep.items():
+                p = params[n]
+                k = keep.to(p.device)
+                p.mul_(k)
+                buf = opt.state.get(p, {}).get("momentum_buffer")
+                if buf is not None:
+                    buf.mul_(k)
+
+    def release(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+def revive(model: nn.Module, units: list[Unit], pruning: Pruning, seed: int = 0) -> list[str]:
+    """Make the pruned units of ``pruning`` trainable again for re-dense.
+
+    A unit whose weights in *and* out are all zero is a stationary point: its output is
+    zero, so neither side gets a gradient. So its consumer weights restart at zero (the
+    network computes exactly what the sparse one did) while its producer weights are
+    drawn afresh from the layer's default initialisation (and a batch-norm scale reset
+    to 1), which gives the unit an output and its consumer weights a gradient.
+    Unstructured (magnitude) pruning needs none of this: its zeros restart as they are.
+    """
+    mods = dict(model.named_modules())
+    g = torch.random.fork_rng()
+    done = []
+    with g, torch.no_grad():
+        torch.manual_seed(seed)
+        for u in units:
+            dead = pruning.units.get(u.act)
+            if not dead:
+                continue
+            p = mods[u.producer]
+            fresh = copy.deepcopy(p)
+            fresh.reset_parameters()
+            p.weight[dead] = fresh.weight[dead].to(p.weight.device)
+            if u.bn:
+                mods[u.bn].weight[dead] = 1.0
+            done.append(u.act)
+    return done
+
+
+# ----------------------------------------------------------------------------- compact export
+
+def compact(model: nn.Module, units: list[Unit], pruning: Pruning) -> nn.Module:
+    """A physically smaller copy of ``model`` without the pruned channels (same outputs)."""
+    small = copy.deepcopy(model)
+    mods = dict(small.named_modules())
+
+    def put(name: str, new: nn.Module) -> None:
+        parent, _, child = name.rpartition(".")
+        setattr(mods[parent] if parent else small, child, new)
+        mods[name] = new
+
+    for u in units:
+        dead = pruning.units.get(u.act)
+        if not dead:
+            continue
+        keep = torch.tensor([c for c in range(u.channels) if c not in set(dead)])
+        p = mods[u.producer]
+        if isinstance(p, nn.Conv2d):
+            q = nn.Conv2d(p.in_channels, len(keep), p.kernel_size, p.stride, p.padding, p.dilation, 1,
+                          p.bias is not None, p.padding_mode)
+        else:
+            q = nn.Linear(p.in_features, len(keep), p.bias is not None)
+        with torch.no_grad():
+            q.weight.copy_(p.weight[keep])
+            if p.bias is not None:
+                q.bias.copy_(p.bias[keep])
+        put(u.producer, q)
+        if u.bn:
+            b = mods[u.bn]
+            nb = nn.BatchNorm2d(len(keep), b.eps, b.momentum, b.affine, b.track_running_stats)
+            with torch.no_grad():
+                for attr in ("weight", "bias", "running_mean", "running_var"):
+                    if getattr(b, attr) is not None:
+                        getattr(nb, attr).copy_(getattr(b, attr)[keep])
+            put(u.bn, nb)
+        c = mods[u.consumer]
+        if isinstance(c, nn.Conv2d):
+            nc = nn.Conv2d(len(keep), c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation, 1,
+                           c.bias is not None, c.padding_mode)
+            cols = keep
+        else:
+            nc = nn.Linear(len(keep) * u.block, c.out_features, c.bias is not None)
+            cols = (keep[:, None] * u.block + torch.arange(u.block)[None, :]).flatten()
+        with torch.no_grad():
+            nc.weight.copy_(c.weight[:, cols])
+            if c.bias is not None:
+                nc.bias.copy_(c.bias)
+        put(u.consumer, nc)
+    return small
+
+
+def count_flops(model: nn.Module, in_shape) -> int:
+    """Multiply-accumulates x 2 of the Conv2d and Linear layers for one input."""
+    total = [0]
+
+    def conv(m, i, o):
+        total[0] += 2 * o.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def lin(m, i, o):
+        total[0] += 2 * m.in_features * m.out_features
+
+    hs = [m.register_forward_hook(conv if isinstance(m, nn.Conv2d) else lin)
+          for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was = model.training
+    model.eval()
+    with torch.no_grad(), _free(model):
+        model(torch.zeros(1, *in_shape, device=next(model.parameters()).device))
+    model.train(was)
+    for h in hs:
+        h.remove()
+    return total[0]
+
+
+def _free(model):
+    from .layers import layer_mode
+
+    return layer_mode(model, "free")
+
+
+# ----------------------------------------------------------------------------- the three phases
+
+def _phase_cfg(cfg: Config, phase: str, epochs: int, lr: float, method: str, out: Path) -> Config:
+    c = cfg.copy()
+    c.train.epochs, c.train.lr = epochs, lr
+    c.support.method = method
+    c.support.warmup = 0 if phase == "sparse" else c.support.warmup
+    c.support.consistency = None
+    c.out = str(out / phase)
+    return c
+
+
+def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print) -> dict:
+    """Run the three phases (module docstring); write ``out/dsd.json`` and ``out/sparse.pt``."""
+    from .models import count_params
+    from .train import build, evaluate, fit
+
+    ds = cfg.dsd
+    if min(ds.dense_epochs, ds.sparse_epochs) < 1:
+        raise ConfigError("dsd needs dense_epochs >= 1 and sparse_epochs >= 1; fix the values")
+    out = Path(out or cfg.out or "runs/dsd")
+    data, model = build(cfg, data)
+    device = torch.device(cfg.train.device)
+    res: dict = {"prune": ds.prune, "config": cfg.to_dict(), "phases": {}}
+
+    def record(phase: str, run: Path) -> None:
+        s = json.loads((run / "summary.json").read_text())
+        res["phases"][phase] = {"test_acc": s["test_acc"], "test_loss": s["test_loss"], "epochs": len(s["curve"]),
+                                "run": str(run)}
+        log(f"{phase}: test accuracy {100 * s['test_acc']:.2f}%")
+
+    record("dense", fit(_phase_cfg(cfg, "dense", ds.dense_epochs, cfg.train.lr, "sgd", out), data, model))
+
+    units, skipped = find_units(model) if ds.prune != "magnitude" else ([], [])
+    if ds.prune == "magnitude":
+        pruning, method = magnitude_pruning(model, ds.sparsity), "sgd"
+    else:
+        if not units:
+            raise ConfigError(f"no threshold layer of {cfg.model.name} can be pruned by its support "
+                              f"({'; '.join(skipped) or 'none found'}); use dsd.prune=magnitude")
+        kind = ds.prune[-1]
+        census = support_census(model, units, data.train, cfg.train.batch_size, kind, cfg.train.seed,
+                                cfg.support.rule, cfg.support.beta, device)
+        pruning, method = unit_pruning(model, units, census, ds.eps), {"b": "b-alt", "i": "i-alt"}[kind]
+        res["census"] = {k: {"on": v.tolist(), "of": n} for k, (v, n) in census.items()}
+    pruning.left_alone = skipped
+    enforce = Enforcer(pruning)
+    sparse_lr = ds.sparse_lr or cfg.train.lr
+    record("sparse", fit(_phase_cfg(cfg, "sparse", ds.sparse_epochs, sparse_lr, method, out), data, model,
+                         step_hook=enforce))
+    enforce.release()
+    res["sparsity"] = pruning.sparsity(model)
+    res["pruned_units"] = pruning.units
+    res["left_alone"] = skipped
+    small = compact(model, units, pruning)
+    res["params"] = {"dense": count_params(model), "compact": count_params(small)}
+    res["flops"] = {"dense": count_flops(model, data.in_shape), "compact": count_flops(small, data.in_shape)}
+    save_checkpoint(out / "sparse.pt", {"state_dict": model.state_dict(), "config": cfg.to_dict(),
+                                        "keep": pruning.keep, "units": pruning.units})
+    log(f"sparse: {100 * res['sparsity']['weights']:.1f}% of weights pruned; compact model "
+        f"{res['params']['compact']:,} parameters (dense {res['params']['dense']:,})")
+    if ds.redense_epochs:
+        res["revived"] = revive(model, units, pruning, cfg.train.seed)
+        record("redense", fit(_phase_cfg(cfg, "redense", ds.redense_epochs, ds.redense_lr or 0.1 * cfg.train.lr,
+                                          "sgd", out), data, model))
+    res["final_test_acc"] = evaluate(model, data.test, cfg.train.eval_batch_size, device)[1]
+    atomic_write_text(out / "dsd.json", json.dumps(res, indent=1))
+    return res
+
+
+def export_compact(sparse_ckpt: str | Path, dest: str | Path, tol: float = 1e-5) -> dict:
+    """Write the physically smaller model of a DSD sparse checkpoint and check its outputs."""
+    from .config import from_dict
+    from .models import count_params
+    from .train import build
+
+    ck = load_checkpoint(sparse_ckpt)
+    for k in ("state_dict", "config", "keep", "units"):
+        if k not in ck:
+            raise ConfigError(f"{sparse_ckpt} is not a DSD sparse checkpoint (no {k!r}); pass RUN/sparse.pt "
+                              f"from 'supportnet dsd'")
+    cfg = from_dict(ck["config"])
+    data, model = build(cfg)
+    model.load_state_dict(ck["state_dict"])
+    units, _ = find_units(model)
+    pruning = Pruning(keep=ck["keep"], units={k: list(v) for k, v in ck["units"].items()})
+    small = compact(model, units, pruning)
+    x = data.test.x[:64]
+    model.eval(), small.eval()
+    with torch.no_grad(), _free(model), _free(small):
+        diff = (model(x) - small(x)).abs().max().item()
+    if diff > tol:
+        raise ConfigError(f"the compact model differs from the masked one by {diff:.3g} (> {tol}); "
+                          f"the checkpoint's pruned weights are not all zero")
+    info = {"params_before": count_params(model), "params_after": count_params(small),
+            "flops_before": count_flops(model, data.in_shape), "flops_after": count_flops(small, data.in_shape),
+            "max_abs_diff": diff}
+    shapes = {n: list(p.shape) for n, p in small.state_dict().items()}
+    save_checkpoint(Path(dest), {"state_dict": small.state_dict(), "shapes": shapes, "config": ck["config"],
+                                 "units": ck["units"], "format": "supportnet-compact-1"})
+    return info
+
+
+def dsd_table(results: dict[str, dict]) -> str:
+    """Markdown: accuracy after each phase, sparsity, compact parameters, per row."""
+    lines = ["| row | dense acc (%) | sparse acc (%) | re-dense acc (%) | weights pruned (%) | units pruned | "
+             "compact params |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        ph = r.get("phases", {})
+        acc = [f"{100 * ph[p]['test_acc']:.2f}" if p in ph else "–" for p in ("dense", "sparse", "redense")]
+        sp = r.get("sparsity", {})
+        units = sum(sp.get("units", {}).values()) if sp else 0
+        lines.append(f"| {name} | {' | '.join(acc)} | {100 * sp.get('weights', 0):.1f} | {units} | "
+                     f"{r.get('params', {}).get('compact', 0):,} |")
+    return "\n".join(lines) + "\n"
