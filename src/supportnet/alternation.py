@@ -38,6 +38,7 @@ from .config import METHOD_DEFAULTS, SupportConfig
 from .data import Split, batches
 from .data.augment import crop_flip
 from .layers import configure, record_masks, set_instance_masks, threshold_layers
+from . import faults
 from .masks import MaskStore
 
 PROBE_SIZE = 4096  # examples used to measure support change for the snapshot back end
@@ -66,6 +67,11 @@ class Schedule:
         configure(self.model, mode="free")
         return {"phase": self.phase, "round": self.round, "reestimated": False,
                 "mask_change": float("nan"), "est_seconds": 0.0}
+
+    def resume_epoch(self, epoch: int) -> None:
+        """Re-enter epoch ``epoch`` part-way (after a resume): set the layers' modes as
+        :meth:`start_epoch` did, without estimating anything."""
+        self.start_epoch(epoch)
 
     def before_step(self, x: torch.Tensor, index: torch.Tensor) -> None:
         """Called before each training forward pass."""
@@ -163,6 +169,8 @@ class IAlternation(Schedule):
         self.shapes: list[tuple[int, ...]] | None = None
         self._probe_prev: torch.Tensor | None = None  # snapshot back end: last round's probe supports
         self.shard_rank, self.shard_world = 0, 1  # stored back end under torchrun: examples i % world == rank
+        self.round_start: dict | None = None  # weights the current supports were estimated from (for resume)
+        self.strict = False  # resume: a damaged mask store is an error, not a re-estimation
 
     def set_shard(self, rank: int, world: int) -> None:
         """Keep only this rank's masks: examples ``i`` with ``i % world == rank`` (row ``i // world``)."""
@@ -180,8 +188,9 @@ class IAlternation(Schedule):
     def _eval_model(model: nn.Module) -> nn.Module:
         return model.eval()
 
-    def estimate_store(self) -> MaskStore:
+    def estimate_store(self, model: nn.Module | None = None) -> MaskStore:
         """One pass over the training set in eval mode, writing every support (bit-packed)."""
+        model = model if model is not None else self.model
         shapes = self._layer_shapes()
         path = None
         if self.cfg.store == "file" and self.run_dir is not None:
@@ -191,18 +200,21 @@ class IAlternation(Schedule):
             path = path.with_name(f"masks-round{self.round:03d}-rank{self.shard_rank}.smask")
         mine = torch.arange(self.shard_rank, len(self.train), w) if w > 1 else None
         store = MaskStore(len(self.train) if mine is None else len(mine), shapes, path=path)
-        was_training = self.model.training
-        self.model.eval()
+        was_training = model.training
+        model.eval()
+        n_batches = -(-(len(self.train) if mine is None else len(mine)) // self.eval_batch_size)
         try:
-            for x, _, idx in batches(self.train, self.eval_batch_size, mine):
+            for b, (x, _, idx) in enumerate(batches(self.train, self.eval_batch_size, mine)):
                 if self.augment_seed is not None:  # the exact view training will see this round
                     x = crop_flip(x, idx, self.augment_seed, self.view_key(-1))
-                store.write(idx // w, record_masks(self.model, x.to(self.device)))
+                store.write(idx // w, record_masks(model, x.to(self.device)))
+                if b == n_batches // 2:
+                    faults.hit("estimate")
         except BaseException:
             store.discard()
             raise
         finally:
-            self.model.train(was_training)
+            model.train(was_training)
         return store.finalize()
 
     def _probe_masks(self, model: nn.Module) -> torch.Tensor:
@@ -216,6 +228,7 @@ class IAlternation(Schedule):
     def reestimate(self) -> dict:
         t0 = time.perf_counter()
         change = float("nan")
+        self.round_start = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.cfg.backend == "stored":
             old = self.store
             self.store = self.estimate_store()
@@ -287,11 +300,59 @@ class IAlternation(Schedule):
     def state_dict(self) -> dict:
         return {"phase": self.phase, "round": self.round, "round_epochs": self.round_epochs,
                 "below": self.below, "prev_loss": self.prev_loss, "need_new": self.need_new,
-                "store_checksum": self.store.checksum if self.store is not None else None}
+                "store_checksum": self.store.checksum if self.store is not None else None,
+                "store_path": str(self.store.path) if self.store is not None and self.store.path else None,
+                "round_start": self.round_start}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the counters and rebuild this round's supports: the snapshot from the
+        round-start weights, the mask store from its file when it verifies against the
+        checksum the checkpoint recorded, else re-estimated from the round-start weights
+        (the same masks, bit for bit: the estimation is deterministic)."""
         for k in ("phase", "round", "round_epochs", "below", "prev_loss", "need_new"):
             setattr(self, k, state[k])
+        self.round_start = state.get("round_start")
+        if self.round_start is None or self.phase != "i-alt":
+            return
+        frozen = copy.deepcopy(self.model)
+        frozen.load_state_dict(self.round_start)
+        frozen.eval()
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+        if self.cfg.backend == "snapshot":
+            self.snapshot, self._probe_prev = frozen, self._probe_masks(frozen)
+            self.model.train()
+            return
+        want, path = state.get("store_checksum"), state.get("store_path")
+        if path and Path(path).is_file():
+            import warnings
+
+            from .errors import IntegrityError
+            try:
+                store = MaskStore.open(path)
+                if store.checksum != want:
+                    raise IntegrityError(f"mask store {path} is not the one the checkpoint recorded")
+                self.store = store
+            except IntegrityError as e:
+                if self.strict:
+                    raise IntegrityError(f"{e}; rerun without --strict to re-estimate the supports") from None
+                warnings.warn(f"{e}; re-estimating the supports from the round-start weights", stacklevel=2)
+        if self.store is None:
+            self.store = self.estimate_store(frozen)
+            if want is not None and self.store.checksum != want:
+                from .errors import IntegrityError
+
+                raise IntegrityError("re-estimated supports differ from the ones the checkpoint recorded; the data "
+                                     "or the code changed since the run started; start a new run")
+        self.model.train()
+
+    def resume_epoch(self, epoch: int) -> None:
+        if self.phase == "i-alt":
+            self.lr_factor = self.cfg.lr_scale
+            configure(self.model, mode="instance", apply=self.cfg.apply)
+        else:
+            self.lr_factor = 1.0
+            configure(self.model, mode="free")
 
 
 SCHEDULES = {"sgd": Schedule, "b-alt": BAlternation, "i-alt": IAlternation}

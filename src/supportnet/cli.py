@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", help="support.method: sgd | b-alt | i-alt")
     t.add_argument("--model", help="model name (supportnet models)")
     t.add_argument("--data", help="data set name (supportnet data list)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint "
+                   "(its own config.yaml; exact on CPU)")
+    t.add_argument("--strict", action="store_true", help="with --resume: stop on a damaged mask store "
+                   "instead of re-estimating the supports")
     _add_common(t)
 
     c = sub.add_parser("compare", help="train several methods from the same start; table and plot")
@@ -125,6 +129,24 @@ def cmd_train(a) -> int:
     from .config import load_config
     from .train import fit
 
+    if a.resume:
+        from .errors import ConfigError
+
+        given = [x for x in _shortcuts(a) + a.overrides if x != "quiet=true"]
+        if a.config or given:
+            raise ConfigError("--resume continues a run with its own config.yaml; drop --config, --set and the "
+                              "other training options")
+        run = Path(a.resume)
+        if not (run / "config.yaml").is_file():
+            raise ConfigError(f"{run} is not a run folder (no config.yaml); pass the folder 'supportnet train' wrote")
+        cfg = load_config(run / "config.yaml", ["quiet=true"] if a.quiet else [])
+        out = fit(cfg, resume=run, strict=a.strict)
+        print(f"run folder: {out}")
+        return 0
+    if a.strict:
+        from .errors import ConfigError
+
+        raise ConfigError("--strict only applies with --resume RUN_DIR")
     cfg = load_config(a.config, _shortcuts(a) + a.overrides)
     out = fit(cfg)
     print(f"run folder: {out}")

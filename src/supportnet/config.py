@@ -56,6 +56,7 @@ class TrainConfig:
     maskt: bool = False  # also evaluate with binary masks (the paper's MaskT)
     stats_every: int = 10  # steps between samples of active fraction and support drift
     checkpoint_every: int = 1  # epochs between checkpoints (0: only the final one)
+    checkpoint_steps: int = 0  # also checkpoint every N optimizer steps, mid-epoch (0: off)
     evals_per_epoch: int = 1  # test evaluations per epoch for the convergence trace (time-to-target)
     # GPU fast path (docs/performance.md); all off by default
     amp: str = "off"  # off | bf16 (autocast of the forward pass and loss)
@@ -230,8 +231,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.lr must be positive, got {t.lr}; try 0.05")
     if not (0 <= t.momentum < 1):
         raise ConfigError(f"train.momentum must be in [0, 1), got {t.momentum}; try 0.9")
-    if t.weight_decay < 0 or t.train_eval_size < 0 or t.checkpoint_every < 0:
-        raise ConfigError("train.weight_decay, train.train_eval_size and train.checkpoint_every "
+    if t.weight_decay < 0 or t.train_eval_size < 0 or t.checkpoint_every < 0 or t.checkpoint_steps < 0:
+        raise ConfigError("train.weight_decay, train.train_eval_size, train.checkpoint_every and train.checkpoint_steps "
                           "must not be negative; fix the value")
     if s.warmup < 0 or s.min_gap < 1 or s.max_gap < s.min_gap or s.patience < 1:
         raise ConfigError(f"support needs warmup >= 0, 1 <= min_gap <= max_gap and patience >= 1 "

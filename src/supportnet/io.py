@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import faults
 from .errors import IntegrityError, SupportnetError
 
 CHECKPOINT_FORMAT = 1
@@ -39,9 +40,12 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(fd, mode) as f:
+            faults.hit("disk-full")
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if path.suffix == ".pt":
+            faults.hit("checkpoint")  # tests: killed with the temporary file complete, not yet renamed
         os.replace(tmp, path)
     except OSError as e:
         _unlink(tmp)

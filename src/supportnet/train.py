@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
-from .alternation import make_schedule
+from . import distributed, faults
+from .alternation import IAlternation, make_schedule
 from .config import Config, resolve_method_defaults
 from .data import DataBundle, Split, batches, epoch_order, load_data, num_batches
 from .data.augment import crop_flip
@@ -167,12 +167,19 @@ def build(cfg: Config, data: DataBundle | None = None):
 
 
 def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = None,
-        step_hook=None) -> Path:
+        step_hook=None, resume: str | Path | None = None, strict: bool = False) -> Path:
     """Train as ``cfg`` says and return the run folder (see the module docstring).
 
     ``step_hook(model, optimizer)``, if given, runs once before training and after every
     optimizer step (DSD uses it to hold pruned weights at zero).
+    ``resume``: a run folder; training continues from its ``checkpoint.pt`` (which may
+    be mid-epoch) and ends with the weights an uninterrupted run would have, bit for bit
+    on CPU. ``strict``: a damaged mask store is an error instead of a re-estimation.
     """
+    rs = None
+    if resume is not None:
+        rs = _load_resume(Path(resume), cfg)
+        cfg.out = str(resume)
     cfg = resolve_method_defaults(cfg.copy())
     check_config_runs(cfg)
     t = cfg.train
@@ -194,7 +201,7 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         data = to_device(data, device)
     out = Path(cfg.out) if cfg.out else _default_out(cfg)
     main = info.is_main  # only rank 0 writes the run folder
-    if main:
+    if main and rs is None:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", cfg.to_yaml())
 
@@ -225,12 +232,39 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
     eval_at = {round(j * steps_per_epoch / k_eval) for j in range(1, k_eval)} - {0, steps_per_epoch}
     st = RunState()
     last_good: Path | None = None
+    first_epoch, first_step, partial = 0, 0, None
+    if rs is not None:  # continue exactly where the checkpoint was taken
+        model.load_state_dict(rs["model"])
+        opt.load_state_dict(rs["optimizer"])
+        if isinstance(sched, IAlternation):
+            sched.strict = strict
+        sched.load_state_dict(rs["schedule"])
+        rows, trace = list(rs["metrics"]), list(rs.get("trace", []))
+        st = RunState(epoch=rs["epoch"], step=rs["step"], seconds=rs["seconds"])
+        first_epoch, first_step, partial = rs["epoch"], rs.get("step_in_epoch", 0), rs.get("partial")
+        last_good = out / "checkpoint.pt"
+        if step_hook is not None:
+            step_hook(model, opt)
+        set_rng_state(rs["rng"])
     from tqdm import tqdm
 
-    for epoch in range(t.epochs):
+    def checkpoint(epoch_done: int, step_in_epoch: int, part: dict | None) -> Path:
+        return save_checkpoint(out / "checkpoint.pt", {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
+            "epoch": epoch_done, "step": st.step, "step_in_epoch": step_in_epoch, "partial": part,
+            "seconds": st.seconds, "config": cfg.to_dict(), "rng": get_rng_state(), "metrics": rows,
+            "trace": trace, "format": RESUME_FORMAT})
+
+    for epoch in range(first_epoch, t.epochs):
         # Phase: the schedule decides warm-up vs alternation and re-estimates supports.
         t0 = time.perf_counter()
-        ev = sched.start_epoch(epoch)
+        start = first_step if epoch == first_epoch else 0
+        if start:  # resumed part-way through this epoch: its supports were already estimated
+            ev = dict(partial["ev"])
+            sched.resume_epoch(epoch)
+            t0 -= partial["elapsed"]
+        else:
+            ev = sched.start_epoch(epoch)
         model.train()
         order = epoch_order(len(data.train), t.seed, epoch)
         if streaming:  # the workers draw this epoch's views (random-resized crops, flips)
@@ -238,8 +272,11 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         if sharded:
             order = distributed.shard_order(order, info, len(data.train))
         loss_sum, n_seen, step_in_epoch, eval_seconds = 0.0, 0, 0, 0.0
-        bar = tqdm(batches(data.train, local_batch, order), total=steps_per_epoch, leave=False,
-                   disable=cfg.quiet or not main, desc=f"epoch {epoch + 1}/{t.epochs} [{ev['phase']}]")
+        if start:
+            loss_sum, n_seen, eval_seconds, step_in_epoch = (partial["loss_sum"], partial["n_seen"],
+                                                             partial["eval_seconds"], start)
+        bar = tqdm(batches(data.train, local_batch, order, start=start), total=steps_per_epoch, initial=start,
+                   leave=False, disable=cfg.quiet or not main, desc=f"epoch {epoch + 1}/{t.epochs} [{ev['phase']}]")
         for x, y, idx in bar:
             if info.active and not sharded:  # this rank's slice of the global batch
                 sl = distributed.local_slice(len(idx), info)
@@ -276,6 +313,7 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
             step_in_epoch += 1
             loss_sum += loss.item() * y.numel()
             n_seen += y.numel()
+            faults.hit("step")
             if step_in_epoch in eval_at:  # mid-epoch point of the trace; its time is not training time
                 te = time.perf_counter()
                 tl, ta = evaluate(model, data.test, t.eval_batch_size, device)
@@ -283,6 +321,11 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
                               "seconds": round(st.seconds + te - t0 - eval_seconds, 3),
                               "test_loss": tl, "test_acc": ta})
                 eval_seconds += time.perf_counter() - te
+            if main and t.checkpoint_steps and st.step % t.checkpoint_steps == 0 and step_in_epoch < steps_per_epoch:
+                # mid-epoch checkpoint: everything needed to continue from this very step
+                last_good = checkpoint(epoch, step_in_epoch, {
+                    "ev": ev, "loss_sum": loss_sum, "n_seen": n_seen, "eval_seconds": eval_seconds,
+                    "elapsed": time.perf_counter() - t0})
             if st.step % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}")
         bar.close()
@@ -332,11 +375,8 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
             tqdm.write(f"epoch {st.epoch:3d} [{ev['phase']:6s}] obj {obj_loss:.4f}  test loss {test_loss:.4f}  "
                        f"acc {test_acc:.4f}  {st.seconds:7.1f}s" + ("  (support re-estimated)" if ev["reestimated"] else ""))
         write_metrics(out / "metrics.csv", rows)
-        if t.checkpoint_every and st.epoch % t.checkpoint_every == 0:
-            last_good = save_checkpoint(out / "checkpoint.pt", {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
-                "epoch": st.epoch, "step": st.step, "seconds": st.seconds, "config": cfg.to_dict(),
-                "rng": torch.get_rng_state(), "metrics": rows})
+        if (t.checkpoint_every and st.epoch % t.checkpoint_every == 0) or t.checkpoint_steps:
+            last_good = checkpoint(st.epoch, 0, None)
 
     if not main:
         distributed.teardown(info)
@@ -354,6 +394,56 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
     plot_run(rows, out / "curves.png", title=f"{cfg.model.name} on {cfg.data.name}: {cfg.support.method}")
     distributed.teardown(info)
     return out
+
+
+RESUME_FORMAT = 2  # what a checkpoint.pt holds (see _load_resume)
+
+
+def get_rng_state() -> dict:
+    """Every random number generator the training loop draws from, in a weights_only-safe form."""
+    py = random.getstate()
+    npst = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": [py[0], list(py[1]), py[2]],
+            "numpy": [npst[0], torch.from_numpy(npst[1].astype(np.int64)), int(npst[2]), int(npst[3]), float(npst[4])],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
+    n = s["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    if s.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _load_resume(run: Path, cfg: Config) -> dict:
+    from .io import load_checkpoint
+
+    ck = run / "checkpoint.pt"
+    if not ck.is_file():
+        raise ConfigError(f"{run} has no checkpoint.pt to resume from; pass a run folder written by "
+                          f"'supportnet train' (with train.checkpoint_every or train.checkpoint_steps > 0)")
+    rs = load_checkpoint(ck)
+    if rs.get("format") != RESUME_FORMAT:
+        raise ConfigError(f"{ck} was written by another supportnet version (resume format "
+                          f"{rs.get('format')}, this one reads {RESUME_FORMAT}); start a new run")
+    saved = resolve_method_defaults(Config.copy(_config_from(rs["config"]))).to_dict()
+    mine = resolve_method_defaults(cfg.copy()).to_dict()
+    for d in (saved, mine):
+        d.pop("out", None), d.pop("quiet", None)
+    if saved != mine:
+        diff = sorted(f"{s}.{k}" for s in saved if isinstance(saved[s], dict)
+                      for k in saved[s] if saved[s][k] != mine.get(s, {}).get(k))
+        raise ConfigError(f"the config differs from the one {run} was started with ({', '.join(diff[:4])}); "
+                          f"resume with the run's own config.yaml")
+    return rs
+
+
+def _config_from(d: dict) -> Config:
+    from .config import from_dict
+
+    return from_dict(d)
 
 
 def curve_point(r: dict) -> dict:
