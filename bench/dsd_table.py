@@ -1,6 +1,6 @@
 """A CPU-scale analogue of the paper's Table 8: DSD with magnitude pruning against DSD with support pruning.
 
-    python bench/dsd_table.py [--seeds 0,1,2] [--subset 20000] [--epochs 3,2,1]
+    python bench/dsd_table.py [--seeds 0,1,2] [--subset 10000] [--epochs 2,1,1]
 
 Fashion-MNIST, convnet-s. Rows: a dense baseline trained for the same total epochs
 (E_d + E_s + E_r) with SGD; DSD with magnitude pruning (30% per layer, DSD's ratio);
@@ -36,8 +36,8 @@ def ms(v: list[float]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--subset", type=int, default=20000)
-    ap.add_argument("--epochs", default="3,2,1", help="E_d,E_s,E_r")
+    ap.add_argument("--subset", type=int, default=10000)
+    ap.add_argument("--epochs", default="2,1,1", help="E_d,E_s,E_r")
     ap.add_argument("--eps", type=float, default=0.01)
     ap.add_argument("--model", default="convnet-s")
     a = ap.parse_args()

@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("-o", "--output", required=True, help="file to write")
     ex.add_argument("--compact", action="store_true", help="physically remove the pruned channels")
 
+    vf = sub.add_parser("verify", help="check a checkpoint (.pt) or mask store (.smask): format version and checksum")
+    vf.add_argument("path")
+
     sub.add_parser("models", help="list the registered models with their parameter counts")
 
     d = sub.add_parser("data", help="list, check or fetch data sets")
@@ -146,7 +149,7 @@ def cmd_train(a) -> int:
     if a.strict:
         from .errors import ConfigError
 
-        raise ConfigError("--strict only applies with --resume RUN_DIR")
+        raise ConfigError("--strict only applies with --resume RUN_DIR; drop --strict or add --resume")
     cfg = load_config(a.config, _shortcuts(a) + a.overrides)
     out = fit(cfg)
     print(f"run folder: {out}")
@@ -218,6 +221,26 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_verify(a) -> int:
+    from .io import load_checkpoint
+    from .masks import MAGIC, MaskStore
+
+    p = Path(a.path)
+    if not p.is_file():
+        from .errors import ConfigError
+
+        raise ConfigError(f"{p} does not exist; pass a checkpoint (.pt) or a mask store (.smask)")
+    with open(p, "rb") as f:
+        head = f.read(len(MAGIC))
+    if head == MAGIC or p.suffix == ".smask":
+        st = MaskStore.open(p)
+        print(f"{p}: mask store OK, {st.n} examples x {st.bits} bits, checksum {st.checksum}")
+    else:
+        ck = load_checkpoint(p)
+        print(f"{p}: checkpoint OK, keys {', '.join(sorted(ck))}")
+    return 0
+
+
 def cmd_models(a) -> int:
     from .models import count_params, create_model, list_models, model_note
 
@@ -277,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_dsd(a)
         if a.cmd == "export":
             return cmd_export(a)
+        if a.cmd == "verify":
+            return cmd_verify(a)
         if a.cmd == "models":
             return cmd_models(a)
         if a.cmd == "data":

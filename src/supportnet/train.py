@@ -163,7 +163,29 @@ def build(cfg: Config, data: DataBundle | None = None):
                              extra=d.extra, stream=d.stream, workers=d.workers)
     seed_everything(cfg.train.seed)
     model = create_model(cfg.model.name, in_shape=data.in_shape, num_classes=data.num_classes, **cfg.model.kwargs)
+    check_model_fits(model, cfg, data)
     return data, model
+
+
+def check_model_fits(model: nn.Module, cfg: Config, data: DataBundle) -> None:
+    """A dry forward of one input: a model that cannot take the data's shape fails here, clearly."""
+    shape = "x".join(map(str, data.in_shape))
+    rng = torch.get_rng_state()
+    try:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            out = model(torch.zeros(1, *data.in_shape))
+            model.train(was)
+    except RuntimeError as e:
+        raise ConfigError(f"model {cfg.model.name!r} cannot take {shape} inputs from {data.name} "
+                          f"({str(e).splitlines()[0][:90]}); pad the data (data.pad), set data.image_size, "
+                          f"or pick a model for this input size") from None
+    finally:
+        torch.set_rng_state(rng)
+    if out.shape[-1] != data.num_classes:
+        raise ConfigError(f"model {cfg.model.name!r} gives {out.shape[-1]} outputs but {data.name} has "
+                          f"{data.num_classes} classes; drop the num_classes override")
 
 
 def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = None,

@@ -236,6 +236,9 @@ def find_root(name: str, data_dir: str | Path | None = None) -> Path:
     for d in search_dirs(name, data_dir):
         if _has_files(d, spec):
             return d
+    if not spec.urls and name != "synthetic":  # nothing to fetch: say what the folder needs
+        raise DataError(f"data set {name!r} not found (looked in {', '.join(str(d) for d in search_dirs(name, data_dir))}); "
+                        f"pass --data-dir with train/ and val/ (or test/) folders of class folders, as ImageNet is")
     hint = ("install Debian's package (apt-get install dataset-fashion-mnist) or "
             if name == "fashion-mnist" else "")
     raise DataError(f"data set {name!r} not found (looked in {', '.join(str(d) for d in search_dirs(name, data_dir))}); "
