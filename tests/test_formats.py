@@ -245,3 +245,32 @@ def test_fetch_extract_uses_safe_extract(tmp_path, monkeypatch):
     dest = D.fetch_dataset("cifar10", tmp_path / "dl", quiet=True, extract=True)
     assert (dest / "cifar-10-batches-py" / "data_batch_1").is_file()
     assert len(load_data("cifar10", data_dir=dest, do_normalize=False).train) == 100
+
+
+@pytest.mark.parametrize("member", ["../escape.txt", "/abs/escape.txt", "link"])
+def test_safe_extract_refuses_zip_escapes(tmp_path, member):
+    import zipfile
+
+    arch = tmp_path / "a.zip"
+    with zipfile.ZipFile(arch, "w") as z:
+        info = zipfile.ZipInfo(member)
+        if member == "link":
+            info.external_attr = (0o120777 << 16)
+            z.writestr(info, "../../etc/passwd")
+        else:
+            z.writestr(info, "x")
+    target = tmp_path / "t"
+    target.mkdir()
+    with pytest.raises(DataError, match="leaves the target folder"):
+        safe_extract(arch, target)
+    assert list(target.iterdir()) == [] and not (tmp_path / "escape.txt").exists()
+
+
+def test_safe_extract_zip_ok(tmp_path):
+    import zipfile
+
+    arch = tmp_path / "a.zip"
+    with zipfile.ZipFile(arch, "w") as z:
+        z.writestr("d/f.txt", "hello")
+    assert safe_extract(arch, tmp_path / "t") == ["d/f.txt"]
+    assert (tmp_path / "t" / "d" / "f.txt").read_text() == "hello"

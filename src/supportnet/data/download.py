@@ -57,10 +57,31 @@ def download(url: str, dest: str | Path, md5: str | None = None, quiet: bool = F
     return dest
 
 
+def _inside(target: Path, name: str) -> bool:
+    dest = (target / name).resolve()
+    return not os.path.isabs(name) and (str(dest).startswith(str(target) + os.sep) or dest == target)
+
+
 def safe_extract(archive: str | Path, target: str | Path) -> list[str]:
-    """Extract a tar archive, refusing absolute paths, ``..`` and links that leave ``target``."""
+    """Extract a tar or zip archive, refusing absolute paths, ``..`` and links that leave ``target``."""
     target = Path(target).resolve()
     names = []
+    import zipfile
+
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            for info in z.infolist():
+                mode = (info.external_attr >> 16) & 0o170000
+                if not _inside(target, info.filename) or "\\" in info.filename:
+                    raise DataError(f"archive {archive} holds a path that leaves the target folder "
+                                    f"({info.filename!r}); refusing to extract it: get the archive from the "
+                                    f"official source")
+                if mode == 0o120000:  # a symbolic link stored in the zip
+                    raise DataError(f"archive {archive} holds a link that leaves the target folder "
+                                    f"({info.filename!r}); refusing to extract it")
+                names.append(info.filename)
+            z.extractall(target)
+        return names
     with tarfile.open(archive) as tar:
         members = tar.getmembers()
         for m in members:
