@@ -54,12 +54,11 @@ QUICK = {
                                 tune_val=0, targets=[0.6, 0.7], lr=0.01)),
 }
 LEVERS = {
-    "fmnist20k-convnet-s-levers": (
-        ["data.subset=20000"],
+    "fmnist10k-convnet-s-levers": (
+        ["data.subset=10000"],
         dict(methods=["sgd", "b-alt", "b-alt[beta=0.03]", "b-alt[beta=0.3]", "b-alt[tau=0.05]", "b-alt[warmup=2]",
-                      "b-alt[lr_scale=1.5]", "i-alt-stored", "i-alt-stored[max_gap=4,min_gap=2]",
-                      "i-alt-stored[warmup=2]", "i-alt-stored[consistency=0.3]"],
-             epochs=4, lr_grid=None, tune_epochs=None, tune_val=0, targets=[0.86, 0.88], seeds=[0, 1])),
+                      "i-alt-stored", "i-alt-stored[max_gap=2,min_gap=2]", "i-alt-stored[consistency=0.3]"],
+             epochs=3, lr_grid=None, tune_epochs=None, tune_val=0, targets=[0.84, 0.86], seeds=[0, 1])),
 }
 
 
