@@ -95,3 +95,24 @@ def test_damaged_store_is_reestimated_or_refused_with_strict(tmp_path, reference
     assert "re-estimating" in r.stderr
     got, want = _weights(tmp_path / "run"), references["i-alt-stored"]
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_dsd_killed_in_the_sparse_step_resumes_exactly(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    args = [sys.executable, "-m", "supportnet", "dsd", "--data", "synthetic", "--subset", "384", "--quiet",
+            "--prune", "support-b", "--set", "model.kwargs.width=8", "--set", "model.kwargs.hidden=32",
+            "--set", "train.checkpoint_steps=2", "--set", "train.train_eval_size=0", "--set", "train.threads=1",
+            "--set", "dsd.dense_epochs=1", "--set", "dsd.sparse_epochs=2", "--set", "dsd.redense_epochs=1",
+            "--set", "dsd.eps=0.2"]
+    ref = subprocess.run(args + ["--out", "ref"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    # dense is 3 steps, so step 5 is inside the sparse step
+    p = subprocess.run(args + ["--out", "run"], cwd=tmp_path, env=dict(env, SUPPORTNET_FAULT="step:5"),
+                       capture_output=True, text=True)
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "supportnet", "dsd", "--resume", "run", "--quiet"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for phase in ("sparse", "redense"):
+        got, want = _weights(tmp_path / "run" / phase), _weights(tmp_path / "ref" / phase)
+        assert all(torch.equal(got[k], want[k]) for k in want), phase

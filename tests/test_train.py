@@ -95,3 +95,16 @@ def test_fast_path_default_is_off():
 
     t = TrainConfig()
     assert (t.amp, t.channels_last, t.compile, t.loader) == ("off", False, False, "host")
+
+
+def test_nonfinite_gradient_stops_before_the_update(synthetic, tmp_path):
+    from supportnet.train import build
+
+    cfg = _cfg(tmp_path, "train.epochs=1")
+    data, model = build(cfg, synthetic)
+    w = dict(model.named_parameters())["features.2.weight"]
+    before = w.detach().clone()
+    w.register_hook(lambda g: g * float("nan"))  # finite loss, a NaN gradient
+    with pytest.raises(DivergenceError, match=r"gradient became non-finite at epoch 1, step 1 .*features\.2\.weight"):
+        fit(cfg, data=data, model=model)
+    assert torch.equal(w.detach(), before)  # never updated with it

@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--model", help="model name")
     ds.add_argument("--data", help="data set name")
     ds.add_argument("--prune", choices=["magnitude", "support-b", "support-i"], help="dsd.prune")
+    ds.add_argument("--resume", metavar="OUT", help="continue the interrupted DSD run in OUT (its own config)")
     _add_common(ds)
 
     ex = sub.add_parser("export", help="export a model; --compact drops pruned channels from a DSD sparse.pt")
@@ -199,9 +200,23 @@ def cmd_dsd(a) -> int:
     from .dsd import dsd, dsd_table
 
     sets = _shortcuts(a) + ([f"dsd.prune={a.prune}"] if a.prune else []) + a.overrides
-    cfg = load_config(a.config, sets)
-    out = Path(cfg.out or "runs/dsd")
-    res = dsd(cfg, out, log=(lambda *_: None) if a.quiet else print)
+    if a.resume:
+        from .errors import ConfigError
+
+        out = Path(a.resume)
+        if a.config or [x for x in sets if x != "quiet=true"]:
+            raise ConfigError("--resume continues a DSD run with its own config; drop --config, --set and the "
+                              "other options")
+        if not (out / "dsd-config.yaml").is_file():
+            raise ConfigError(f"{out} is not a DSD run folder (no dsd-config.yaml); pass the --out of 'supportnet dsd'")
+        cfg = load_config(out / "dsd-config.yaml", ["quiet=true"] if a.quiet else [])
+    else:
+        cfg = load_config(a.config, sets)
+        out = Path(cfg.out or "runs/dsd")
+        from .io import atomic_write_text
+
+        atomic_write_text(out / "dsd-config.yaml", cfg.to_yaml())
+    res = dsd(cfg, out, log=(lambda *_: None) if a.quiet else print, resume=bool(a.resume))
     print(dsd_table({cfg.dsd.prune: res}), end="")
     print(f"written: {out / 'dsd.json'}, {out / 'sparse.pt'}")
     return 0

@@ -368,8 +368,13 @@ def _phase_cfg(cfg: Config, phase: str, epochs: int, lr: float, method: str, out
     return c
 
 
-def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print) -> dict:
-    """Run the three phases (module docstring); write ``out/dsd.json`` and ``out/sparse.pt``."""
+def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print, resume: bool = False) -> dict:
+    """Run the three phases (module docstring); write ``out/dsd.json`` and ``out/sparse.pt``.
+
+    ``resume=True`` continues an interrupted DSD run in ``out``: finished phases are loaded
+    from their ``final.pt``, the pruning from ``out/pruning.pt``, and an interrupted phase
+    resumes from its own checkpoint (exactly, as ``supportnet train --resume`` does).
+    """
     from .models import count_params
     from .train import build, evaluate, fit
 
@@ -377,6 +382,8 @@ def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print) -> dic
     if min(ds.dense_epochs, ds.sparse_epochs) < 1:
         raise ConfigError("dsd needs dense_epochs >= 1 and sparse_epochs >= 1; fix the values")
     out = Path(out or cfg.out or "runs/dsd")
+    if resume and not (out / "dense").is_dir():
+        raise ConfigError(f"{out} holds no DSD run to resume (no dense/ folder); drop --resume to start one")
     data, model = build(cfg, data)
     device = torch.device(cfg.train.device)
     res: dict = {"prune": ds.prune, "config": cfg.to_dict(), "phases": {}}
@@ -387,25 +394,42 @@ def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print) -> dic
                                 "run": str(run)}
         log(f"{phase}: test accuracy {100 * s['test_acc']:.2f}%")
 
-    record("dense", fit(_phase_cfg(cfg, "dense", ds.dense_epochs, cfg.train.lr, "sgd", out), data, model))
+    def phase(name: str, pcfg: Config, hook=None) -> bool:
+        """Run (or finish, or load) one phase; True if it had already finished."""
+        run = Path(pcfg.out)
+        if resume and (run / "summary.json").is_file() and (run / "final.pt").is_file():
+            model.load_state_dict(load_checkpoint(run / "final.pt")["state_dict"])
+            record(name, run)
+            return True
+        again = resume and (run / "checkpoint.pt").is_file()
+        record(name, fit(pcfg, data, model, step_hook=hook, resume=run if again else None))
+        return False
+
+    phase("dense", _phase_cfg(cfg, "dense", ds.dense_epochs, cfg.train.lr, "sgd", out))
 
     units, skipped = find_units(model) if ds.prune != "magnitude" else ([], [])
-    if ds.prune == "magnitude":
-        pruning, method = magnitude_pruning(model, ds.sparsity), "sgd"
+    saved = out / "pruning.pt"
+    if resume and saved.is_file():
+        pk = load_checkpoint(saved)
+        pruning = Pruning(keep=pk["keep"], units={k: list(v) for k, v in pk["units"].items()})
+        res["census"] = pk.get("census")
+    elif ds.prune == "magnitude":
+        pruning = magnitude_pruning(model, ds.sparsity)
     else:
         if not units:
             raise ConfigError(f"no threshold layer of {cfg.model.name} can be pruned by its support "
                               f"({'; '.join(skipped) or 'none found'}); use dsd.prune=magnitude")
-        kind = ds.prune[-1]
-        census = support_census(model, units, data.train, cfg.train.batch_size, kind, cfg.train.seed,
+        census = support_census(model, units, data.train, cfg.train.batch_size, ds.prune[-1], cfg.train.seed,
                                 cfg.support.rule, cfg.support.beta, device)
-        pruning, method = unit_pruning(model, units, census, ds.eps), {"b": "b-alt", "i": "i-alt"}[kind]
+        pruning = unit_pruning(model, units, census, ds.eps)
         res["census"] = {k: {"on": v.tolist(), "of": n} for k, (v, n) in census.items()}
+    if not (resume and saved.is_file()):
+        save_checkpoint(saved, {"keep": pruning.keep, "units": pruning.units, "census": res.get("census")})
+    method = {"magnitude": "sgd", "support-b": "b-alt", "support-i": "i-alt"}[ds.prune]
     pruning.left_alone = skipped
     enforce = Enforcer(pruning)
     sparse_lr = ds.sparse_lr or cfg.train.lr
-    record("sparse", fit(_phase_cfg(cfg, "sparse", ds.sparse_epochs, sparse_lr, method, out), data, model,
-                         step_hook=enforce))
+    phase("sparse", _phase_cfg(cfg, "sparse", ds.sparse_epochs, sparse_lr, method, out), hook=enforce)
     enforce.release()
     res["sparsity"] = pruning.sparsity(model)
     res["pruned_units"] = pruning.units
@@ -418,9 +442,10 @@ def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print) -> dic
     log(f"sparse: {100 * res['sparsity']['weights']:.1f}% of weights pruned; compact model "
         f"{res['params']['compact']:,} parameters (dense {res['params']['dense']:,})")
     if ds.redense_epochs:
-        res["revived"] = revive(model, units, pruning, cfg.train.seed)
-        record("redense", fit(_phase_cfg(cfg, "redense", ds.redense_epochs, ds.redense_lr or 0.1 * cfg.train.lr,
-                                          "sgd", out), data, model))
+        rcfg = _phase_cfg(cfg, "redense", ds.redense_epochs, ds.redense_lr or 0.1 * cfg.train.lr, "sgd", out)
+        if not (resume and (Path(rcfg.out) / "checkpoint.pt").is_file()):
+            res["revived"] = revive(model, units, pruning, cfg.train.seed)
+        phase("redense", rcfg)
     res["final_test_acc"] = evaluate(model, data.test, cfg.train.eval_batch_size, device)[1]
     atomic_write_text(out / "dsd.json", json.dumps(res, indent=1))
     return res

@@ -328,6 +328,15 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
                     f"{last_good or 'none'}; lower train.lr, or use support.apply=gated or another support.rule")
             opt.zero_grad(set_to_none=True)
             objective.backward()
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()):
+                bad = next(n for n, p in model.named_parameters() if p.grad is not None
+                           and not torch.isfinite(p.grad).all())
+                raise DivergenceError(
+                    f"gradient became non-finite at epoch {epoch + 1}, step {st.step + 1} ({ev['phase']} phase; "
+                    f"first in {bad}) although the objective was {objective.item():.3g}; the weights were not "
+                    f"updated; last good checkpoint: {last_good or 'none'}; lower train.lr, or use "
+                    f"support.apply=gated or another support.rule")
             opt.step()
             if step_hook is not None:
                 step_hook(model, opt)
