@@ -307,6 +307,13 @@ def plot_study_curves(s: dict, path: Path, footer: str | None = None) -> None:
             if p.get("reestimated"):
                 for ax in (a, b):
                     ax.axvline(p["epoch"] - 0.5, color=c, ls=":", lw=0.8, alpha=0.6)
+    base = s["runs"].get(BASELINE)
+    if base:  # keep SGD's scale: a method far above it is clipped (its numbers are in the table)
+        _, lo, _ = _mean_curve(base, "obj_loss")
+        _, acc, _ = _mean_curve(base, "test_acc")
+        if lo and acc:
+            a.set_ylim(0, 2.0 * max(lo))
+            b.set_ylim(0, 2.5 * 100 * (1 - min(acc)))
     a.set_ylabel("training objective (under the method's support)"), b.set_ylabel("test error (%)")
     for ax in (a, b):
         ax.set_xlabel("epoch"), ax.grid(alpha=0.3)
