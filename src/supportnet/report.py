@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from .io import atomic_write
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
-from .io import atomic_write  # noqa: E402
+class _LazyPyplot:
+    """matplotlib is imported at the first plot, not at import time (its first import on a
+    fresh machine builds a font cache and says so on stderr)."""
+
+    def __getattr__(self, name):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        return getattr(plt, name)
+
+
+plt = _LazyPyplot()
 
 
 def _save(fig, path: Path) -> None:
