@@ -69,6 +69,7 @@ def setup(device: str) -> DistInfo:
 
 def teardown(info: DistInfo) -> None:
     if info.active and info.owned and dist.is_initialized():
+        dist.barrier()  # every rank's last collective is done before the group goes (gloo aborts otherwise)
         dist.destroy_process_group()
 
 
