@@ -40,3 +40,13 @@ def synthetic():
     from supportnet.data import load_data
 
     return load_data("synthetic")
+
+
+def run_train(args, cwd, fault=None):
+    """``supportnet train ARGS`` in a subprocess, optionally with ``SUPPORTNET_FAULT=fault``."""
+    e = {k: v for k, v in os.environ.items() if k != "SUPPORTNET_FAULT"}
+    e["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + e.get("PYTHONPATH", "")
+    if fault:
+        e["SUPPORTNET_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "supportnet", "train", *map(str, args)], cwd=cwd, env=e,
+                          capture_output=True, text=True, timeout=300)

@@ -1,11 +1,11 @@
 """A full disk while checkpointing, and what is left behind (docs/reliability.md)."""
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_train
 from supportnet.io import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,19 +13,10 @@ ARGS = ["--data", "synthetic", "--subset", "256", "--epochs", "2", "--quiet", "-
         "--set", "model.kwargs.hidden=32", "--set", "train.train_eval_size=0", "--set", "train.threads=1"]
 
 
-def _train(args, cwd, fault=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    env.pop("SUPPORTNET_FAULT", None)
-    if fault:
-        env["SUPPORTNET_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "supportnet", "train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_disk_full_at_a_checkpoint_stops_clearly_and_keeps_the_previous_one(tmp_path):
     # atomic writes of a 2-epoch run: config.yaml, then per epoch metrics.csv and checkpoint.pt;
     # the 5th is the second checkpoint
-    p = _train(ARGS + ["--out", "run"], tmp_path, fault="disk-full:5")
+    p = run_train(ARGS + ["--out", "run"], tmp_path, fault="disk-full:5")
     assert p.returncode == 2, p.stderr[-2000:]
     err = p.stderr.strip()
     assert "Traceback" not in p.stderr and len(err.splitlines()) == 1, err
@@ -34,7 +25,7 @@ def test_disk_full_at_a_checkpoint_stops_clearly_and_keeps_the_previous_one(tmp_
     assert ck["epoch"] == 1
     assert not [f for f in (tmp_path / "run").iterdir() if f.name.endswith(".tmp")]  # no temporary left
     # and the run continues from it once there is space again
-    r = _train(["--resume", "run", "--quiet"], tmp_path)
+    r = run_train(["--resume", "run", "--quiet"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 2
 
@@ -47,7 +38,7 @@ def test_tiny_filesystem(tmp_path):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]).returncode != 0:
         pytest.skip("mount is not permitted here")
     try:
-        p = _train(ARGS + ["--out", str(mnt / "run")], tmp_path)
+        p = run_train(ARGS + ["--out", str(mnt / "run")], tmp_path)
         assert p.returncode == 2, p.stderr[-2000:]
         err = p.stderr.strip()
         assert "Traceback" not in p.stderr and len(err.splitlines()) == 1 and "could not write" in err, err

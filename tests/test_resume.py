@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_train
 from supportnet.io import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,15 +29,6 @@ KILLS = {
 }
 
 
-def _run(args, cwd, fault=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    env.pop("SUPPORTNET_FAULT", None)
-    if fault:
-        env["SUPPORTNET_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "supportnet", "train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 def _weights(run: Path) -> dict:
     return load_checkpoint(run / "final.pt")["state_dict"]
 
@@ -46,7 +38,7 @@ def references(tmp_path_factory):
     root = tmp_path_factory.mktemp("ref")
     out = {}
     for m, extra in METHODS.items():
-        p = _run(BASE + extra + ["--out", m], root)
+        p = run_train(BASE + extra + ["--out", m], root)
         assert p.returncode == 0, p.stderr
         out[m] = _weights(root / m)
     return out
@@ -54,12 +46,12 @@ def references(tmp_path_factory):
 
 @pytest.mark.parametrize("method,fault", [(m, f) for m, fs in KILLS.items() for f in fs])
 def test_sigkill_then_resume_is_bit_identical(references, tmp_path, method, fault):
-    p = _run(BASE + METHODS[method] + ["--out", "run"], tmp_path, fault=fault)
+    p = run_train(BASE + METHODS[method] + ["--out", "run"], tmp_path, fault=fault)
     assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr[-2000:])
     assert not (tmp_path / "run" / "final.pt").exists()
     if fault.startswith("checkpoint"):  # the half-written file was never renamed into place
         assert any(f.name.startswith(".checkpoint.pt.") for f in (tmp_path / "run").iterdir())
-    r = _run(["--resume", "run", "--quiet"], tmp_path)
+    r = run_train(["--resume", "run", "--quiet"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     got, want = _weights(tmp_path / "run"), references[method]
     assert all(torch.equal(got[k], want[k]) for k in want), f"{method} resumed after {fault} differs"
@@ -70,11 +62,11 @@ def test_sigkill_then_resume_is_bit_identical(references, tmp_path, method, faul
                          ids=["snapshot", "stored-in-memory"])
 def test_resume_rebuilds_supports_from_round_start_weights(tmp_path, extra):
     """No store file to reopen: the supports are recomputed from the round-start weights."""
-    ref = _run(BASE + extra + ["--out", "ref"], tmp_path)
+    ref = run_train(BASE + extra + ["--out", "ref"], tmp_path)
     assert ref.returncode == 0, ref.stderr
-    p = _run(BASE + extra + ["--out", "run"], tmp_path, fault="step:5")  # last checkpoint: step 4, mid-round
+    p = run_train(BASE + extra + ["--out", "run"], tmp_path, fault="step:5")  # last checkpoint: step 4, mid-round
     assert p.returncode == -signal.SIGKILL
-    r = _run(["--resume", "run", "--quiet"], tmp_path)
+    r = run_train(["--resume", "run", "--quiet"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     got, want = _weights(tmp_path / "run"), _weights(tmp_path / "ref")
     assert all(torch.equal(got[k], want[k]) for k in want)
@@ -82,15 +74,15 @@ def test_resume_rebuilds_supports_from_round_start_weights(tmp_path, extra):
 
 def test_damaged_store_is_reestimated_or_refused_with_strict(tmp_path, references):
     args = BASE + METHODS["i-alt-stored"] + ["--out", "run"]
-    assert _run(args, tmp_path, fault="step:9").returncode == -signal.SIGKILL  # checkpoint at step 8, round 2
+    assert run_train(args, tmp_path, fault="step:9").returncode == -signal.SIGKILL  # checkpoint at step 8, round 2
     store = tmp_path / "run" / "masks-round002.smask"
     data = bytearray(store.read_bytes())
     data[-1] ^= 0x01  # one flipped bit in the payload
     store.write_bytes(bytes(data))
-    strict = _run(["--resume", "run", "--strict"], tmp_path)
+    strict = run_train(["--resume", "run", "--strict"], tmp_path)
     assert strict.returncode == 2 and "Traceback" not in strict.stderr
     assert "mask store" in strict.stderr and "--strict" in strict.stderr, strict.stderr
-    r = _run(["--resume", "run", "--quiet"], tmp_path)
+    r = run_train(["--resume", "run", "--quiet"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "re-estimating" in r.stderr
     got, want = _weights(tmp_path / "run"), references["i-alt-stored"]
