@@ -129,21 +129,25 @@ def _split_methods(s: str) -> list[str]:
     return [m.strip() for m in out if m.strip()]
 
 
+def _resume_config(a, sets: list[str], name: str, writer: str):
+    """The run folder of ``--resume`` and the config it was started with (no other options allowed)."""
+    from .config import load_config
+    from .errors import ConfigError
+
+    run = Path(a.resume)
+    if a.config or [x for x in sets if x != "quiet=true"]:
+        raise ConfigError("--resume continues a run with its own config; drop --config, --set and the other options")
+    if not (run / name).is_file():
+        raise ConfigError(f"{run} is not a run folder (no {name}); pass the folder '{writer}' wrote")
+    return run, load_config(run / name, ["quiet=true"] if a.quiet else [])
+
+
 def cmd_train(a) -> int:
     from .config import load_config
     from .train import fit
 
     if a.resume:
-        from .errors import ConfigError
-
-        given = [x for x in _shortcuts(a) + a.overrides if x != "quiet=true"]
-        if a.config or given:
-            raise ConfigError("--resume continues a run with its own config.yaml; drop --config, --set and the "
-                              "other training options")
-        run = Path(a.resume)
-        if not (run / "config.yaml").is_file():
-            raise ConfigError(f"{run} is not a run folder (no config.yaml); pass the folder 'supportnet train' wrote")
-        cfg = load_config(run / "config.yaml", ["quiet=true"] if a.quiet else [])
+        run, cfg = _resume_config(a, _shortcuts(a) + a.overrides, "config.yaml", "supportnet train")
         out = fit(cfg, resume=run, strict=a.strict)
         print(f"run folder: {out}")
         return 0
@@ -201,15 +205,7 @@ def cmd_dsd(a) -> int:
 
     sets = _shortcuts(a) + ([f"dsd.prune={a.prune}"] if a.prune else []) + a.overrides
     if a.resume:
-        from .errors import ConfigError
-
-        out = Path(a.resume)
-        if a.config or [x for x in sets if x != "quiet=true"]:
-            raise ConfigError("--resume continues a DSD run with its own config; drop --config, --set and the "
-                              "other options")
-        if not (out / "dsd-config.yaml").is_file():
-            raise ConfigError(f"{out} is not a DSD run folder (no dsd-config.yaml); pass the --out of 'supportnet dsd'")
-        cfg = load_config(out / "dsd-config.yaml", ["quiet=true"] if a.quiet else [])
+        out, cfg = _resume_config(a, sets, "dsd-config.yaml", "supportnet dsd")
     else:
         cfg = load_config(a.config, sets)
         out = Path(cfg.out or "runs/dsd")
