@@ -44,11 +44,13 @@ FULL = {
                             dict(methods=["sgd", "b-alt", "i-alt-stored"], epochs=2, lr_grid=[0.01, 0.03],
                                  tune_epochs=2, tune_val=2000, targets=[0.75, 0.80, 0.85])),
 }
+# --quick: 5,000 training examples, scored on a fixed 2,000 of the test set (the same for every seed)
 QUICK = {
-    "fmnist5k-convnet-s": (["data.subset=5000", "train.evals_per_epoch=2"],
-                           dict(methods=ALL_METHODS, epochs=3, lr_grid=[0.05, 0.1], tune_epochs=2, tune_val=1000,
+    "fmnist5k-convnet-s": (["data.subset=5000", "data.test_subset=2000", "train.evals_per_epoch=2"],
+                           dict(methods=FULL_METHODS, epochs=3, lr_grid=[0.05, 0.1], tune_epochs=2, tune_val=1000,
                                 targets=[0.80, 0.84])),
-    "fmnist5k-nin-small": (["data.subset=5000", "train.evals_per_epoch=2", "model.name=nin-mnist",
+    "fmnist5k-nin-small": (["data.subset=5000", "data.test_subset=2000", "train.evals_per_epoch=2",
+                            "model.name=nin-mnist",
                             f"model.kwargs={NIN_SMALL}"],
                            dict(methods=["sgd", "b-alt", "i-alt-stored"], epochs=2, lr_grid=None, tune_epochs=None,
                                 tune_val=0, targets=[0.6, 0.7], lr=0.01)),

@@ -1,6 +1,6 @@
 """B-alternation under torchrun: a global-sync step against a local-sync step, 2 gloo processes.
 
-    python bench/distributed.py [--nproc 2] [--steps 20] [--repeats 5]
+    python bench/distributed.py [--nproc 2] [--steps 20] [--repeats 5] [--batch-sizes 128,256,512]
 
 Relaunches itself under ``torch.distributed.run``. Every rank trains convnet-s on its
 half of each global batch of Fashion-MNIST (or synthetic data where it is absent)
@@ -14,14 +14,16 @@ group, and the median over repeats is kept:
   one small all-reduce per layer (no probe pass).
 
 ``global / local`` is the issue's figure (target <= 1.15); ``global / local+probe``
-isolates the cost of the all-reduce from the cost of the probe pass.
-Writes bench/out/distributed.json and prints a Markdown table.
+isolates the cost of the all-reduce from the cost of the probe pass. Each global batch
+size in ``--batch-sizes`` is measured (the all-reduce volume does not depend on it, the
+compute does). Writes bench/out/distributed.json and prints a Markdown table.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -31,7 +33,7 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent / "out"
 
 
-def worker(a) -> None:
+def measure(a, data, batch_size: int, rank: int, world: int) -> dict:
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
@@ -39,23 +41,15 @@ def worker(a) -> None:
 
     from supportnet.alternation import BAlternation
     from supportnet.config import SupportConfig
-    from supportnet.data import batches, epoch_order, load_data
-    from supportnet.errors import DataError
+    from supportnet.data import batches, epoch_order
     from supportnet.models import create_model
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    try:
-        data = load_data("fashion-mnist", subset=a.batch_size * a.steps)
-    except DataError:
-        data = load_data("synthetic")
     torch.manual_seed(0)
     model = create_model("convnet-s", data.in_shape, data.num_classes)
     net = DDP(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    per = a.batch_size // world
-    glob = list(batches(data.train, a.batch_size, epoch_order(len(data.train), 0, 0)))[: a.steps]
+    per = batch_size // world
+    glob = list(batches(data.train, batch_size, epoch_order(len(data.train), 0, 0)))[: a.steps]
     local = [(x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per], i[rank * per:(rank + 1) * per])
              for x, y, i in glob]
     scheds = {
@@ -87,22 +81,45 @@ def worker(a) -> None:
         for k in scheds:
             times[k].append(run(k))
     med = {k: statistics.median(v) for k, v in times.items()}
+    return {"global_batch": batch_size, "per_rank_batch": per, "seconds_per_step": med,
+            "global_over_local": med["global"] / med["local"],
+            "global_over_local_probe": med["global"] / med["local+probe"],
+            "probe_over_local": med["local+probe"] / med["local"],
+            "global_inline_over_local": med["global-inline"] / med["local"]}
+
+
+def worker(a) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from supportnet.data import load_data
+    from supportnet.errors import DataError
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    sizes = [int(b) for b in a.batch_sizes.split(",")]
+    try:
+        data = load_data("fashion-mnist", subset=max(sizes) * a.steps)
+    except DataError:
+        data = load_data("synthetic")
+    rows = []
+    for bs in sizes:
+        rows.append(measure(a, data, bs, rank, world))
     if rank == 0:
-        res = {"world": world, "backend": "gloo", "threads_per_rank": 1, "global_batch": a.batch_size,
-               "data": data.name, "steps": a.steps, "repeats": a.repeats, "seconds_per_step": med,
-               "global_over_local": med["global"] / med["local"],
-               "global_over_local_probe": med["global"] / med["local+probe"],
-               "probe_over_local": med["local+probe"] / med["local"],
-               "global_inline_over_local": med["global-inline"] / med["local"]}
+        res = {"world": world, "backend": "gloo", "threads_per_rank": 1, "data": data.name, "model": "convnet-s",
+               "steps": a.steps, "repeats": a.repeats, "host": platform.node(), "cpu": platform.processor(),
+               "torch": torch.__version__, "rows": rows}
         OUT.mkdir(exist_ok=True)
         (OUT / "distributed.json").write_text(json.dumps(res, indent=2))
-        print(f"{world} gloo processes, 1 thread each, global batch {a.batch_size}, {data.name}, median of {a.repeats}")
-        print("| figure | measured | target |\n|---|---:|---|")
-        print(f"| global-sync step / local-sync step | {res['global_over_local']:.3f} | ≤ 1.15 |")
-        print(f"| global-sync step / local+probe step (cost of the all-reduce) | {res['global_over_local_probe']:.3f} | – |")
-        print(f"| local+probe step / local step (cost of the probe pass) | {res['probe_over_local']:.3f} | – |")
-        print(f"| global-inline step / local-sync step (one all-reduce per layer) | "
-              f"{res['global_inline_over_local']:.3f} | ≤ 1.15 |")
+        print(f"{world} gloo processes, 1 thread each, convnet-s, {data.name}, median of {a.repeats} x {a.steps} steps")
+        print("| global batch | local ms/step | global / local | global / local+probe (all-reduce) "
+              "| local+probe / local (probe pass) | global-inline / local |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['global_batch']} | {1e3 * r['seconds_per_step']['local']:.1f} | {r['global_over_local']:.3f} "
+                  f"| {r['global_over_local_probe']:.3f} | {r['probe_over_local']:.3f} "
+                  f"| {r['global_inline_over_local']:.3f} |")
     dist.destroy_process_group()
 
 
@@ -111,13 +128,13 @@ def main() -> int:
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--batch-sizes", default="128,256,512", help="global batch sizes, comma-separated")
     a = ap.parse_args()
     if "WORLD_SIZE" in os.environ:
         worker(a)
         return 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}",
-           __file__, f"--steps={a.steps}", f"--repeats={a.repeats}", f"--batch-size={a.batch_size}"]
+           __file__, f"--steps={a.steps}", f"--repeats={a.repeats}", f"--batch-sizes={a.batch_sizes}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.call(cmd, env=env)
 

@@ -123,6 +123,7 @@ CASES = [
     ("cli-unknown-model", "cli", {}, ["train", "--model", "resnet-9000", "--data", "synthetic"], ["unknown model"]),
     ("cli-unknown-data", "cli", {}, ["train", "--data", "imagenet-22k"], ["imagenet-22k"]),
     ("cli-negative-subset", "cli", {}, ["train", "--data", "synthetic", "--subset", "-5"], ["subset"]),
+    ("cli-zero-test-subset", "cli", {}, ["train", "--data", "synthetic", "--test-subset", "0"], ["test_subset"]),
     ("cli-bad-seeds", "cli", {}, ["compare", "--data", "synthetic", "--seeds", "0,x"], ["--seeds"]),
     ("cli-bad-lr-grid", "cli", {}, ["compare", "--data", "synthetic", "--seeds", "0", "--lr-grid", "-1"],
      ["--lr-grid"]),

@@ -74,6 +74,20 @@ def test_load_uncompressed_subset_pad_normalize(tmp_path):
     assert len(d2.train) == 25 and len(d2.val) == 10
 
 
+def test_test_subset_is_fixed_across_seeds(tmp_path):
+    root = _fake_idx_set(tmp_path / "d", gz=False)
+    full = load_data("mnist", data_dir=root, do_normalize=False)
+    a = load_data("mnist", data_dir=root, test_subset=7, seed=0, do_normalize=False)
+    b = load_data("mnist", data_dir=root, test_subset=7, seed=5, subset=25, do_normalize=False)
+    assert len(a.test) == 7 and torch.equal(a.test.x, b.test.x) and torch.equal(a.test.y, b.test.y)
+    # the kept examples are real test examples, in their original order, labels matched
+    pos = [next(j for j in range(len(full.test)) if torch.equal(full.test.x[j], a.test.x[i])) for i in range(7)]
+    assert pos == sorted(pos) and torch.equal(full.test.y[pos], a.test.y)
+    assert len(load_data("mnist", data_dir=root, test_subset=1000).test) == len(full.test)  # larger: whole set
+    with pytest.raises(DataError, match="test_subset"):
+        load_data("mnist", data_dir=root, test_subset=0)
+
+
 def test_loader_yields_index_and_order_is_seeded(synthetic):
     o1, o2 = epoch_order(100, 0, 3), epoch_order(100, 0, 3)
     assert torch.equal(o1, o2) and not torch.equal(o1, epoch_order(100, 0, 4))

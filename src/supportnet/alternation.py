@@ -127,17 +127,19 @@ class BAlternation(Schedule):
         finally:
             self.model.train(was_training)
         stats = [l.probe_stats for l in layers]
-        flat = torch.cat([torch.cat([e.reshape(-1), v.reshape(-1)]) for e, v, _ in stats]
+        # one statistic per layer (energy, or votes for the vote rule), all layers in one bucket
+        flat = torch.cat([(v if e is None else e).reshape(-1) for e, v, _ in stats]
                          + [torch.tensor([float(stats[0][2])], dtype=torch.float64, device=x.device)])
         if self.cfg.sync == "global":
             all_reduce_sum(flat)  # one bucket for every layer
-        n, off = flat[-1].item(), 0
+        n, off = flat[-1], 0  # a tensor: no host sync on a GPU
         configure(self.model, mode="batch")
-        for layer, (e, _, _) in zip(layers, stats):
-            k = e.numel()
-            energy, votes = flat[off:off + k].view_as(e), flat[off + k:off + 2 * k].view_as(e)
-            off += 2 * k
-            layer.given_batch_mask = support_from_stats(energy, votes, n, layer.rule, layer.beta)
+        for layer, (e, v, _) in zip(layers, stats):
+            shape = (v if e is None else e).shape
+            k = shape.numel()
+            stat = flat[off:off + k].view(shape)
+            off += k
+            layer.given_batch_mask = support_from_stats(stat, stat, n, layer.rule, layer.beta)
             layer.probe_stats = None
 
     def start_epoch(self, epoch: int) -> dict:

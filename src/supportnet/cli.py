@@ -23,6 +23,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="override a config key, e.g. --set train.lr=0.01 (repeatable)")
     p.add_argument("--data-dir", help="folder holding the data set (searched first)")
     p.add_argument("--subset", type=int, help="train on a seeded subset of N training examples")
+    p.add_argument("--test-subset", type=int,
+                   help="evaluate on a fixed subset of N test examples (the same for every seed)")
     p.add_argument("--val", type=int, help="hold out N training examples (seeded) as a validation split")
     p.add_argument("--seed", type=int, help="seed for weights, data order and dropout")
     p.add_argument("--epochs", type=int, help="number of epochs, warm-up included")
@@ -33,6 +35,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _shortcuts(a: argparse.Namespace) -> list[str]:
     sets = []
     for flag, key in (("data_dir", "data.data_dir"), ("subset", "data.subset"), ("val", "data.val"),
+                      ("test_subset", "data.test_subset"),
                       ("seed", "train.seed"),
                       ("epochs", "train.epochs"), ("out", "out")):
         v = getattr(a, flag, None)

@@ -21,6 +21,7 @@ class DataConfig:
     name: str = "fashion-mnist"  # registered data set (supportnet data list)
     data_dir: str | None = None  # looked up first; then $SUPPORTNET_DATA, ~/.cache/supportnet, /usr/share/datasets
     subset: int | None = None  # train on a seeded subset of N training examples
+    test_subset: int | None = None  # evaluate on a fixed subset of N test examples (the same for every seed)
     val: int = 0  # seeded hold-out of N training examples for tuning (never the test set)
     pad: int = 0  # zero padding on each side (28x28 -> 32x32 with pad=2)
     normalize: bool = True  # per-channel mean/std from the training split
@@ -246,6 +247,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"support.tau must be a number or a list of numbers, got {s.tau!r}; fix the value")
     if cfg.data.subset is not None and cfg.data.subset <= 0:
         raise ConfigError(f"data.subset must be positive, got {cfg.data.subset}; drop it to use the whole set")
+    if cfg.data.test_subset is not None and cfg.data.test_subset <= 0:
+        raise ConfigError(f"data.test_subset must be positive, got {cfg.data.test_subset}; "
+                          f"drop it to evaluate on the whole test set")
     ds = cfg.dsd
     if min(ds.dense_epochs, ds.sparse_epochs, ds.redense_epochs) < 0 or not (0 <= ds.sparsity < 1) \
             or not (0 <= ds.eps < 1) or any(v is not None and v <= 0 for v in (ds.sparse_lr, ds.redense_lr)):

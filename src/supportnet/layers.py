@@ -87,7 +87,25 @@ def batch_support(q: torch.Tensor, tau: float, rule: str, beta: float,
     raise ConfigError(f"unknown batch rule {rule!r}; use one of {', '.join(RULES)}")
 
 
-def support_from_stats(energy: torch.Tensor, votes: torch.Tensor, n: float, rule: str, beta: float) -> torch.Tensor:
+def unit_stats(q: torch.Tensor, free: torch.Tensor, tau: float, rule: str
+               ) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+    """The per-unit statistics a batch rule needs, summable over examples (and ranks):
+    ``(energy, votes, n)``, where only the rule's statistic is computed (the other is None).
+
+    ``energy = sum_n relu_tau(q)^2``: the squares are taken in the activations' dtype and
+    summed in float64 without materialising a float64 copy (a float64 copy of the activations
+    cost 14 ms per layer at batch 64 on CPU, a third of a convnet-s step). Each square is the
+    same number whichever rank holds the example, so the summed support does not depend on how
+    the batch is split, up to float64 rounding. ``votes = sum_n 1[q > tau]`` is exact.
+    """
+    n = q.shape[0]
+    if rule == "vote":
+        return None, (q > tau).sum(0).double(), n
+    return torch.sum(free * free, 0, dtype=torch.float64), None, n
+
+
+def support_from_stats(energy: torch.Tensor | None, votes: torch.Tensor | None, n: float | torch.Tensor, rule: str,
+                       beta: float) -> torch.Tensor:
     """The batch support from summed statistics (``probe`` mode; possibly summed over ranks):
     ``energy = sum_n relu_tau(q)^2`` and ``votes = sum_n 1[q > tau]`` per unit, ``n`` examples."""
     if rule == "vote":
@@ -178,7 +196,7 @@ class HardThreshold(nn.Module):
         if mode == "probe":
             out = self._free(q)
             with torch.no_grad():
-                self.probe_stats = ((out.detach().double() ** 2).sum(0), (q > self.tau).sum(0).double(), q.shape[0])
+                self.probe_stats = unit_stats(q, out.detach(), self.tau, self.rule)
             return out
         if mode == "batch":
             x = self._free(q) if self.apply == "gated" else None  # computed once, reused by the rule
@@ -188,13 +206,12 @@ class HardThreshold(nn.Module):
 
                 with torch.no_grad():
                     free = (x if x is not None else self._free(q)).detach()
-                    e = (free.double() ** 2).sum(0)
-                    flat = torch.cat([e.reshape(-1), (q > self.tau).sum(0).double().reshape(-1),
-                                      torch.tensor([float(q.shape[0])], dtype=torch.float64, device=q.device)])
+                    e, v, n = unit_stats(q, free, self.tau, self.rule)
+                    flat = torch.cat([(v if e is None else e).reshape(-1),
+                                      torch.tensor([float(n)], dtype=torch.float64, device=q.device)])
                     all_reduce_sum(flat)
-                    k = e.numel()
-                    m = support_from_stats(flat[:k].view_as(e), flat[k:2 * k].view_as(e), flat[-1].item(),
-                                           self.rule, self.beta)
+                    stat = flat[:-1].view(q.shape[1:])
+                    m = support_from_stats(stat, stat, flat[-1], self.rule, self.beta)
             elif m is None:
                 m = batch_support(q, self.tau, self.rule, self.beta, x=x)
             self.batch_mask = m

@@ -160,7 +160,7 @@ def build(cfg: Config, data: DataBundle | None = None):
     d = cfg.data
     data = data or load_data(d.name, d.data_dir, subset=d.subset, val=d.val, seed=cfg.train.seed, pad=d.pad,
                              do_normalize=d.normalize, preprocess=d.preprocess, image_size=d.image_size,
-                             extra=d.extra, stream=d.stream, workers=d.workers)
+                             extra=d.extra, stream=d.stream, workers=d.workers, test_subset=d.test_subset)
     seed_everything(cfg.train.seed)
     model = create_model(cfg.model.name, in_shape=data.in_shape, num_classes=data.num_classes, **cfg.model.kwargs)
     check_model_fits(model, cfg, data)

@@ -188,6 +188,11 @@ def _formats():
     return formats
 
 
+def _test_index(n: int, k: int) -> torch.Tensor:
+    """A fixed, sorted choice of ``k`` of ``n`` test examples (seed 0, independent of the run's seed)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k].sort().values
+
+
 def list_datasets() -> list[str]:
     return sorted(DATASETS)
 
@@ -286,13 +291,20 @@ def normalize(train: torch.Tensor, *others: torch.Tensor):
 def load_data(name: str, data_dir: str | Path | None = None, subset: int | None = None, val: int = 0,
               seed: int = 0, pad: int = 0, do_normalize: bool = True, preprocess: str = "standard",
               image_size: int | None = None, extra: bool = False, stream: bool = False,
-              workers: int = 4) -> DataBundle:
+              workers: int = 4, test_subset: int | None = None) -> DataBundle:
     """Load ``name`` into tensors: optional seeded ``subset`` of the training split,
     a seeded validation hold-out of ``val`` examples, zero padding, normalisation.
+    ``test_subset`` keeps a fixed subset of the test split, the same whatever ``seed``
+    (so every seed of a study is scored on the same examples).
     ``stream=True`` (image folders only) decodes on the fly instead (:mod:`.folder`)."""
     spec = get_spec(name)
+    if test_subset is not None and test_subset <= 0:
+        raise DataError(f"data.test_subset={test_subset} must be positive; drop it to use the whole test set")
     if stream:
-        return _load_stream(name, data_dir, subset, val, seed, image_size, workers)
+        b = _load_stream(name, data_dir, subset, val, seed, image_size, workers)
+        if test_subset is not None and test_subset < len(b.test):
+            b.test = b.test.take(_test_index(len(b.test), test_subset))
+        return b
     if name == "synthetic":
         xtr, ytr, xte, yte = _synthetic(seed=0)
         root = None
@@ -319,6 +331,9 @@ def load_data(name: str, data_dir: str | Path | None = None, subset: int | None 
     if subset is not None or val:
         idx = perm.sort().values
         xtr, ytr = xtr[idx], ytr[idx]
+    if test_subset is not None and test_subset < xte.shape[0]:
+        tidx = _test_index(xte.shape[0], test_subset)
+        xte, yte = xte[tidx], yte[tidx]
     if pad:
         p = [pad] * 4
         pad_fn = torch.nn.functional.pad
