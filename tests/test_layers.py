@@ -112,6 +112,33 @@ def test_batch_mode_shares_one_support(apply, rule):
     assert torch.equal(out, expect)
 
 
+@pytest.mark.parametrize("tau", [0.0, 0.3])
+@pytest.mark.parametrize("rule", ["energy-rel", "vote"])
+def test_fused_gated_batch_matches_autograd_reference(tau, rule):
+    """The fused gated batch path (one saved tensor, one backward pass) gives the values and the
+    gradient of relu_tau(q) * m written with plain autograd, the track counts included."""
+    torch.manual_seed(1)
+    layer = HardThreshold(tau)
+    net = nn.Sequential(layer)
+    configure(net, mode="batch", apply="gated", rule=rule, beta=0.5, track=True)
+    q = torch.randn(16, 3, 5, 5, requires_grad=True)
+    g = torch.randn(16, 3, 5, 5)
+    out = layer(q)
+    (out * g).sum().backward()
+    m = batch_support(q.detach(), tau, rule, 0.5)
+    assert torch.equal(layer.batch_mask, m) and not m.all() and m.any()
+    q2 = q.detach().clone().requires_grad_(True)
+    ref = torch.where(q2 > tau, q2, 0.0) * m.to(q2.dtype)
+    (ref * g).sum().backward()
+    assert torch.equal(out, ref) and torch.equal(q.grad, q2.grad)
+    from supportnet.layers import collect_stats
+
+    s = collect_stats(net)["0"]
+    on = (m & (q.detach() > tau))
+    assert s["active"] == pytest.approx(on.float().mean().item())
+    assert s["drift"] == pytest.approx(((q.detach() > tau) != m).float().mean().item())
+
+
 def test_gated_energy_beta0_equals_free():
     """With beta = 0 the batch support is the OR of supports, so gating changes nothing."""
     layer = HardThreshold(0.0)

@@ -7,7 +7,7 @@ import torch
 
 from supportnet import MaskStore
 from supportnet.errors import IntegrityError
-from supportnet.masks import pack_masks, unpack_masks
+from supportnet.masks import pack_masks, pack_rows, unpack_masks, unpack_rows
 
 SHAPES = [(3, 5, 5), (7,), (2, 2, 3)]
 
@@ -25,6 +25,18 @@ def test_pack_unpack_roundtrip():
     back = unpack_masks(rows, SHAPES)
     for a, b in zip(masks, back):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("bits", [1, 7, 8, 9, 64, 1001])
+def test_device_packing_matches_numpy(bits):
+    """pack_rows (the accelerator path of pack_masks) gives np.packbits' bytes exactly."""
+    g = torch.Generator().manual_seed(bits)
+    flat = torch.rand(13, bits, generator=g) > 0.5
+    assert np.array_equal(pack_rows(flat).numpy(), np.packbits(flat.numpy(), axis=1))
+    rows = pack_rows(flat).numpy()
+    back = unpack_masks(rows, [(bits,)])[0]
+    assert torch.equal(back, flat)
+    assert torch.equal(unpack_rows(torch.from_numpy(rows), bits), flat)  # the accelerator path of unpack_masks
 
 
 @pytest.mark.parametrize("n", [1, 10, 1000])
@@ -117,3 +129,38 @@ def test_changed_fraction():
     m2[0][0, :4] = ~m2[0][0, :4]
     b.write(torch.arange(10), m2)
     assert a.changed_fraction(b) == pytest.approx(4 / 80)
+
+
+def test_changed_fraction_odd_geometry_and_popcount_fallback(monkeypatch):
+    """Rows whose bit count is not a multiple of 8 (zero pad bits); the lookup-table popcount
+    used where numpy lacks bitwise_count agrees with it."""
+    import supportnet.masks as masks
+
+    shapes = [(3, 5), (7,)]  # 22 bits per row
+    a, b = MaskStore(40, shapes), MaskStore(40, shapes)
+    m = _random_masks(40, shapes)
+    flipped = [t.clone() for t in m]
+    flipped[0][::3, 1, :] = ~flipped[0][::3, 1, :]  # 14 rows x 5 bits
+    flipped[1][5, 6] = ~flipped[1][5, 6]
+    a.write(torch.arange(40), m)
+    b.write(torch.arange(40), flipped)
+    want = (14 * 5 + 1) / (40 * 22)
+    assert a.changed_fraction(b) == pytest.approx(want)
+    x = np.random.default_rng(0).integers(0, 256, size=(9, 33), dtype=np.uint8)
+    direct = int(np.unpackbits(x).sum())
+    assert masks._popcount(x) == direct
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    assert masks._popcount(x) == direct
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by bench/gpu_check.sh)")
+def test_store_on_cuda_matches_cpu():
+    """The accelerator paths (pack on the device, unpack on the device) store and return the same bits."""
+    masks = _random_masks(37, SHAPES)
+    cpu, gpu = MaskStore(37, SHAPES), MaskStore(37, SHAPES)
+    cpu.write(torch.arange(37), masks)
+    gpu.write(torch.arange(37), [m.cuda() for m in masks])
+    assert np.array_equal(np.asarray(cpu.payload), np.asarray(gpu.payload))
+    idx = torch.tensor([36, 0, 5])
+    for a, b in zip(cpu.read(idx), gpu.read(idx, device="cuda")):
+        assert b.device.type == "cuda" and torch.equal(a, b.cpu())

@@ -52,6 +52,30 @@ APPLY = ("linear", "gated")
 RULES = ("energy", "energy-rel", "vote")
 
 
+class _GatedBatch(torch.autograd.Function):
+    """``relu_tau(q) * m`` with ``m = rule(q, relu_tau(q))`` shared by the batch (``gated``, tau >= 0).
+
+    Autograd through ``relu`` then ``* m`` keeps two tensors and runs two elementwise passes
+    backward; here the output is masked in place and is the only thing saved: for tau >= 0 an
+    output entry is non-zero exactly where ``q > tau`` and ``m`` hold, which is where the
+    gradient passes (``threshold_backward``, one pass). Returns ``(out, m)``; ``m`` has no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, q, tau, rule):  # type: ignore[override]
+        x = torch.relu(q) if tau == 0.0 else torch.where(q > tau, q, 0.0)
+        m = rule(q, x)
+        out = x.mul_(m)
+        ctx.save_for_backward(out)
+        ctx.mark_non_differentiable(m)
+        return out, m
+
+    @staticmethod
+    def backward(ctx, grad, _grad_m):  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, out, 0.0), None, None
+
+
 class _BinaryStraightThrough(torch.autograd.Function):
     """Forward ``1[q > tau]``; backward multiplies by the same mask (``dz/dq = m``)."""
 
@@ -172,9 +196,34 @@ class HardThreshold(nn.Module):
                 self._count(on.expand_as(q).sum(), q.numel(), (free != m).sum(), q.numel())
         return out
 
-    def _count(self, active, total, drift, drift_total) -> None:
-        self.stats += torch.tensor([float(active), float(total), float(drift), float(drift_total)],
-                                   dtype=torch.float64)
+    def _count(self, active: torch.Tensor, total: int, drift, drift_total: int) -> None:
+        # accumulated where the activations live, so counting never waits for the device
+        if self.stats.device != active.device:
+            self.stats = self.stats.to(active.device)
+        self.stats[0].add_(active)
+        self.stats[1].add_(float(total))
+        if isinstance(drift, torch.Tensor) or drift:
+            self.stats[2].add_(drift)
+        self.stats[3].add_(float(drift_total))
+
+    def _batch_rule(self, q: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        """This batch's support ``(*unit)`` (bool): the given one, the rule's over every rank
+        (``sync_inline``), or the rule's over this batch. ``x``: the free output, if computed."""
+        m = self.given_batch_mask
+        if m is not None:
+            return m
+        if self.sync_inline:  # this layer's statistics summed over every rank
+            from .distributed import all_reduce_sum
+
+            with torch.no_grad():
+                free = (x if x is not None else self._free(q)).detach()
+                e, v, n = unit_stats(q, free, self.tau, self.rule)
+                flat = torch.cat([(v if e is None else e).reshape(-1),
+                                  torch.full((1,), float(n), dtype=torch.float64, device=q.device)])
+                all_reduce_sum(flat)
+                stat = flat[:-1].view(q.shape[1:])
+                return support_from_stats(stat, stat, flat[-1], self.rule, self.beta)
+        return batch_support(q, self.tau, self.rule, self.beta, x=x)
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
         mode = self.mode
@@ -199,21 +248,16 @@ class HardThreshold(nn.Module):
                 self.probe_stats = unit_stats(q, out.detach(), self.tau, self.rule)
             return out
         if mode == "batch":
+            if self.apply == "gated" and self.tau >= 0 and self.consistency == 0:
+                # fused: one saved tensor, one backward pass (same values and gradient as below)
+                out, m = _GatedBatch.apply(q, self.tau, self._batch_rule)
+                self.batch_mask = m
+                if self.track:
+                    with torch.no_grad():
+                        self._count((out > 0).sum(), q.numel(), ((q > self.tau) != m).sum(), q.numel())
+                return out
             x = self._free(q) if self.apply == "gated" else None  # computed once, reused by the rule
-            m = self.given_batch_mask
-            if m is None and self.sync_inline:  # this layer's statistics summed over every rank
-                from .distributed import all_reduce_sum
-
-                with torch.no_grad():
-                    free = (x if x is not None else self._free(q)).detach()
-                    e, v, n = unit_stats(q, free, self.tau, self.rule)
-                    flat = torch.cat([(v if e is None else e).reshape(-1),
-                                      torch.tensor([float(n)], dtype=torch.float64, device=q.device)])
-                    all_reduce_sum(flat)
-                    stat = flat[:-1].view(q.shape[1:])
-                    m = support_from_stats(stat, stat, flat[-1], self.rule, self.beta)
-            elif m is None:
-                m = batch_support(q, self.tau, self.rule, self.beta, x=x)
+            m = self._batch_rule(q, x)
             self.batch_mask = m
             return self._apply_support(q, m.unsqueeze(0), x)
         if mode == "binary":

@@ -43,18 +43,66 @@ def _numel(shape: Sequence[int]) -> int:
 
 
 def pack_masks(masks: Sequence[torch.Tensor]) -> np.ndarray:
-    """Pack per-layer masks ``(B, *shape_l)`` into rows of bits: ``(B, ceil(bits/8))`` uint8."""
+    """Pack per-layer masks ``(B, *shape_l)`` into rows of bits: ``(B, ceil(bits/8))`` uint8.
+
+    Masks on an accelerator are packed there (:func:`pack_rows`), so 1 bit per activation
+    crosses to the host instead of a byte; CPU masks go through ``np.packbits``."""
     b = masks[0].shape[0]
     flat = torch.cat([m.reshape(b, -1) for m in masks], dim=1)
-    return np.packbits(flat.cpu().numpy().astype(np.bool_, copy=False), axis=1)
+    if flat.device.type != "cpu":
+        return pack_rows(flat).cpu().numpy()
+    return np.packbits(flat.numpy().astype(np.bool_, copy=False), axis=1)
+
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _popcount(x: np.ndarray) -> int:
+    """Number of set bits in a uint8 array (``np.bitwise_count`` where numpy has it)."""
+    if hasattr(np, "bitwise_count"):
+        return int(np.bitwise_count(x).sum(dtype=np.int64))
+    return int(_POPCOUNT[x].sum(dtype=np.int64))
+
+
+_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits' default (big-endian) bit order
+_SHIFTS = (7, 6, 5, 4, 3, 2, 1, 0)
+_CONST: dict[tuple[str, str], torch.Tensor] = {}
+
+
+def _const(name: str, device: torch.device) -> torch.Tensor:
+    """A small uint8 constant kept on ``device`` (made once: no host-to-device copy per batch)."""
+    key = (name, str(device))
+    if key not in _CONST:
+        _CONST[key] = torch.tensor(_BIT_WEIGHTS if name == "w" else _SHIFTS, dtype=torch.uint8, device=device)
+    return _CONST[key]
+
+
+def pack_rows(flat: torch.Tensor) -> torch.Tensor:
+    """``np.packbits(flat, axis=1)`` in torch ops, on ``flat``'s device: ``(B, bits)`` bool ->
+    ``(B, ceil(bits/8))`` uint8, the first bit of each byte the most significant."""
+    b, bits = flat.shape
+    pad = (-bits) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(b, pad)], dim=1)
+    return (flat.view(b, -1, 8).to(torch.uint8) * _const("w", flat.device)).sum(-1, dtype=torch.uint8)
+
+
+def unpack_rows(rows: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of :func:`pack_rows` on ``rows``' device: ``(B, row_bytes)`` uint8 -> ``(B, bits)`` bool."""
+    b = rows.shape[0]
+    return ((rows.unsqueeze(-1) >> _const("s", rows.device)) & 1).view(b, -1)[:, :bits].bool()
 
 
 def unpack_masks(rows: np.ndarray, shapes: Sequence[Sequence[int]], device=None) -> list[torch.Tensor]:
-    """Inverse of :func:`pack_masks`: ``(B, row_bytes)`` uint8 -> list of ``(B, *shape_l)`` bool."""
+    """Inverse of :func:`pack_masks`: ``(B, row_bytes)`` uint8 -> list of ``(B, *shape_l)`` bool.
+
+    For an accelerator ``device`` the packed rows are copied (1 bit per activation) and
+    unpacked there; on the CPU ``np.unpackbits`` does it."""
     bits = sum(_numel(s) for s in shapes)
-    flat = torch.from_numpy(np.unpackbits(rows, axis=1, count=bits).view(np.bool_))
-    if device is not None:
-        flat = flat.to(device, non_blocking=True)
+    if device is not None and torch.device(device).type != "cpu":
+        flat = unpack_rows(torch.from_numpy(np.ascontiguousarray(rows)).to(device, non_blocking=True), bits)
+    else:
+        flat = torch.from_numpy(np.unpackbits(rows, axis=1, count=bits).view(np.bool_))
     out, pos = [], 0
     for s in shapes:
         k = _numel(s)
@@ -255,5 +303,5 @@ class MaskStore:
         step = max(1, (16 << 20) // max(1, self.row_bytes))
         for i in range(0, self.n, step):
             x = np.bitwise_xor(np.asarray(self.payload[i:i + step]), np.asarray(other.payload[i:i + step]))
-            diff += int(np.unpackbits(x, axis=1, count=self.bits).sum())
+            diff += _popcount(x)  # the pad bits at each row's end are zero in both stores
         return diff / (self.n * self.bits)

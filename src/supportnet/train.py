@@ -297,6 +297,7 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         if start:
             loss_sum, n_seen, eval_seconds, step_in_epoch = (partial["loss_sum"], partial["n_seen"],
                                                              partial["eval_seconds"], start)
+        loss_acc = torch.tensor(loss_sum, dtype=torch.float64, device=device)
         bar = tqdm(batches(data.train, local_batch, order, start=start), total=steps_per_epoch, initial=start,
                    leave=False, disable=cfg.quiet or not main, desc=f"epoch {epoch + 1}/{t.epochs} [{ev['phase']}]")
         for x, y, idx in bar:
@@ -317,21 +318,26 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
             with autocast():
                 loss = F.cross_entropy(net(x), y)
             objective = loss.float() + support_penalty(model)  # 0 unless support.consistency > 0
-            finite = torch.isfinite(objective.detach())
+            opt.zero_grad(set_to_none=True)
+            objective.backward()
+            # Divergence guard, before the update: is the objective finite, are the gradients? Both
+            # flags are read in one host sync per step (on a GPU every extra sync stalls the queue).
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            flags = torch.stack([~torch.isfinite(objective.detach()),
+                                 ~torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()) if grads
+                                 else torch.zeros((), dtype=torch.bool, device=objective.device)]).double()
             if info.active:  # every rank stops together
-                finite = distributed.all_reduce_sum((~finite).double().reshape(1)).item() == 0
-            if not finite:
+                distributed.all_reduce_sum(flags)
+            bad_objective, bad_grad = flags.tolist()
+            if bad_objective:
                 where = first_nonfinite_layer(model, x)
                 raise DivergenceError(
                     f"training objective became {objective.item():.3g} (cross-entropy {loss.item():.3g}) at epoch "
                     f"{epoch + 1}, step {st.step + 1} ({ev['phase']} phase); {where}; last good checkpoint: "
                     f"{last_good or 'none'}; lower train.lr, or use support.apply=gated or another support.rule")
-            opt.zero_grad(set_to_none=True)
-            objective.backward()
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()):
-                bad = next(n for n, p in model.named_parameters() if p.grad is not None
-                           and not torch.isfinite(p.grad).all())
+            if bad_grad:
+                bad = next((n for n, p in model.named_parameters() if p.grad is not None
+                            and not torch.isfinite(p.grad).all()), "another rank's gradients")
                 raise DivergenceError(
                     f"gradient became non-finite at epoch {epoch + 1}, step {st.step + 1} ({ev['phase']} phase; "
                     f"first in {bad}) although the objective was {objective.item():.3g}; the weights were not "
@@ -342,7 +348,7 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
                 step_hook(model, opt)
             st.step += 1
             step_in_epoch += 1
-            loss_sum += loss.item() * y.numel()
+            loss_acc += loss.detach().double() * y.numel()  # on the device; read every 20 steps
             n_seen += y.numel()
             faults.hit("step")
             if step_in_epoch in eval_at:  # mid-epoch point of the trace; its time is not training time
@@ -355,11 +361,12 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
             if main and t.checkpoint_steps and st.step % t.checkpoint_steps == 0 and step_in_epoch < steps_per_epoch:
                 # mid-epoch checkpoint: everything needed to continue from this very step
                 last_good = checkpoint(epoch, step_in_epoch, {
-                    "ev": ev, "loss_sum": loss_sum, "n_seen": n_seen, "eval_seconds": eval_seconds,
+                    "ev": ev, "loss_sum": loss_acc.item(), "n_seen": n_seen, "eval_seconds": eval_seconds,
                     "elapsed": time.perf_counter() - t0})
-            if st.step % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}")
+            if st.step % 20 == 0 and not bar.disable:
+                bar.set_postfix(loss=f"{loss_acc.item() / n_seen:.4f}")
         bar.close()
+        loss_sum = loss_acc.item()
         configure(model, track=False)
         if info.active:
             sums = distributed.all_reduce_sum(torch.tensor([loss_sum, float(n_seen)], dtype=torch.float64,
