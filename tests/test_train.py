@@ -108,3 +108,29 @@ def test_nonfinite_gradient_stops_before_the_update(synthetic, tmp_path):
     with pytest.raises(DivergenceError, match=r"gradient became non-finite at epoch 1, step 1 .*features\.2\.weight"):
         fit(cfg, data=data, model=model)
     assert torch.equal(w.detach(), before)  # never updated with it
+
+
+def test_gpu_guard_skips_updates_on_the_device(synthetic, tmp_path, monkeypatch):
+    """The GPU form of the divergence guard (no host sync per step): the fused SGD step skips its
+    update on the device from the first non-finite step on, and the run stops at the next check.
+    Forced on the CPU here; bench/gpu_check2.sh runs the GPU path."""
+    from supportnet.train import build
+
+    monkeypatch.setenv("SUPPORTNET_LAZY_GUARD", "1")
+    cfg = _cfg(tmp_path, "train.epochs=1")
+    data, model = build(cfg, synthetic)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    dict(model.named_parameters())["features.2.weight"].register_hook(lambda g: g * float("nan"))
+    with pytest.raises(DivergenceError, match=r"gradient became non-finite although the objective was .* at step 1 "
+                                              r"\(epoch 1, .*the weights were not updated from that step on"):
+        fit(cfg, data=data, model=model)
+    assert all(torch.equal(v.detach(), before[k]) for k, v in model.named_parameters())  # no update at all
+
+
+def test_gpu_guard_trains_like_the_step_guard(synthetic, tmp_path, monkeypatch):
+    """With finite steps the device-side guard trains normally (fused SGD: same numbers to float rounding)."""
+    a = fit(_cfg(tmp_path / "a", "train.epochs=1"), data=synthetic)
+    monkeypatch.setenv("SUPPORTNET_LAZY_GUARD", "1")
+    b = fit(_cfg(tmp_path / "b", "train.epochs=1"), data=synthetic)
+    sa, sb = load_checkpoint(a / "final.pt")["state_dict"], load_checkpoint(b / "final.pt")["state_dict"]
+    assert all(torch.allclose(sa[k], sb[k], rtol=1e-4, atol=1e-5) for k in sa)

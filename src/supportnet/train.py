@@ -20,6 +20,7 @@ import csv
 import json
 from contextlib import nullcontext
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -227,7 +228,31 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", cfg.to_yaml())
 
-    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    # On a GPU the divergence guard must not stall the queue with a host sync every step: the
+    # fused SGD kernel skips its update on the device while ``found_inf`` is set (sticky: from the
+    # first non-finite step on), and the flag is read every 20 steps and at the end of the epoch.
+    # On the CPU (no queue to stall) every step is checked before its update, as before.
+    lazy_guard = device.type == "cuda" or os.environ.get("SUPPORTNET_LAZY_GUARD") == "1"  # env: tests on CPU
+    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                          fused=True if lazy_guard else None)
+    if lazy_guard:
+        guard = {"bad": torch.zeros((), dtype=torch.float32, device=device),
+                 "at": torch.full((), -1, dtype=torch.int64, device=device),
+                 "objective": torch.zeros((), dtype=torch.float32, device=device),
+                 "grad_only": torch.zeros((), dtype=torch.bool, device=device)}
+        opt.found_inf = guard["bad"]  # type: ignore[attr-defined]
+
+    def check_guard(epoch: int, phase: str) -> None:
+        """Raise if a step since the last check was non-finite (its update, and every later one, was skipped)."""
+        if not lazy_guard or not guard["bad"].item():
+            return
+        k, obj = int(guard["at"].item()), guard["objective"].item()
+        what = (f"gradient became non-finite although the objective was {obj:.3g}" if guard["grad_only"].item()
+                else f"training objective became {obj:.3g}")
+        raise DivergenceError(
+            f"{what} at step {k + 1} (epoch {epoch + 1}, {phase} phase); the weights were not updated from that "
+            f"step on; last good checkpoint: {last_good or 'none'}; lower train.lr, or use support.apply=gated "
+            f"or another support.rule")
     if step_hook is not None:
         step_hook(model, opt)
     sched = make_schedule(cfg.support, model, data.train, device, out, t.eval_batch_size,
@@ -328,7 +353,16 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
                                  else torch.zeros((), dtype=torch.bool, device=objective.device)]).double()
             if info.active:  # every rank stops together
                 distributed.all_reduce_sum(flags)
-            bad_objective, bad_grad = flags.tolist()
+            if lazy_guard:  # recorded on the device; the fused step skips while guard["bad"] is set
+                now = flags.sum() > 0
+                first = now & (guard["bad"] == 0)
+                guard["at"].copy_(torch.where(first, st.step, guard["at"]))
+                guard["objective"].copy_(torch.where(first, objective.detach().float(), guard["objective"]))
+                guard["grad_only"].copy_(torch.where(first, flags[0] == 0, guard["grad_only"]))
+                guard["bad"].copy_(torch.maximum(guard["bad"], now.float()))
+                bad_objective = bad_grad = 0.0
+            else:
+                bad_objective, bad_grad = flags.tolist()
             if bad_objective:
                 where = first_nonfinite_layer(model, x)
                 raise DivergenceError(
@@ -358,6 +392,8 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
                               "seconds": round(st.seconds + te - t0 - eval_seconds, 3),
                               "test_loss": tl, "test_acc": ta})
                 eval_seconds += time.perf_counter() - te
+            if lazy_guard and (st.step % 20 == 0 or (t.checkpoint_steps and st.step % t.checkpoint_steps == 0)):
+                check_guard(epoch, ev["phase"])
             if main and t.checkpoint_steps and st.step % t.checkpoint_steps == 0 and step_in_epoch < steps_per_epoch:
                 # mid-epoch checkpoint: everything needed to continue from this very step
                 last_good = checkpoint(epoch, step_in_epoch, {
@@ -366,6 +402,7 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
             if st.step % 20 == 0 and not bar.disable:
                 bar.set_postfix(loss=f"{loss_acc.item() / n_seen:.4f}")
         bar.close()
+        check_guard(epoch, ev["phase"])
         loss_sum = loss_acc.item()
         configure(model, track=False)
         if info.active:
