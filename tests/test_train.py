@@ -134,3 +134,18 @@ def test_gpu_guard_trains_like_the_step_guard(synthetic, tmp_path, monkeypatch):
     b = fit(_cfg(tmp_path / "b", "train.epochs=1"), data=synthetic)
     sa, sb = load_checkpoint(a / "final.pt")["state_dict"], load_checkpoint(b / "final.pt")["state_dict"]
     assert all(torch.allclose(sa[k], sb[k], rtol=1e-4, atol=1e-5) for k in sa)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by bench/gpu_check2.sh)")
+def test_gpu_guard_on_cuda(synthetic, tmp_path):
+    """On a GPU the guard is the device-side one: a NaN gradient stops the run, no parameter moved."""
+    from supportnet.train import build
+
+    cfg = _cfg(tmp_path, "train.epochs=1", "train.device=cuda")
+    data, model = build(cfg, synthetic)
+    model = model.cuda()
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    dict(model.named_parameters())["features.2.weight"].register_hook(lambda g: g * float("nan"))
+    with pytest.raises(DivergenceError, match=r"at step 1 .*the weights were not updated from that step on"):
+        fit(cfg, data=data, model=model)
+    assert all(torch.equal(v.detach(), before[k]) for k, v in model.named_parameters())
