@@ -236,23 +236,20 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
     opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
                           fused=True if lazy_guard else None)
     if lazy_guard:
-        guard = {"bad": torch.zeros((), dtype=torch.float32, device=device),
-                 "at": torch.full((), -1, dtype=torch.int64, device=device),
-                 "objective": torch.zeros((), dtype=torch.float32, device=device),
-                 "grad_only": torch.zeros((), dtype=torch.bool, device=device)}
+        guard = {"bad": torch.zeros((), dtype=torch.float32, device=device), "checked": 0}
         opt.found_inf = guard["bad"]  # type: ignore[attr-defined]
 
     def check_guard(epoch: int, phase: str) -> None:
         """Raise if a step since the last check was non-finite (its update, and every later one, was skipped)."""
-        if not lazy_guard or not guard["bad"].item():
+        if not lazy_guard:
             return
-        k, obj = int(guard["at"].item()), guard["objective"].item()
-        what = (f"gradient became non-finite although the objective was {obj:.3g}" if guard["grad_only"].item()
-                else f"training objective became {obj:.3g}")
+        if not guard["bad"].item():
+            guard["checked"] = st.step
+            return
         raise DivergenceError(
-            f"{what} at step {k + 1} (epoch {epoch + 1}, {phase} phase); the weights were not updated from that "
-            f"step on; last good checkpoint: {last_good or 'none'}; lower train.lr, or use support.apply=gated "
-            f"or another support.rule")
+            f"training objective or gradient became non-finite between steps {guard['checked'] + 1} and {st.step} "
+            f"(epoch {epoch + 1}, {phase} phase); the weights were not updated from that step on; last good "
+            f"checkpoint: {last_good or 'none'}; lower train.lr, or use support.apply=gated or another support.rule")
     if step_hook is not None:
         step_hook(model, opt)
     sched = make_schedule(cfg.support, model, data.train, device, out, t.eval_batch_size,
@@ -270,6 +267,7 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         net = torch.compile(net)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t.amp == "bf16" else nullcontext
     layer_names = [n for n, _ in threshold_layers(model)]
+    tlayers = [layer for _, layer in threshold_layers(model)]
     local_batch = t.batch_size // info.world if sharded else t.batch_size
     steps_per_epoch = num_batches(len(data.train) // info.world if sharded else len(data.train), local_batch)
     eval_train = data.train.take(torch.arange(min(t.train_eval_size, len(data.train)))) if t.train_eval_size else None
@@ -323,6 +321,7 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
             loss_sum, n_seen, eval_seconds, step_in_epoch = (partial["loss_sum"], partial["n_seen"],
                                                              partial["eval_seconds"], start)
         loss_acc = torch.tensor(loss_sum, dtype=torch.float64, device=device)
+        tracking: bool | None = None  # the layers' track flag as last set here (None: unknown)
         bar = tqdm(batches(data.train, local_batch, order, start=start), total=steps_per_epoch, initial=start,
                    leave=False, disable=cfg.quiet or not main, desc=f"epoch {epoch + 1}/{t.epochs} [{ev['phase']}]")
         for x, y, idx in bar:
@@ -339,29 +338,29 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
                 g["lr"] = lr
             sched.before_step(x, idx)
             track = st.step % t.stats_every == 0
-            configure(model, track=track)
+            if track != tracking:  # set on the layers only when it changes (a walk of the model per call)
+                for layer in tlayers:
+                    layer.track = track
+                tracking = track
             with autocast():
                 loss = F.cross_entropy(net(x), y)
-            objective = loss.float() + support_penalty(model)  # 0 unless support.consistency > 0
+            penalised = any(layer.consistency > 0 for layer in tlayers)
+            objective = loss.float() + support_penalty(model) if penalised else loss.float()
             opt.zero_grad(set_to_none=True)
             objective.backward()
-            # Divergence guard, before the update: is the objective finite, are the gradients? Both
-            # flags are read in one host sync per step (on a GPU every extra sync stalls the queue).
+            # Divergence guard, before the update: is the objective finite, are the gradients?
             grads = [p.grad for p in model.parameters() if p.grad is not None]
-            flags = torch.stack([~torch.isfinite(objective.detach()),
-                                 ~torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()) if grads
-                                 else torch.zeros((), dtype=torch.bool, device=objective.device)]).double()
-            if info.active:  # every rank stops together
-                distributed.all_reduce_sum(flags)
-            if lazy_guard:  # recorded on the device; the fused step skips while guard["bad"] is set
-                now = flags.sum() > 0
-                first = now & (guard["bad"] == 0)
-                guard["at"].copy_(torch.where(first, st.step, guard["at"]))
-                guard["objective"].copy_(torch.where(first, objective.detach().float(), guard["objective"]))
-                guard["grad_only"].copy_(torch.where(first, flags[0] == 0, guard["grad_only"]))
-                guard["bad"].copy_(torch.maximum(guard["bad"], now.float()))
+            gnorm = torch.stack(torch._foreach_norm(grads)).sum() if grads else torch.zeros_like(objective)
+            if lazy_guard:  # on the device; the fused step skips while guard["bad"] is set
+                now = (~torch.isfinite(objective.detach() + gnorm)).float()  # inf + -inf is nan: still caught
+                if info.active:  # every rank skips together
+                    distributed.all_reduce_sum(now)
+                torch.maximum(guard["bad"], now, out=guard["bad"])
                 bad_objective = bad_grad = 0.0
-            else:
+            else:  # one host read per step
+                flags = torch.stack([~torch.isfinite(objective.detach()), ~torch.isfinite(gnorm)]).double()
+                if info.active:  # every rank stops together
+                    distributed.all_reduce_sum(flags)
                 bad_objective, bad_grad = flags.tolist()
             if bad_objective:
                 where = first_nonfinite_layer(model, x)
@@ -382,7 +381,7 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
                 step_hook(model, opt)
             st.step += 1
             step_in_epoch += 1
-            loss_acc += loss.detach().double() * y.numel()  # on the device; read every 20 steps
+            loss_acc.add_(loss.detach(), alpha=y.numel())  # on the device (float64); read every 20 steps
             n_seen += y.numel()
             faults.hit("step")
             if step_in_epoch in eval_at:  # mid-epoch point of the trace; its time is not training time
@@ -392,6 +391,7 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
                               "seconds": round(st.seconds + te - t0 - eval_seconds, 3),
                               "test_loss": tl, "test_acc": ta})
                 eval_seconds += time.perf_counter() - te
+                tracking = None
             if lazy_guard and (st.step % 20 == 0 or (t.checkpoint_steps and st.step % t.checkpoint_steps == 0)):
                 check_guard(epoch, ev["phase"])
             if main and t.checkpoint_steps and st.step % t.checkpoint_steps == 0 and step_in_epoch < steps_per_epoch:
