@@ -139,6 +139,37 @@ def test_fused_gated_batch_matches_autograd_reference(tau, rule):
     assert s["drift"] == pytest.approx(((q.detach() > tau) != m).float().mean().item())
 
 
+@pytest.mark.parametrize("tau", [0.0, 0.2])
+@pytest.mark.parametrize("consistency", [0.0, 1.0])
+def test_fused_gated_instance_matches_autograd_reference(tau, consistency):
+    """The fused instance path gives the output, penalty and gradient of the plain-autograd
+    definitions: relu_tau(q) * m and mean(where(m, 0, relu(q - tau))^2)."""
+    from supportnet.layers import collect_stats, support_penalty
+
+    torch.manual_seed(0)
+    layer = HardThreshold(tau)
+    net = nn.Sequential(layer)
+    configure(net, mode="instance", apply="gated", consistency=consistency, track=True)
+    q = torch.randn(8, 3, 4, 4, requires_grad=True)
+    m = torch.rand(8, 3, 4, 4) > 0.4
+    g = torch.randn(8, 3, 4, 4)
+    layer.instance_mask = m
+    out = layer(q)
+    obj = (out * g).sum() + support_penalty(net)
+    obj.backward()
+    q2 = q.detach().clone().requires_grad_(True)
+    ref = torch.where(q2 > tau, q2, 0.0) * m.float()
+    pen = torch.where(m, 0.0, torch.relu(q2 - tau)).pow(2).mean()
+    ((ref * g).sum() + consistency * pen).backward()
+    assert torch.equal(out, ref)
+    assert torch.allclose(q.grad, q2.grad, rtol=0, atol=1e-6)
+    if consistency:
+        assert pen.item() > 0  # the penalty term is exercised
+    s = collect_stats(net)["0"]
+    assert s["active"] == pytest.approx((m & (q.detach() > tau)).float().mean().item())
+    assert s["drift"] == pytest.approx(((q.detach() > tau) != m).float().mean().item())
+
+
 def test_gated_energy_beta0_equals_free():
     """With beta = 0 the batch support is the OR of supports, so gating changes nothing."""
     layer = HardThreshold(0.0)
