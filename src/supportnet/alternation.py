@@ -50,7 +50,7 @@ class Schedule:
     name = "sgd"
 
     def __init__(self, cfg: SupportConfig, model: nn.Module, train: Split, device: torch.device,
-                 run_dir: Path | None = None, eval_batch_size: int = 1000, augment_seed: int | None = None):
+                 run_dir: Path | None = None, eval_batch_size: int = 128, augment_seed: int | None = None):
         self.cfg, self.model, self.train, self.device = cfg, model, train, device
         self.augment_seed = augment_seed  # not None: the loader augments; views are keyed by view_key()
         self.run_dir, self.eval_batch_size = run_dir, eval_batch_size
@@ -361,7 +361,7 @@ SCHEDULES = {"sgd": Schedule, "b-alt": BAlternation, "i-alt": IAlternation}
 
 
 def make_schedule(cfg: SupportConfig, model: nn.Module, train: Split, device, run_dir=None,
-                  eval_batch_size: int = 1000, augment_seed: int | None = None) -> Schedule:
+                  eval_batch_size: int = 128, augment_seed: int | None = None) -> Schedule:
     if not threshold_layers(model) and cfg.method != "sgd":
         from .errors import ConfigError
 

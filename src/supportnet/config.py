@@ -52,7 +52,7 @@ class TrainConfig:
     seed: int = 0  # seeds weights, data order and dropout
     device: str = "cpu"
     threads: int | None = None  # torch.set_num_threads; None leaves the default
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 128  # evaluation and support estimation (CPU: 2.5x faster than 1000); raise on a GPU
     train_eval_size: int = 10000  # training examples evaluated in free mode each epoch (0: skip)
     maskt: bool = False  # also evaluate with binary masks (the paper's MaskT)
     stats_every: int = 10  # steps between samples of active fraction and support drift

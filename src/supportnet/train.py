@@ -80,7 +80,7 @@ def lr_at(cfg: Config, step: int, steps_per_epoch: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, device=None,
+def evaluate(model: nn.Module, split: Split, batch_size: int = 128, device=None,
              mode: str = "free") -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``split`` with every layer in ``mode``."""
     from .distributed import all_reduce_sum, world_size
