@@ -136,7 +136,7 @@ def test_gpu_guard_trains_like_the_step_guard(synthetic, tmp_path, monkeypatch):
     assert all(torch.allclose(sa[k], sb[k], rtol=1e-4, atol=1e-5) for k in sa)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by bench/gpu_check2.sh)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by bench/gpu_check3.sh)")
 def test_gpu_guard_on_cuda(synthetic, tmp_path):
     """On a GPU the guard is the device-side one: a NaN gradient stops the run, no parameter moved."""
     from supportnet.train import build
