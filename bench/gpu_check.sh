@@ -2,13 +2,10 @@
 # The GPU checks of docs/performance.md, as one script for a lent GPU machine:
 #   bash bench/gpu_check.sh OUT_DIR
 # Needs python3 with torch (CUDA); Fashion-MNIST .gz files in ./data/fashion-mnist.
-set -u
-OUT=${1:-bench/out/gpu}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 SUPPORTNET_DATA=$PWD/data
+DEFAULT_OUT=bench/out/gpu
+source "$(dirname "$0")/gpu_env.sh" "$@"
 {
-  nvidia-smi -L
-  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  gpu_banner
   echo "== throughput"
   timeout 240 python3 bench/gpu_throughput.py --compile
   cp bench/out/gpu_throughput.json "$OUT/"

@@ -3,13 +3,10 @@
 # syncs, masks packed/unpacked on the device) measured on a lent GPU:
 #   bash bench/gpu_check2.sh OUT_DIR
 # Needs python3 with torch (CUDA); Fashion-MNIST .gz files in ./data/fashion-mnist.
-set -u
-OUT=${1:-bench/out/gpu2}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 SUPPORTNET_DATA=$PWD/data
+DEFAULT_OUT=bench/out/gpu2
+source "$(dirname "$0")/gpu_env.sh" "$@"
 {
-  nvidia-smi -L
-  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  gpu_banner
   echo "== mask store on the device, fused threshold (tests)"
   timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_masks.py tests/test_layers.py 2>&1 | tail -3
   echo "== batch energy reduction forms"

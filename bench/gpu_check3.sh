@@ -2,12 +2,10 @@
 # Third GPU check (2026-11-27): the device-side divergence guard (fused SGD + found_inf, no host
 # sync per step) and the framework tax it was meant to cut, at two epoch lengths:
 #   bash bench/gpu_check3.sh OUT_DIR
-set -u
-OUT=${1:-bench/out/gpu3}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 SUPPORTNET_DATA=$PWD/data
+DEFAULT_OUT=bench/out/gpu3
+source "$(dirname "$0")/gpu_env.sh" "$@"
 {
-  nvidia-smi -L
+  gpu_banner
   echo "== guard tests on cuda"
   timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_train.py -k "guard or nonfinite or divergence" 2>&1 | tail -3
   for n in 12800 60000; do

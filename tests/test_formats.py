@@ -132,6 +132,15 @@ def test_imagefolder_parsed_exactly(tmp_path):
         load_data("imagefolder", data_dir=tmp_path)
 
 
+def _assert_extract_refused(arch, tmp_path):
+    """safe_extract refuses the archive, extracts nothing, and nothing lands outside."""
+    target = tmp_path / "t"
+    target.mkdir()
+    with pytest.raises(DataError, match="leaves the target folder"):
+        safe_extract(arch, target)
+    assert list(target.iterdir()) == [] and not (tmp_path / "escape.txt").exists()
+
+
 @pytest.mark.parametrize("member", ["../escape.txt", "/abs/escape.txt", "link"])
 def test_safe_extract_refuses_escapes(tmp_path, member):
     arch = tmp_path / "a.tar"
@@ -144,11 +153,7 @@ def test_safe_extract_refuses_escapes(tmp_path, member):
         else:
             info.size = 1
             tar.addfile(info, io.BytesIO(b"x"))
-    target = tmp_path / "t"
-    target.mkdir()
-    with pytest.raises(DataError, match="leaves the target folder"):
-        safe_extract(arch, target)
-    assert list(target.iterdir()) == [] and not (tmp_path / "escape.txt").exists()
+    _assert_extract_refused(arch, tmp_path)
 
 
 def test_safe_extract_ok(tmp_path):
@@ -259,11 +264,7 @@ def test_safe_extract_refuses_zip_escapes(tmp_path, member):
             z.writestr(info, "../../etc/passwd")
         else:
             z.writestr(info, "x")
-    target = tmp_path / "t"
-    target.mkdir()
-    with pytest.raises(DataError, match="leaves the target folder"):
-        safe_extract(arch, target)
-    assert list(target.iterdir()) == [] and not (tmp_path / "escape.txt").exists()
+    _assert_extract_refused(arch, tmp_path)
 
 
 def test_safe_extract_zip_ok(tmp_path):

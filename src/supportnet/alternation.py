@@ -128,18 +128,16 @@ class BAlternation(Schedule):
             self.model.train(was_training)
         stats = [l.probe_stats for l in layers]
         # one statistic per layer (energy, or votes for the vote rule), all layers in one bucket
-        flat = torch.cat([(v if e is None else e).reshape(-1) for e, v, _ in stats]
-                         + [torch.tensor([float(stats[0][2])], dtype=torch.float64, device=x.device)])
+        flat = torch.cat([stat.reshape(-1) for stat, _ in stats]
+                         + [torch.full((1,), float(stats[0][1]), dtype=torch.float64, device=x.device)])
         if self.cfg.sync == "global":
             all_reduce_sum(flat)  # one bucket for every layer
         n, off = flat[-1], 0  # a tensor: no host sync on a GPU
         configure(self.model, mode="batch")
-        for layer, (e, v, _) in zip(layers, stats):
-            shape = (v if e is None else e).shape
-            k = shape.numel()
-            stat = flat[off:off + k].view(shape)
+        for layer, (stat, _) in zip(layers, stats):
+            k = stat.numel()
+            layer.given_batch_mask = support_from_stats(flat[off:off + k].view_as(stat), n, layer.rule, layer.beta)
             off += k
-            layer.given_batch_mask = support_from_stats(stat, stat, n, layer.rule, layer.beta)
             layer.probe_stats = None
 
     def start_epoch(self, epoch: int) -> dict:

@@ -157,33 +157,31 @@ def batch_support(q: torch.Tensor, tau: float, rule: str, beta: float,
     raise ConfigError(f"unknown batch rule {rule!r}; use one of {', '.join(RULES)}")
 
 
-def unit_stats(q: torch.Tensor, free: torch.Tensor, tau: float, rule: str
-               ) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
-    """The per-unit statistics a batch rule needs, summable over examples (and ranks):
-    ``(energy, votes, n)``, where only the rule's statistic is computed (the other is None).
+def unit_stats(q: torch.Tensor, free: torch.Tensor, tau: float, rule: str) -> tuple[torch.Tensor, int]:
+    """The per-unit statistic ``rule`` needs, summable over examples (and ranks), and the
+    example count: ``votes = sum_n 1[q > tau]`` for ``vote`` (exact), else
+    ``energy = sum_n relu_tau(q)^2``.
 
-    ``energy = sum_n relu_tau(q)^2``: the squares are taken in the activations' dtype and
-    summed in float64 without materialising a float64 copy (a float64 copy of the activations
-    cost 14 ms per layer at batch 64 on CPU, a third of a convnet-s step). Each square is the
-    same number whichever rank holds the example, so the summed support does not depend on how
-    the batch is split, up to float64 rounding. ``votes = sum_n 1[q > tau]`` is exact.
+    The squares are taken in the activations' dtype and summed in float64 without
+    materialising a float64 copy (a float64 copy of the activations cost 14 ms per layer at
+    batch 64 on CPU, a third of a convnet-s step). Each square is the same number whichever
+    rank holds the example, so the summed support does not depend on how the batch is split,
+    up to float64 rounding.
     """
-    n = q.shape[0]
     if rule == "vote":
-        return None, (q > tau).sum(0).double(), n
-    return torch.sum(free * free, 0, dtype=torch.float64), None, n
+        return (q > tau).sum(0).double(), q.shape[0]
+    return torch.sum(free * free, 0, dtype=torch.float64), q.shape[0]
 
 
-def support_from_stats(energy: torch.Tensor | None, votes: torch.Tensor | None, n: float | torch.Tensor, rule: str,
-                       beta: float) -> torch.Tensor:
-    """The batch support from summed statistics (``probe`` mode; possibly summed over ranks):
-    ``energy = sum_n relu_tau(q)^2`` and ``votes = sum_n 1[q > tau]`` per unit, ``n`` examples."""
+def support_from_stats(stat: torch.Tensor, n: float | torch.Tensor, rule: str, beta: float) -> torch.Tensor:
+    """The batch support from the statistic of :func:`unit_stats`, summed over ``n`` examples
+    (possibly over ranks): votes for ``vote``, energy for the energy rules."""
     if rule == "vote":
-        return votes * 2 > n
+        return stat * 2 > n
     if rule == "energy":
-        return energy > beta
+        return stat > beta
     if rule == "energy-rel":
-        return energy > beta * energy.mean()
+        return stat > beta * stat.mean()
     raise ConfigError(f"unknown batch rule {rule!r}; use one of {', '.join(RULES)}")
 
 
@@ -207,7 +205,7 @@ class HardThreshold(nn.Module):
         self.batch_mask: torch.Tensor | None = None  # (*unit) bool, last batch support
         self.given_batch_mask: torch.Tensor | None = None  # (*unit) bool: batch mode uses it instead of the rule
         self.sync_inline = False  # batch mode: all-reduce this layer's statistics inside the forward
-        self.probe_stats: tuple[torch.Tensor, torch.Tensor, int] | None = None  # probe mode: energy, votes, n
+        self.probe_stats: tuple[torch.Tensor, int] | None = None  # probe mode: the rule's statistic, n
         self.track = False
         self.stats = torch.zeros(4, dtype=torch.float64)  # active, total, drift, drift_total
         self.consistency = 0.0  # weight of the support-consistency penalty (0: not computed)
@@ -236,11 +234,16 @@ class HardThreshold(nn.Module):
                 pen = pen + torch.where(m, torch.relu(self.tau - q), 0.0).pow(2).mean()
             self.penalty = pen
         if self.track:
-            with torch.no_grad():
-                free = q > self.tau
-                on = m if self.apply == "linear" else (m & free)
-                self._count(on.expand_as(q).sum(), q.numel(), (free != m).sum(), q.numel())
+            self._track_support(q, m, linear=self.apply == "linear")
         return out
+
+    @torch.no_grad()
+    def _track_support(self, q: torch.Tensor, m: torch.Tensor, linear: bool = False) -> None:
+        """Count the active units under the fixed support ``m`` (broadcast over the batch when
+        shared) and its drift from the free support ``1[q > tau]``."""
+        free = q > self.tau
+        on = m if linear else (m & free)
+        self._count(on.expand_as(q).sum(), q.numel(), (free != m).sum(), q.numel())
 
     def _count(self, active: torch.Tensor, total: int, drift, drift_total: int) -> None:
         # accumulated where the activations live, so counting never waits for the device
@@ -263,12 +266,10 @@ class HardThreshold(nn.Module):
 
             with torch.no_grad():
                 free = (x if x is not None else self._free(q)).detach()
-                e, v, n = unit_stats(q, free, self.tau, self.rule)
-                flat = torch.cat([(v if e is None else e).reshape(-1),
-                                  torch.full((1,), float(n), dtype=torch.float64, device=q.device)])
+                stat, n = unit_stats(q, free, self.tau, self.rule)
+                flat = torch.cat([stat.reshape(-1), torch.full((1,), float(n), dtype=torch.float64, device=q.device)])
                 all_reduce_sum(flat)
-                stat = flat[:-1].view(q.shape[1:])
-                return support_from_stats(stat, stat, flat[-1], self.rule, self.beta)
+                return support_from_stats(flat[:-1].view(q.shape[1:]), flat[-1], self.rule, self.beta)
         return batch_support(q, self.tau, self.rule, self.beta, x=x)
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
@@ -293,9 +294,7 @@ class HardThreshold(nn.Module):
                 if self.consistency > 0:
                     self.penalty = pen
                 if self.track:
-                    with torch.no_grad():
-                        free = q > self.tau
-                        self._count((m & free).sum(), q.numel(), (free != m).sum(), q.numel())
+                    self._track_support(q, m)
                 return out
             return self._apply_support(q, m)
         if mode == "probe":
@@ -309,8 +308,7 @@ class HardThreshold(nn.Module):
                 out, m = _GatedBatch.apply(q, self.tau, self._batch_rule)
                 self.batch_mask = m
                 if self.track:
-                    with torch.no_grad():
-                        self._count((out > 0).sum(), q.numel(), ((q > self.tau) != m).sum(), q.numel())
+                    self._track_support(q, m)
                 return out
             x = self._free(q) if self.apply == "gated" else None  # computed once, reused by the rule
             m = self._batch_rule(q, x)

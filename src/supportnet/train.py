@@ -266,8 +266,8 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
     if t.compile:
         net = torch.compile(net)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t.amp == "bf16" else nullcontext
-    layer_names = [n for n, _ in threshold_layers(model)]
-    tlayers = [layer for _, layer in threshold_layers(model)]
+    named_layers = threshold_layers(model)
+    layer_names, tlayers = [n for n, _ in named_layers], [layer for _, layer in named_layers]
     local_batch = t.batch_size // info.world if sharded else t.batch_size
     steps_per_epoch = num_batches(len(data.train) // info.world if sharded else len(data.train), local_batch)
     eval_train = data.train.take(torch.arange(min(t.train_eval_size, len(data.train)))) if t.train_eval_size else None
@@ -311,6 +311,7 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         else:
             ev = sched.start_epoch(epoch)
         model.train()
+        penalised = any(layer.consistency > 0 for layer in tlayers)  # the schedule sets it per phase
         order = epoch_order(len(data.train), t.seed, epoch)
         if streaming:  # the workers draw this epoch's views (random-resized crops, flips)
             data.train.key = sched.view_key(epoch)
@@ -344,7 +345,6 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
                 tracking = track
             with autocast():
                 loss = F.cross_entropy(net(x), y)
-            penalised = any(layer.consistency > 0 for layer in tlayers)
             objective = loss.float() + support_penalty(model) if penalised else loss.float()
             opt.zero_grad(set_to_none=True)
             objective.backward()
