@@ -1,6 +1,6 @@
 """B-alternation under torchrun: a global-sync step against a local-sync step, 2 gloo processes.
 
-    python bench/distributed.py [--nproc 2] [--steps 20] [--repeats 5] [--batch-sizes 128,256,512]
+    python bench/distributed.py [--nproc 2] [--steps 20] [--repeats 5] [--batch-sizes 128,256,512] [--pin]
 
 Relaunches itself under ``torch.distributed.run``. Every rank trains convnet-s on its
 half of each global batch of Fashion-MNIST (or synthetic data where it is absent)
@@ -96,6 +96,8 @@ def worker(a) -> None:
     from supportnet.errors import DataError
 
     torch.set_num_threads(1)
+    if a.pin:  # this rank (and the gloo threads it starts) on core local_rank % cores
+        os.sched_setaffinity(0, {int(os.environ["LOCAL_RANK"]) % os.cpu_count()})
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     sizes = [int(b) for b in a.batch_sizes.split(",")]
@@ -107,7 +109,7 @@ def worker(a) -> None:
     for bs in sizes:
         rows.append(measure(a, data, bs, rank, world))
     if rank == 0:
-        res = {"world": world, "backend": "gloo", "threads_per_rank": 1, "data": data.name, "model": "convnet-s",
+        res = {"world": world, "backend": "gloo", "threads_per_rank": 1, "pinned": a.pin, "data": data.name, "model": "convnet-s",
                "steps": a.steps, "repeats": a.repeats, "host": platform.node(), "cpu": platform.processor(),
                "torch": torch.__version__, "rows": rows}
         OUT.mkdir(exist_ok=True)
@@ -129,12 +131,13 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch-sizes", default="128,256,512", help="global batch sizes, comma-separated")
+    ap.add_argument("--pin", action="store_true", help="pin each rank to its own core (sched_setaffinity)")
     a = ap.parse_args()
     if "WORLD_SIZE" in os.environ:
         worker(a)
         return 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}",
-           __file__, f"--steps={a.steps}", f"--repeats={a.repeats}", f"--batch-sizes={a.batch_sizes}"]
+           __file__, f"--steps={a.steps}", f"--repeats={a.repeats}", f"--batch-sizes={a.batch_sizes}"] + ["--pin"] * a.pin
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.call(cmd, env=env)
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from supportnet import HardThreshold, configure, record_masks, threshold_layers
-from supportnet.layers import batch_support, set_instance_masks
+from supportnet.layers import STAT_GROUP, batch_support, set_instance_masks, support_from_stats, unit_stats
 from supportnet.models import create_model
 
 
@@ -96,6 +96,28 @@ def test_vote_rule_is_strict_majority():
     q = torch.tensor([[1.0, 1.0, -1.0], [1.0, -1.0, -1.0], [-1.0, 1.0, 1.0], [1.0, -1.0, -1.0]])
     # on-fractions: 0.75, 0.5, 0.25
     assert batch_support(q, 0.0, "vote", 0.0).tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("rule", ["energy", "energy-rel", "vote"])
+@pytest.mark.parametrize("b", [2 * STAT_GROUP * 3, 2 * STAT_GROUP * 3 + 6])
+def test_unit_stats_sum_over_a_split_batch(rule, b):
+    """The statistic of a batch is the sum of its halves' (as summed over ranks): exactly when the
+    halves are whole groups, within float32 rounding otherwise; and it gives the local rule's support."""
+    torch.manual_seed(0)
+    q = torch.randn(b, 4, 5, 5)
+    free = torch.relu(q)
+    stat, n = unit_stats(q, free, 0.0, rule)
+    assert stat.dtype == torch.float64 and n == b
+    expect = (q > 0).sum(0).double() if rule == "vote" else (free.double() ** 2).sum(0)
+    torch.testing.assert_close(stat, expect, rtol=1e-6, atol=0)
+    h = b // 2
+    (s0, n0), (s1, n1) = unit_stats(q[:h], free[:h], 0.0, rule), unit_stats(q[h:], free[h:], 0.0, rule)
+    if rule == "vote" or h % STAT_GROUP == 0:
+        assert torch.equal(stat, s0 + s1)  # the groups are the same numbers whichever rank holds them
+    else:
+        torch.testing.assert_close(stat, s0 + s1, rtol=1e-6, atol=0)
+    beta = 0.0 if rule == "energy" else 0.5
+    assert torch.equal(support_from_stats(s0 + s1, n0 + n1, rule, beta), batch_support(q, 0.0, rule, beta))
 
 
 @pytest.mark.parametrize("apply", ["linear", "gated"])

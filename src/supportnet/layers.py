@@ -157,20 +157,32 @@ def batch_support(q: torch.Tensor, tau: float, rule: str, beta: float,
     raise ConfigError(f"unknown batch rule {rule!r}; use one of {', '.join(RULES)}")
 
 
+STAT_GROUP = 8  # examples summed together in float32 by unit_stats before the float64 sum
+
+
 def unit_stats(q: torch.Tensor, free: torch.Tensor, tau: float, rule: str) -> tuple[torch.Tensor, int]:
-    """The per-unit statistic ``rule`` needs, summable over examples (and ranks), and the
-    example count: ``votes = sum_n 1[q > tau]`` for ``vote`` (exact), else
+    """The per-unit statistic ``rule`` needs, summable over examples (and ranks), in float64,
+    and the example count: ``votes = sum_n 1[q > tau]`` for ``vote``, else
     ``energy = sum_n relu_tau(q)^2``.
 
-    The squares are taken in the activations' dtype and summed in float64 without
-    materialising a float64 copy (a float64 copy of the activations cost 14 ms per layer at
-    batch 64 on CPU, a third of a convnet-s step). Each square is the same number whichever
-    rank holds the example, so the summed support does not depend on how the batch is split,
-    up to float64 rounding.
+    Votes are counted in float32, which holds every count up to 2^24 exactly, so they do not
+    depend on the order of the sum at all. Energies are summed in float32 within consecutive
+    groups of :data:`STAT_GROUP` examples, then across groups in float64. Each group's sum is
+    the same number whichever rank holds the group, so when every rank's batch is a multiple
+    of the group size the summed support does not depend on how the batch is split, up to
+    float64 rounding (otherwise up to float32 rounding of the last partial groups).
+    ``torch.sum(..., dtype=float64)`` gives the same guarantee but is not vectorised on the
+    CPU: 42 ms against 5 ms for 256x32x28x28 activations, 8x a local support at batch 256.
     """
+    b = q.shape[0]
     if rule == "vote":
-        return (q > tau).sum(0).double(), q.shape[0]
-    return torch.sum(free * free, 0, dtype=torch.float64), q.shape[0]
+        return (q > tau).float().sum(0).double(), b
+    sq = free * free
+    full = b - b % STAT_GROUP
+    stat = sq[:full].view(full // STAT_GROUP, STAT_GROUP, *sq.shape[1:]).sum(1).double().sum(0)
+    if full < b:
+        stat = stat + sq[full:].sum(0).double()
+    return stat, b
 
 
 def support_from_stats(stat: torch.Tensor, n: float | torch.Tensor, rule: str, beta: float) -> torch.Tensor:
