@@ -114,7 +114,7 @@ class BAlternation(Schedule):
     def before_step(self, x: torch.Tensor, index: torch.Tensor) -> None:
         if self.phase != "b-alt" or not self.probing:
             return
-        from .distributed import all_reduce_sum
+        from .distributed import sum_stats
         from .layers import support_from_stats
 
         layers = [l for _, l in threshold_layers(self.model)]
@@ -131,7 +131,7 @@ class BAlternation(Schedule):
         flat = torch.cat([stat.reshape(-1) for stat, _ in stats]
                          + [torch.full((1,), float(stats[0][1]), dtype=torch.float64, device=x.device)])
         if self.cfg.sync == "global":
-            all_reduce_sum(flat)  # one bucket for every layer
+            flat = sum_stats(flat)  # one bucket for every layer
         n, off = flat[-1], 0  # a tensor: no host sync on a GPU
         configure(self.model, mode="batch")
         for layer, (stat, _) in zip(layers, stats):

@@ -84,6 +84,32 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+GATHER_MAX_WORLD = 8  # sum_stats: gather-then-sum on gloo up to this many ranks
+
+
+def sum_stats(t: torch.Tensor) -> torch.Tensor:
+    """Sum a small statistics vector over ranks (the B-alternation supports' collective).
+
+    Returns the sum (``t`` itself for a world of one). On gloo with up to
+    :data:`GATHER_MAX_WORLD` ranks every rank gathers all ranks' vectors (one exchange) and
+    adds them in rank order, so every rank gets the same bits. Gloo's ring all-reduce takes
+    several exchanges, each a thread wake-up: on the project's 2-core VM a 100-200 KB float64
+    all-reduce between 2 pinned ranks often took ~3 ms where the gather took 0.3-0.9 ms
+    (``docs/performance.md``). Otherwise (NCCL, or many ranks, where a gather's volume grows with
+    the world) one all-reduce in place.
+    """
+    w = world_size()
+    if w == 1:
+        return t
+    if dist.get_backend() == "gloo" and w <= GATHER_MAX_WORLD:
+        flat = t.reshape(-1)
+        out = flat.new_empty(w * flat.numel())
+        dist.all_gather_into_tensor(out, flat)
+        return out.view(w, -1).sum(0).view_as(t)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
 def local_slice(n: int, info: DistInfo) -> slice:
     """This rank's contiguous part of a global batch of ``n`` examples."""
     if not info.active:

@@ -274,13 +274,13 @@ class HardThreshold(nn.Module):
         if m is not None:
             return m
         if self.sync_inline:  # this layer's statistics summed over every rank
-            from .distributed import all_reduce_sum
+            from .distributed import sum_stats
 
             with torch.no_grad():
                 free = (x if x is not None else self._free(q)).detach()
                 stat, n = unit_stats(q, free, self.tau, self.rule)
-                flat = torch.cat([stat.reshape(-1), torch.full((1,), float(n), dtype=torch.float64, device=q.device)])
-                all_reduce_sum(flat)
+                flat = sum_stats(torch.cat([stat.reshape(-1),
+                                            torch.full((1,), float(n), dtype=torch.float64, device=q.device)]))
                 return support_from_stats(flat[:-1].view(q.shape[1:]), flat[-1], self.rule, self.beta)
         return batch_support(q, self.tau, self.rule, self.beta, x=x)
 
