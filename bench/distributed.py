@@ -5,7 +5,8 @@
 Relaunches itself under ``torch.distributed.run``. Every rank trains convnet-s on its
 half of each global batch of Fashion-MNIST (or synthetic data where it is absent)
 through DistributedDataParallel; the variants run interleaved in one process
-group, and the median over repeats is kept:
+group, and the median over repeats is kept (``--repeats`` at least; batches under 512
+get proportionally more, see :func:`repeats_for`):
 
 * ``local``: each rank's support from its own examples, inside the training forward;
 * ``local+probe``: the same support scope, estimated in a no-grad probe pass;
@@ -31,6 +32,13 @@ import time
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "out"
+
+
+def repeats_for(repeats: int, batch_size: int) -> int:
+    """At least ``repeats``; more for batches under 512, so that every size is timed over about
+    as many examples (a 128-batch step is ~55 ms on the CPU VM, and 5 x 20 of them
+    left the ratio +-0.1 from run to run)."""
+    return max(repeats, -(-repeats * 512 // batch_size))
 
 
 def measure(a, data, batch_size: int, rank: int, world: int) -> dict:
@@ -77,11 +85,11 @@ def measure(a, data, batch_size: int, rank: int, world: int) -> dict:
     for k in scheds:
         run(k)  # warm-up
     times = {k: [] for k in scheds}
-    for _ in range(a.repeats):
+    for _ in range(repeats_for(a.repeats, batch_size)):
         for k in scheds:
             times[k].append(run(k))
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"global_batch": batch_size, "per_rank_batch": per, "seconds_per_step": med,
+    return {"global_batch": batch_size, "per_rank_batch": per, "repeats": len(times["local"]), "seconds_per_step": med,
             "global_over_local": med["global"] / med["local"],
             "global_over_local_probe": med["global"] / med["local+probe"],
             "probe_over_local": med["local+probe"] / med["local"],
@@ -114,7 +122,8 @@ def worker(a) -> None:
                "torch": torch.__version__, "rows": rows}
         OUT.mkdir(exist_ok=True)
         (OUT / "distributed.json").write_text(json.dumps(res, indent=2))
-        print(f"{world} gloo processes, 1 thread each, convnet-s, {data.name}, median of {a.repeats} x {a.steps} steps")
+        print(f"{world} gloo processes, 1 thread each{', pinned' if a.pin else ''}, convnet-s, {data.name}, "
+              f"median of >= {a.repeats} x {a.steps} steps (more for batches under 512)")
         print("| global batch | local ms/step | global / local | global / local+probe (all-reduce) "
               "| local+probe / local (probe pass) | global-inline / local |")
         print("|---:|---:|---:|---:|---:|---:|")
