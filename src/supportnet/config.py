@@ -82,8 +82,8 @@ class SupportConfig:
     store: str = "memory"  # stored back end: memory | file (memory-mapped, in the run folder)
     lr_scale: float = 1.0  # learning-rate multiplier while a support is held fixed
     sync: str = "local"  # b-alt batch support: local (this rank's examples, inside the training forward) |
-    # global (the global batch: a no-grad probe pass, one all-reduce of every layer's statistics, then train) |
-    # global-inline (the global batch, inside the training forward: one small all-reduce per layer)
+    # global-inline (the global batch, inside the training forward: one small collective per layer; the
+    # global mode to use) | global (the global batch from a no-grad probe pass, one collective per step)
     probe: bool = False  # b-alt: estimate the batch support in a probe pass even when sync=local
     consistency: float | None = None  # penalty keeping pre-activations consistent with a fixed support;
     # None: the method's tuned default (METHOD_DEFAULTS)
