@@ -249,3 +249,14 @@ def test_threshold_layers_order_and_tau_per_layer():
     assert [l.tau for _, l in threshold_layers(model)] == [0.0, 0.1, 0.2, 0.3]
     with pytest.raises(Exception, match="one value or one per layer"):
         configure(model, tau=[0.1, 0.2])
+
+
+def test_unit_stats_low_precision_activations_add_in_float32():
+    """Under autocast the activations are bf16: the squares are bf16, their sums are not."""
+    torch.manual_seed(0)
+    q = torch.randn(37, 6, 3, 3).to(torch.bfloat16)
+    free = torch.relu(q)
+    stat, n = unit_stats(q, free, 0.0, "energy-rel")
+    expect = ((free * free).double()).sum(0)  # the same bf16 squares, added exactly
+    assert stat.dtype == torch.float64 and n == 37
+    torch.testing.assert_close(stat, expect, rtol=1e-6, atol=0)  # a bf16 running sum is off by ~1e-2

@@ -179,9 +179,10 @@ def unit_stats(q: torch.Tensor, free: torch.Tensor, tau: float, rule: str) -> tu
         return (q > tau).float().sum(0).double(), b
     sq = free * free
     full = b - b % STAT_GROUP
-    stat = sq[:full].view(full // STAT_GROUP, STAT_GROUP, *sq.shape[1:]).sum(1).double().sum(0)
+    f32 = torch.float32  # (bf16/fp16 activations under autocast: the groups still add in float32)
+    stat = sq[:full].view(full // STAT_GROUP, STAT_GROUP, *sq.shape[1:]).sum(1, dtype=f32).double().sum(0)
     if full < b:
-        stat = stat + sq[full:].sum(0).double()
+        stat = stat + sq[full:].sum(0, dtype=f32).double()
     return stat, b
 
 
