@@ -114,8 +114,7 @@ class BAlternation(Schedule):
     def before_step(self, x: torch.Tensor, index: torch.Tensor) -> None:
         if self.phase != "b-alt" or not self.probing:
             return
-        from .distributed import sum_stats
-        from .layers import support_from_stats
+        from .layers import stats_over_ranks, support_from_stats
 
         layers = [l for _, l in threshold_layers(self.model)]
         was_training = self.model.training
@@ -126,18 +125,12 @@ class BAlternation(Schedule):
                 self.model(x)
         finally:
             self.model.train(was_training)
-        stats = [l.probe_stats for l in layers]
-        # one statistic per layer (energy, or votes for the vote rule), all layers in one bucket
-        flat = torch.cat([stat.reshape(-1) for stat, _ in stats]
-                         + [torch.full((1,), float(stats[0][1]), dtype=torch.float64, device=x.device)])
-        if self.cfg.sync == "global":
-            flat = sum_stats(flat)  # one bucket for every layer
-        n, off = flat[-1], 0  # a tensor: no host sync on a GPU
+        stats, n = [l.probe_stats[0] for l in layers], layers[0].probe_stats[1]
+        if self.cfg.sync == "global":  # one statistic per layer (energy, or votes), all layers in one bucket
+            stats, n = stats_over_ranks(stats, n)
         configure(self.model, mode="batch")
-        for layer, (stat, _) in zip(layers, stats):
-            k = stat.numel()
-            layer.given_batch_mask = support_from_stats(flat[off:off + k].view_as(stat), n, layer.rule, layer.beta)
-            off += k
+        for layer, stat in zip(layers, stats):
+            layer.given_batch_mask = support_from_stats(stat, n, layer.rule, layer.beta)
             layer.probe_stats = None
 
     def start_epoch(self, epoch: int) -> dict:

@@ -186,6 +186,18 @@ def unit_stats(q: torch.Tensor, free: torch.Tensor, tau: float, rule: str) -> tu
     return stat, b
 
 
+def stats_over_ranks(stats: list[torch.Tensor], n: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Sum per-unit statistics (of :func:`unit_stats`) and their example count ``n`` over every
+    rank in *one* collective (:func:`supportnet.distributed.sum_stats`): one float64 vector.
+    The count comes back as a tensor, so nothing waits for the device."""
+    from .distributed import sum_stats
+
+    flat = sum_stats(torch.cat([s.reshape(-1) for s in stats]
+                               + [torch.full((1,), float(n), dtype=torch.float64, device=stats[0].device)]))
+    parts = flat[:-1].split([s.numel() for s in stats])
+    return [p.view_as(s) for p, s in zip(parts, stats)], flat[-1]
+
+
 def support_from_stats(stat: torch.Tensor, n: float | torch.Tensor, rule: str, beta: float) -> torch.Tensor:
     """The batch support from the statistic of :func:`unit_stats`, summed over ``n`` examples
     (possibly over ranks): votes for ``vote``, energy for the energy rules."""
@@ -275,14 +287,11 @@ class HardThreshold(nn.Module):
         if m is not None:
             return m
         if self.sync_inline:  # this layer's statistics summed over every rank
-            from .distributed import sum_stats
-
             with torch.no_grad():
                 free = (x if x is not None else self._free(q)).detach()
                 stat, n = unit_stats(q, free, self.tau, self.rule)
-                flat = sum_stats(torch.cat([stat.reshape(-1),
-                                            torch.full((1,), float(n), dtype=torch.float64, device=q.device)]))
-                return support_from_stats(flat[:-1].view(q.shape[1:]), flat[-1], self.rule, self.beta)
+                (stat,), n = stats_over_ranks([stat], n)
+                return support_from_stats(stat, n, self.rule, self.beta)
         return batch_support(q, self.tau, self.rule, self.beta, x=x)
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
