@@ -3,14 +3,18 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# torch is pinned here, not in pyproject.toml: 2.13.0 is the CPU build on this machine's disk, and
+# installing it first keeps pip from pulling a multi-GB CUDA build for the package's torch range.
+TORCH  := torch==2.13.0
+EXTRAS := dev,images,svhn,plots
 
-.PHONY: setup data demo test test-all bench clean
+.PHONY: setup data demo test test-all lint docs bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]' $(TORCH)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -23,7 +27,11 @@ demo: data
 	$(VENV)/bin/supportnet compare --data fashion-mnist --model convnet-s --methods sgd,b-alt,i-alt \
 		--epochs 3 --seed 0 --out runs/demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
+
+test: $(STAMP) lint
 	$(PY) -m pytest -q -m "not slow" tests
 
 test-all: data

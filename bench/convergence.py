@@ -12,6 +12,7 @@ several times per epoch. Writes ``bench/out/convergence[-quick|-levers]/``: one 
 per study (study.json, table.md, curves.png, ratio.png) and ``results.json`` /
 ``results.md`` over all studies. Interrupted runs are reused when it is run again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,29 +39,77 @@ NIN_SMALL = "{widths: [[32, 32, 16], [48, 48, 24], [48, 32]], dropout: 0.0}"  # 
 # any target are the stored back end's; only its cost per step differs (bench/overhead.py).
 FULL_METHODS = [m for m in ALL_METHODS if m != "i-alt-snapshot"]
 FULL = {
-    "fmnist-convnet-s": ([], dict(methods=FULL_METHODS, epochs=4, lr_grid=[0.02, 0.05, 0.1], tune_epochs=2,
-                                  tune_val=5000, targets=[0.88, 0.90, 0.91])),
-    "fmnist20k-nin-small": (["data.subset=20000", f"model.name=nin-mnist", f"model.kwargs={NIN_SMALL}"],
-                            dict(methods=["sgd", "b-alt", "i-alt-stored"], epochs=2, lr_grid=[0.01, 0.03],
-                                 tune_epochs=2, tune_val=2000, targets=[0.60, 0.65])),
+    "fmnist-convnet-s": (
+        [],
+        dict(
+            methods=FULL_METHODS,
+            epochs=4,
+            lr_grid=[0.02, 0.05, 0.1],
+            tune_epochs=2,
+            tune_val=5000,
+            targets=[0.88, 0.90, 0.91],
+        ),
+    ),
+    "fmnist20k-nin-small": (
+        ["data.subset=20000", "model.name=nin-mnist", f"model.kwargs={NIN_SMALL}"],
+        dict(
+            methods=["sgd", "b-alt", "i-alt-stored"],
+            epochs=2,
+            lr_grid=[0.01, 0.03],
+            tune_epochs=2,
+            tune_val=2000,
+            targets=[0.60, 0.65],
+        ),
+    ),
 }
 # --quick: 5,000 training examples, scored on a fixed 2,000 of the test set (the same for every seed)
 QUICK = {
-    "fmnist5k-convnet-s": (["data.subset=5000", "data.test_subset=2000", "train.evals_per_epoch=2"],
-                           dict(methods=FULL_METHODS, epochs=3, lr_grid=[0.05, 0.1], tune_epochs=2, tune_val=1000,
-                                targets=[0.70, 0.75])),
-    "fmnist5k-nin-small": (["data.subset=5000", "data.test_subset=2000", "train.evals_per_epoch=2",
-                            "model.name=nin-mnist",
-                            f"model.kwargs={NIN_SMALL}"],
-                           dict(methods=["sgd", "b-alt", "i-alt-stored"], epochs=2, lr_grid=None, tune_epochs=None,
-                                tune_val=0, targets=[0.35, 0.40], lr=0.01)),
+    "fmnist5k-convnet-s": (
+        ["data.subset=5000", "data.test_subset=2000", "train.evals_per_epoch=2"],
+        dict(methods=FULL_METHODS, epochs=3, lr_grid=[0.05, 0.1], tune_epochs=2, tune_val=1000, targets=[0.70, 0.75]),
+    ),
+    "fmnist5k-nin-small": (
+        [
+            "data.subset=5000",
+            "data.test_subset=2000",
+            "train.evals_per_epoch=2",
+            "model.name=nin-mnist",
+            f"model.kwargs={NIN_SMALL}",
+        ],
+        dict(
+            methods=["sgd", "b-alt", "i-alt-stored"],
+            epochs=2,
+            lr_grid=None,
+            tune_epochs=None,
+            tune_val=0,
+            targets=[0.35, 0.40],
+            lr=0.01,
+        ),
+    ),
 }
 LEVERS = {
     "fmnist10k-convnet-s-levers": (
         ["data.subset=10000", "data.test_subset=5000"],
-        dict(methods=["sgd", "b-alt", "b-alt[beta=0.03]", "b-alt[beta=0.3]", "b-alt[tau=0.05]", "b-alt[warmup=2]",
-                      "i-alt-stored", "i-alt-stored[max_gap=2,min_gap=2]", "i-alt-stored[consistency=0.3]"],
-             epochs=3, lr_grid=None, tune_epochs=None, tune_val=0, targets=[0.80, 0.82], seeds=[0, 1])),
+        dict(
+            methods=[
+                "sgd",
+                "b-alt",
+                "b-alt[beta=0.03]",
+                "b-alt[beta=0.3]",
+                "b-alt[tau=0.05]",
+                "b-alt[warmup=2]",
+                "i-alt-stored",
+                "i-alt-stored[max_gap=2,min_gap=2]",
+                "i-alt-stored[consistency=0.3]",
+            ],
+            epochs=3,
+            lr_grid=None,
+            tune_epochs=None,
+            tune_val=0,
+            targets=[0.80, 0.82],
+            seeds=[0, 1],
+        ),
+    ),
 }
 
 
@@ -99,20 +148,56 @@ def main() -> int:
         if a.only and a.only not in name:
             continue
         kw = dict(kw)
-        cfg = load_config(None, ["data.name=fashion-mnist", f"train.epochs={kw.pop('epochs')}", "quiet=true",
-                                 "train.train_eval_size=0", "train.checkpoint_every=0", f"train.lr={a.lr}",
-                                 f"train.evals_per_epoch={a.evals_per_epoch}", "train.threads=2"] + sets)
+        cfg = load_config(
+            None,
+            [
+                "data.name=fashion-mnist",
+                f"train.epochs={kw.pop('epochs')}",
+                "quiet=true",
+                "train.train_eval_size=0",
+                "train.checkpoint_every=0",
+                f"train.lr={a.lr}",
+                f"train.evals_per_epoch={a.evals_per_epoch}",
+                "train.threads=2",
+            ]
+            + sets,
+        )
         s_seeds = kw.pop("seeds", seeds)
         if "lr" in kw:
             cfg.train.lr = kw.pop("lr")
         footer = f"{results['machine']}; `{command.strip()}`"
         print(f"== {name}: {cfg.model.name} on {cfg.data.name}, seeds {s_seeds}", flush=True)
-        s = run_study(cfg, kw.pop("methods"), s_seeds, root / name, jobs=a.jobs, footer=footer,
-                      log=lambda m: print(m, flush=True), **kw)
-        results["studies"][name] = {k: s[k] for k in ("data", "model", "model_kwargs", "subset", "epochs", "seeds",
-                                                       "lr_grid", "tuning", "targets", "methods", "wall_seconds")}
-        md.append(f"## {name}\n\n" + (root / name / "table.md").read_text()
-                  + f"\nwall time {s['wall_seconds'] / 60:.1f} min\n")
+        s = run_study(
+            cfg,
+            kw.pop("methods"),
+            s_seeds,
+            root / name,
+            jobs=a.jobs,
+            footer=footer,
+            log=lambda m: print(m, flush=True),
+            **kw,
+        )
+        results["studies"][name] = {
+            k: s[k]
+            for k in (
+                "data",
+                "model",
+                "model_kwargs",
+                "subset",
+                "epochs",
+                "seeds",
+                "lr_grid",
+                "tuning",
+                "targets",
+                "methods",
+                "wall_seconds",
+            )
+        }
+        md.append(
+            f"## {name}\n\n"
+            + (root / name / "table.md").read_text()
+            + f"\nwall time {s['wall_seconds'] / 60:.1f} min\n"
+        )
     results["wall_seconds"] = time.time() - t0
     root.mkdir(parents=True, exist_ok=True)
     if a.only and (root / "results.json").exists():  # keep the other studies' results

@@ -20,6 +20,7 @@ isolates the cost of the all-reduce from the cost of the probe pass. Each global
 size in ``--batch-sizes`` is measured (the all-reduce volume does not depend on it, the
 compute does). Writes bench/out/distributed.json and prints a Markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,14 +60,17 @@ def measure(a, data, batch_size: int, rank: int, world: int) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     per = batch_size // world
     glob = list(batches(data.train, batch_size, epoch_order(len(data.train), 0, 0)))[: a.steps]
-    local = [(x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per], i[rank * per:(rank + 1) * per])
-             for x, y, i in glob]
+    local = [
+        (x[rank * per : (rank + 1) * per], y[rank * per : (rank + 1) * per], i[rank * per : (rank + 1) * per])
+        for x, y, i in glob
+    ]
     scheds = {
         "local": BAlternation(SupportConfig(method="b-alt", warmup=0), model, data.train, "cpu"),
         "local+probe": BAlternation(SupportConfig(method="b-alt", warmup=0, probe=True), model, data.train, "cpu"),
         "global": BAlternation(SupportConfig(method="b-alt", warmup=0, sync="global"), model, data.train, "cpu"),
-        "global-inline": BAlternation(SupportConfig(method="b-alt", warmup=0, sync="global-inline"), model,
-                                      data.train, "cpu"),
+        "global-inline": BAlternation(
+            SupportConfig(method="b-alt", warmup=0, sync="global-inline"), model, data.train, "cpu"
+        ),
     }
 
     def run(kind: str) -> float:
@@ -92,13 +96,18 @@ def measure(a, data, batch_size: int, rank: int, world: int) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     # the same ratio taken repeat by repeat (each repeat runs the variants back to back), then the
     # median: robust to drift between repeats, which moves all variants of one repeat together
-    paired = {k: statistics.median(t / l for t, l in zip(times[k], times["local"])) for k in times}
-    return {"global_batch": batch_size, "per_rank_batch": per, "repeats": len(times["local"]), "seconds_per_step": med,
-            "global_over_local": med["global"] / med["local"],
-            "global_over_local_probe": med["global"] / med["local+probe"],
-            "probe_over_local": med["local+probe"] / med["local"],
-            "global_inline_over_local": med["global-inline"] / med["local"],
-            "paired_over_local": paired}
+    paired = {k: statistics.median(t / lay for t, lay in zip(times[k], times["local"])) for k in times}
+    return {
+        "global_batch": batch_size,
+        "per_rank_batch": per,
+        "repeats": len(times["local"]),
+        "seconds_per_step": med,
+        "global_over_local": med["global"] / med["local"],
+        "global_over_local_probe": med["global"] / med["local+probe"],
+        "probe_over_local": med["local+probe"] / med["local"],
+        "global_inline_over_local": med["global-inline"] / med["local"],
+        "paired_over_local": paired,
+    }
 
 
 def worker(a) -> None:
@@ -122,20 +131,37 @@ def worker(a) -> None:
     for bs in sizes:
         rows.append(measure(a, data, bs, rank, world))
     if rank == 0:
-        res = {"world": world, "backend": "gloo", "threads_per_rank": 1, "pinned": a.pin, "data": data.name, "model": "convnet-s",
-               "steps": a.steps, "repeats": a.repeats, "host": platform.node(), "cpu": platform.processor(),
-               "torch": torch.__version__, "rows": rows}
+        res = {
+            "world": world,
+            "backend": "gloo",
+            "threads_per_rank": 1,
+            "pinned": a.pin,
+            "data": data.name,
+            "model": "convnet-s",
+            "steps": a.steps,
+            "repeats": a.repeats,
+            "host": platform.node(),
+            "cpu": platform.processor(),
+            "torch": torch.__version__,
+            "rows": rows,
+        }
         OUT.mkdir(exist_ok=True)
         (OUT / "distributed.json").write_text(json.dumps(res, indent=2))
-        print(f"{world} gloo processes, 1 thread each{', pinned' if a.pin else ''}, convnet-s, {data.name}, "
-              f"median of >= {a.repeats} x {a.steps} steps (more for batches under 512)")
-        print("| global batch | local ms/step | global / local | global / local+probe (all-reduce) "
-              "| local+probe / local (probe pass) | global-inline / local | global-inline / local, paired |")
+        print(
+            f"{world} gloo processes, 1 thread each{', pinned' if a.pin else ''}, convnet-s, {data.name}, "
+            f"median of >= {a.repeats} x {a.steps} steps (more for batches under 512)"
+        )
+        print(
+            "| global batch | local ms/step | global / local | global / local+probe (all-reduce) "
+            "| local+probe / local (probe pass) | global-inline / local | global-inline / local, paired |"
+        )
         print("|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
-            print(f"| {r['global_batch']} | {1e3 * r['seconds_per_step']['local']:.1f} | {r['global_over_local']:.3f} "
-                  f"| {r['global_over_local_probe']:.3f} | {r['probe_over_local']:.3f} "
-                  f"| {r['global_inline_over_local']:.3f} | {r['paired_over_local']['global-inline']:.3f} |")
+            print(
+                f"| {r['global_batch']} | {1e3 * r['seconds_per_step']['local']:.1f} | {r['global_over_local']:.3f} "
+                f"| {r['global_over_local_probe']:.3f} | {r['probe_over_local']:.3f} "
+                f"| {r['global_inline_over_local']:.3f} | {r['paired_over_local']['global-inline']:.3f} |"
+            )
     dist.destroy_process_group()
 
 
@@ -150,8 +176,17 @@ def main() -> int:
     if "WORLD_SIZE" in os.environ:
         worker(a)
         return 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}",
-           __file__, f"--steps={a.steps}", f"--repeats={a.repeats}", f"--batch-sizes={a.batch_sizes}"] + ["--pin"] * a.pin
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={a.nproc}",
+        __file__,
+        f"--steps={a.steps}",
+        f"--repeats={a.repeats}",
+        f"--batch-sizes={a.batch_sizes}",
+    ] + ["--pin"] * a.pin
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.call(cmd, env=env)
 

@@ -9,6 +9,7 @@ DSD with ``support-b``; DSD with ``support-i`` (``dsd.eps`` = 0.01: a unit on in
 weights pruned in the sparse step, compact parameter count. Writes
 bench/out/dsd/results.json and results.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,13 +46,24 @@ def main() -> int:
     seeds = [int(s) for s in a.seeds.split(",")]
     command = "python bench/dsd_table.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     t0 = time.time()
-    base = ["data.name=fashion-mnist", f"data.subset={a.subset}", f"model.name={a.model}", "quiet=true",
-            "train.train_eval_size=0", "train.checkpoint_every=0", "train.threads=2",
-            f"dsd.dense_epochs={ed}", f"dsd.sparse_epochs={es}", f"dsd.redense_epochs={er}", f"dsd.eps={a.eps}"]
+    base = [
+        "data.name=fashion-mnist",
+        f"data.subset={a.subset}",
+        f"model.name={a.model}",
+        "quiet=true",
+        "train.train_eval_size=0",
+        "train.checkpoint_every=0",
+        "train.threads=2",
+        f"dsd.dense_epochs={ed}",
+        f"dsd.sparse_epochs={es}",
+        f"dsd.redense_epochs={er}",
+        f"dsd.eps={a.eps}",
+    ]
     rows: dict[str, dict[str, list]] = {}
     for seed in seeds:
-        cfg = load_config(None, base + [f"train.seed={seed}", f"train.epochs={ed + es + er}",
-                                        f"out={OUT}/seed{seed}/dense-baseline"])
+        cfg = load_config(
+            None, base + [f"train.seed={seed}", f"train.epochs={ed + es + er}", f"out={OUT}/seed{seed}/dense-baseline"]
+        )
         data, model = build(cfg)
         run = fit(cfg, data=data, model=model)
         acc = json.loads((run / "summary.json").read_text())["test_acc"]
@@ -66,20 +78,29 @@ def main() -> int:
             r["sparse_err"].append(100 * (1 - res["phases"]["sparse"]["test_acc"]))
             r["sparsity"].append(100 * res["sparsity"]["weights"])
             r["compact"].append(res["params"]["compact"])
-            print(f"seed {seed} {prune}: {100 * res['final_test_acc']:.2f}%, sparse step "
-                  f"{100 * res['phases']['sparse']['test_acc']:.2f}%, pruned {100 * res['sparsity']['weights']:.1f}%, "
-                  f"compact {res['params']['compact']:,}", flush=True)
-    lines = [f"{a.model} on Fashion-MNIST (subset {a.subset}), DSD epochs {ed}+{es}+{er}, seeds {seeds}; "
-             f"machine: {torch.get_num_threads()}-thread CPU, torch {torch.__version__}; command: `{command.strip()}`", "",
-             "| row | test error (%) | error after the sparse step (%) | weights pruned (%) | compact params |",
-             "|---|---:|---:|---:|---:|"]
+            print(
+                f"seed {seed} {prune}: {100 * res['final_test_acc']:.2f}%, sparse step "
+                f"{100 * res['phases']['sparse']['test_acc']:.2f}%, pruned {100 * res['sparsity']['weights']:.1f}%, "
+                f"compact {res['params']['compact']:,}",
+                flush=True,
+            )
+    lines = [
+        f"{a.model} on Fashion-MNIST (subset {a.subset}), DSD epochs {ed}+{es}+{er}, seeds {seeds}; "
+        f"machine: {torch.get_num_threads()}-thread CPU, torch {torch.__version__}; command: `{command.strip()}`",
+        "",
+        "| row | test error (%) | error after the sparse step (%) | weights pruned (%) | compact params |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {ms(r['err'])} | {ms(r['sparse_err']) if r['sparse_err'] else '–'} | "
-                     f"{ms(r['sparsity'])} | {statistics.fmean(r['compact']):,.0f} |")
+        lines.append(
+            f"| {name} | {ms(r['err'])} | {ms(r['sparse_err']) if r['sparse_err'] else '–'} | "
+            f"{ms(r['sparsity'])} | {statistics.fmean(r['compact']):,.0f} |"
+        )
     md = "\n".join(lines) + "\n"
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps({"command": command, "rows": rows, "seeds": seeds,
-                                                  "wall_seconds": time.time() - t0}, indent=1))
+    (OUT / "results.json").write_text(
+        json.dumps({"command": command, "rows": rows, "seeds": seeds, "wall_seconds": time.time() - t0}, indent=1)
+    )
     (OUT / "results.md").write_text(md)
     print(md)
     print(f"total {(time.time() - t0) / 60:.1f} min")

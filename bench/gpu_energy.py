@@ -7,6 +7,7 @@ after a float32 upcast, and one ``vector_norm`` reduction) on activations of res
 block and allcnn-c's widest layer, in fp32 and bf16, contiguous and channels_last. Prints one
 JSON line per case (microseconds, median of 50) and the largest relative difference.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,12 +38,22 @@ def main() -> None:
                 x = torch.relu(torch.randn(shape, device=dev)).to(dtype)
                 if cl:
                     x = x.contiguous(memory_format=torch.channels_last)
-                a = lambda: (x.float() ** 2).sum(0)  # noqa: E731
-                b = lambda: torch.linalg.vector_norm(x, 2, dim=0, dtype=torch.float32).square()  # noqa: E731
+                a = lambda x=x: (x.float() ** 2).sum(0)
+                b = lambda x=x: torch.linalg.vector_norm(x, 2, dim=0, dtype=torch.float32).square()
                 rel = ((a() - b()).abs() / a().clamp_min(1e-12)).max().item()
-                print(json.dumps({"case": name, "dtype": str(dtype).split(".")[1], "channels_last": cl,
-                                  "upcast_square_sum_us": round(timed(a), 1), "vector_norm_us": round(timed(b), 1),
-                                  "max_rel_diff": rel}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "case": name,
+                            "dtype": str(dtype).split(".")[1],
+                            "channels_last": cl,
+                            "upcast_square_sum_us": round(timed(a), 1),
+                            "vector_norm_us": round(timed(b), 1),
+                            "max_rel_diff": rel,
+                        }
+                    ),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

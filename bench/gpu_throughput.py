@@ -8,6 +8,7 @@ interleaved and the median of repeats kept; ratios are to SGD in the same settin
 Models: allcnn-c on 3x32x32 with batch 256; resnet18 on 3x224x224 with batch 128.
 Writes bench/out/gpu_throughput.json and prints a Markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,8 @@ OUT = Path(__file__).resolve().parent / "out"
 def device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return f"{torch.cuda.get_device_name(dev)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def bench_model(name, shape, batch, steps, warm, repeats, dev, fast, use_compile=False) -> dict:
@@ -52,7 +54,7 @@ def bench_model(name, shape, batch, steps, warm, repeats, dev, fast, use_compile
 
     def step(i):
         j = (i % 4) * batch
-        x, y = x_all[j:j + batch], y_all[j:j + batch]
+        x, y = x_all[j : j + batch], y_all[j : j + batch]
         with amp():
             loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
@@ -71,7 +73,7 @@ def bench_model(name, shape, batch, steps, warm, repeats, dev, fast, use_compile
             if kind == "i-alt-snapshot":
                 j = (i % 4) * batch
                 with amp():
-                    set_instance_masks(model, record_masks(snapshot, x_all[j:j + batch]))
+                    set_instance_masks(model, record_masks(snapshot, x_all[j : j + batch]))
             step(i)
         sync()
         return batch * n / (time.perf_counter() - t)
@@ -86,9 +88,16 @@ def bench_model(name, shape, batch, steps, warm, repeats, dev, fast, use_compile
         for k in kinds:
             ips[k].append(run(k, steps))
     med = {k: statistics.median(v) for k, v in ips.items()}
-    return {"model": name, "input": "x".join(map(str, shape)), "batch": batch, "fast_path": fast,
-            "compile": use_compile, "warmup_seconds": round(compile_s, 2), "images_per_s": med,
-            "ratio_to_sgd": {k: med[k] / med["sgd"] for k in kinds}}
+    return {
+        "model": name,
+        "input": "x".join(map(str, shape)),
+        "batch": batch,
+        "fast_path": fast,
+        "compile": use_compile,
+        "warmup_seconds": round(compile_s, 2),
+        "images_per_s": med,
+        "ratio_to_sgd": {k: med[k] / med["sgd"] for k in kinds},
+    }
 
 
 def main() -> None:
@@ -131,8 +140,10 @@ def main() -> None:
             continue
         p = ("bf16 + channels_last" if r["fast_path"] else "fp32") + (" + compile" if r["compile"] else "")
         ips, rat = r["images_per_s"], r["ratio_to_sgd"]
-        print(f"| {r['model']} | {r['input']} | {r['batch']} | {p} | {ips['sgd']:.0f} | {ips['b-alt']:.0f} "
-              f"({rat['b-alt']:.2f}) | {ips['i-alt-snapshot']:.0f} ({rat['i-alt-snapshot']:.2f}) |")
+        print(
+            f"| {r['model']} | {r['input']} | {r['batch']} | {p} | {ips['sgd']:.0f} | {ips['b-alt']:.0f} "
+            f"({rat['b-alt']:.2f}) | {ips['i-alt-snapshot']:.0f} ({rat['i-alt-snapshot']:.2f}) |"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Measures, with the methods interleaved and the median over repeats:
 Writes bench/out/overhead.json and bench/out/overhead.png and prints a Markdown table.
 A benchmark, not a test: the machine is shared, so only ratios measured in one run are reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -120,10 +121,21 @@ def main() -> None:
 
     # Framework tax: fit() (training time only) vs a hand-written loop, same model, data, order.
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(None, [f"data.name={a.data}", f"data.subset={a.subset}", "train.epochs=1", "quiet=true",
-                                 f"out={tmp}", "train.train_eval_size=0", "train.checkpoint_every=0",
-                                 "train.schedule=constant", f"train.device={a.device}",
-                                 f"train.loader={'device' if dev.type != 'cpu' else 'host'}"])
+        cfg = load_config(
+            None,
+            [
+                f"data.name={a.data}",
+                f"data.subset={a.subset}",
+                "train.epochs=1",
+                "quiet=true",
+                f"out={tmp}",
+                "train.train_eval_size=0",
+                "train.checkpoint_every=0",
+                "train.schedule=constant",
+                f"train.device={a.device}",
+                f"train.loader={'device' if dev.type != 'cpu' else 'host'}",
+            ],
+        )
         taxes = []
         for _ in range(max(1, a.repeats // 2)):
             run_dir = fit(cfg, data=data)
@@ -135,7 +147,7 @@ def main() -> None:
             t = time.perf_counter()
             perm = epoch_order(len(train), 0, 0)
             for i in range(0, len(train), bs):
-                idx = perm[i:i + bs]
+                idx = perm[i : i + bs]
                 loss = F.cross_entropy(hand(train.x[idx]), train.y[idx])
                 hopt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -144,12 +156,20 @@ def main() -> None:
             hand_s = time.perf_counter() - t
             taxes.append(fit_s / hand_s)
     store = ialt_stored.store
-    machine = (f"{torch.cuda.get_device_name(dev)} torch {torch.__version__}" if dev.type == "cuda" else
-               f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__} "
-               f"threads {torch.get_num_threads()}".strip())
+    machine = (
+        f"{torch.cuda.get_device_name(dev)} torch {torch.__version__}"
+        if dev.type == "cuda"
+        else f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__} "
+        f"threads {torch.get_num_threads()}".strip()
+    )
     res = {
-        "machine": machine, "device": a.device,
-        "data": a.data, "subset": a.subset, "batch_size": bs, "steps": a.steps, "repeats": a.repeats,
+        "machine": machine,
+        "device": a.device,
+        "data": a.data,
+        "subset": a.subset,
+        "batch_size": bs,
+        "steps": a.steps,
+        "repeats": a.repeats,
         "seconds_per_step": med,
         "b_alt_step_over_sgd": med["b-alt"] / med["sgd"],
         "i_alt_stored_step_over_sgd": med["i-alt-stored"] / med["sgd"],
@@ -161,12 +181,14 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     suffix = "" if dev.type == "cpu" else f"-{dev.type}"
     (OUT / f"overhead{suffix}.json").write_text(json.dumps(res, indent=2))
-    rows = [("B-alt step / SGD step", res["b_alt_step_over_sgd"], "≤ 1.05"),
-            ("I-alt (stored) step / SGD step", res["i_alt_stored_step_over_sgd"], "≤ 1.10"),
-            ("I-alt (snapshot) step / SGD step", res["i_alt_snapshot_step_over_sgd"], "–"),
-            ("Estimation pass / epoch", res["estimation_pass_over_epoch"], "≤ 0.40"),
-            ("MaskStore bits per activation", res["maskstore_bits_per_activation"], "≤ 1.01"),
-            ("Framework tax (fit / hand loop − 1)", res["framework_tax"], "≤ 0.05")]
+    rows = [
+        ("B-alt step / SGD step", res["b_alt_step_over_sgd"], "≤ 1.05"),
+        ("I-alt (stored) step / SGD step", res["i_alt_stored_step_over_sgd"], "≤ 1.10"),
+        ("I-alt (snapshot) step / SGD step", res["i_alt_snapshot_step_over_sgd"], "–"),
+        ("Estimation pass / epoch", res["estimation_pass_over_epoch"], "≤ 0.40"),
+        ("MaskStore bits per activation", res["maskstore_bits_per_activation"], "≤ 1.01"),
+        ("Framework tax (fit / hand loop − 1)", res["framework_tax"], "≤ 0.05"),
+    ]
     print(f"machine: {res['machine']}; {a.data} subset {a.subset}, batch {bs}, median of {a.repeats}")
     print("| figure | measured | target |\n|---|---:|---|")
     for name, v, target in rows:

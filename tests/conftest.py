@@ -15,8 +15,14 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
     e = dict(os.environ)
     e["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + e.get("PYTHONPATH", "")
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "supportnet", *map(str, args)], cwd=cwd, env=e,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "supportnet", *map(str, args)],
+        cwd=cwd,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_user_error(proc, *words):
@@ -48,5 +54,11 @@ def run_train(args, cwd, fault=None):
     e["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + e.get("PYTHONPATH", "")
     if fault:
         e["SUPPORTNET_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "supportnet", "train", *map(str, args)], cwd=cwd, env=e,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "supportnet", "train", *map(str, args)],
+        cwd=cwd,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

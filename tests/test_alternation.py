@@ -20,10 +20,22 @@ def _model(synthetic, seed=0):
 @pytest.mark.parametrize("store", ["memory", "file"])
 def test_stored_and_snapshot_masks_are_bit_identical(synthetic, tmp_path, store):
     model = _model(synthetic)
-    stored = IAlternation(SupportConfig(method="i-alt", backend="stored", store=store, warmup=0), model,
-                          synthetic.train, torch.device("cpu"), tmp_path, eval_batch_size=97)
-    snap = IAlternation(SupportConfig(method="i-alt", backend="snapshot", warmup=0), copy.deepcopy(model),
-                        synthetic.train, torch.device("cpu"), tmp_path, eval_batch_size=97)
+    stored = IAlternation(
+        SupportConfig(method="i-alt", backend="stored", store=store, warmup=0),
+        model,
+        synthetic.train,
+        torch.device("cpu"),
+        tmp_path,
+        eval_batch_size=97,
+    )
+    snap = IAlternation(
+        SupportConfig(method="i-alt", backend="snapshot", warmup=0),
+        copy.deepcopy(model),
+        synthetic.train,
+        torch.device("cpu"),
+        tmp_path,
+        eval_batch_size=97,
+    )
     stored.start_epoch(0)
     snap.start_epoch(0)
     n_bits = 0
@@ -40,10 +52,22 @@ def test_stored_and_snapshot_masks_are_bit_identical(synthetic, tmp_path, store)
 def test_stored_and_snapshot_give_identical_weights_after_a_round(synthetic, tmp_path):
     finals = {}
     for backend in ("stored", "snapshot"):
-        cfg = load_config(None, ["data.name=synthetic", "train.epochs=3", "support.method=i-alt",
-                                 f"support.backend={backend}", "support.warmup=1", "support.min_gap=2",
-                                 "support.max_gap=2", "model.kwargs={width: 8, hidden: 32}",
-                                 f"out={tmp_path / backend}", "quiet=true", "train.train_eval_size=0"])
+        cfg = load_config(
+            None,
+            [
+                "data.name=synthetic",
+                "train.epochs=3",
+                "support.method=i-alt",
+                f"support.backend={backend}",
+                "support.warmup=1",
+                "support.min_gap=2",
+                "support.max_gap=2",
+                "model.kwargs={width: 8, hidden: 32}",
+                f"out={tmp_path / backend}",
+                "quiet=true",
+                "train.train_eval_size=0",
+            ],
+        )
         run = fit(cfg, data=synthetic)
         finals[backend] = load_checkpoint(run / "final.pt")["state_dict"]
     for k in finals["stored"]:
@@ -51,10 +75,21 @@ def test_stored_and_snapshot_give_identical_weights_after_a_round(synthetic, tmp
 
 
 def test_i_alt_rounds_follow_min_and_max_gap(synthetic, tmp_path):
-    cfg = load_config(None, ["data.name=synthetic", "train.epochs=6", "support.method=i-alt",
-                             "support.warmup=1", "support.min_gap=2", "support.max_gap=2",
-                             "model.kwargs={width: 8, hidden: 32}", f"out={tmp_path}", "quiet=true",
-                             "train.train_eval_size=0"])
+    cfg = load_config(
+        None,
+        [
+            "data.name=synthetic",
+            "train.epochs=6",
+            "support.method=i-alt",
+            "support.warmup=1",
+            "support.min_gap=2",
+            "support.max_gap=2",
+            "model.kwargs={width: 8, hidden: 32}",
+            f"out={tmp_path}",
+            "quiet=true",
+            "train.train_eval_size=0",
+        ],
+    )
     run = fit(cfg, data=synthetic)
     import csv
 
@@ -67,8 +102,12 @@ def test_i_alt_rounds_follow_min_and_max_gap(synthetic, tmp_path):
 
 def test_plateau_triggers_reestimation(synthetic):
     model = _model(synthetic)
-    s = IAlternation(SupportConfig(method="i-alt", warmup=0, min_gap=1, max_gap=10, plateau_tol=0.05, patience=1),
-                     model, synthetic.train, torch.device("cpu"))
+    s = IAlternation(
+        SupportConfig(method="i-alt", warmup=0, min_gap=1, max_gap=10, plateau_tol=0.05, patience=1),
+        model,
+        synthetic.train,
+        torch.device("cpu"),
+    )
     s.start_epoch(0)
     s.end_epoch(1.0)
     assert not s.need_new  # no previous loss yet
@@ -84,9 +123,9 @@ def test_b_alt_sets_batch_mode_after_warmup(synthetic):
     model = _model(synthetic)
     s = make_schedule(SupportConfig(method="b-alt", warmup=2, rule="vote"), model, synthetic.train, "cpu")
     assert s.start_epoch(0)["phase"] == "warmup"
-    assert all(l.mode == "free" for _, l in threshold_layers(model))
+    assert all(lay.mode == "free" for _, lay in threshold_layers(model))
     assert s.start_epoch(2)["phase"] == "b-alt"
-    assert all(l.mode == "batch" and l.rule == "vote" for _, l in threshold_layers(model))
+    assert all(lay.mode == "batch" and lay.rule == "vote" for _, lay in threshold_layers(model))
 
 
 def test_snapshot_is_frozen(synthetic):
@@ -109,8 +148,15 @@ def test_stored_masks_match_the_augmented_views_of_the_round(synthetic, tmp_path
 
     model = _model(synthetic)
     frozen = copy.deepcopy(model).eval()
-    s = IAlternation(SupportConfig(method="i-alt", backend="stored", warmup=0), model, synthetic.train,
-                     torch.device("cpu"), tmp_path, eval_batch_size=100, augment_seed=7)
+    s = IAlternation(
+        SupportConfig(method="i-alt", backend="stored", warmup=0),
+        model,
+        synthetic.train,
+        torch.device("cpu"),
+        tmp_path,
+        eval_batch_size=100,
+        augment_seed=7,
+    )
     s.start_epoch(0)
     key = s.view_key(0)
     assert key == s.view_key(1)  # the same view all round

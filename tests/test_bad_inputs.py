@@ -4,6 +4,7 @@ prints no traceback, and modifies or deletes none of the user's files.
 Static inputs live in tests/bad_inputs/; the others (data files, checkpoints, mask stores)
 are written by the builders below into the case's own folder.
 """
+
 import gzip
 import hashlib
 import io
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, run_cli
 
 BAD = ROOT / "tests" / "bad_inputs"
@@ -25,16 +25,16 @@ def _idx(images: int, labels: int, magic: int = 2051, truncate: bool = False) ->
     if truncate:
         img = img[: len(img) // 2]
     files = {}
-    for split, n in (("train", 0), ("t10k", 1)):
+    for split in ("train", "t10k"):
         files[f"fm/{split}-images-idx3-ubyte.gz"] = gzip.compress(img)
         files[f"fm/{split}-labels-idx1-ubyte.gz"] = gzip.compress(lab)
     return files
 
 
 def _checkpoint(kind: str) -> dict[str, bytes]:
-    from supportnet.io import save_checkpoint
-
     import tempfile
+
+    from supportnet.io import save_checkpoint
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "c.pt"
@@ -56,9 +56,9 @@ def _checkpoint(kind: str) -> dict[str, bytes]:
 
 
 def _store(kind: str) -> dict[str, bytes]:
-    from supportnet.masks import MaskStore
-
     import tempfile
+
+    from supportnet.masks import MaskStore
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "m.smask"
@@ -112,8 +112,13 @@ CASES = [
     ("yaml-binary", "config", {}, ["train", "--config", BAD / "binary.yaml"], ["config file"]),
     ("yaml-dsd-sparsity", "config", {}, ["dsd", "--config", BAD / "dsd_sparsity.yaml"], ["dsd"]),
     ("yaml-negative-subset", "config", {}, ["train", "--config", BAD / "negative_subset.yaml"], ["subset"]),
-    ("yaml-bad-model-kwarg", "config", {}, ["train", "--config", BAD / "bad_model_kwarg.yaml", "--out", "o"],
-     ["model.kwargs"]),
+    (
+        "yaml-bad-model-kwarg",
+        "config",
+        {},
+        ["train", "--config", BAD / "bad_model_kwarg.yaml", "--out", "o"],
+        ["model.kwargs"],
+    ),
     ("config-missing", "config", {}, ["train", "--config", "nope.yaml"], ["does not exist"]),
     # command-line arguments
     ("cli-unknown-command", "cli", {}, ["fly"], ["invalid choice"]),
@@ -125,37 +130,86 @@ CASES = [
     ("cli-negative-subset", "cli", {}, ["train", "--data", "synthetic", "--subset", "-5"], ["subset"]),
     ("cli-zero-test-subset", "cli", {}, ["train", "--data", "synthetic", "--test-subset", "0"], ["test_subset"]),
     ("cli-bad-seeds", "cli", {}, ["compare", "--data", "synthetic", "--seeds", "0,x"], ["--seeds"]),
-    ("cli-bad-lr-grid", "cli", {}, ["compare", "--data", "synthetic", "--seeds", "0", "--lr-grid", "-1"],
-     ["--lr-grid"]),
-    ("cli-unknown-compare-method", "cli", {}, ["compare", "--data", "synthetic", "--methods", "sgd,z-alt"],
-     ["unknown method"]),
+    (
+        "cli-bad-lr-grid",
+        "cli",
+        {},
+        ["compare", "--data", "synthetic", "--seeds", "0", "--lr-grid", "-1"],
+        ["--lr-grid"],
+    ),
+    (
+        "cli-unknown-compare-method",
+        "cli",
+        {},
+        ["compare", "--data", "synthetic", "--methods", "sgd,z-alt"],
+        ["unknown method"],
+    ),
     ("cli-resume-missing", "cli", {}, ["train", "--resume", "no-such-run"], ["not a run folder"]),
     ("cli-resume-with-set", "cli", {}, ["train", "--resume", "r", "--set", "train.lr=1"], ["--resume"]),
     ("cli-strict-alone", "cli", {}, ["train", "--strict", "--data", "synthetic"], ["--strict"]),
-    ("cli-data-dir-hostile", "cli", {}, ["train", "--data", "cifar10", "--data-dir", "../../../../etc"],
-     ["cifar10"]),
+    ("cli-data-dir-hostile", "cli", {}, ["train", "--data", "cifar10", "--data-dir", "../../../../etc"], ["cifar10"]),
     # data files
-    ("data-idx-bad-magic", "data", _idx(4, 4, magic=1234),
-     ["train", "--data", "fashion-mnist", "--data-dir", "fm", "--epochs", "1"], ["magic"]),
-    ("data-idx-truncated", "data", _idx(4, 4, truncate=True),
-     ["train", "--data", "fashion-mnist", "--data-dir", "fm", "--epochs", "1"], ["fm"]),
-    ("data-idx-count-mismatch", "data", _idx(4, 3),
-     ["train", "--data", "fashion-mnist", "--data-dir", "fm", "--epochs", "1"], ["label"]),
-    ("data-folder-no-val", "data", _folder("no-val"),
-     ["train", "--data", "imagefolder", "--data-dir", "img", "--epochs", "1"], ["val/"]),
-    ("data-folder-corrupt-image", "data", _folder("corrupt"),
-     ["train", "--data", "imagefolder", "--data-dir", "img", "--epochs", "1"], ["not an image"]),
-    ("data-model-mismatch", "data", {}, ["train", "--data", "synthetic", "--model", "vgg16", "--out", "o"],
-     ["cannot take", "data.pad"]),
+    (
+        "data-idx-bad-magic",
+        "data",
+        _idx(4, 4, magic=1234),
+        ["train", "--data", "fashion-mnist", "--data-dir", "fm", "--epochs", "1"],
+        ["magic"],
+    ),
+    (
+        "data-idx-truncated",
+        "data",
+        _idx(4, 4, truncate=True),
+        ["train", "--data", "fashion-mnist", "--data-dir", "fm", "--epochs", "1"],
+        ["fm"],
+    ),
+    (
+        "data-idx-count-mismatch",
+        "data",
+        _idx(4, 3),
+        ["train", "--data", "fashion-mnist", "--data-dir", "fm", "--epochs", "1"],
+        ["label"],
+    ),
+    (
+        "data-folder-no-val",
+        "data",
+        _folder("no-val"),
+        ["train", "--data", "imagefolder", "--data-dir", "img", "--epochs", "1"],
+        ["val/"],
+    ),
+    (
+        "data-folder-corrupt-image",
+        "data",
+        _folder("corrupt"),
+        ["train", "--data", "imagefolder", "--data-dir", "img", "--epochs", "1"],
+        ["not an image"],
+    ),
+    (
+        "data-model-mismatch",
+        "data",
+        {},
+        ["train", "--data", "synthetic", "--model", "vgg16", "--out", "o"],
+        ["cannot take", "data.pad"],
+    ),
     # checkpoints
     ("ckpt-truncated", "checkpoint", _checkpoint("truncated"), ["verify", "run/checkpoint.pt"], ["truncated"]),
     ("ckpt-bitflip", "checkpoint", _checkpoint("bitflip"), ["verify", "run/checkpoint.pt"], ["checkpoint"]),
     ("ckpt-version", "checkpoint", _checkpoint("version"), ["verify", "run/checkpoint.pt"], ["version 99"]),
-    ("ckpt-foreign", "checkpoint", _checkpoint("foreign"), ["verify", "run/checkpoint.pt"],
-     ["not a supportnet checkpoint"]),
+    (
+        "ckpt-foreign",
+        "checkpoint",
+        _checkpoint("foreign"),
+        ["verify", "run/checkpoint.pt"],
+        ["not a supportnet checkpoint"],
+    ),
     ("ckpt-resume-corrupt", "checkpoint", _checkpoint("bitflip"), ["train", "--resume", "run"], ["checkpoint"]),
-    ("ckpt-export-not-dsd", "checkpoint", _checkpoint("intact"), ["export", "--compact", "run/checkpoint.pt", "-o",
-                                                                  "small.pt"], ["not a DSD sparse checkpoint"]),
+    (
+        "ckpt-export-not-dsd",
+        "checkpoint",
+        _checkpoint("intact"),
+        ["export", "--compact", "run/checkpoint.pt", "-o", "small.pt"],
+        ["not a DSD sparse checkpoint"],
+    ),
     # mask stores
     ("store-truncated", "maskstore", _store("truncated"), ["verify", "m.smask"], ["truncated"]),
     ("store-bitflip", "maskstore", _store("bitflip"), ["verify", "m.smask"], ["checksum"]),
@@ -166,8 +220,11 @@ CASES = [
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_corpus_is_large_enough():

@@ -1,9 +1,7 @@
 import json
-import sys
 
 import numpy as np
 import pytest
-
 from conftest import assert_user_error
 
 SMALL = ["--set", "model.kwargs={width: 8, hidden: 32}", "--set", "train.train_eval_size=0"]
@@ -17,8 +15,25 @@ def test_train_smoke_synthetic(cli, tmp_path):
 
 def test_compare_smoke_synthetic(cli, tmp_path):
     out = tmp_path / "cmp"
-    p = cli("compare", "--data", "synthetic", "--model", "convnet-s", "--methods", "sgd,b-alt,i-alt[backend=stored]",
-            "--epochs", "2", "--subset", "512", "--seed", "1", "--out", out, "--quiet", *SMALL)
+    p = cli(
+        "compare",
+        "--data",
+        "synthetic",
+        "--model",
+        "convnet-s",
+        "--methods",
+        "sgd,b-alt,i-alt[backend=stored]",
+        "--epochs",
+        "2",
+        "--subset",
+        "512",
+        "--seed",
+        "1",
+        "--out",
+        out,
+        "--quiet",
+        *SMALL,
+    )
     assert p.returncode == 0, p.stderr
     s = json.loads((out / "summary.json").read_text())
     assert set(s["methods"]) == {"sgd", "b-alt", "i-alt[backend=stored]"}
@@ -26,8 +41,9 @@ def test_compare_smoke_synthetic(cli, tmp_path):
         assert isinstance(m["test_acc"], float) and 0 <= m["test_acc"] <= 1
         assert isinstance(m["iterations"], int) and m["iterations"] == 2 * 4
         assert isinstance(m["seconds"], float) and isinstance(m["test_loss"], float)
-        assert [set(c) >= {"epoch", "iterations", "seconds", "train_loss", "test_loss", "test_acc"}
-                for c in m["curve"]] == [True, True]
+        assert [
+            set(c) >= {"epoch", "iterations", "seconds", "train_loss", "test_loss", "test_acc"} for c in m["curve"]
+        ] == [True, True]
     assert (out / "curves.png").stat().st_size > 1000
     table = (out / "table.md").read_text()
     assert "| sgd |" in table and table in p.stdout
@@ -43,10 +59,12 @@ def _idx_files(root, truncate=None, corrupt=None):
 
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
-    files = {"train-images-idx3-ubyte.gz": rng.integers(0, 256, (30, 28, 28), dtype=np.uint8),
-             "train-labels-idx1-ubyte.gz": rng.integers(0, 10, 30).astype(np.uint8),
-             "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (10, 28, 28), dtype=np.uint8),
-             "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, 10).astype(np.uint8)}
+    files = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (30, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte.gz": rng.integers(0, 10, 30).astype(np.uint8),
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (10, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, 10).astype(np.uint8),
+    }
     for name, arr in files.items():
         p = write_idx(root / name, arr)
         if name == truncate:
@@ -64,7 +82,10 @@ BAD = {
     "unknown model": (["train", "--data", "synthetic", "--model", "resnet-9000"], ["unknown model", "resnet-9000"]),
     "unknown data set": (["train", "--data", "cifar-1000"], ["unknown data set", "cifar-1000"]),
     "unknown method (train)": (["train", "--method", "c-alt"], ["unknown support.method", "c-alt"]),
-    "unknown method (compare)": (["compare", "--data", "synthetic", "--methods", "sgd,x-alt"], ["unknown method", "x-alt"]),
+    "unknown method (compare)": (
+        ["compare", "--data", "synthetic", "--methods", "sgd,x-alt"],
+        ["unknown method", "x-alt"],
+    ),
     "zero epochs": (["train", "--epochs", "0"], ["train.epochs", "positive"]),
     "negative epochs": (["compare", "--epochs", "-3"], ["train.epochs", "positive"]),
     "bad flag value": (["train", "--epochs", "ten"], ["invalid int value"]),
@@ -78,8 +99,9 @@ def test_bad_input_one_line_exit_2(cli, case, tmp_path):
 
 
 def test_missing_data_dir(cli, tmp_path):
-    assert_user_error(cli("train", "--data", "mnist", "--data-dir", tmp_path / "nowhere"),
-                      "data directory", "does not exist")
+    assert_user_error(
+        cli("train", "--data", "mnist", "--data-dir", tmp_path / "nowhere"), "data directory", "does not exist"
+    )
 
 
 def test_bad_config_file(cli, tmp_path):
@@ -103,7 +125,9 @@ def test_truncated_or_corrupt_idx(cli, tmp_path, kind):
 
 
 def test_data_check_missing_is_exit_2(cli, tmp_path):
-    p = cli("data", "check", "mnist", "--data-dir", tmp_path, env={"SUPPORTNET_DATA": str(tmp_path), "HOME": str(tmp_path)})
+    p = cli(
+        "data", "check", "mnist", "--data-dir", tmp_path, env={"SUPPORTNET_DATA": str(tmp_path), "HOME": str(tmp_path)}
+    )
     assert p.returncode == 2 and "NOT verified" in p.stdout
 
 
@@ -114,8 +138,24 @@ def test_theory_lift_check_cli(cli):
 
 
 def test_theory_planted_cli_small(cli, tmp_path):
-    p = cli("theory", "planted", "--d", "6", "--h", "3", "--o", "2", "--n", "120", "--starts", "4",
-            "--max-steps", "500", "--out", tmp_path)
+    p = cli(
+        "theory",
+        "planted",
+        "--d",
+        "6",
+        "--h",
+        "3",
+        "--o",
+        "2",
+        "--n",
+        "120",
+        "--starts",
+        "4",
+        "--max-steps",
+        "500",
+        "--out",
+        tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "planted.json").is_file() and (tmp_path / "planted.png").is_file()
     assert "| 6 | 3 | 2 | 120 |" in p.stdout
@@ -138,5 +178,8 @@ def test_cuda_device_without_gpu_is_user_error(cli, tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    assert_user_error(cli("train", "--data", "synthetic", "--set", "train.device=cuda", "--out", tmp_path / "o"),
-                      "train.device=cuda", "no CUDA device")
+    assert_user_error(
+        cli("train", "--data", "synthetic", "--set", "train.device=cuda", "--out", tmp_path / "o"),
+        "train.device=cuda",
+        "no CUDA device",
+    )

@@ -22,18 +22,21 @@ def test_int_is_accepted_for_float():
     assert from_dict({"train": {"lr": 1}}).train.lr == 1.0
 
 
-@pytest.mark.parametrize("data,match", [
-    ({"train": {"epochz": 3}}, "unknown config key 'train.epochz'"),
-    ({"bogus": 1}, "unknown config key 'bogus'"),
-    ({"train": {"epochs": "ten"}}, "train.epochs must be int"),
-    ({"train": {"lr": "fast"}}, "train.lr must be float"),
-    ({"train": {"epochs": 0}}, "train.epochs must be a positive"),
-    ({"train": {"epochs": -2}}, "train.epochs must be a positive"),
-    ({"support": {"method": "c-alt"}}, "unknown support.method"),
-    ({"support": {"rule": "x"}}, "unknown support.rule"),
-    ({"support": {"min_gap": 3, "max_gap": 2}}, "min_gap <= max_gap"),
-    ({"train": "x"}, "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        ({"train": {"epochz": 3}}, "unknown config key 'train.epochz'"),
+        ({"bogus": 1}, "unknown config key 'bogus'"),
+        ({"train": {"epochs": "ten"}}, "train.epochs must be int"),
+        ({"train": {"lr": "fast"}}, "train.lr must be float"),
+        ({"train": {"epochs": 0}}, "train.epochs must be a positive"),
+        ({"train": {"epochs": -2}}, "train.epochs must be a positive"),
+        ({"support": {"method": "c-alt"}}, "unknown support.method"),
+        ({"support": {"rule": "x"}}, "unknown support.rule"),
+        ({"support": {"min_gap": 3, "max_gap": 2}}, "min_gap <= max_gap"),
+        ({"train": "x"}, "must be a mapping"),
+    ],
+)
 def test_bad_configs(data, match):
     with pytest.raises(ConfigError, match=match):
         from_dict(data)

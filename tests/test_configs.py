@@ -1,9 +1,7 @@
-from pathlib import Path
-
 import pytest
 import yaml
-
 from conftest import ROOT, assert_user_error
+
 from supportnet.config import load_config
 from supportnet.data import DATASETS
 from supportnet.models import list_models
@@ -13,8 +11,19 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 def test_there_is_a_config_per_table_row():
     names = {p.stem for p in CONFIGS}
-    for t in ("t2-allcnn-a", "t2-allcnn-b", "t2-allcnn-c", "t3-allcnn-c", "t4-allcnn-c-cifar100", "t5-nin-mnist",
-              "t6-nin-svhn", "t7-allcnn-c", "t8-resnet18", "t8-vgg16", "t8-googlenet"):
+    for t in (
+        "t2-allcnn-a",
+        "t2-allcnn-b",
+        "t2-allcnn-c",
+        "t3-allcnn-c",
+        "t4-allcnn-c-cifar100",
+        "t5-nin-mnist",
+        "t6-nin-svhn",
+        "t7-allcnn-c",
+        "t8-resnet18",
+        "t8-vgg16",
+        "t8-googlenet",
+    ):
         assert any(n.startswith(t) for n in names), t
     assert len(CONFIGS) >= 20
 
@@ -28,8 +37,14 @@ def test_config_loads_and_names_exist(path):
 
 
 def test_missing_data_set_says_how_to_fetch(cli, tmp_path):
-    p = cli("train", "--config", ROOT / "configs" / "t2-allcnn-c-cifar10-sgd.yaml", "--out", tmp_path / "o",
-            env={"SUPPORTNET_DATA": str(tmp_path), "HOME": str(tmp_path)})
+    p = cli(
+        "train",
+        "--config",
+        ROOT / "configs" / "t2-allcnn-c-cifar10-sgd.yaml",
+        "--out",
+        tmp_path / "o",
+        env={"SUPPORTNET_DATA": str(tmp_path), "HOME": str(tmp_path)},
+    )
     assert_user_error(p, "cifar10", "supportnet data fetch cifar10")
 
 
@@ -38,9 +53,28 @@ def test_allcnn_c_one_epoch_on_tiny_cifar_file(cli, tmp_path, method):
     from test_formats import _cifar_tar
 
     _cifar_tar(tmp_path / "c", n_train=40, n_test=20)
-    p = cli("train", "--model", "allcnn-c", "--data", "cifar10", "--data-dir", tmp_path / "c", "--method", method,
-            "--epochs", "1", "--out", tmp_path / "run", "--quiet", "--set", "support.warmup=0",
-            "--set", "train.batch_size=64", "--set", "train.train_eval_size=0")
+    p = cli(
+        "train",
+        "--model",
+        "allcnn-c",
+        "--data",
+        "cifar10",
+        "--data-dir",
+        tmp_path / "c",
+        "--method",
+        method,
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "run",
+        "--quiet",
+        "--set",
+        "support.warmup=0",
+        "--set",
+        "train.batch_size=64",
+        "--set",
+        "train.train_eval_size=0",
+    )
     assert p.returncode == 0, p.stderr
     import csv
 

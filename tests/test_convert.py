@@ -10,8 +10,9 @@ from supportnet.errors import ConfigError
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-                                  nn.Conv2d(4, 4, 3), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.ReLU()
+        )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(36, 3), nn.Tanh())
 
     def forward(self, x):
@@ -107,10 +108,18 @@ def test_untraceable_model_falls_back_to_module_swap():
         convert(Untraceable(), path="fx")
 
 
-@pytest.mark.parametrize("name,shape,sites", [("resnet18", (3, 32, 32), 17), ("vgg16", (3, 32, 32), 15),
-                                              ("googlenet", (3, 32, 32), 55), ("resnet18", (3, 224, 224), 17),
-                                              ("googlenet", (3, 224, 224), 57), ("allcnn-c", (3, 32, 32), 9),
-                                              ("convnet-s", (1, 28, 28), 4)])
+@pytest.mark.parametrize(
+    "name,shape,sites",
+    [
+        ("resnet18", (3, 32, 32), 17),
+        ("vgg16", (3, 32, 32), 15),
+        ("googlenet", (3, 32, 32), 55),
+        ("resnet18", (3, 224, 224), 17),
+        ("googlenet", (3, 224, 224), 57),
+        ("allcnn-c", (3, 32, 32), 9),
+        ("convnet-s", (1, 28, 28), 4),
+    ],
+)
 def test_zoo_models_with_relu_convert_bit_for_bit(name, shape, sites):
     torch.manual_seed(0)
     ref = create_model(name, shape, 10, act_layer=nn.ReLU).eval()

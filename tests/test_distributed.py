@@ -1,4 +1,5 @@
 """torchrun + DDP on CPU with gloo: 2 processes against 1 (see docs/distributed.md)."""
+
 import os
 import subprocess
 import sys
@@ -22,8 +23,11 @@ def _env():
 
 
 def _run(args, nproc):
-    cmd = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-                              if nproc > 1 else []) + [str(a) for a in args]
+    cmd = (
+        [sys.executable]
+        + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [])
+        + [str(a) for a in args]
+    )
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     return p
@@ -64,8 +68,27 @@ def test_ialt_runs_on_two_ranks(tmp_path, backend):
 
 def test_torchrun_cli_rank0_writes_the_run_folder(tmp_path):
     out = tmp_path / "run"
-    p = _run(["-m", "supportnet", "train", "--data", "synthetic", "--subset", "256", "--epochs", "1", "--quiet",
-              "--set", "model.kwargs={width: 8, hidden: 32}", "--set", "train.batch_size=32", "--out", out], 2)
+    p = _run(
+        [
+            "-m",
+            "supportnet",
+            "train",
+            "--data",
+            "synthetic",
+            "--subset",
+            "256",
+            "--epochs",
+            "1",
+            "--quiet",
+            "--set",
+            "model.kwargs={width: 8, hidden: 32}",
+            "--set",
+            "train.batch_size=32",
+            "--out",
+            out,
+        ],
+        2,
+    )
     assert (out / "summary.json").is_file() and (out / "final.pt").is_file()
     assert p.stdout.count("run folder:") == 2  # every rank reports the one folder
 

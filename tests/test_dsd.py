@@ -2,21 +2,41 @@ import json
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import assert_user_error
+
 from supportnet.config import load_config
-from supportnet.dsd import (Enforcer, compact, dsd, export_compact, find_units, magnitude_pruning, revive,
-                            support_census, unit_pruning)
+from supportnet.dsd import (
+    Enforcer,
+    compact,
+    dsd,
+    export_compact,
+    find_units,
+    magnitude_pruning,
+    revive,
+    support_census,
+    unit_pruning,
+)
 from supportnet.layers import configure
 from supportnet.models import count_params, create_model
 from supportnet.train import fit
 
 
 def _cfg(tmp_path, *sets):
-    return load_config(None, ["data.name=synthetic", "model.kwargs={width: 8, hidden: 32}", "quiet=true",
-                              "train.train_eval_size=0", "train.checkpoint_every=0", f"out={tmp_path}",
-                              "dsd.dense_epochs=1", "dsd.sparse_epochs=2", "dsd.redense_epochs=1", *sets])
+    return load_config(
+        None,
+        [
+            "data.name=synthetic",
+            "model.kwargs={width: 8, hidden: 32}",
+            "quiet=true",
+            "train.train_eval_size=0",
+            "train.checkpoint_every=0",
+            f"out={tmp_path}",
+            "dsd.dense_epochs=1",
+            "dsd.sparse_epochs=2",
+            "dsd.redense_epochs=1",
+            *sets,
+        ],
+    )
 
 
 def _pruned_model(synthetic):

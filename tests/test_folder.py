@@ -1,4 +1,5 @@
 """The streaming image-folder pipeline (ImageNet layout) on a folder the test writes."""
+
 import json
 
 import numpy as np
@@ -55,10 +56,24 @@ def test_views_depend_on_seed_key_index_only(folder):
 
 @pytest.mark.parametrize("method", ["sgd", "i-alt"])
 def test_stream_trains_one_short_epoch(folder, tmp_path, method):
-    cfg = load_config(None, ["data.name=imagefolder", f"data.data_dir={folder}", "data.stream=true",
-                             "data.image_size=32", "data.workers=2", "model.name=resnet18", "model.kwargs={width: 8}",
-                             "train.epochs=2", "train.batch_size=8", "train.train_eval_size=0", "quiet=true",
-                             f"support.method={method}", f"out={tmp_path}"])
+    cfg = load_config(
+        None,
+        [
+            "data.name=imagefolder",
+            f"data.data_dir={folder}",
+            "data.stream=true",
+            "data.image_size=32",
+            "data.workers=2",
+            "model.name=resnet18",
+            "model.kwargs={width: 8}",
+            "train.epochs=2",
+            "train.batch_size=8",
+            "train.train_eval_size=0",
+            "quiet=true",
+            f"support.method={method}",
+            f"out={tmp_path}",
+        ],
+    )
     run = fit(cfg)
     s = json.loads((run / "summary.json").read_text())
     assert s["iterations"] == 6 and np.isfinite(s["test_loss"])
@@ -67,7 +82,16 @@ def test_stream_trains_one_short_epoch(folder, tmp_path, method):
 def test_stream_rejects_what_it_cannot_do(folder, tmp_path):
     with pytest.raises(DataError, match="imagefolder only"):
         load_data("fashion-mnist", stream=True)
-    cfg = load_config(None, ["data.name=imagefolder", f"data.data_dir={folder}", "data.stream=true",
-                             "support.method=i-alt", "support.backend=stored", f"out={tmp_path}"])
+    cfg = load_config(
+        None,
+        [
+            "data.name=imagefolder",
+            f"data.data_dir={folder}",
+            "data.stream=true",
+            "support.method=i-alt",
+            "support.backend=stored",
+            f"out={tmp_path}",
+        ],
+    )
     with pytest.raises(ConfigError, match="backend=snapshot"):
         fit(cfg)

@@ -17,8 +17,11 @@ from supportnet.errors import DataError
 def _cifar_tar(root, name="cifar10", n_train=20, n_test=10, seed=0):
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
-    folder, files, label = (("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], b"labels")
-                            if name == "cifar10" else ("cifar-100-python", ["train", "test"], b"fine_labels"))
+    folder, files, label = (
+        ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], b"labels")
+        if name == "cifar10"
+        else ("cifar-100-python", ["train", "test"], b"fine_labels")
+    )
     k = 10 if name == "cifar10" else 100
     truth = {}
     arch = root / ("cifar-10-python.tar.gz" if name == "cifar10" else "cifar-100-python.tar.gz")
@@ -199,7 +202,7 @@ def test_crop_is_a_shifted_window():
     r = view_randoms(0, 0, torch.tensor([0]), 3)
     dy, dx = int(r[0, 0] % 5), int(r[0, 1] % 5)
     padded = torch.nn.functional.pad(x, [2] * 4)
-    assert torch.equal(out, padded[:, :, dy:dy + 5, dx:dx + 5])
+    assert torch.equal(out, padded[:, :, dy : dy + 5, dx : dx + 5])
 
 
 def test_gcn_zca_whitens_train_and_uses_train_stats_only(tmp_path, monkeypatch):
@@ -214,15 +217,18 @@ def test_gcn_zca_whitens_train_and_uses_train_stats_only(tmp_path, monkeypatch):
     b_tr, b_te = gcn_zca(train, test * 7)  # test data do not influence the statistics
     assert torch.allclose(a_tr, b_tr)
     assert len(list((tmp_path / "zca").iterdir())) == 1  # cached once, keyed by the inputs
-    assert torch.allclose(gcn(torch.ones(1, 3, 2, 2) * 4 + torch.arange(4.0).reshape(1, 1, 2, 2)).mean(), torch.tensor(0.0), atol=1e-6)
+    assert torch.allclose(
+        gcn(torch.ones(1, 3, 2, 2) * 4 + torch.arange(4.0).reshape(1, 1, 2, 2)).mean(), torch.tensor(0.0), atol=1e-6
+    )
 
 
 def test_fetch_dataset_from_mirror_verifies(tmp_path, monkeypatch):
     import dataclasses
     import hashlib
 
-    from supportnet import data as D
     from test_data import _fake_idx_set
+
+    from supportnet import data as D
 
     mirror = _fake_idx_set(tmp_path / "mirror")
     md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in mirror.iterdir()}
@@ -244,8 +250,11 @@ def test_fetch_extract_uses_safe_extract(tmp_path, monkeypatch):
     from supportnet import data as D
 
     arch, _ = _cifar_tar(tmp_path / "mirror")
-    spec = dataclasses.replace(D.DATASETS["cifar10"], urls=((tmp_path / "mirror").as_uri() + "/",),
-                               md5={arch.name: hashlib.md5(arch.read_bytes()).hexdigest()})
+    spec = dataclasses.replace(
+        D.DATASETS["cifar10"],
+        urls=((tmp_path / "mirror").as_uri() + "/",),
+        md5={arch.name: hashlib.md5(arch.read_bytes()).hexdigest()},
+    )
     monkeypatch.setitem(D.DATASETS, "cifar10", spec)
     dest = D.fetch_dataset("cifar10", tmp_path / "dl", quiet=True, extract=True)
     assert (dest / "cifar-10-batches-py" / "data_batch_1").is_file()
@@ -260,7 +269,7 @@ def test_safe_extract_refuses_zip_escapes(tmp_path, member):
     with zipfile.ZipFile(arch, "w") as z:
         info = zipfile.ZipInfo(member)
         if member == "link":
-            info.external_attr = (0o120777 << 16)
+            info.external_attr = 0o120777 << 16
             z.writestr(info, "../../etc/passwd")
         else:
             z.writestr(info, "x")

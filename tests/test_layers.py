@@ -156,7 +156,7 @@ def test_fused_gated_batch_matches_autograd_reference(tau, rule):
     from supportnet.layers import collect_stats
 
     s = collect_stats(net)["0"]
-    on = (m & (q.detach() > tau))
+    on = m & (q.detach() > tau)
     assert s["active"] == pytest.approx(on.float().mean().item())
     assert s["drift"] == pytest.approx(((q.detach() > tau) != m).float().mean().item())
 
@@ -246,7 +246,7 @@ def test_threshold_layers_order_and_tau_per_layer():
     names = [n for n, _ in threshold_layers(model)]
     assert names == ["features.1", "features.3", "features.5", "classifier.3"]
     configure(model, tau=[0.0, 0.1, 0.2, 0.3])
-    assert [l.tau for _, l in threshold_layers(model)] == [0.0, 0.1, 0.2, 0.3]
+    assert [lay.tau for _, lay in threshold_layers(model)] == [0.0, 0.1, 0.2, 0.3]
     with pytest.raises(Exception, match="one value or one per layer"):
         configure(model, tau=[0.1, 0.2])
 

@@ -66,7 +66,7 @@ def test_write_read_by_index(tmp_path, where):
     masks = _random_masks(n, SHAPES, seed=3)
     perm = torch.randperm(n)
     for i in range(0, n, 16):  # written in shuffled batches, read by example index
-        idx = perm[i:i + 16]
+        idx = perm[i : i + 16]
         store.write(idx, [m[idx] for m in masks])
     store.finalize()
     idx = torch.tensor([4, 0, 49, 17])

@@ -1,16 +1,32 @@
 """A full disk while checkpointing, and what is left behind (docs/reliability.md)."""
+
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import run_train
+
 from supportnet.io import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--data", "synthetic", "--subset", "256", "--epochs", "2", "--quiet", "--set", "model.kwargs.width=8",
-        "--set", "model.kwargs.hidden=32", "--set", "train.train_eval_size=0", "--set", "train.threads=1"]
+ARGS = [
+    "--data",
+    "synthetic",
+    "--subset",
+    "256",
+    "--epochs",
+    "2",
+    "--quiet",
+    "--set",
+    "model.kwargs.width=8",
+    "--set",
+    "model.kwargs.hidden=32",
+    "--set",
+    "train.train_eval_size=0",
+    "--set",
+    "train.threads=1",
+]
 
 
 def test_disk_full_at_a_checkpoint_stops_clearly_and_keeps_the_previous_one(tmp_path):

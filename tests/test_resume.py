@@ -1,5 +1,6 @@
 """Kill a training run with SIGKILL at a chosen moment, resume it, and get the weights an
 uninterrupted run gets, bit for bit (CPU, one thread). See docs/reliability.md."""
+
 import os
 import signal
 import subprocess
@@ -8,14 +9,32 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_train
+
 from supportnet.io import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ["--data", "synthetic", "--subset", "384", "--epochs", "3", "--quiet", "--set", "model.kwargs.width=8",
-        "--set", "model.kwargs.hidden=32", "--set", "train.checkpoint_steps=2", "--set", "train.train_eval_size=0",
-        "--set", "train.evals_per_epoch=2", "--set", "train.threads=1"]  # 3 steps an epoch, 9 in all
+BASE = [
+    "--data",
+    "synthetic",
+    "--subset",
+    "384",
+    "--epochs",
+    "3",
+    "--quiet",
+    "--set",
+    "model.kwargs.width=8",
+    "--set",
+    "model.kwargs.hidden=32",
+    "--set",
+    "train.checkpoint_steps=2",
+    "--set",
+    "train.train_eval_size=0",
+    "--set",
+    "train.evals_per_epoch=2",
+    "--set",
+    "train.threads=1",
+]  # 3 steps an epoch, 9 in all
 METHODS = {
     "sgd": ["--method", "sgd"],
     "b-alt": ["--method", "b-alt"],
@@ -57,9 +76,14 @@ def test_sigkill_then_resume_is_bit_identical(references, tmp_path, method, faul
     assert all(torch.equal(got[k], want[k]) for k in want), f"{method} resumed after {fault} differs"
 
 
-@pytest.mark.parametrize("extra", [["--method", "i-alt", "--set", "support.backend=snapshot"],
-                                   ["--method", "i-alt", "--set", "support.backend=stored"]],
-                         ids=["snapshot", "stored-in-memory"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--method", "i-alt", "--set", "support.backend=snapshot"],
+        ["--method", "i-alt", "--set", "support.backend=stored"],
+    ],
+    ids=["snapshot", "stored-in-memory"],
+)
 def test_resume_rebuilds_supports_from_round_start_weights(tmp_path, extra):
     """No store file to reopen: the supports are recomputed from the round-start weights."""
     ref = run_train(BASE + extra + ["--out", "ref"], tmp_path)
@@ -91,19 +115,51 @@ def test_damaged_store_is_reestimated_or_refused_with_strict(tmp_path, reference
 
 def test_dsd_killed_in_the_sparse_step_resumes_exactly(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    args = [sys.executable, "-m", "supportnet", "dsd", "--data", "synthetic", "--subset", "384", "--quiet",
-            "--prune", "support-b", "--set", "model.kwargs.width=8", "--set", "model.kwargs.hidden=32",
-            "--set", "train.checkpoint_steps=2", "--set", "train.train_eval_size=0", "--set", "train.threads=1",
-            "--set", "dsd.dense_epochs=1", "--set", "dsd.sparse_epochs=2", "--set", "dsd.redense_epochs=1",
-            "--set", "dsd.eps=0.2"]
+    args = [
+        sys.executable,
+        "-m",
+        "supportnet",
+        "dsd",
+        "--data",
+        "synthetic",
+        "--subset",
+        "384",
+        "--quiet",
+        "--prune",
+        "support-b",
+        "--set",
+        "model.kwargs.width=8",
+        "--set",
+        "model.kwargs.hidden=32",
+        "--set",
+        "train.checkpoint_steps=2",
+        "--set",
+        "train.train_eval_size=0",
+        "--set",
+        "train.threads=1",
+        "--set",
+        "dsd.dense_epochs=1",
+        "--set",
+        "dsd.sparse_epochs=2",
+        "--set",
+        "dsd.redense_epochs=1",
+        "--set",
+        "dsd.eps=0.2",
+    ]
     ref = subprocess.run(args + ["--out", "ref"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-2000:]
     # dense is 3 steps, so step 5 is inside the sparse step
-    p = subprocess.run(args + ["--out", "run"], cwd=tmp_path, env=dict(env, SUPPORTNET_FAULT="step:5"),
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        args + ["--out", "run"], cwd=tmp_path, env=dict(env, SUPPORTNET_FAULT="step:5"), capture_output=True, text=True
+    )
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
-    r = subprocess.run([sys.executable, "-m", "supportnet", "dsd", "--resume", "run", "--quiet"], cwd=tmp_path,
-                       env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "supportnet", "dsd", "--resume", "run", "--quiet"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     for phase in ("sparse", "redense"):
         got, want = _weights(tmp_path / "run" / phase), _weights(tmp_path / "ref" / phase)

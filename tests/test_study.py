@@ -1,15 +1,17 @@
 import json
 
 import pytest
-
 from conftest import assert_user_error
+
 from supportnet.config import load_config
 from supportnet.errors import ConfigError
 from supportnet.study import error_auc, run_study, summarize, time_to_target
 
-TRACE = [{"epoch": 0.5, "iterations": 10, "seconds": 1.0, "test_acc": 0.5},
-         {"epoch": 1.0, "iterations": 20, "seconds": 2.0, "test_acc": 0.7},
-         {"epoch": 1.5, "iterations": 30, "seconds": 3.0, "test_acc": 0.9}]
+TRACE = [
+    {"epoch": 0.5, "iterations": 10, "seconds": 1.0, "test_acc": 0.5},
+    {"epoch": 1.0, "iterations": 20, "seconds": 2.0, "test_acc": 0.7},
+    {"epoch": 1.5, "iterations": 30, "seconds": 3.0, "test_acc": 0.9},
+]
 
 
 def test_time_to_target_interpolates_between_trace_points():
@@ -28,10 +30,13 @@ def test_error_auc_is_mean_error_over_epochs():
 
 def test_summarize_pairs_ratios_by_seed():
     slow = [dict(p, iterations=2 * p["iterations"], seconds=2 * p["seconds"]) for p in TRACE]
-    runs = {"sgd": {0: {"test_acc": 0.9, "seconds": 3, "iterations": 30, "trace": TRACE},
-                    1: {"test_acc": 0.9, "seconds": 3, "iterations": 30, "trace": TRACE}},
-            "b-alt": {0: {"test_acc": 0.9, "seconds": 6, "iterations": 60, "trace": slow},
-                      1: {"error": "diverged: x"}}}
+    runs = {
+        "sgd": {
+            0: {"test_acc": 0.9, "seconds": 3, "iterations": 30, "trace": TRACE},
+            1: {"test_acc": 0.9, "seconds": 3, "iterations": 30, "trace": TRACE},
+        },
+        "b-alt": {0: {"test_acc": 0.9, "seconds": 6, "iterations": 60, "trace": slow}, 1: {"error": "diverged: x"}},
+    }
     s = summarize(runs, [0.8])
     assert s["targets"]["sgd_final-0.2"] == pytest.approx(0.898)
     t = s["methods"]["b-alt"]["to_target"]["80%"]
@@ -41,11 +46,30 @@ def test_summarize_pairs_ratios_by_seed():
 
 
 def test_run_study_tunes_on_validation_and_writes_outputs(tmp_path):
-    base = load_config(None, ["data.name=synthetic", "data.subset=256", "train.epochs=2", "quiet=true",
-                              "model.kwargs={width: 8, hidden: 32}", "train.train_eval_size=0",
-                              "train.evals_per_epoch=2", "train.checkpoint_every=0"])
-    s = run_study(base, ["sgd", "b-alt"], [0, 1], tmp_path, lr_grid=[0.01, 0.1], tune_epochs=2, tune_val=64,
-                  targets=[0.3], log=lambda *_: None)
+    base = load_config(
+        None,
+        [
+            "data.name=synthetic",
+            "data.subset=256",
+            "train.epochs=2",
+            "quiet=true",
+            "model.kwargs={width: 8, hidden: 32}",
+            "train.train_eval_size=0",
+            "train.evals_per_epoch=2",
+            "train.checkpoint_every=0",
+        ],
+    )
+    s = run_study(
+        base,
+        ["sgd", "b-alt"],
+        [0, 1],
+        tmp_path,
+        lr_grid=[0.01, 0.1],
+        tune_epochs=2,
+        tune_val=64,
+        targets=[0.3],
+        log=lambda *_: None,
+    )
     for f in ("study.json", "table.md", "curves.png", "ratio.png"):
         assert (tmp_path / f).is_file(), f
     # every method saw the same grid; the choice is by validation accuracy
@@ -60,8 +84,17 @@ def test_run_study_tunes_on_validation_and_writes_outputs(tmp_path):
     assert len(trace) == 4 and [p["iterations"] for p in trace] == sorted(p["iterations"] for p in trace)
     assert "| sgd |" in (tmp_path / "table.md").read_text()
     # a second call reuses the finished runs
-    again = run_study(base, ["sgd", "b-alt"], [0, 1], tmp_path, lr_grid=[0.01, 0.1], tune_epochs=2, tune_val=64,
-                      targets=[0.3], log=lambda *_: None)
+    again = run_study(
+        base,
+        ["sgd", "b-alt"],
+        [0, 1],
+        tmp_path,
+        lr_grid=[0.01, 0.1],
+        tune_epochs=2,
+        tune_val=64,
+        targets=[0.3],
+        log=lambda *_: None,
+    )
     assert again["runs"]["sgd"]["0"]["trace"] == trace
 
 
@@ -72,5 +105,7 @@ def test_study_needs_sgd(tmp_path):
 
 def test_cli_rejects_bad_seeds(cli, tmp_path):
     assert_user_error(cli("compare", "--data", "synthetic", "--seeds", "0,x", "--out", tmp_path / "o"), "--seeds")
-    assert_user_error(cli("compare", "--data", "synthetic", "--seeds", "0", "--lr-grid", "0.1,-1",
-                          "--out", tmp_path / "o"), "--lr-grid")
+    assert_user_error(
+        cli("compare", "--data", "synthetic", "--seeds", "0", "--lr-grid", "0.1,-1", "--out", tmp_path / "o"),
+        "--lr-grid",
+    )

@@ -7,9 +7,19 @@ from torch import nn
 from supportnet import HardThreshold
 from supportnet.theory.lifting import check_lifting, conv_matrix, jacobian, lifted_U, lifted_v, theta
 from supportnet.theory.planted import PlantedConfig, make_teacher, run_planted, run_three_layer
-from supportnet.theory.recovery import (TwoLayerProblem, als, lifted_operator, lifted_svd, local_descent, predict,
-                                        random_starts, rel_loss, solve_given_support, svp, theorem1,
-                                        theorem1_two_layer, unit_products)
+from supportnet.theory.recovery import (
+    als,
+    lifted_operator,
+    lifted_svd,
+    local_descent,
+    random_starts,
+    rel_loss,
+    solve_given_support,
+    svp,
+    theorem1,
+    theorem1_two_layer,
+    unit_products,
+)
 
 D = torch.float64
 
@@ -27,11 +37,20 @@ def _fc(dims, seed):
 def _conv(n_layers, seed):
     torch.manual_seed(seed)
     if n_layers == 2:
-        return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), HardThreshold(), nn.Flatten(),
-                             nn.Linear(3 * 5 * 5, 4, bias=False)), (2, 5, 5)
-    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False), HardThreshold(),
-                         nn.Conv2d(2, 3, 3, stride=2, bias=False), HardThreshold(), nn.Flatten(),
-                         nn.Linear(3 * 2 * 2, 2, bias=False)), (1, 6, 6)
+        return nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1, bias=False),
+            HardThreshold(),
+            nn.Flatten(),
+            nn.Linear(3 * 5 * 5, 4, bias=False),
+        ), (2, 5, 5)
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1, bias=False),
+        HardThreshold(),
+        nn.Conv2d(2, 3, 3, stride=2, bias=False),
+        HardThreshold(),
+        nn.Flatten(),
+        nn.Linear(3 * 2 * 2, 2, bias=False),
+    ), (1, 6, 6)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -10,8 +10,17 @@ from supportnet.train import fit, lr_at
 
 
 def _cfg(tmp_path, *sets):
-    return load_config(None, ["data.name=synthetic", "train.epochs=2", "model.kwargs={width: 8, hidden: 32}",
-                              f"out={tmp_path}", "quiet=true", *sets])
+    return load_config(
+        None,
+        [
+            "data.name=synthetic",
+            "train.epochs=2",
+            "model.kwargs={width: 8, hidden: 32}",
+            f"out={tmp_path}",
+            "quiet=true",
+            *sets,
+        ],
+    )
 
 
 @pytest.mark.parametrize("method", ["sgd", "b-alt", "i-alt"])
@@ -23,8 +32,18 @@ def test_fit_writes_run_folder(synthetic, tmp_path, method):
     assert s["iterations"] == 2 * 8 and len(s["curve"]) == 2
     assert 0 <= s["test_acc"] <= 1
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
-    for col in ("train_loss", "test_loss", "test_err", "maskt_acc", "iterations", "seconds", "reestimated",
-                "mask_change", "active/features.1", "drift/classifier.3"):
+    for col in (
+        "train_loss",
+        "test_loss",
+        "test_err",
+        "maskt_acc",
+        "iterations",
+        "seconds",
+        "reestimated",
+        "mask_change",
+        "active/features.1",
+        "drift/classifier.3",
+    ):
         assert col in header
     ck = load_checkpoint(run / "final.pt")
     assert set(ck) == {"state_dict", "config", "metrics"}
@@ -84,8 +103,10 @@ def test_nonfinite_test_loss_stops_the_run(synthetic, tmp_path, monkeypatch):
 def test_fast_path_options_run_on_cpu(synthetic, tmp_path, method):
     """bf16 autocast, channels_last and the device-resident loader (off by default; the GPU
     figures are in docs/performance.md). On CPU they must still train to finite numbers."""
-    run = fit(_cfg(tmp_path, f"support.method={method}", "train.amp=bf16", "train.channels_last=true",
-                   "train.loader=device"), data=synthetic)
+    run = fit(
+        _cfg(tmp_path, f"support.method={method}", "train.amp=bf16", "train.channels_last=true", "train.loader=device"),
+        data=synthetic,
+    )
     s = json.loads((run / "summary.json").read_text())
     assert s["iterations"] == 16 and s["test_acc"] > 0.0 and torch.isfinite(torch.tensor(s["test_loss"]))
 
@@ -121,8 +142,11 @@ def test_gpu_guard_skips_updates_on_the_device(synthetic, tmp_path, monkeypatch)
     data, model = build(cfg, synthetic)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     dict(model.named_parameters())["features.2.weight"].register_hook(lambda g: g * float("nan"))
-    with pytest.raises(DivergenceError, match=r"objective or gradient became non-finite between steps 1 and "
-                                              r"\d+ \(epoch 1, .*the weights were not updated from that step on"):
+    with pytest.raises(
+        DivergenceError,
+        match=r"objective or gradient became non-finite between steps 1 and "
+        r"\d+ \(epoch 1, .*the weights were not updated from that step on",
+    ):
         fit(cfg, data=data, model=model)
     assert all(torch.equal(v.detach(), before[k]) for k, v in model.named_parameters())  # no update at all
 
@@ -146,6 +170,8 @@ def test_gpu_guard_on_cuda(synthetic, tmp_path):
     model = model.cuda()
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     dict(model.named_parameters())["features.2.weight"].register_hook(lambda g: g * float("nan"))
-    with pytest.raises(DivergenceError, match=r"between steps 1 and \d+ .*the weights were not updated from that step on"):
+    with pytest.raises(
+        DivergenceError, match=r"between steps 1 and \d+ .*the weights were not updated from that step on"
+    ):
         fit(cfg, data=data, model=model)
     assert all(torch.equal(v.detach(), before[k]) for k, v in model.named_parameters())

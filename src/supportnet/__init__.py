@@ -8,6 +8,7 @@ and the theory of Section 3 (:mod:`supportnet.theory`).
 
 The public API is what this module exports; nothing runs at import time.
 """
+
 from .config import Config, load_config
 from .convert import ConversionReport, convert
 from .errors import ConfigError, DataError, DivergenceError, IntegrityError, SupportnetError
@@ -19,7 +20,24 @@ from .train import evaluate, fit
 __version__ = "0.1.0"
 
 __all__ = [
-    "HardThreshold", "configure", "record_masks", "threshold_layers", "convert", "ConversionReport",
-    "MaskStore", "Config", "load_config", "fit", "evaluate", "create_model", "list_models", "register_model",
-    "count_params", "SupportnetError", "ConfigError", "DataError", "DivergenceError", "IntegrityError",
+    "HardThreshold",
+    "configure",
+    "record_masks",
+    "threshold_layers",
+    "convert",
+    "ConversionReport",
+    "MaskStore",
+    "Config",
+    "load_config",
+    "fit",
+    "evaluate",
+    "create_model",
+    "list_models",
+    "register_model",
+    "count_params",
+    "SupportnetError",
+    "ConfigError",
+    "DataError",
+    "DivergenceError",
+    "IntegrityError",
 ]

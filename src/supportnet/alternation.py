@@ -24,6 +24,7 @@ Two interchangeable I-alternation back ends:
 Supports are estimated in eval mode (dropout off), so without augmentation
 both back ends give the same masks, bit for bit.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,11 +35,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import faults
 from .config import METHOD_DEFAULTS, SupportConfig
 from .data import Split, batches
 from .data.augment import crop_flip
 from .layers import configure, record_masks, set_instance_masks, threshold_layers
-from . import faults
 from .masks import MaskStore
 
 PROBE_SIZE = 4096  # examples used to measure support change for the snapshot back end
@@ -49,24 +50,37 @@ class Schedule:
 
     name = "sgd"
 
-    def __init__(self, cfg: SupportConfig, model: nn.Module, train: Split, device: torch.device,
-                 run_dir: Path | None = None, eval_batch_size: int = 128, augment_seed: int | None = None):
+    def __init__(
+        self,
+        cfg: SupportConfig,
+        model: nn.Module,
+        train: Split,
+        device: torch.device,
+        run_dir: Path | None = None,
+        eval_batch_size: int = 128,
+        augment_seed: int | None = None,
+    ):
         self.cfg, self.model, self.train, self.device = cfg, model, train, device
         self.augment_seed = augment_seed  # not None: the loader augments; views are keyed by view_key()
         self.run_dir, self.eval_batch_size = run_dir, eval_batch_size
         self.phase = "sgd"
         self.round = 0
         self.lr_factor = 1.0
-        consistency = cfg.consistency if cfg.consistency is not None else \
-            METHOD_DEFAULTS[cfg.method]["consistency"]
-        configure(model, apply=cfg.apply, rule=cfg.rule, beta=cfg.beta, tau=cfg.tau, mode="free",
-                  consistency=consistency)
+        consistency = cfg.consistency if cfg.consistency is not None else METHOD_DEFAULTS[cfg.method]["consistency"]
+        configure(
+            model, apply=cfg.apply, rule=cfg.rule, beta=cfg.beta, tau=cfg.tau, mode="free", consistency=consistency
+        )
 
     def start_epoch(self, epoch: int) -> dict:
         """Called before epoch ``epoch`` (0-based). Returns events to log."""
         configure(self.model, mode="free")
-        return {"phase": self.phase, "round": self.round, "reestimated": False,
-                "mask_change": float("nan"), "est_seconds": 0.0}
+        return {
+            "phase": self.phase,
+            "round": self.round,
+            "reestimated": False,
+            "mask_change": float("nan"),
+            "est_seconds": 0.0,
+        }
 
     def resume_epoch(self, epoch: int) -> None:
         """Re-enter epoch ``epoch`` part-way (after a resume): set the layers' modes as
@@ -116,7 +130,7 @@ class BAlternation(Schedule):
             return
         from .layers import stats_over_ranks, support_from_stats
 
-        layers = [l for _, l in threshold_layers(self.model)]
+        layers = [lay for _, lay in threshold_layers(self.model)]
         was_training = self.model.training
         self.model.eval()
         try:
@@ -125,7 +139,7 @@ class BAlternation(Schedule):
                 self.model(x)
         finally:
             self.model.train(was_training)
-        stats, n = [l.probe_stats[0] for l in layers], layers[0].probe_stats[1]
+        stats, n = [lay.probe_stats[0] for lay in layers], layers[0].probe_stats[1]
         if self.cfg.sync == "global":  # one statistic per layer (energy, or votes), all layers in one bucket
             stats, n = stats_over_ranks(stats, n)
         configure(self.model, mode="batch")
@@ -142,8 +156,13 @@ class BAlternation(Schedule):
             configure(self.model, mode="batch", apply=self.cfg.apply, rule=self.cfg.rule, beta=self.cfg.beta)
             for _, layer in threshold_layers(self.model):
                 layer.sync_inline = self.cfg.sync == "global-inline"
-        return {"phase": self.phase, "round": self.round, "reestimated": False,
-                "mask_change": float("nan"), "est_seconds": 0.0}
+        return {
+            "phase": self.phase,
+            "round": self.round,
+            "reestimated": False,
+            "mask_change": float("nan"),
+            "est_seconds": 0.0,
+        }
 
 
 class IAlternation(Schedule):
@@ -245,8 +264,13 @@ class IAlternation(Schedule):
 
     # -- controller hooks ------------------------------------------------------
     def start_epoch(self, epoch: int) -> dict:
-        ev = {"phase": "warmup", "round": self.round, "reestimated": False,
-              "mask_change": float("nan"), "est_seconds": 0.0}
+        ev = {
+            "phase": "warmup",
+            "round": self.round,
+            "reestimated": False,
+            "mask_change": float("nan"),
+            "est_seconds": 0.0,
+        }
         if epoch < self.cfg.warmup:
             self.phase, self.lr_factor = "warmup", 1.0
             configure(self.model, mode="free")
@@ -286,16 +310,23 @@ class IAlternation(Schedule):
             if self.prev_loss is not None and math.isfinite(self.prev_loss) and self.prev_loss != 0:
                 rel = (self.prev_loss - obj_loss) / abs(self.prev_loss)
                 self.below = self.below + 1 if rel < self.cfg.plateau_tol else 0
-            self.need_new = (self.round_epochs >= self.cfg.max_gap
-                             or (self.round_epochs >= self.cfg.min_gap and self.below >= self.cfg.patience))
+            self.need_new = self.round_epochs >= self.cfg.max_gap or (
+                self.round_epochs >= self.cfg.min_gap and self.below >= self.cfg.patience
+            )
         self.prev_loss = obj_loss
 
     def state_dict(self) -> dict:
-        return {"phase": self.phase, "round": self.round, "round_epochs": self.round_epochs,
-                "below": self.below, "prev_loss": self.prev_loss, "need_new": self.need_new,
-                "store_checksum": self.store.checksum if self.store is not None else None,
-                "store_path": str(self.store.path) if self.store is not None and self.store.path else None,
-                "round_start": self.round_start}
+        return {
+            "phase": self.phase,
+            "round": self.round,
+            "round_epochs": self.round_epochs,
+            "below": self.below,
+            "prev_loss": self.prev_loss,
+            "need_new": self.need_new,
+            "store_checksum": self.store.checksum if self.store is not None else None,
+            "store_path": str(self.store.path) if self.store is not None and self.store.path else None,
+            "round_start": self.round_start,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the counters and rebuild this round's supports: the snapshot from the
@@ -321,6 +352,7 @@ class IAlternation(Schedule):
             import warnings
 
             from .errors import IntegrityError
+
             try:
                 store = MaskStore.open(path)
                 if store.checksum != want:
@@ -335,8 +367,10 @@ class IAlternation(Schedule):
             if want is not None and self.store.checksum != want:
                 from .errors import IntegrityError
 
-                raise IntegrityError("re-estimated supports differ from the ones the checkpoint recorded; the data "
-                                     "or the code changed since the run started; start a new run")
+                raise IntegrityError(
+                    "re-estimated supports differ from the ones the checkpoint recorded; the data "
+                    "or the code changed since the run started; start a new run"
+                )
         self.model.train()
 
     def resume_epoch(self, epoch: int) -> None:
@@ -351,11 +385,20 @@ class IAlternation(Schedule):
 SCHEDULES = {"sgd": Schedule, "b-alt": BAlternation, "i-alt": IAlternation}
 
 
-def make_schedule(cfg: SupportConfig, model: nn.Module, train: Split, device, run_dir=None,
-                  eval_batch_size: int = 128, augment_seed: int | None = None) -> Schedule:
+def make_schedule(
+    cfg: SupportConfig,
+    model: nn.Module,
+    train: Split,
+    device,
+    run_dir=None,
+    eval_batch_size: int = 128,
+    augment_seed: int | None = None,
+) -> Schedule:
     if not threshold_layers(model) and cfg.method != "sgd":
         from .errors import ConfigError
 
-        raise ConfigError(f"support.method={cfg.method} needs HardThreshold layers and the model has none; "
-                          f"run supportnet.convert(model) first")
+        raise ConfigError(
+            f"support.method={cfg.method} needs HardThreshold layers and the model has none; "
+            f"run supportnet.convert(model) first"
+        )
     return SCHEDULES[cfg.method](cfg, model, train, device, run_dir, eval_batch_size, augment_seed)

@@ -3,6 +3,7 @@
 Every user error prints one line, ``supportnet: error: <problem>; <fix>``, and
 exits with code 2; a diverged run exits with 3. No tracebacks for either.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.lr=0.01 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.lr=0.01 (repeatable)",
+    )
     p.add_argument("--data-dir", help="folder holding the data set (searched first)")
     p.add_argument("--subset", type=int, help="train on a seeded subset of N training examples")
-    p.add_argument("--test-subset", type=int,
-                   help="evaluate on a fixed subset of N test examples (the same for every seed)")
+    p.add_argument(
+        "--test-subset", type=int, help="evaluate on a fixed subset of N test examples (the same for every seed)"
+    )
     p.add_argument("--val", type=int, help="hold out N training examples (seeded) as a validation split")
     p.add_argument("--seed", type=int, help="seed for weights, data order and dropout")
     p.add_argument("--epochs", type=int, help="number of epochs, warm-up included")
@@ -34,10 +42,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _shortcuts(a: argparse.Namespace) -> list[str]:
     sets = []
-    for flag, key in (("data_dir", "data.data_dir"), ("subset", "data.subset"), ("val", "data.val"),
-                      ("test_subset", "data.test_subset"),
-                      ("seed", "train.seed"),
-                      ("epochs", "train.epochs"), ("out", "out")):
+    for flag, key in (
+        ("data_dir", "data.data_dir"),
+        ("subset", "data.subset"),
+        ("val", "data.val"),
+        ("test_subset", "data.test_subset"),
+        ("seed", "train.seed"),
+        ("epochs", "train.epochs"),
+        ("out", "out"),
+    ):
         v = getattr(a, flag, None)
         if v is not None:
             sets.append(f"{key}={json.dumps(v) if isinstance(v, str) else v}")
@@ -51,8 +64,7 @@ def _shortcuts(a: argparse.Namespace) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="supportnet", description="CNN training by weight/support alternation "
-                "(Huang, Kong, Lucey 2017).")
+    p = _Parser(prog="supportnet", description="CNN training by weight/support alternation (Huang, Kong, Lucey 2017).")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train one model (defaults: convnet-s on Fashion-MNIST, SGD)")
@@ -60,25 +72,41 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", help="support.method: sgd | b-alt | i-alt")
     t.add_argument("--model", help="model name (supportnet models)")
     t.add_argument("--data", help="data set name (supportnet data list)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint "
-                   "(its own config.yaml; exact on CPU)")
-    t.add_argument("--strict", action="store_true", help="with --resume: stop on a damaged mask store "
-                   "instead of re-estimating the supports")
+    t.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its checkpoint (its own config.yaml; exact on CPU)",
+    )
+    t.add_argument(
+        "--strict",
+        action="store_true",
+        help="with --resume: stop on a damaged mask store instead of re-estimating the supports",
+    )
     _add_common(t)
 
     c = sub.add_parser("compare", help="train several methods from the same start; table and plot")
     c.add_argument("--config", help="base YAML config")
     c.add_argument("--data", help="data set name")
     c.add_argument("--model", help="model name")
-    c.add_argument("--methods", default="sgd,b-alt,i-alt",
-                   help="comma-separated methods, e.g. sgd,b-alt,i-alt,i-alt[backend=stored]")
-    c.add_argument("--seeds", help="several seeds, e.g. 0,1,2: run the convergence study (time-to-target, "
-                   "mean ± std; see docs/results.md) instead of a single comparison")
+    c.add_argument(
+        "--methods",
+        default="sgd,b-alt,i-alt",
+        help="comma-separated methods, e.g. sgd,b-alt,i-alt,i-alt[backend=stored]",
+    )
+    c.add_argument(
+        "--seeds",
+        help="several seeds, e.g. 0,1,2: run the convergence study (time-to-target, "
+        "mean ± std; see docs/results.md) instead of a single comparison",
+    )
     c.add_argument("--lr-grid", help="study: learning rates tuned per method on a validation split, e.g. 0.02,0.05,0.1")
     c.add_argument("--tune-epochs", type=int, help="study: epochs per tuning run (default: --epochs)")
     c.add_argument("--tune-val", type=int, default=5000, help="study: validation hold-out for tuning (default 5000)")
-    c.add_argument("--targets", default="", help="study: fixed target accuracies, e.g. 0.88,0.90,0.91 "
-                   "(SGD's final accuracy - 0.2 points is always a target)")
+    c.add_argument(
+        "--targets",
+        default="",
+        help="study: fixed target accuracies, e.g. 0.88,0.90,0.91 "
+        "(SGD's final accuracy - 0.2 points is always a target)",
+    )
     c.add_argument("--jobs", type=int, default=1, help="study: runs in parallel processes (default 1)")
     _add_common(c)
 
@@ -174,11 +202,18 @@ def cmd_compare(a) -> int:
     if a.seeds:
         from .study import run_study
 
-        summary = run_study(cfg, _split_methods(a.methods), _floats(a.seeds, "--seeds", int), out,
-                            lr_grid=_floats(a.lr_grid, "--lr-grid") if a.lr_grid else None,
-                            tune_epochs=a.tune_epochs, tune_val=a.tune_val,
-                            targets=_floats(a.targets, "--targets") if a.targets else [], jobs=a.jobs,
-                            log=(lambda *_: None) if a.quiet else print)
+        summary = run_study(
+            cfg,
+            _split_methods(a.methods),
+            _floats(a.seeds, "--seeds", int),
+            out,
+            lr_grid=_floats(a.lr_grid, "--lr-grid") if a.lr_grid else None,
+            tune_epochs=a.tune_epochs,
+            tune_val=a.tune_val,
+            targets=_floats(a.targets, "--targets") if a.targets else [],
+            jobs=a.jobs,
+            log=(lambda *_: None) if a.quiet else print,
+        )
         print((out / "table.md").read_text(), end="")
         print(f"written: {out / 'study.json'}, {out / 'table.md'}, {out / 'curves.png'}, {out / 'ratio.png'}")
         return 0
@@ -229,9 +264,11 @@ def cmd_export(a) -> int:
     from .dsd import export_compact
 
     info = export_compact(a.checkpoint, a.output)
-    print(f"parameters {info['params_before']:,} -> {info['params_after']:,}; "
-          f"FLOPs {info['flops_before']:,} -> {info['flops_after']:,}; "
-          f"max |output difference| {info['max_abs_diff']:.2e}; written {a.output}")
+    print(
+        f"parameters {info['params_before']:,} -> {info['params_after']:,}; "
+        f"FLOPs {info['flops_before']:,} -> {info['flops_after']:,}; "
+        f"max |output difference| {info['max_abs_diff']:.2e}; written {a.output}"
+    )
     return 0
 
 
@@ -289,8 +326,11 @@ def cmd_data(a) -> int:
         ok = all(r["ok"] for r in rows)
         print(f"{a.name}: {'verified' if ok else 'NOT verified'}")
         if not ok:
-            print(f"supportnet: error: data set {a.name!r} is missing or fails verification; "
-                  f"run 'supportnet data fetch {a.name}'", file=sys.stderr)
+            print(
+                f"supportnet: error: data set {a.name!r} is missing or fails verification; "
+                f"run 'supportnet data fetch {a.name}'",
+                file=sys.stderr,
+            )
         return 0 if ok else 2
     if a.data_cmd == "fetch":
         dest = fetch_dataset(a.name, a.root, quiet=a.quiet, extract=a.extract)
@@ -322,7 +362,6 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_data(a)
         if a.cmd == "theory":
             from .theory.cli import run as theory_run
-
 
             return theory_run(a)
     except SupportnetError as e:

@@ -7,6 +7,7 @@ size, weight decay and epoch budget; only ``support.*`` differs.
 A method is a preset name, optionally followed by support overrides in
 brackets: ``i-alt``, ``b-alt-vote``, ``i-alt[backend=stored,max_gap=2]``.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ def parse_method(spec: str) -> tuple[str, dict]:
 
     m = _SPEC.match(spec.strip())
     if not m or m.group(1) not in PRESETS:
-        raise ConfigError(f"unknown method {spec!r}; choose from {', '.join(PRESETS)}, optionally with "
-                          f"support overrides such as 'i-alt[max_gap=2]'")
+        raise ConfigError(
+            f"unknown method {spec!r}; choose from {', '.join(PRESETS)}, optionally with "
+            f"support overrides such as 'i-alt[max_gap=2]'"
+        )
     over = dict(PRESETS[m.group(1)])
     if m.group(2):
         for item in m.group(2).split(","):
@@ -80,11 +83,16 @@ def compare(base: Config, methods: list[str], out: str | Path, data=None) -> dic
         s = json.loads((run / "summary.json").read_text())
         results[spec] = {k: s[k] for k in ("test_acc", "test_loss", "iterations", "seconds", "curve")}
         results[spec]["run"] = str(run)
-    summary = {"data": base.data.name, "model": base.model.name, "epochs": base.train.epochs,
-               "seed": base.train.seed, "subset": base.data.subset, "methods": results}
+    summary = {
+        "data": base.data.name,
+        "model": base.model.name,
+        "epochs": base.train.epochs,
+        "seed": base.train.seed,
+        "subset": base.data.subset,
+        "methods": results,
+    }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     table = markdown_table(results)
     atomic_write_text(out / "table.md", table)
-    plot_compare(results, out / "curves.png",
-                 title=f"{base.model.name} on {base.data.name}, seed {base.train.seed}")
+    plot_compare(results, out / "curves.png", title=f"{base.model.name} on {base.data.name}, seed {base.train.seed}")
     return summary

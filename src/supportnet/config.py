@@ -3,6 +3,7 @@
 Unknown keys, wrong types and out-of-range values raise :class:`ConfigError`
 with one line naming the key and the fix.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -119,7 +120,7 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def copy(self) -> "Config":
+    def copy(self) -> Config:
         return from_dict(self.to_dict())
 
 
@@ -133,12 +134,14 @@ METHOD_DEFAULTS = {
 }
 
 
-def resolve_method_defaults(cfg: "Config") -> "Config":
+def resolve_method_defaults(cfg: Config) -> Config:
     """Fill support fields left as None with the method's tuned default (in place)."""
     for k, v in METHOD_DEFAULTS[cfg.support.method].items():
         if getattr(cfg.support, k) is None:
             setattr(cfg.support, k, v)
     return cfg
+
+
 CHOICES = {
     ("train", "schedule"): ("cosine", "step", "constant"),
     ("support", "method"): METHODS,
@@ -172,8 +175,9 @@ def _coerce(value: Any, tp, key: str):
                 return _coerce(value, a, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"config key {key} must be {' or '.join(_type_name(a) for a in args)}, "
-                          f"got {value!r}; fix the value")
+        raise ConfigError(
+            f"config key {key} must be {' or '.join(_type_name(a) for a in args)}, got {value!r}; fix the value"
+        )
     if tp is Any:
         return value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -193,22 +197,25 @@ def _coerce(value: Any, tp, key: str):
         return value
     if (tp is dict or origin is dict) and isinstance(value, dict):
         return value
-    raise ConfigError(f"config key {key} must be {_type_name(tp)}, got {value!r} "
-                      f"({type(value).__name__}); fix the value")
+    raise ConfigError(
+        f"config key {key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}); fix the value"
+    )
 
 
 def _build(cls, data: Any, prefix: str):
     if not isinstance(data, dict):
-        raise ConfigError(f"config section {prefix or 'top level'} must be a mapping, got {type(data).__name__}; "
-                          f"fix the YAML")
+        raise ConfigError(
+            f"config section {prefix or 'top level'} must be a mapping, got {type(data).__name__}; fix the YAML"
+        )
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in names:
-            raise ConfigError(f"unknown config key {key!r}; valid keys{' in ' + prefix if prefix else ''}: "
-                              f"{', '.join(sorted(names))}")
+            raise ConfigError(
+                f"unknown config key {key!r}; valid keys{' in ' + prefix if prefix else ''}: {', '.join(sorted(names))}"
+            )
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
             kwargs[k] = _build(tp, v, key)
@@ -223,8 +230,12 @@ def validate(cfg: Config) -> Config:
         if v not in allowed:
             raise ConfigError(f"unknown {sec}.{key} {v!r}; choose one of: {', '.join(allowed)}")
     t, s = cfg.train, cfg.support
-    positive = {"train.epochs": t.epochs, "train.batch_size": t.batch_size, "train.eval_batch_size": t.eval_batch_size,
-                "train.stats_every": t.stats_every}
+    positive = {
+        "train.epochs": t.epochs,
+        "train.batch_size": t.batch_size,
+        "train.eval_batch_size": t.eval_batch_size,
+        "train.stats_every": t.stats_every,
+    }
     for k, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{k} must be a positive integer, got {v}; set it to 1 or more")
@@ -233,28 +244,40 @@ def validate(cfg: Config) -> Config:
     if not (0 <= t.momentum < 1):
         raise ConfigError(f"train.momentum must be in [0, 1), got {t.momentum}; try 0.9")
     if t.weight_decay < 0 or t.train_eval_size < 0 or t.checkpoint_every < 0 or t.checkpoint_steps < 0:
-        raise ConfigError("train.weight_decay, train.train_eval_size, train.checkpoint_every and train.checkpoint_steps "
-                          "must not be negative; fix the value")
+        raise ConfigError(
+            "train.weight_decay, train.train_eval_size, train.checkpoint_every and train.checkpoint_steps "
+            "must not be negative; fix the value"
+        )
     if s.warmup < 0 or s.min_gap < 1 or s.max_gap < s.min_gap or s.patience < 1:
-        raise ConfigError(f"support needs warmup >= 0, 1 <= min_gap <= max_gap and patience >= 1 "
-                          f"(got warmup={s.warmup}, min_gap={s.min_gap}, max_gap={s.max_gap}, "
-                          f"patience={s.patience}); fix the values")
+        raise ConfigError(
+            f"support needs warmup >= 0, 1 <= min_gap <= max_gap and patience >= 1 "
+            f"(got warmup={s.warmup}, min_gap={s.min_gap}, max_gap={s.max_gap}, "
+            f"patience={s.patience}); fix the values"
+        )
     if s.beta < 0 or s.lr_scale <= 0 or s.plateau_tol < 0 or (s.consistency is not None and s.consistency < 0):
-        raise ConfigError("support.beta, support.plateau_tol and support.consistency must be >= 0 and "
-                          "support.lr_scale > 0; fix the value")
+        raise ConfigError(
+            "support.beta, support.plateau_tol and support.consistency must be >= 0 and "
+            "support.lr_scale > 0; fix the value"
+        )
     taus = s.tau if isinstance(s.tau, list) else [s.tau]
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in taus):
         raise ConfigError(f"support.tau must be a number or a list of numbers, got {s.tau!r}; fix the value")
     if cfg.data.subset is not None and cfg.data.subset <= 0:
         raise ConfigError(f"data.subset must be positive, got {cfg.data.subset}; drop it to use the whole set")
     if cfg.data.test_subset is not None and cfg.data.test_subset <= 0:
-        raise ConfigError(f"data.test_subset must be positive, got {cfg.data.test_subset}; "
-                          f"drop it to evaluate on the whole test set")
+        raise ConfigError(
+            f"data.test_subset must be positive, got {cfg.data.test_subset}; drop it to evaluate on the whole test set"
+        )
     ds = cfg.dsd
-    if min(ds.dense_epochs, ds.sparse_epochs, ds.redense_epochs) < 0 or not (0 <= ds.sparsity < 1) \
-            or not (0 <= ds.eps < 1) or any(v is not None and v <= 0 for v in (ds.sparse_lr, ds.redense_lr)):
-        raise ConfigError("dsd needs epochs >= 0, 0 <= sparsity < 1, 0 <= eps < 1 and positive learning rates; "
-                          "fix the value")
+    if (
+        min(ds.dense_epochs, ds.sparse_epochs, ds.redense_epochs) < 0
+        or not (0 <= ds.sparsity < 1)
+        or not (0 <= ds.eps < 1)
+        or any(v is not None and v <= 0 for v in (ds.sparse_lr, ds.redense_lr))
+    ):
+        raise ConfigError(
+            "dsd needs epochs >= 0, 0 <= sparsity < 1, 0 <= eps < 1 and positive learning rates; fix the value"
+        )
     if cfg.data.val < 0 or cfg.data.pad < 0:
         raise ConfigError("data.val and data.pad must not be negative; fix the value")
     return cfg
@@ -280,8 +303,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except UnicodeDecodeError:
             raise ConfigError(f"config file {p} is not a text file; pass a YAML file") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(data).__name__}; "
-                              f"see configs/ for examples")
+            raise ConfigError(
+                f"config file {p} must hold a mapping of sections, got {type(data).__name__}; see configs/ for examples"
+            )
         data.pop("paper", None)  # documentation only: the paper's row and figure
     for item in overrides or []:
         apply_override(data, item)

@@ -17,6 +17,7 @@ With ``tau = 0`` the converted model computes exactly what the original did
 (``HardThreshold`` in ``free`` mode calls ``torch.relu``), bit for bit; conversion
 only makes the supports controllable.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,12 +30,44 @@ from .errors import ConfigError
 from .layers import HardThreshold
 
 #: Non-linear modules and functions that are reported but left in place (they are not ReLUs).
-OTHER_NONLINEAR = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d, nn.GELU, nn.SiLU, nn.Tanh,
-                   nn.Sigmoid, nn.ELU, nn.LeakyReLU, nn.PReLU, nn.Softplus, nn.Hardtanh, nn.Mish, nn.ReLU6,
-                   nn.Hardswish, nn.Softmax)
-OTHER_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool2d, F.gelu, F.silu, torch.tanh,
-                   torch.sigmoid, F.elu, F.leaky_relu, F.relu6, F.hardtanh, F.softplus, F.mish, F.softmax,
-                   torch.max_pool2d, F.hardswish}
+OTHER_NONLINEAR = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool2d,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.ELU,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.Mish,
+    nn.ReLU6,
+    nn.Hardswish,
+    nn.Softmax,
+)
+OTHER_FUNCTIONS = {
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.adaptive_max_pool2d,
+    F.gelu,
+    F.silu,
+    torch.tanh,
+    torch.sigmoid,
+    F.elu,
+    F.leaky_relu,
+    F.relu6,
+    F.hardtanh,
+    F.softplus,
+    F.mish,
+    F.softmax,
+    torch.max_pool2d,
+    F.hardswish,
+}
 RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
 RELU_METHODS = {"relu", "relu_"}
 OTHER_METHODS = {"sigmoid", "tanh", "softmax", "clamp", "clamp_"}
@@ -72,8 +105,10 @@ def convert(model: nn.Module, tau: float = 0.0, path: str = "auto") -> Conversio
             return _convert_fx(model, tau)
         except Exception as e:  # noqa: BLE001 - fx raises many kinds of errors on untraceable code
             if path == "fx":
-                raise ConfigError(f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:120]}); use path='module'") from None
+                raise ConfigError(
+                    f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:120]}); use path='module'"
+                ) from None
             report = _convert_modules(model, tau)
             report.reason = f"fx could not trace the model: {type(e).__name__}"
             return report
@@ -81,7 +116,6 @@ def convert(model: nn.Module, tau: float = 0.0, path: str = "auto") -> Conversio
 
 
 def _convert_fx(model: nn.Module, tau: float) -> ConversionReport:
-    import torch.fx as fx
 
     gm = trace(model)
     modules = dict(gm.named_modules())
@@ -125,7 +159,10 @@ def _convert_fx(model: nn.Module, tau: float) -> ConversionReport:
         node.replace_all_uses_with(new)
         if _inplace(node, modules) and isinstance(inp, torch.fx.Node):
             # an in-place relu also changed its input: later readers of the input read the output
-            inp.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new and order.get(u, -1) > order[node])
+            at = order[node]
+            inp.replace_all_uses_with(
+                new, delete_user_cb=lambda u, new=new, at=at: u is not new and order.get(u, -1) > at
+            )
         gm.graph.erase_node(node)
         report.converted.append(f"{name} ({form})")
     gm.graph.lint()
@@ -152,8 +189,11 @@ def _inplace(node, modules) -> bool:
         return bool(getattr(modules[node.target], "inplace", False))
     if node.op == "call_method":
         return node.target == "relu_"
-    return node.target in (torch.relu_, F.relu_) or bool(node.kwargs.get("inplace")) or (
-        node.target is F.relu and len(node.args) > 1 and bool(node.args[1]))
+    return (
+        node.target in (torch.relu_, F.relu_)
+        or bool(node.kwargs.get("inplace"))
+        or (node.target is F.relu and len(node.args) > 1 and bool(node.args[1]))
+    )
 
 
 def _unique(base: str, used: set[str]) -> str:

@@ -14,6 +14,7 @@ instead keeps a fixed shard of examples per rank; see :func:`shard_order`.)
 Only rank 0 writes the run folder; metrics are all-reduced; every rank loads the
 same checkpoint when resuming.
 """
+
 from __future__ import annotations
 
 import os
@@ -127,5 +128,7 @@ def shard_order(order: torch.Tensor, info: DistInfo, n: int) -> torch.Tensor:
 
 def check_batch(batch_size: int, info: DistInfo) -> None:
     if info.active and batch_size % info.world:
-        raise ConfigError(f"train.batch_size={batch_size} (the global batch) does not divide among "
-                          f"{info.world} processes; use a multiple of {info.world}")
+        raise ConfigError(
+            f"train.batch_size={batch_size} (the global batch) does not divide among "
+            f"{info.world} processes; use a multiple of {info.world}"
+        )

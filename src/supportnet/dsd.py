@@ -32,6 +32,7 @@ flatten) -> consumer Conv/Linear, each with a single user (checked with torch.fx
 Threshold layers elsewhere (residual sums, concatenations, the class maps of NIN)
 are left alone and reported.
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,7 +47,7 @@ from .config import Config
 from .data import batches, epoch_order
 from .errors import ConfigError
 from .io import atomic_write_text, load_checkpoint, save_checkpoint
-from .layers import HardThreshold, batch_support, configure, record_masks
+from .layers import HardThreshold, batch_support, configure
 
 CHANNELWISE = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity, nn.Flatten)
 
@@ -74,8 +75,7 @@ class Pruning:
         per = {n: 1.0 - m.float().mean().item() for n, m in self.keep.items()}
         tot = sum(p.numel() for n, p in params.items() if p.dim() > 1)
         zero = sum((~m).sum().item() for n, m in self.keep.items() if params[n].dim() > 1)
-        return {"weights": zero / max(tot, 1), "per_param": per,
-                "units": {k: len(v) for k, v in self.units.items()}}
+        return {"weights": zero / max(tot, 1), "per_param": per, "units": {k: len(v) for k, v in self.units.items()}}
 
 
 def find_units(model: nn.Module) -> tuple[list[Unit], list[str]]:
@@ -87,8 +87,9 @@ def find_units(model: nn.Module) -> tuple[list[Unit], list[str]]:
     try:
         gm = trace(model)
     except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"support pruning needs a model torch.fx can trace ({type(e).__name__}); "
-                          f"use dsd.prune=magnitude") from None
+        raise ConfigError(
+            f"support pruning needs a model torch.fx can trace ({type(e).__name__}); use dsd.prune=magnitude"
+        ) from None
     mods = dict(model.named_modules())
     units, skipped = [], []
     for node in gm.graph.nodes:
@@ -97,11 +98,19 @@ def find_units(model: nn.Module) -> tuple[list[Unit], list[str]]:
         why = None
         prev = node.args[0]
         bn = None
-        if isinstance(prev, fx.Node) and prev.op == "call_module" and isinstance(mods[prev.target], nn.BatchNorm2d) \
-                and len(prev.users) == 1:
+        if (
+            isinstance(prev, fx.Node)
+            and prev.op == "call_module"
+            and isinstance(mods[prev.target], nn.BatchNorm2d)
+            and len(prev.users) == 1
+        ):
             bn, prev = prev.target, prev.args[0]
-        if not (isinstance(prev, fx.Node) and prev.op == "call_module"
-                and isinstance(mods[prev.target], (nn.Conv2d, nn.Linear)) and len(prev.users) == 1):
+        if not (
+            isinstance(prev, fx.Node)
+            and prev.op == "call_module"
+            and isinstance(mods[prev.target], (nn.Conv2d, nn.Linear))
+            and len(prev.users) == 1
+        ):
             why = "no single Conv/Linear producer"
         cur, consumer = node, None
         while why is None:
@@ -112,9 +121,11 @@ def find_units(model: nn.Module) -> tuple[list[Unit], list[str]]:
             if cur.op == "call_module" and isinstance(mods[cur.target], (nn.Conv2d, nn.Linear)):
                 consumer = cur.target
                 break
-            ok = (cur.op == "call_module" and isinstance(mods[cur.target], CHANNELWISE)) or \
-                (cur.op == "call_function" and cur.target in (torch.flatten,)) or \
-                (cur.op == "call_method" and cur.target in ("flatten", "view", "reshape"))
+            ok = (
+                (cur.op == "call_module" and isinstance(mods[cur.target], CHANNELWISE))
+                or (cur.op == "call_function" and cur.target in (torch.flatten,))
+                or (cur.op == "call_method" and cur.target in ("flatten", "view", "reshape"))
+            )
             if not ok:
                 why = "no Conv/Linear consumer through channel-wise ops"
         if why is None:
@@ -139,6 +150,7 @@ def find_units(model: nn.Module) -> tuple[list[Unit], list[str]]:
 
 # ----------------------------------------------------------------------------- pruning rules
 
+
 def magnitude_pruning(model: nn.Module, sparsity: float) -> Pruning:
     pr = Pruning()
     for name, mod in model.named_modules():
@@ -154,8 +166,17 @@ def magnitude_pruning(model: nn.Module, sparsity: float) -> Pruning:
 
 
 @torch.no_grad()
-def support_census(model: nn.Module, units: list[Unit], train, batch_size: int, kind: str, seed: int,
-                   rule: str = "energy-rel", beta: float = 0.1, device=None) -> dict[str, tuple[torch.Tensor, int]]:
+def support_census(
+    model: nn.Module,
+    units: list[Unit],
+    train,
+    batch_size: int,
+    kind: str,
+    seed: int,
+    rule: str = "energy-rel",
+    beta: float = 0.1,
+    device=None,
+) -> dict[str, tuple[torch.Tensor, int]]:
     """Per unit channel, in how many batches (``kind='b'``) or examples (``'i'``) its support is on."""
     mods = dict(model.named_modules())
     counts = {u.act: torch.zeros(u.channels, dtype=torch.long) for u in units}
@@ -163,12 +184,14 @@ def support_census(model: nn.Module, units: list[Unit], train, batch_size: int, 
     captured: dict[str, torch.Tensor] = {}
     hooks = []
     for u in units:
+
         def hook(m, inp, out, name=u.act):
             q = inp[0]
             if kind == "b":
                 captured[name] = batch_support(q, m.tau, rule, beta)  # (*unit)
             else:
                 captured[name] = q > m.tau  # (B, *unit)
+
         hooks.append(mods[u.act].register_forward_hook(hook))
     was = model.training
     model.eval()
@@ -278,6 +301,7 @@ def revive(model: nn.Module, units: list[Unit], pruning: Pruning, seed: int = 0)
 
 # ----------------------------------------------------------------------------- compact export
 
+
 def compact(model: nn.Module, units: list[Unit], pruning: Pruning) -> nn.Module:
     """A physically smaller copy of ``model`` without the pruned channels (same outputs)."""
     small = copy.deepcopy(model)
@@ -295,8 +319,17 @@ def compact(model: nn.Module, units: list[Unit], pruning: Pruning) -> nn.Module:
         keep = torch.tensor([c for c in range(u.channels) if c not in set(dead)])
         p = mods[u.producer]
         if isinstance(p, nn.Conv2d):
-            q = nn.Conv2d(p.in_channels, len(keep), p.kernel_size, p.stride, p.padding, p.dilation, 1,
-                          p.bias is not None, p.padding_mode)
+            q = nn.Conv2d(
+                p.in_channels,
+                len(keep),
+                p.kernel_size,
+                p.stride,
+                p.padding,
+                p.dilation,
+                1,
+                p.bias is not None,
+                p.padding_mode,
+            )
         else:
             q = nn.Linear(p.in_features, len(keep), p.bias is not None)
         with torch.no_grad():
@@ -314,8 +347,17 @@ def compact(model: nn.Module, units: list[Unit], pruning: Pruning) -> nn.Module:
             put(u.bn, nb)
         c = mods[u.consumer]
         if isinstance(c, nn.Conv2d):
-            nc = nn.Conv2d(len(keep), c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation, 1,
-                           c.bias is not None, c.padding_mode)
+            nc = nn.Conv2d(
+                len(keep),
+                c.out_channels,
+                c.kernel_size,
+                c.stride,
+                c.padding,
+                c.dilation,
+                1,
+                c.bias is not None,
+                c.padding_mode,
+            )
             cols = keep
         else:
             nc = nn.Linear(len(keep) * u.block, c.out_features, c.bias is not None)
@@ -338,8 +380,11 @@ def count_flops(model: nn.Module, in_shape) -> int:
     def lin(m, i, o):
         total[0] += 2 * m.in_features * m.out_features
 
-    hs = [m.register_forward_hook(conv if isinstance(m, nn.Conv2d) else lin)
-          for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hs = [
+        m.register_forward_hook(conv if isinstance(m, nn.Conv2d) else lin)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     was = model.training
     model.eval()
     with torch.no_grad(), _free(model):
@@ -357,6 +402,7 @@ def _free(model):
 
 
 # ----------------------------------------------------------------------------- the three phases
+
 
 def _phase_cfg(cfg: Config, phase: str, epochs: int, lr: float, method: str, out: Path) -> Config:
     c = cfg.copy()
@@ -390,8 +436,12 @@ def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print, resume
 
     def record(phase: str, run: Path) -> None:
         s = json.loads((run / "summary.json").read_text())
-        res["phases"][phase] = {"test_acc": s["test_acc"], "test_loss": s["test_loss"], "epochs": len(s["curve"]),
-                                "run": str(run)}
+        res["phases"][phase] = {
+            "test_acc": s["test_acc"],
+            "test_loss": s["test_loss"],
+            "epochs": len(s["curve"]),
+            "run": str(run),
+        }
         log(f"{phase}: test accuracy {100 * s['test_acc']:.2f}%")
 
     def phase(name: str, pcfg: Config, hook=None) -> bool:
@@ -417,10 +467,21 @@ def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print, resume
         pruning = magnitude_pruning(model, ds.sparsity)
     else:
         if not units:
-            raise ConfigError(f"no threshold layer of {cfg.model.name} can be pruned by its support "
-                              f"({'; '.join(skipped) or 'none found'}); use dsd.prune=magnitude")
-        census = support_census(model, units, data.train, cfg.train.batch_size, ds.prune[-1], cfg.train.seed,
-                                cfg.support.rule, cfg.support.beta, device)
+            raise ConfigError(
+                f"no threshold layer of {cfg.model.name} can be pruned by its support "
+                f"({'; '.join(skipped) or 'none found'}); use dsd.prune=magnitude"
+            )
+        census = support_census(
+            model,
+            units,
+            data.train,
+            cfg.train.batch_size,
+            ds.prune[-1],
+            cfg.train.seed,
+            cfg.support.rule,
+            cfg.support.beta,
+            device,
+        )
         pruning = unit_pruning(model, units, census, ds.eps)
         res["census"] = {k: {"on": v.tolist(), "of": n} for k, (v, n) in census.items()}
     if not (resume and saved.is_file()):
@@ -437,10 +498,14 @@ def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print, resume
     small = compact(model, units, pruning)
     res["params"] = {"dense": count_params(model), "compact": count_params(small)}
     res["flops"] = {"dense": count_flops(model, data.in_shape), "compact": count_flops(small, data.in_shape)}
-    save_checkpoint(out / "sparse.pt", {"state_dict": model.state_dict(), "config": cfg.to_dict(),
-                                        "keep": pruning.keep, "units": pruning.units})
-    log(f"sparse: {100 * res['sparsity']['weights']:.1f}% of weights pruned; compact model "
-        f"{res['params']['compact']:,} parameters (dense {res['params']['dense']:,})")
+    save_checkpoint(
+        out / "sparse.pt",
+        {"state_dict": model.state_dict(), "config": cfg.to_dict(), "keep": pruning.keep, "units": pruning.units},
+    )
+    log(
+        f"sparse: {100 * res['sparsity']['weights']:.1f}% of weights pruned; compact model "
+        f"{res['params']['compact']:,} parameters (dense {res['params']['dense']:,})"
+    )
     if ds.redense_epochs:
         rcfg = _phase_cfg(cfg, "redense", ds.redense_epochs, ds.redense_lr or 0.1 * cfg.train.lr, "sgd", out)
         if not (resume and (Path(rcfg.out) / "checkpoint.pt").is_file()):
@@ -460,8 +525,9 @@ def export_compact(sparse_ckpt: str | Path, dest: str | Path, tol: float = 1e-5)
     ck = load_checkpoint(sparse_ckpt)
     for k in ("state_dict", "config", "keep", "units"):
         if k not in ck:
-            raise ConfigError(f"{sparse_ckpt} is not a DSD sparse checkpoint (no {k!r}); pass RUN/sparse.pt "
-                              f"from 'supportnet dsd'")
+            raise ConfigError(
+                f"{sparse_ckpt} is not a DSD sparse checkpoint (no {k!r}); pass RUN/sparse.pt from 'supportnet dsd'"
+            )
     cfg = from_dict(ck["config"])
     data, model = build(cfg)
     model.load_state_dict(ck["state_dict"])
@@ -473,26 +539,45 @@ def export_compact(sparse_ckpt: str | Path, dest: str | Path, tol: float = 1e-5)
     with torch.no_grad(), _free(model), _free(small):
         diff = (model(x) - small(x)).abs().max().item()
     if diff > tol:
-        raise ConfigError(f"the compact model differs from the masked one by {diff:.3g} (> {tol}); "
-                          f"the checkpoint's pruned weights are not all zero")
-    info = {"params_before": count_params(model), "params_after": count_params(small),
-            "flops_before": count_flops(model, data.in_shape), "flops_after": count_flops(small, data.in_shape),
-            "max_abs_diff": diff}
+        raise ConfigError(
+            f"the compact model differs from the masked one by {diff:.3g} (> {tol}); "
+            f"the checkpoint's pruned weights are not all zero"
+        )
+    info = {
+        "params_before": count_params(model),
+        "params_after": count_params(small),
+        "flops_before": count_flops(model, data.in_shape),
+        "flops_after": count_flops(small, data.in_shape),
+        "max_abs_diff": diff,
+    }
     shapes = {n: list(p.shape) for n, p in small.state_dict().items()}
-    save_checkpoint(Path(dest), {"state_dict": small.state_dict(), "shapes": shapes, "config": ck["config"],
-                                 "units": ck["units"], "format": "supportnet-compact-1"})
+    save_checkpoint(
+        Path(dest),
+        {
+            "state_dict": small.state_dict(),
+            "shapes": shapes,
+            "config": ck["config"],
+            "units": ck["units"],
+            "format": "supportnet-compact-1",
+        },
+    )
     return info
 
 
 def dsd_table(results: dict[str, dict]) -> str:
     """Markdown: accuracy after each phase, sparsity, compact parameters, per row."""
-    lines = ["| row | dense acc (%) | sparse acc (%) | re-dense acc (%) | weights pruned (%) | units pruned | "
-             "compact params |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| row | dense acc (%) | sparse acc (%) | re-dense acc (%) | weights pruned (%) | units pruned | "
+        "compact params |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, r in results.items():
         ph = r.get("phases", {})
         acc = [f"{100 * ph[p]['test_acc']:.2f}" if p in ph else "–" for p in ("dense", "sparse", "redense")]
         sp = r.get("sparsity", {})
         units = sum(sp.get("units", {}).values()) if sp else 0
-        lines.append(f"| {name} | {' | '.join(acc)} | {100 * sp.get('weights', 0):.1f} | {units} | "
-                     f"{r.get('params', {}).get('compact', 0):,} |")
+        lines.append(
+            f"| {name} | {' | '.join(acc)} | {100 * sp.get('weights', 0):.1f} | {units} | "
+            f"{r.get('params', {}).get('compact', 0):,} |"
+        )
     return "\n".join(lines) + "\n"

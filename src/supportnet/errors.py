@@ -4,6 +4,7 @@ Every error meant for a person is a :class:`SupportnetError`: its message is one
 line that names the problem and says how to fix it. The command line prints it
 as ``supportnet: error: ...`` and exits with code 2, without a traceback.
 """
+
 from __future__ import annotations
 
 

@@ -6,6 +6,7 @@ through a support-estimation pass) or ``checkpoint`` (a checkpoint's temporary f
 written and fsynced, not yet renamed into place). ``SUPPORTNET_FAULT=disk-full:N``
 makes the N-th atomic write fail as a full disk would (ENOSPC).
 """
+
 from __future__ import annotations
 
 import errno

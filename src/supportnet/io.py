@@ -1,12 +1,14 @@
 """Atomic, verified files: every write goes to a temporary file, is fsynced, then renamed."""
+
 from __future__ import annotations
 
 import hashlib
 import io
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -49,8 +51,10 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
         os.replace(tmp, path)
     except OSError as e:
         _unlink(tmp)
-        raise SupportnetError(f"could not write {path}: {e.strerror or e}; free some disk space "
-                              f"or choose another --out folder (the previous file is intact)") from None
+        raise SupportnetError(
+            f"could not write {path}: {e.strerror or e}; free some disk space "
+            f"or choose another --out folder (the previous file is intact)"
+        ) from None
     except BaseException:
         _unlink(tmp)
         raise
@@ -74,8 +78,11 @@ def save_checkpoint(path: str | Path, payload: dict) -> Path:
     buf = io.BytesIO()
     torch.save(payload, buf)
     body = buf.getvalue()
-    wrapper = {"format": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(body).hexdigest(),
-               "body": torch.frombuffer(bytearray(body), dtype=torch.uint8)}
+    wrapper = {
+        "format": CHECKPOINT_FORMAT,
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "body": torch.frombuffer(bytearray(body), dtype=torch.uint8),
+    }
     out = io.BytesIO()
     torch.save(wrapper, out)
     data = out.getvalue()
@@ -90,13 +97,17 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         wrapper = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise IntegrityError(f"checkpoint {path} is truncated or not a supportnet checkpoint "
-                             f"({type(e).__name__}); use another checkpoint or retrain") from None
+        raise IntegrityError(
+            f"checkpoint {path} is truncated or not a supportnet checkpoint "
+            f"({type(e).__name__}); use another checkpoint or retrain"
+        ) from None
     if not isinstance(wrapper, dict) or "format" not in wrapper or "body" not in wrapper:
         raise IntegrityError(f"checkpoint {path} is not a supportnet checkpoint; pass a file written by supportnet")
     if wrapper["format"] != CHECKPOINT_FORMAT:
-        raise IntegrityError(f"checkpoint {path} has format version {wrapper['format']}, this supportnet reads "
-                             f"version {CHECKPOINT_FORMAT}; use the supportnet release that wrote it")
+        raise IntegrityError(
+            f"checkpoint {path} has format version {wrapper['format']}, this supportnet reads "
+            f"version {CHECKPOINT_FORMAT}; use the supportnet release that wrote it"
+        )
     body = wrapper["body"].numpy().tobytes()
     if hashlib.sha256(body).hexdigest() != wrapper.get("sha256"):
         raise IntegrityError(f"checkpoint {path} fails its checksum (corrupt file); use another checkpoint or retrain")

@@ -37,10 +37,11 @@ Batch rules (the ``x`` of Eq. 39-41 is the layer's free output ``relu_tau(q)``):
   value works across layers and batch sizes.
 * ``vote`` (the paper's majority-vote remark): ``m_i = 1[mean_n 1[q_{n,i} > tau] > 1/2]``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -137,8 +138,7 @@ def unit_energy(x: torch.Tensor) -> torch.Tensor:
     return (x.float() ** 2).sum(0)
 
 
-def batch_support(q: torch.Tensor, tau: float, rule: str, beta: float,
-                  x: torch.Tensor | None = None) -> torch.Tensor:
+def batch_support(q: torch.Tensor, tau: float, rule: str, beta: float, x: torch.Tensor | None = None) -> torch.Tensor:
     """The support shared by a batch, shape ``q.shape[1:]`` (bool). No gradient.
 
     ``x`` may pass the free output ``relu_tau(q)`` when the caller has it already.
@@ -192,8 +192,11 @@ def stats_over_ranks(stats: list[torch.Tensor], n: int) -> tuple[list[torch.Tens
     The count comes back as a tensor, so nothing waits for the device."""
     from .distributed import sum_stats
 
-    flat = sum_stats(torch.cat([s.reshape(-1) for s in stats]
-                               + [torch.full((1,), float(n), dtype=torch.float64, device=stats[0].device)]))
+    flat = sum_stats(
+        torch.cat(
+            [s.reshape(-1) for s in stats] + [torch.full((1,), float(n), dtype=torch.float64, device=stats[0].device)]
+        )
+    )
     parts = flat[:-1].split([s.numel() for s in stats])
     return [p.view_as(s) for p, s in zip(parts, stats)], flat[-1]
 
@@ -215,29 +218,33 @@ class HardThreshold(nn.Module):
 
     A drop-in replacement for ``nn.ReLU`` (``inplace`` is accepted and ignored).
     ``tau`` is a per-layer hyperparameter, not trained. See the module docstring
-    for the modes, ``apply`` choices and batch rules.
+    for the modes, ``apply`` choices (the ``application`` attribute; ``apply`` stays
+    ``nn.Module.apply``) and batch rules.
+
+    ``torch.jit.script``, ``torch.jit.trace`` and ``torch.export`` see the free mode only
+    (``q * 1[q > tau]``): they are for the trained, exported network, where no support is fixed.
     """
 
     def __init__(self, tau: float = 0.0, inplace: bool = False):
         super().__init__()
         self.tau = float(tau)
         self.mode = "free"
-        self.apply = "gated"
+        self.application = "gated"  # how a fixed support is applied: linear | gated (config: support.apply)
         self.rule = "energy-rel"
         self.beta = 0.1
-        self.instance_mask: torch.Tensor | None = None  # (B, *unit) bool, set by the loop
-        self.last_mask: torch.Tensor | None = None  # (B, *unit) bool, record mode
-        self.batch_mask: torch.Tensor | None = None  # (*unit) bool, last batch support
-        self.given_batch_mask: torch.Tensor | None = None  # (*unit) bool: batch mode uses it instead of the rule
+        self.instance_mask = None  # (B, *unit) bool, set by the loop
+        self.last_mask = None  # (B, *unit) bool, record mode
+        self.batch_mask = None  # (*unit) bool, last batch support
+        self.given_batch_mask = None  # (*unit) bool: batch mode uses it instead of the rule
         self.sync_inline = False  # batch mode: all-reduce this layer's statistics inside the forward
-        self.probe_stats: tuple[torch.Tensor, int] | None = None  # probe mode: the rule's statistic, n
+        self.probe_stats = None  # probe mode: the rule's statistic, n
         self.track = False
         self.stats = torch.zeros(4, dtype=torch.float64)  # active, total, drift, drift_total
         self.consistency = 0.0  # weight of the support-consistency penalty (0: not computed)
-        self.penalty: torch.Tensor | None = None  # last forward's penalty, read by the training loop
+        self.penalty = None  # last forward's penalty, read by the training loop
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}, mode={self.mode}, apply={self.apply}"
+        return f"tau={self.tau}, mode={self.mode}, apply={self.application}"
 
     def reset_stats(self) -> None:
         self.stats = torch.zeros(4, dtype=torch.float64)
@@ -246,7 +253,7 @@ class HardThreshold(nn.Module):
         return torch.relu(q) if self.tau == 0.0 else torch.where(q > self.tau, q, 0.0)
 
     def _apply_support(self, q: torch.Tensor, m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        if self.apply == "linear":
+        if self.application == "linear":
             out = torch.where(m, q, 0.0)
         else:  # gated: relu_tau(q) * m, the same values and gradient as where(m & (q > tau), q, 0)
             out = (self._free(q) if x is None else x) * m.to(q.dtype)
@@ -255,11 +262,11 @@ class HardThreshold(nn.Module):
             # should stay below tau ('gated' and 'linear'); units it holds on above tau ('linear').
             over = torch.where(m, 0.0, torch.relu(q - self.tau))
             pen = over.pow(2).mean()
-            if self.apply == "linear":
+            if self.application == "linear":
                 pen = pen + torch.where(m, torch.relu(self.tau - q), 0.0).pow(2).mean()
             self.penalty = pen
         if self.track:
-            self._track_support(q, m, linear=self.apply == "linear")
+            self._track_support(q, m, linear=self.application == "linear")
         return out
 
     @torch.no_grad()
@@ -295,6 +302,12 @@ class HardThreshold(nn.Module):
         return batch_support(q, self.tau, self.rule, self.beta, x=x)
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # an exported network: free mode, nothing recorded
+            return torch.where(q > self.tau, q, torch.zeros_like(q))
+        return self._forward_mode(q)
+
+    @torch.jit.unused
+    def _forward_mode(self, q: torch.Tensor) -> torch.Tensor:
         mode = self.mode
         if mode == "free" or mode == "record":
             out = self._free(q)
@@ -310,7 +323,7 @@ class HardThreshold(nn.Module):
                 raise RuntimeError("HardThreshold in 'instance' mode has no mask; set instance_mask first")
             if m.shape != q.shape:
                 raise RuntimeError(f"instance mask shape {tuple(m.shape)} does not match activations {tuple(q.shape)}")
-            if self.apply == "gated" and self.tau >= 0:
+            if self.application == "gated" and self.tau >= 0:
                 # fused: the output, and the consistency penalty if any, in one autograd node
                 out, pen = _GatedInstance.apply(q, m, self.tau, self.consistency > 0)
                 if self.consistency > 0:
@@ -325,14 +338,14 @@ class HardThreshold(nn.Module):
                 self.probe_stats = unit_stats(q, out.detach(), self.tau, self.rule)
             return out
         if mode == "batch":
-            if self.apply == "gated" and self.tau >= 0 and self.consistency == 0:
+            if self.application == "gated" and self.tau >= 0 and self.consistency == 0:
                 # fused: one saved tensor, one backward pass (same values and gradient as below)
                 out, m = _GatedBatch.apply(q, self.tau, self._batch_rule)
                 self.batch_mask = m
                 if self.track:
                     self._track_support(q, m)
                 return out
-            x = self._free(q) if self.apply == "gated" else None  # computed once, reused by the rule
+            x = self._free(q) if self.application == "gated" else None  # computed once, reused by the rule
             m = self._batch_rule(q, x)
             self.batch_mask = m
             return self._apply_support(q, m.unsqueeze(0), x)
@@ -350,9 +363,17 @@ def threshold_layers(model: nn.Module) -> list[tuple[str, HardThreshold]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, HardThreshold)]
 
 
-def configure(model: nn.Module, *, mode: str | None = None, apply: str | None = None,
-              rule: str | None = None, beta: float | None = None, tau=None,
-              track: bool | None = None, consistency: float | None = None) -> None:
+def configure(
+    model: nn.Module,
+    *,
+    mode: str | None = None,
+    apply: str | None = None,
+    rule: str | None = None,
+    beta: float | None = None,
+    tau=None,
+    track: bool | None = None,
+    consistency: float | None = None,
+) -> None:
     """Set the given attributes on every threshold layer of ``model``.
 
     ``tau`` may be a number or a list with one value per layer.
@@ -368,8 +389,10 @@ def configure(model: nn.Module, *, mode: str | None = None, apply: str | None = 
     if tau is not None:
         taus = list(tau) if isinstance(tau, (list, tuple)) else [tau] * len(layers)
         if len(taus) != len(layers):
-            raise ConfigError(f"support.tau has {len(taus)} values but the model has {len(layers)} "
-                              f"threshold layers; give one value or one per layer")
+            raise ConfigError(
+                f"support.tau has {len(taus)} values but the model has {len(layers)} "
+                f"threshold layers; give one value or one per layer"
+            )
     for i, (_, layer) in enumerate(layers):
         if mode is not None:
             layer.mode = mode
@@ -377,7 +400,7 @@ def configure(model: nn.Module, *, mode: str | None = None, apply: str | None = 
             if mode != "instance":
                 layer.instance_mask = None
         if apply is not None:
-            layer.apply = apply
+            layer.application = apply
         if rule is not None:
             layer.rule = rule
         if beta is not None:
@@ -395,13 +418,13 @@ def configure(model: nn.Module, *, mode: str | None = None, apply: str | None = 
 def layer_mode(model: nn.Module, mode: str) -> Iterator[None]:
     """Temporarily put every threshold layer in ``mode`` (restores the previous modes)."""
     layers = threshold_layers(model)
-    saved = [(l.mode, l.track) for _, l in layers]
+    saved = [(lay.mode, lay.track) for _, lay in layers]
     configure(model, mode=mode, track=False)
     try:
         yield
     finally:
-        for (_, l), (m, t) in zip(layers, saved):
-            l.mode, l.track = m, t
+        for (_, lay), (m, t) in zip(layers, saved):
+            lay.mode, lay.track = m, t
 
 
 def set_instance_masks(model: nn.Module, masks: list[torch.Tensor]) -> None:
@@ -420,9 +443,9 @@ def record_masks(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     layers = threshold_layers(model)
     with layer_mode(model, "record"):
         model(x)
-        masks = [l.last_mask for _, l in layers]
-        for _, l in layers:
-            l.last_mask = None
+        masks = [lay.last_mask for _, lay in layers]
+        for _, lay in layers:
+            lay.last_mask = None
     return masks  # type: ignore[return-value]
 
 

@@ -16,6 +16,7 @@ File layout (all integers little-endian)::
 so ``file size == header_nbytes + n * ceil(bits / 8)`` exactly. ``checksum`` is a
 BLAKE2b-128 digest of the payload, verified when the store is opened.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,8 @@ import math
 import os
 import struct
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -106,7 +107,7 @@ def unpack_masks(rows: np.ndarray, shapes: Sequence[Sequence[int]], device=None)
     out, pos = [], 0
     for s in shapes:
         k = _numel(s)
-        out.append(flat[:, pos:pos + k].reshape(rows.shape[0], *s))
+        out.append(flat[:, pos : pos + k].reshape(rows.shape[0], *s))
         pos += k
     return out
 
@@ -140,8 +141,9 @@ class MaskStore:
             os.close(fd)
             with open(self._tmp, "r+b") as f:
                 f.truncate(self.header_nbytes + self.payload_nbytes)
-            self.payload = np.memmap(self._tmp, dtype=np.uint8, mode="r+", offset=self.header_nbytes,
-                                     shape=(self.n, self.row_bytes))
+            self.payload = np.memmap(
+                self._tmp, dtype=np.uint8, mode="r+", offset=self.header_nbytes, shape=(self.n, self.row_bytes)
+            )
 
     # -- geometry --------------------------------------------------------------
     @property
@@ -161,9 +163,17 @@ class MaskStore:
         return 8.0 * self.nbytes / (self.n * self.bits)
 
     def _make_header(self) -> bytes:
-        meta = json.dumps({"n": self.n, "shapes": [list(s) for s in self.shapes], "bits": self.bits,
-                           "row_bytes": self.row_bytes, "checksum": self.checksum,
-                           "digest": "blake2b-128"}, separators=(",", ":")).encode()
+        meta = json.dumps(
+            {
+                "n": self.n,
+                "shapes": [list(s) for s in self.shapes],
+                "bits": self.bits,
+                "row_bytes": self.row_bytes,
+                "checksum": self.checksum,
+                "digest": "blake2b-128",
+            },
+            separators=(",", ":"),
+        ).encode()
         hlen = 16 + len(meta)
         hlen = (hlen + 63) // 64 * 64
         return MAGIC + struct.pack("<II", VERSION, hlen) + meta.ljust(hlen - 16, b" ")
@@ -195,11 +205,11 @@ class MaskStore:
         h = hashlib.blake2b(digest_size=_DIGEST)
         step = max(1, (64 << 20) // max(1, self.row_bytes))
         for i in range(0, self.n, step):
-            h.update(np.ascontiguousarray(self.payload[i:i + step]).data)
+            h.update(np.ascontiguousarray(self.payload[i : i + step]).data)
         return h.hexdigest()
 
     # -- persistence -----------------------------------------------------------
-    def finalize(self) -> "MaskStore":
+    def finalize(self) -> MaskStore:
         """Record the payload checksum; for a file store, fsync and rename it into place."""
         self.checksum = self._digest()
         self._header = self._make_header()
@@ -213,8 +223,9 @@ class MaskStore:
             os.replace(self._tmp, self.path)
             fsync_dir(self.path.parent)
             self._tmp = None
-            self.payload = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.header_nbytes,
-                                     shape=(self.n, self.row_bytes))
+            self.payload = np.memmap(
+                self.path, dtype=np.uint8, mode="r", offset=self.header_nbytes, shape=(self.n, self.row_bytes)
+            )
             self.readonly = True
         return self
 
@@ -229,7 +240,7 @@ class MaskStore:
             f.write(self._header)
             step = max(1, (64 << 20) // max(1, self.row_bytes))
             for i in range(0, self.n, step):
-                f.write(np.ascontiguousarray(self.payload[i:i + step]).tobytes())
+                f.write(np.ascontiguousarray(self.payload[i : i + step]).tobytes())
 
         return atomic_write(path, _w)
 
@@ -250,7 +261,7 @@ class MaskStore:
             pass
 
     @classmethod
-    def open(cls, path: str | Path, verify: bool = True, in_memory: bool = False) -> "MaskStore":
+    def open(cls, path: str | Path, verify: bool = True, in_memory: bool = False) -> MaskStore:
         """Map (or load) a store file, checking magic, version, size and checksum."""
         path = Path(path)
         fix = "delete it to re-estimate the supports"
@@ -262,8 +273,9 @@ class MaskStore:
                     raise IntegrityError(f"mask store {path} is not a supportnet mask store (bad magic); {fix}")
                 version, hlen = struct.unpack("<II", head[8:16])
                 if version != VERSION:
-                    raise IntegrityError(f"mask store {path} has version {version}, this supportnet reads "
-                                         f"version {VERSION}; {fix}")
+                    raise IntegrityError(
+                        f"mask store {path} has version {version}, this supportnet reads version {VERSION}; {fix}"
+                    )
                 if hlen < 16 or hlen > size or hlen > 1 << 20:
                     raise IntegrityError(f"mask store {path} has a damaged header; {fix}")
                 meta = json.loads(f.read(hlen - 16).decode().strip())
@@ -278,16 +290,21 @@ class MaskStore:
             store.checksum = str(meta["checksum"])
         except (KeyError, TypeError, ValueError):
             raise IntegrityError(f"mask store {path} has a damaged header; {fix}") from None
-        if (store.n <= 0 or store.bits != sum(_numel(s) for s in store.shapes)
-                or store.row_bytes != (store.bits + 7) // 8):
+        if (
+            store.n <= 0
+            or store.bits != sum(_numel(s) for s in store.shapes)
+            or store.row_bytes != (store.bits + 7) // 8
+        ):
             raise IntegrityError(f"mask store {path} has an inconsistent header; {fix}")
         store.path, store._tmp, store.readonly = path, None, True
         store._header = store._make_header()
         if len(store._header) != hlen:
             raise IntegrityError(f"mask store {path} has a damaged header; {fix}")
         if size != hlen + store.n * store.row_bytes:
-            raise IntegrityError(f"mask store {path} is truncated or padded ({size} bytes, expected "
-                                 f"{hlen + store.n * store.row_bytes}); {fix}")
+            raise IntegrityError(
+                f"mask store {path} is truncated or padded ({size} bytes, expected "
+                f"{hlen + store.n * store.row_bytes}); {fix}"
+            )
         store.payload = np.memmap(path, dtype=np.uint8, mode="r", offset=hlen, shape=(store.n, store.row_bytes))
         if in_memory:
             store.payload = np.array(store.payload)
@@ -295,13 +312,13 @@ class MaskStore:
             raise IntegrityError(f"mask store {path} fails its checksum (bit flip or partial write); {fix}")
         return store
 
-    def changed_fraction(self, other: "MaskStore") -> float:
+    def changed_fraction(self, other: MaskStore) -> float:
         """Fraction of mask bits that differ between two stores of the same geometry."""
         if (other.n, other.shapes) != (self.n, self.shapes):
             raise ValueError("mask stores of different geometry cannot be compared")
         diff = 0
         step = max(1, (16 << 20) // max(1, self.row_bytes))
         for i in range(0, self.n, step):
-            x = np.bitwise_xor(np.asarray(self.payload[i:i + step]), np.asarray(other.payload[i:i + step]))
+            x = np.bitwise_xor(np.asarray(self.payload[i : i + step]), np.asarray(other.payload[i : i + step]))
             diff += _popcount(x)  # the pad bits at each row's end are zero in both stores
         return diff / (self.n * self.bits)

@@ -1,9 +1,11 @@
 """Curves and tables: the paper's Fig. 1/3-style plots (loss and error against
 epochs, support re-estimations marked) and Markdown comparison tables."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
+from ._optional import plot
 from .io import atomic_write
 
 
@@ -38,6 +40,7 @@ def _mark_reestimations(ax, rows, color="k"):
             ax.axvline(r["epoch"] - 0.5, color=color, ls=":", lw=0.8, alpha=0.6)
 
 
+@plot
 def plot_run(rows: list[dict], path: Path, title: str = "") -> None:
     """Loss and test error against epochs for one run; dotted lines mark support re-estimations."""
     ep = [r["epoch"] for r in rows]
@@ -58,6 +61,7 @@ def plot_run(rows: list[dict], path: Path, title: str = "") -> None:
     _save(fig, path)
 
 
+@plot
 def plot_compare(methods: dict[str, dict], path: Path, title: str = "") -> None:
     """One figure, every method: training loss, test loss and test error against epochs."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -83,12 +87,16 @@ def plot_compare(methods: dict[str, dict], path: Path, title: str = "") -> None:
 
 
 def markdown_table(methods: dict[str, dict]) -> str:
-    lines = ["| method | test acc (%) | test loss | iterations | train seconds | status |",
-             "|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "| method | test acc (%) | test loss | iterations | train seconds | status |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for name, m in methods.items():
         if m.get("error"):
             lines.append(f"| {name} | – | – | – | – | {m['error']} |")
             continue
-        lines.append(f"| {name} | {100 * m['test_acc']:.2f} | {m['test_loss']:.4f} | {m['iterations']} "
-                     f"| {m['seconds']:.1f} | ok |")
+        lines.append(
+            f"| {name} | {100 * m['test_acc']:.2f} | {m['test_loss']:.4f} | {m['iterations']} "
+            f"| {m['seconds']:.1f} | ok |"
+        )
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ A time-to-target protocol in the spirit of MLCommons AlgoPerf:
 Fig. 1/3 style: loss and error against epochs, one line per method, support
 re-estimations marked) and ``ratio.png`` (iterations to target / SGD's).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,6 +31,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from ._optional import plot
 from .compare import method_config
 from .config import Config, from_dict
 from .errors import ConfigError, DivergenceError
@@ -100,6 +102,7 @@ def _resolved(c: Config) -> Config:
 
 # ----------------------------------------------------------------------------- metrics
 
+
 def time_to_target(trace: list[dict], target: float) -> tuple[float, float] | None:
     """(iterations, seconds) at which the test accuracy first reaches ``target``, interpolated
     linearly between trace points; None if it never does."""
@@ -108,8 +111,10 @@ def time_to_target(trace: list[dict], target: float) -> tuple[float, float] | No
         if p["test_acc"] >= target:
             span = p["test_acc"] - prev["test_acc"]
             f = 1.0 if span <= 0 else (target - prev["test_acc"]) / span
-            return (prev["iterations"] + f * (p["iterations"] - prev["iterations"]),
-                    prev["seconds"] + f * (p["seconds"] - prev["seconds"]))
+            return (
+                prev["iterations"] + f * (p["iterations"] - prev["iterations"]),
+                prev["seconds"] + f * (p["seconds"] - prev["seconds"]),
+            )
         prev = p
     return None
 
@@ -142,12 +147,16 @@ def summarize(runs: dict[str, dict[int, dict]], targets: list[float]) -> dict:
     out: dict[str, dict] = {"targets": {k: v for k, v in all_targets}, "methods": {}}
     for m, by_seed in runs.items():
         ok = {s: r for s, r in by_seed.items() if "error" not in r}
-        row: dict = {"seeds": sorted(by_seed), "diverged": sorted(s for s in by_seed if s not in ok),
-                     "lr": next(iter(by_seed.values())).get("lr"),
-                     "final_acc": _ms([r["test_acc"] for r in ok.values()]),
-                     "error_auc": _ms([error_auc(r["trace"]) for r in ok.values()]),
-                     "seconds": _ms([r["seconds"] for r in ok.values()]),
-                     "iterations": _ms([r["iterations"] for r in ok.values()]), "to_target": {}}
+        row: dict = {
+            "seeds": sorted(by_seed),
+            "diverged": sorted(s for s in by_seed if s not in ok),
+            "lr": next(iter(by_seed.values())).get("lr"),
+            "final_acc": _ms([r["test_acc"] for r in ok.values()]),
+            "error_auc": _ms([error_auc(r["trace"]) for r in ok.values()]),
+            "seconds": _ms([r["seconds"] for r in ok.values()]),
+            "iterations": _ms([r["iterations"] for r in ok.values()]),
+            "to_target": {},
+        }
         for name, t in all_targets:
             hits = {s: time_to_target(r["trace"], t) for s, r in ok.items()}
             ratio_it, ratio_s = [], []
@@ -158,18 +167,24 @@ def summarize(runs: dict[str, dict[int, dict]], targets: list[float]) -> dict:
                     ratio_it.append(h[0] / bh[0])
                     ratio_s.append(h[1] / bh[1])
             row["to_target"][name] = {
-                "target": t, "reached": sum(1 for h in hits.values() if h), "of": len(by_seed),
+                "target": t,
+                "reached": sum(1 for h in hits.values() if h),
+                "of": len(by_seed),
                 "iterations": _ms([h[0] for h in hits.values() if h]),
                 "seconds": _ms([h[1] for h in hits.values() if h]),
-                "iter_ratio_to_sgd": _ms(ratio_it), "seconds_ratio_to_sgd": _ms(ratio_s)}
+                "iter_ratio_to_sgd": _ms(ratio_it),
+                "seconds_ratio_to_sgd": _ms(ratio_s),
+            }
         out["methods"][m] = row
     return out
 
 
 # ----------------------------------------------------------------------------- the study
 
-def tune_lr(base: Config, methods: list[str], grid: list[float], epochs: int, val: int, out: Path,
-            jobs: int = 1, log=print) -> dict[str, dict]:
+
+def tune_lr(
+    base: Config, methods: list[str], grid: list[float], epochs: int, val: int, out: Path, jobs: int = 1, log=print
+) -> dict[str, dict]:
     """Pick each method's learning rate from ``grid`` by final validation accuracy (same budget)."""
     if val <= 0:
         raise ConfigError("tuning needs a validation split; pass --tune-val N (e.g. 5000)")
@@ -196,9 +211,19 @@ def tune_lr(base: Config, methods: list[str], grid: list[float], epochs: int, va
     return chosen
 
 
-def run_study(base: Config, methods: list[str], seeds: list[int], out: str | Path,
-              lr_grid: list[float] | None = None, tune_epochs: int | None = None, tune_val: int = 5000,
-              targets: list[float] = (), jobs: int = 1, log=print, footer: str | None = None) -> dict:
+def run_study(
+    base: Config,
+    methods: list[str],
+    seeds: list[int],
+    out: str | Path,
+    lr_grid: list[float] | None = None,
+    tune_epochs: int | None = None,
+    tune_val: int = 5000,
+    targets: list[float] = (),
+    jobs: int = 1,
+    log=print,
+    footer: str | None = None,
+) -> dict:
     """The whole protocol (module docstring); returns the summary written to ``out/study.json``."""
     out = Path(out)
     if BASELINE not in [m.split("[")[0] for m in methods]:
@@ -227,15 +252,32 @@ def run_study(base: Config, methods: list[str], seeds: list[int], out: str | Pat
     for (m, s), r in zip(keys, res):
         r["lr"] = lrs[m]
         runs.setdefault(m, {})[s] = r
-    summary = {"data": base.data.name, "model": base.model.name, "model_kwargs": base.model.kwargs,
-               "subset": base.data.subset, "epochs": base.train.epochs, "batch_size": base.train.batch_size,
-               "schedule": base.train.schedule, "evals_per_epoch": base.train.evals_per_epoch,
-               "seeds": list(seeds), "lr_grid": lr_grid, "tune_epochs": tune_epochs, "tune_val": tune_val,
-               "tuning": tuning, "jobs": jobs, "threads": base.train.threads, "wall_seconds": time.time() - t0,
-               **summarize(runs, list(targets)),
-               "runs": {m: {str(s): {k: r.get(k) for k in ("test_acc", "iterations", "seconds", "curve", "trace",
-                                                           "error", "out")}
-                            for s, r in by.items()} for m, by in runs.items()}}
+    summary = {
+        "data": base.data.name,
+        "model": base.model.name,
+        "model_kwargs": base.model.kwargs,
+        "subset": base.data.subset,
+        "epochs": base.train.epochs,
+        "batch_size": base.train.batch_size,
+        "schedule": base.train.schedule,
+        "evals_per_epoch": base.train.evals_per_epoch,
+        "seeds": list(seeds),
+        "lr_grid": lr_grid,
+        "tune_epochs": tune_epochs,
+        "tune_val": tune_val,
+        "tuning": tuning,
+        "jobs": jobs,
+        "threads": base.train.threads,
+        "wall_seconds": time.time() - t0,
+        **summarize(runs, list(targets)),
+        "runs": {
+            m: {
+                str(s): {k: r.get(k) for k in ("test_acc", "iterations", "seconds", "curve", "trace", "error", "out")}
+                for s, r in by.items()
+            }
+            for m, by in runs.items()
+        },
+    }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "study.json", json.dumps(summary, indent=1))
     atomic_write_text(out / "table.md", study_table(summary))
@@ -245,6 +287,7 @@ def run_study(base: Config, methods: list[str], seeds: list[int], out: str | Pat
 
 
 # ----------------------------------------------------------------------------- reporting
+
 
 def _fmt(ms: dict, scale: float = 1.0, digits: int = 2) -> str:
     if ms["mean"] is None:
@@ -260,8 +303,13 @@ def study_table(s: dict) -> str:
         head += [f"iters to {n}", f"÷ SGD ({n})"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, r in s["methods"].items():
-        cells = [m, f"{r['lr']:g}" if r["lr"] is not None else "–", _fmt(r["final_acc"], 100),
-                 _fmt(r["error_auc"], 100), _fmt(r["seconds"], 1, 0)]
+        cells = [
+            m,
+            f"{r['lr']:g}" if r["lr"] is not None else "–",
+            _fmt(r["final_acc"], 100),
+            _fmt(r["error_auc"], 100),
+            _fmt(r["seconds"], 1, 0),
+        ]
         for n in names:
             t = r["to_target"][n]
             it = _fmt(t["iterations"], 1, 0)
@@ -272,8 +320,13 @@ def study_table(s: dict) -> str:
             cells[0] += f" (diverged: seeds {r['diverged']})"
         lines.append("| " + " | ".join(cells) + " |")
     tt = ", ".join(f"{n} = {100 * v:.2f}%" for n, v in s["targets"].items())
-    return (f"{s['model']} on {s['data']}" + (f" (subset {s['subset']})" if s["subset"] else "")
-            + f", {s['epochs']} epochs, seeds {s['seeds']}; targets: {tt}\n\n" + "\n".join(lines) + "\n")
+    return (
+        f"{s['model']} on {s['data']}"
+        + (f" (subset {s['subset']})" if s["subset"] else "")
+        + f", {s['epochs']} epochs, seeds {s['seeds']}; targets: {tt}\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
 
 
 def _mean_curve(by_seed: dict, key: str):
@@ -286,6 +339,7 @@ def _mean_curve(by_seed: dict, key: str):
     return ep, [statistics.fmean(v) for v in vals], [statistics.pstdev(v) for v in vals]
 
 
+@plot
 def plot_study_curves(s: dict, path: Path, footer: str | None = None) -> None:
     """Training objective and test error against epochs (mean over seeds, band = ±1 std)."""
     from .report import _save, plt
@@ -318,11 +372,15 @@ def plot_study_curves(s: dict, path: Path, footer: str | None = None) -> None:
     for ax in (a, b):
         ax.set_xlabel("epoch"), ax.grid(alpha=0.3)
     b.legend(fontsize=7)
-    fig.suptitle(f"{s['model']} on {s['data']}, seeds {s['seeds']}, mean ± std "
-                 f"(dotted: support re-estimated)" + (f"\n{footer}" if footer else ""), fontsize=8)
+    fig.suptitle(
+        f"{s['model']} on {s['data']}, seeds {s['seeds']}, mean ± std "
+        f"(dotted: support re-estimated)" + (f"\n{footer}" if footer else ""),
+        fontsize=8,
+    )
     _save(fig, path)
 
 
+@plot
 def plot_ratios(s: dict, path: Path, footer: str | None = None) -> None:
     """Iterations to each target as a ratio to SGD's (paired by seed; mean ± std)."""
     from .report import _save, plt

@@ -14,15 +14,16 @@ Run folder::
     final.pt         final weights and config: {"state_dict", "config", "metrics"}
     summary.json     final figures
 """
+
 from __future__ import annotations
 
 import csv
 import json
-from contextlib import nullcontext
 import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,7 @@ METRIC_DOC = {
     "maskt_acc": "test accuracy with binary masks as activations (the paper's MaskT), if train.maskt",
     "reestimated": "1 if the support was re-estimated at the start of this epoch",
     "mask_change": "fraction of mask bits changed since the previous support (stored: all examples; "
-                   "snapshot: the first 4096 training examples)",
+    "snapshot: the first 4096 training examples)",
     "est_seconds": "time spent estimating supports this epoch",
     "active/<layer>": "fraction of active units (sampled every train.stats_every steps)",
     "drift/<layer>": "fraction of units whose free support disagrees with the fixed one",
@@ -80,8 +81,9 @@ def lr_at(cfg: Config, step: int, steps_per_epoch: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 128, device=None,
-             mode: str = "free") -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, split: Split, batch_size: int = 128, device=None, mode: str = "free"
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``split`` with every layer in ``mode``."""
     from .distributed import all_reduce_sum, world_size
 
@@ -104,8 +106,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 128, device=None,
     finally:
         model.train(was_training)
     if world > 1:
-        sums = all_reduce_sum(torch.tensor([total_loss, float(correct), float(n)], dtype=torch.float64,
-                                           device=device))
+        sums = all_reduce_sum(torch.tensor([total_loss, float(correct), float(n)], dtype=torch.float64, device=device))
         total_loss, correct, n = sums[0].item(), int(sums[1].item()), int(sums[2].item())
     return total_loss / max(n, 1), correct / max(n, 1)
 
@@ -118,12 +119,14 @@ def first_nonfinite_layer(model: nn.Module, x: torch.Tensor) -> str:
     hooks = []
     for name, mod in model.named_modules():
         if name and not list(mod.children()):
+
             def hook(m, inp, out, name=name):
                 if isinstance(out, torch.Tensor) and out.is_floating_point():
                     if not found and not torch.isfinite(out).all():
                         found.append(name)
                     elif out.numel():
                         largest.append((out.detach().abs().max().item(), name))
+
             hooks.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -159,9 +162,21 @@ def _default_out(cfg: Config) -> Path:
 def build(cfg: Config, data: DataBundle | None = None):
     """Data and model for ``cfg``, seeded so every method starts from the same weights."""
     d = cfg.data
-    data = data or load_data(d.name, d.data_dir, subset=d.subset, val=d.val, seed=cfg.train.seed, pad=d.pad,
-                             do_normalize=d.normalize, preprocess=d.preprocess, image_size=d.image_size,
-                             extra=d.extra, stream=d.stream, workers=d.workers, test_subset=d.test_subset)
+    data = data or load_data(
+        d.name,
+        d.data_dir,
+        subset=d.subset,
+        val=d.val,
+        seed=cfg.train.seed,
+        pad=d.pad,
+        do_normalize=d.normalize,
+        preprocess=d.preprocess,
+        image_size=d.image_size,
+        extra=d.extra,
+        stream=d.stream,
+        workers=d.workers,
+        test_subset=d.test_subset,
+    )
     seed_everything(cfg.train.seed)
     model = create_model(cfg.model.name, in_shape=data.in_shape, num_classes=data.num_classes, **cfg.model.kwargs)
     check_model_fits(model, cfg, data)
@@ -179,18 +194,28 @@ def check_model_fits(model: nn.Module, cfg: Config, data: DataBundle) -> None:
             out = model(torch.zeros(1, *data.in_shape))
             model.train(was)
     except RuntimeError as e:
-        raise ConfigError(f"model {cfg.model.name!r} cannot take {shape} inputs from {data.name} "
-                          f"({str(e).splitlines()[0][:90]}); pad the data (data.pad), set data.image_size, "
-                          f"or pick a model for this input size") from None
+        raise ConfigError(
+            f"model {cfg.model.name!r} cannot take {shape} inputs from {data.name} "
+            f"({str(e).splitlines()[0][:90]}); pad the data (data.pad), set data.image_size, "
+            f"or pick a model for this input size"
+        ) from None
     finally:
         torch.set_rng_state(rng)
     if out.shape[-1] != data.num_classes:
-        raise ConfigError(f"model {cfg.model.name!r} gives {out.shape[-1]} outputs but {data.name} has "
-                          f"{data.num_classes} classes; drop the num_classes override")
+        raise ConfigError(
+            f"model {cfg.model.name!r} gives {out.shape[-1]} outputs but {data.name} has "
+            f"{data.num_classes} classes; drop the num_classes override"
+        )
 
 
-def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = None,
-        step_hook=None, resume: str | Path | None = None, strict: bool = False) -> Path:
+def fit(
+    cfg: Config,
+    data: DataBundle | None = None,
+    model: nn.Module | None = None,
+    step_hook=None,
+    resume: str | Path | None = None,
+    strict: bool = False,
+) -> Path:
     """Train as ``cfg`` says and return the run folder (see the module docstring).
 
     ``step_hook(model, optimizer)``, if given, runs once before training and after every
@@ -233,8 +258,13 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
     # first non-finite step on), and the flag is read every 20 steps and at the end of the epoch.
     # On the CPU (no queue to stall) every step is checked before its update, as before.
     lazy_guard = device.type == "cuda" or os.environ.get("SUPPORTNET_LAZY_GUARD") == "1"  # env: tests on CPU
-    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-                          fused=True if lazy_guard else None)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=t.lr,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        fused=True if lazy_guard else None,
+    )
     if lazy_guard:
         guard = {"bad": torch.zeros((), dtype=torch.float32, device=device), "checked": 0}
         opt.found_inf = guard["bad"]  # type: ignore[attr-defined]
@@ -249,11 +279,20 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         raise DivergenceError(
             f"training objective or gradient became non-finite between steps {guard['checked'] + 1} and {st.step} "
             f"(epoch {epoch + 1}, {phase} phase); the weights were not updated from that step on; last good "
-            f"checkpoint: {last_good or 'none'}; lower train.lr, or use support.apply=gated or another support.rule")
+            f"checkpoint: {last_good or 'none'}; lower train.lr, or use support.apply=gated or another support.rule"
+        )
+
     if step_hook is not None:
         step_hook(model, opt)
-    sched = make_schedule(cfg.support, model, data.train, device, out, t.eval_batch_size,
-                          augment_seed=t.seed if cfg.data.augment else None)
+    sched = make_schedule(
+        cfg.support,
+        model,
+        data.train,
+        device,
+        out,
+        t.eval_batch_size,
+        augment_seed=t.seed if cfg.data.augment else None,
+    )
     # I-alternation with stored supports under torchrun: a fixed shard of examples (and masks) per rank.
     sharded = info.active and cfg.support.method == "i-alt" and cfg.support.backend == "stored"
     if sharded:
@@ -294,11 +333,24 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
     from tqdm import tqdm
 
     def checkpoint(epoch_done: int, step_in_epoch: int, part: dict | None) -> Path:
-        return save_checkpoint(out / "checkpoint.pt", {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
-            "epoch": epoch_done, "step": st.step, "step_in_epoch": step_in_epoch, "partial": part,
-            "seconds": st.seconds, "config": cfg.to_dict(), "rng": get_rng_state(), "metrics": rows,
-            "trace": trace, "format": RESUME_FORMAT})
+        return save_checkpoint(
+            out / "checkpoint.pt",
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "schedule": sched.state_dict(),
+                "epoch": epoch_done,
+                "step": st.step,
+                "step_in_epoch": step_in_epoch,
+                "partial": part,
+                "seconds": st.seconds,
+                "config": cfg.to_dict(),
+                "rng": get_rng_state(),
+                "metrics": rows,
+                "trace": trace,
+                "format": RESUME_FORMAT,
+            },
+        )
 
     for epoch in range(first_epoch, t.epochs):
         # Phase: the schedule decides warm-up vs alternation and re-estimates supports.
@@ -319,12 +371,22 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
             order = distributed.shard_order(order, info, len(data.train))
         loss_sum, n_seen, step_in_epoch, eval_seconds = 0.0, 0, 0, 0.0
         if start:
-            loss_sum, n_seen, eval_seconds, step_in_epoch = (partial["loss_sum"], partial["n_seen"],
-                                                             partial["eval_seconds"], start)
+            loss_sum, n_seen, eval_seconds, step_in_epoch = (
+                partial["loss_sum"],
+                partial["n_seen"],
+                partial["eval_seconds"],
+                start,
+            )
         loss_acc = torch.tensor(loss_sum, dtype=torch.float64, device=device)
         tracking: bool | None = None  # the layers' track flag as last set here (None: unknown)
-        bar = tqdm(batches(data.train, local_batch, order, start=start), total=steps_per_epoch, initial=start,
-                   leave=False, disable=cfg.quiet or not main, desc=f"epoch {epoch + 1}/{t.epochs} [{ev['phase']}]")
+        bar = tqdm(
+            batches(data.train, local_batch, order, start=start),
+            total=steps_per_epoch,
+            initial=start,
+            leave=False,
+            disable=cfg.quiet or not main,
+            desc=f"epoch {epoch + 1}/{t.epochs} [{ev['phase']}]",
+        )
         for x, y, idx in bar:
             if info.active and not sharded:  # this rank's slice of the global batch
                 sl = distributed.local_slice(len(idx), info)
@@ -367,15 +429,19 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
                 raise DivergenceError(
                     f"training objective became {objective.item():.3g} (cross-entropy {loss.item():.3g}) at epoch "
                     f"{epoch + 1}, step {st.step + 1} ({ev['phase']} phase); {where}; last good checkpoint: "
-                    f"{last_good or 'none'}; lower train.lr, or use support.apply=gated or another support.rule")
+                    f"{last_good or 'none'}; lower train.lr, or use support.apply=gated or another support.rule"
+                )
             if bad_grad:
-                bad = next((n for n, p in model.named_parameters() if p.grad is not None
-                            and not torch.isfinite(p.grad).all()), "another rank's gradients")
+                bad = next(
+                    (n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()),
+                    "another rank's gradients",
+                )
                 raise DivergenceError(
                     f"gradient became non-finite at epoch {epoch + 1}, step {st.step + 1} ({ev['phase']} phase; "
                     f"first in {bad}) although the objective was {objective.item():.3g}; the weights were not "
                     f"updated; last good checkpoint: {last_good or 'none'}; lower train.lr, or use "
-                    f"support.apply=gated or another support.rule")
+                    f"support.apply=gated or another support.rule"
+                )
             opt.step()
             if step_hook is not None:
                 step_hook(model, opt)
@@ -387,18 +453,32 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
             if step_in_epoch in eval_at:  # mid-epoch point of the trace; its time is not training time
                 te = time.perf_counter()
                 tl, ta = evaluate(model, data.test, t.eval_batch_size, device)
-                trace.append({"epoch": epoch + step_in_epoch / steps_per_epoch, "iterations": st.step,
-                              "seconds": round(st.seconds + te - t0 - eval_seconds, 3),
-                              "test_loss": tl, "test_acc": ta})
+                trace.append(
+                    {
+                        "epoch": epoch + step_in_epoch / steps_per_epoch,
+                        "iterations": st.step,
+                        "seconds": round(st.seconds + te - t0 - eval_seconds, 3),
+                        "test_loss": tl,
+                        "test_acc": ta,
+                    }
+                )
                 eval_seconds += time.perf_counter() - te
                 tracking = None
             if lazy_guard and (st.step % 20 == 0 or (t.checkpoint_steps and st.step % t.checkpoint_steps == 0)):
                 check_guard(epoch, ev["phase"])
             if main and t.checkpoint_steps and st.step % t.checkpoint_steps == 0 and step_in_epoch < steps_per_epoch:
                 # mid-epoch checkpoint: everything needed to continue from this very step
-                last_good = checkpoint(epoch, step_in_epoch, {
-                    "ev": ev, "loss_sum": loss_acc.item(), "n_seen": n_seen, "eval_seconds": eval_seconds,
-                    "elapsed": time.perf_counter() - t0})
+                last_good = checkpoint(
+                    epoch,
+                    step_in_epoch,
+                    {
+                        "ev": ev,
+                        "loss_sum": loss_acc.item(),
+                        "n_seen": n_seen,
+                        "eval_seconds": eval_seconds,
+                        "elapsed": time.perf_counter() - t0,
+                    },
+                )
             if st.step % 20 == 0 and not bar.disable:
                 bar.set_postfix(loss=f"{loss_acc.item() / n_seen:.4f}")
         bar.close()
@@ -406,16 +486,19 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         loss_sum = loss_acc.item()
         configure(model, track=False)
         if info.active:
-            sums = distributed.all_reduce_sum(torch.tensor([loss_sum, float(n_seen)], dtype=torch.float64,
-                                                           device=device))
+            sums = distributed.all_reduce_sum(
+                torch.tensor([loss_sum, float(n_seen)], dtype=torch.float64, device=device)
+            )
             loss_sum, n_seen = sums[0].item(), int(sums[1].item())
         obj_loss = loss_sum / max(n_seen, 1)
         sched.end_epoch(obj_loss)
         st.seconds += time.perf_counter() - t0 - eval_seconds
         st.epoch = epoch + 1
         if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise DivergenceError(f"weights became non-finite in epoch {epoch + 1}; last good checkpoint: "
-                                  f"{last_good or 'none'}; lower train.lr or use support.apply=gated")
+            raise DivergenceError(
+                f"weights became non-finite in epoch {epoch + 1}; last good checkpoint: "
+                f"{last_good or 'none'}; lower train.lr or use support.apply=gated"
+            )
 
         # Evaluate in free mode (the paper applies the threshold at test time).
         test_loss, test_acc = evaluate(model, data.test, t.eval_batch_size, device)
@@ -424,20 +507,36 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
             raise DivergenceError(
                 f"test loss became {test_loss} after epoch {epoch + 1} ({ev['phase']} phase) although the training "
                 f"objective was {obj_loss:.3g}; {where}; last good checkpoint: {last_good or 'none'}; lower "
-                f"train.lr, or use support.apply=gated or another support.rule")
-        row = {"epoch": st.epoch, "phase": ev["phase"], "round": ev["round"], "lr": lr,
-               "iterations": st.step, "seconds": round(st.seconds, 3), "obj_loss": obj_loss}
+                f"train.lr, or use support.apply=gated or another support.rule"
+            )
+        row = {
+            "epoch": st.epoch,
+            "phase": ev["phase"],
+            "round": ev["round"],
+            "lr": lr,
+            "iterations": st.step,
+            "seconds": round(st.seconds, 3),
+            "obj_loss": obj_loss,
+        }
         if eval_train is not None:
             row["train_loss"], row["train_acc"] = evaluate(model, eval_train, t.eval_batch_size, device)
         if data.val is not None:  # the split to tune on; never the test set
             row["val_loss"], row["val_acc"] = evaluate(model, data.val, t.eval_batch_size, device)
         row.update(test_loss=test_loss, test_acc=test_acc, test_err=1.0 - test_acc)
-        trace.append({"epoch": float(st.epoch), "iterations": st.step, "seconds": round(st.seconds, 3),
-                      "test_loss": test_loss, "test_acc": test_acc})
+        trace.append(
+            {
+                "epoch": float(st.epoch),
+                "iterations": st.step,
+                "seconds": round(st.seconds, 3),
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+            }
+        )
         if t.maskt:
             row["maskt_acc"] = evaluate(model, data.test, t.eval_batch_size, device, mode="binary")[1]
-        row.update(reestimated=int(ev["reestimated"]), mask_change=ev["mask_change"],
-                   est_seconds=round(ev["est_seconds"], 3))
+        row.update(
+            reestimated=int(ev["reestimated"]), mask_change=ev["mask_change"], est_seconds=round(ev["est_seconds"], 3)
+        )
         stats = collect_stats(model)
         for name in layer_names:
             row[f"active/{name}"] = stats[name]["active"]
@@ -447,8 +546,10 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
         if not main:
             continue
         if not cfg.quiet:
-            tqdm.write(f"epoch {st.epoch:3d} [{ev['phase']:6s}] obj {obj_loss:.4f}  test loss {test_loss:.4f}  "
-                       f"acc {test_acc:.4f}  {st.seconds:7.1f}s" + ("  (support re-estimated)" if ev["reestimated"] else ""))
+            tqdm.write(
+                f"epoch {st.epoch:3d} [{ev['phase']:6s}] obj {obj_loss:.4f}  test loss {test_loss:.4f}  "
+                f"acc {test_acc:.4f}  {st.seconds:7.1f}s" + ("  (support re-estimated)" if ev["reestimated"] else "")
+            )
         write_metrics(out / "metrics.csv", rows)
         if (t.checkpoint_every and st.epoch % t.checkpoint_every == 0) or t.checkpoint_steps:
             last_good = checkpoint(st.epoch, 0, None)
@@ -459,10 +560,18 @@ def fit(cfg: Config, data: DataBundle | None = None, model: nn.Module | None = N
     # Final artefacts: weights, curves, summary.
     save_checkpoint(out / "final.pt", {"state_dict": model.state_dict(), "config": cfg.to_dict(), "metrics": rows})
     last = rows[-1]
-    summary = {"method": cfg.support.method, "model": cfg.model.name, "data": cfg.data.name,
-               "params": count_params(model), "test_acc": last["test_acc"], "test_loss": last["test_loss"],
-               "iterations": last["iterations"], "seconds": last["seconds"],
-               "curve": [curve_point(r) for r in rows], "trace": trace}
+    summary = {
+        "method": cfg.support.method,
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "params": count_params(model),
+        "test_acc": last["test_acc"],
+        "test_loss": last["test_loss"],
+        "iterations": last["iterations"],
+        "seconds": last["seconds"],
+        "curve": [curve_point(r) for r in rows],
+        "trace": trace,
+    }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     from .report import plot_run
 
@@ -478,9 +587,12 @@ def get_rng_state() -> dict:
     """Every random number generator the training loop draws from, in a weights_only-safe form."""
     py = random.getstate()
     npst = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": [py[0], list(py[1]), py[2]],
-            "numpy": [npst[0], torch.from_numpy(npst[1].astype(np.int64)), int(npst[2]), int(npst[3]), float(npst[4])],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [npst[0], torch.from_numpy(npst[1].astype(np.int64)), int(npst[2]), int(npst[3]), float(npst[4])],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_state(s: dict) -> None:
@@ -497,21 +609,32 @@ def _load_resume(run: Path, cfg: Config) -> dict:
 
     ck = run / "checkpoint.pt"
     if not ck.is_file():
-        raise ConfigError(f"{run} has no checkpoint.pt to resume from; pass a run folder written by "
-                          f"'supportnet train' (with train.checkpoint_every or train.checkpoint_steps > 0)")
+        raise ConfigError(
+            f"{run} has no checkpoint.pt to resume from; pass a run folder written by "
+            f"'supportnet train' (with train.checkpoint_every or train.checkpoint_steps > 0)"
+        )
     rs = load_checkpoint(ck)
     if rs.get("format") != RESUME_FORMAT:
-        raise ConfigError(f"{ck} was written by another supportnet version (resume format "
-                          f"{rs.get('format')}, this one reads {RESUME_FORMAT}); start a new run")
+        raise ConfigError(
+            f"{ck} was written by another supportnet version (resume format "
+            f"{rs.get('format')}, this one reads {RESUME_FORMAT}); start a new run"
+        )
     saved = resolve_method_defaults(Config.copy(_config_from(rs["config"]))).to_dict()
     mine = resolve_method_defaults(cfg.copy()).to_dict()
     for d in (saved, mine):
         d.pop("out", None), d.pop("quiet", None)
     if saved != mine:
-        diff = sorted(f"{s}.{k}" for s in saved if isinstance(saved[s], dict)
-                      for k in saved[s] if saved[s][k] != mine.get(s, {}).get(k))
-        raise ConfigError(f"the config differs from the one {run} was started with ({', '.join(diff[:4])}); "
-                          f"resume with the run's own config.yaml")
+        diff = sorted(
+            f"{s}.{k}"
+            for s in saved
+            if isinstance(saved[s], dict)
+            for k in saved[s]
+            if saved[s][k] != mine.get(s, {}).get(k)
+        )
+        raise ConfigError(
+            f"the config differs from the one {run} was started with ({', '.join(diff[:4])}); "
+            f"resume with the run's own config.yaml"
+        )
     return rs
 
 
@@ -522,11 +645,18 @@ def _config_from(d: dict) -> Config:
 
 
 def curve_point(r: dict) -> dict:
-    return {"epoch": r["epoch"], "iterations": r["iterations"], "seconds": r["seconds"],
-            "train_loss": r.get("train_loss", r["obj_loss"]), "obj_loss": r["obj_loss"],
-            "test_loss": r["test_loss"], "test_acc": r["test_acc"], "reestimated": bool(r["reestimated"]),
-            **({"val_loss": r["val_loss"], "val_acc": r["val_acc"]} if "val_acc" in r else {}),
-            "mask_change": _finite_or_none(r.get("mask_change"))}
+    return {
+        "epoch": r["epoch"],
+        "iterations": r["iterations"],
+        "seconds": r["seconds"],
+        "train_loss": r.get("train_loss", r["obj_loss"]),
+        "obj_loss": r["obj_loss"],
+        "test_loss": r["test_loss"],
+        "test_acc": r["test_acc"],
+        "reestimated": bool(r["reestimated"]),
+        **({"val_loss": r["val_loss"], "val_acc": r["val_acc"]} if "val_acc" in r else {}),
+        "mask_change": _finite_or_none(r.get("mask_change")),
+    }
 
 
 def _finite_or_none(v):
@@ -550,7 +680,7 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 def to_device(data: DataBundle, device: torch.device) -> DataBundle:
     import dataclasses
 
-    move = (lambda s: None if s is None else Split(s.x.to(device), s.y.to(device)))
+    move = lambda s: None if s is None else Split(s.x.to(device), s.y.to(device))
     return dataclasses.replace(data, train=move(data.train), test=move(data.test), val=move(data.val))
 
 
@@ -558,7 +688,11 @@ def check_config_runs(cfg: Config) -> None:
     if cfg.data.stream and cfg.train.loader == "device":
         raise ConfigError("data.stream=true decodes images on the host; it cannot use train.loader=device")
     if cfg.data.stream and cfg.support.method == "i-alt" and cfg.support.backend == "stored":
-        raise ConfigError("stored supports need one fixed view per example, which streamed random crops do not "
-                          "give; use support.backend=snapshot with data.stream=true")
+        raise ConfigError(
+            "stored supports need one fixed view per example, which streamed random crops do not "
+            "give; use support.backend=snapshot with data.stream=true"
+        )
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={cfg.train.device} but no CUDA device is available; use --set train.device=cpu")
+        raise ConfigError(
+            f"train.device={cfg.train.device} but no CUDA device is available; use --set train.device=cpu"
+        )

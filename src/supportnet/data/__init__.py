@@ -7,13 +7,14 @@ A data set is looked up in this order: ``--data-dir``, ``$SUPPORTNET_DATA``,
 are index slices, so a loader yields ``(x, y, index)`` with no per-image Python
 (the airbench habit).
 """
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -22,8 +23,18 @@ from ..errors import DataError
 from .download import download, file_hash
 from .idx import read_idx
 
-__all__ = ["Split", "DataBundle", "DATASETS", "list_datasets", "load_data", "find_root",
-           "check_dataset", "fetch_dataset", "batches", "epoch_order"]
+__all__ = [
+    "Split",
+    "DataBundle",
+    "DATASETS",
+    "list_datasets",
+    "load_data",
+    "find_root",
+    "check_dataset",
+    "fetch_dataset",
+    "batches",
+    "epoch_order",
+]
 
 
 @dataclass
@@ -36,7 +47,7 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def take(self, index: torch.Tensor) -> "Split":
+    def take(self, index: torch.Tensor) -> Split:
         return Split(self.x[index], self.y[index])
 
 
@@ -71,85 +82,132 @@ def _load_idx_set(root: Path, spec: DatasetSpec, **_):
     xtr, ytr, xte, yte = arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"]
     for xs, ys, split in ((xtr, ytr, "train"), (xte, yte, "test")):
         if xs.ndim != 3 or ys.ndim != 1 or xs.shape[0] != ys.shape[0]:
-            raise DataError(f"{spec.name} {split} images {xs.shape} and labels {ys.shape} do not match; "
-                            f"fetch the data set again (supportnet data fetch {spec.name})")
+            raise DataError(
+                f"{spec.name} {split} images {xs.shape} and labels {ys.shape} do not match; "
+                f"fetch the data set again (supportnet data fetch {spec.name})"
+            )
         if ys.size and (ys.min() < 0 or ys.max() >= spec.num_classes):
-            raise DataError(f"{spec.name} {split} labels fall outside 0..{spec.num_classes - 1}; "
-                            f"fetch the data set again (supportnet data fetch {spec.name})")
+            raise DataError(
+                f"{spec.name} {split} labels fall outside 0..{spec.num_classes - 1}; "
+                f"fetch the data set again (supportnet data fetch {spec.name})"
+            )
     return xtr[:, None], ytr, xte[:, None], yte
 
 
-_IDX_FILES = {"train_images": "train-images-idx3-ubyte.gz", "train_labels": "train-labels-idx1-ubyte.gz",
-              "test_images": "t10k-images-idx3-ubyte.gz", "test_labels": "t10k-labels-idx1-ubyte.gz"}
+_IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
 
 DATASETS: dict[str, DatasetSpec] = {
     "fashion-mnist": DatasetSpec(
-        "fashion-mnist", 10, dict(_IDX_FILES),
+        "fashion-mnist",
+        10,
+        dict(_IDX_FILES),
         # Published by Zalando Research (github.com/zalandoresearch/fashion-mnist README).
-        md5={"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-             "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-             "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-             "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
+        md5={
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
         # SHA-256 of the *decompressed* IDX bytes. Debian's dataset-fashion-mnist
         # (upstream git 55506a9) recompresses the .gz files, so their md5 differs
         # from the published one while the content is identical; these digests
         # were computed from that package and accept either compression.
-        raw_sha256={"train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-                    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-                    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-                    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"},
+        raw_sha256={
+            "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
         urls=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-        loader=_load_idx_set),
+        loader=_load_idx_set,
+    ),
     "mnist": DatasetSpec(
-        "mnist", 10, dict(_IDX_FILES),
+        "mnist",
+        10,
+        dict(_IDX_FILES),
         # The checksums torchvision and the mirrors publish for LeCun's files.
-        md5={"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-             "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-             "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-             "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"},
+        md5={
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
         urls=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
-        loader=_load_idx_set),
+        loader=_load_idx_set,
+    ),
     "kmnist": DatasetSpec(
-        "kmnist", 10, dict(_IDX_FILES),
+        "kmnist",
+        10,
+        dict(_IDX_FILES),
         # Published by ROIS-CODH (github.com/rois-codh/kmnist), as torchvision uses them.
-        md5={"train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
-             "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
-             "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
-             "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134"},
-        urls=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",), loader=_load_idx_set),
+        md5={
+            "train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
+            "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
+            "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
+            "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134",
+        },
+        urls=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+        loader=_load_idx_set,
+    ),
     "cifar10": DatasetSpec(
-        "cifar10", 10, {"archive": "cifar-10-python.tar.gz"},
+        "cifar10",
+        10,
+        {"archive": "cifar-10-python.tar.gz"},
         md5={"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
-        member_md5={"cifar-10-batches-py/data_batch_1": "c99cafc152244af753f735de768cd75f",
-                    "cifar-10-batches-py/data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-                    "cifar-10-batches-py/data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
-                    "cifar-10-batches-py/data_batch_4": "634d18415352ddfa80567beed471001a",
-                    "cifar-10-batches-py/data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-                    "cifar-10-batches-py/test_batch": "40351d587109b95175f43aff81a1287e"},
+        member_md5={
+            "cifar-10-batches-py/data_batch_1": "c99cafc152244af753f735de768cd75f",
+            "cifar-10-batches-py/data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+            "cifar-10-batches-py/data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+            "cifar-10-batches-py/data_batch_4": "634d18415352ddfa80567beed471001a",
+            "cifar-10-batches-py/data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+            "cifar-10-batches-py/test_batch": "40351d587109b95175f43aff81a1287e",
+        },
         urls=("https://www.cs.toronto.edu/~kriz/",),
         loader=lambda root, spec, **_: _formats().load_cifar(root, "cifar10"),
         present=lambda d: _formats().cifar_present(d, "cifar10"),
-        note="python-pickle tarball (read in place, no extraction needed)"),
+        note="python-pickle tarball (read in place, no extraction needed)",
+    ),
     "cifar100": DatasetSpec(
-        "cifar100", 100, {"archive": "cifar-100-python.tar.gz"},
+        "cifar100",
+        100,
+        {"archive": "cifar-100-python.tar.gz"},
         md5={"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"},
-        member_md5={"cifar-100-python/train": "16019d7e3df5f24257cddd939b257f8d",
-                    "cifar-100-python/test": "f0ef6b0ae62326f3e7ffdfab6717acfc"},
+        member_md5={
+            "cifar-100-python/train": "16019d7e3df5f24257cddd939b257f8d",
+            "cifar-100-python/test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+        },
         urls=("https://www.cs.toronto.edu/~kriz/",),
         loader=lambda root, spec, **_: _formats().load_cifar(root, "cifar100"),
         present=lambda d: _formats().cifar_present(d, "cifar100"),
-        note="python-pickle tarball, fine labels"),
+        note="python-pickle tarball, fine labels",
+    ),
     "svhn": DatasetSpec(
-        "svhn", 10, {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "extra_32x32.mat"},
-        md5={"train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373", "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
-             "extra_32x32.mat": "a93ce644f1a588dc4d68dda5feec44a7"},
-        urls=("http://ufldl.stanford.edu/housenumbers/",), optional=("extra",),
+        "svhn",
+        10,
+        {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "extra_32x32.mat"},
+        md5={
+            "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
+            "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
+            "extra_32x32.mat": "a93ce644f1a588dc4d68dda5feec44a7",
+        },
+        urls=("http://ufldl.stanford.edu/housenumbers/",),
+        optional=("extra",),
         loader=lambda root, spec, extra=False, **_: _formats().load_svhn(root, use_extra=extra),
-        note="cropped digits .mat; data.extra=true adds extra_32x32.mat"),
+        note="cropped digits .mat; data.extra=true adds extra_32x32.mat",
+    ),
     "imagefolder": DatasetSpec(
-        "imagefolder", 0, {}, loader=lambda root, spec, image_size=None, **_: _formats().load_imagefolder(root, image_size),
+        "imagefolder",
+        0,
+        {},
+        loader=lambda root, spec, image_size=None, **_: _formats().load_imagefolder(root, image_size),
         present=lambda d: (d / "train").is_dir() and ((d / "val").is_dir() or (d / "test").is_dir()),
-        note="ImageNet-style train/ and val/ class folders (pass --data-dir)"),
+        note="ImageNet-style train/ and val/ class folders (pass --data-dir)",
+    ),
     "synthetic": DatasetSpec("synthetic", 10, {}, note="generated in memory; for tests and smoke runs"),
 }
 
@@ -236,18 +294,23 @@ def find_root(name: str, data_dir: str | Path | None = None) -> Path:
     """The first folder that holds every file of ``name`` (see the module docstring)."""
     spec = get_spec(name)
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise DataError(f"data directory {data_dir} does not exist; create it and run "
-                        f"'supportnet data fetch {name} --root {data_dir}', or drop --data-dir")
+        raise DataError(
+            f"data directory {data_dir} does not exist; create it and run "
+            f"'supportnet data fetch {name} --root {data_dir}', or drop --data-dir"
+        )
     for d in search_dirs(name, data_dir):
         if _has_files(d, spec):
             return d
     if not spec.urls and name != "synthetic":  # nothing to fetch: say what the folder needs
-        raise DataError(f"data set {name!r} not found (looked in {', '.join(str(d) for d in search_dirs(name, data_dir))}); "
-                        f"pass --data-dir with train/ and val/ (or test/) folders of class folders, as ImageNet is")
-    hint = ("install Debian's package (apt-get install dataset-fashion-mnist) or "
-            if name == "fashion-mnist" else "")
-    raise DataError(f"data set {name!r} not found (looked in {', '.join(str(d) for d in search_dirs(name, data_dir))}); "
-                    f"{hint}run 'supportnet data fetch {name}'")
+        raise DataError(
+            f"data set {name!r} not found (looked in {', '.join(str(d) for d in search_dirs(name, data_dir))}); "
+            f"pass --data-dir with train/ and val/ (or test/) folders of class folders, as ImageNet is"
+        )
+    hint = "install Debian's package (apt-get install dataset-fashion-mnist) or " if name == "fashion-mnist" else ""
+    raise DataError(
+        f"data set {name!r} not found (looked in {', '.join(str(d) for d in search_dirs(name, data_dir))}); "
+        f"{hint}run 'supportnet data fetch {name}'"
+    )
 
 
 def _resolve_files(root: Path, spec: DatasetSpec) -> DatasetSpec:
@@ -288,10 +351,21 @@ def normalize(train: torch.Tensor, *others: torch.Tensor):
     return [(t - mean) / std for t in (train, *others)]
 
 
-def load_data(name: str, data_dir: str | Path | None = None, subset: int | None = None, val: int = 0,
-              seed: int = 0, pad: int = 0, do_normalize: bool = True, preprocess: str = "standard",
-              image_size: int | None = None, extra: bool = False, stream: bool = False,
-              workers: int = 4, test_subset: int | None = None) -> DataBundle:
+def load_data(
+    name: str,
+    data_dir: str | Path | None = None,
+    subset: int | None = None,
+    val: int = 0,
+    seed: int = 0,
+    pad: int = 0,
+    do_normalize: bool = True,
+    preprocess: str = "standard",
+    image_size: int | None = None,
+    extra: bool = False,
+    stream: bool = False,
+    workers: int = 4,
+    test_subset: int | None = None,
+) -> DataBundle:
     """Load ``name`` into tensors: optional seeded ``subset`` of the training split,
     a seeded validation hold-out of ``val`` examples, zero padding, normalisation.
     ``test_subset`` keeps a fixed subset of the test split, the same whatever ``seed``
@@ -311,8 +385,9 @@ def load_data(name: str, data_dir: str | Path | None = None, subset: int | None 
     else:
         root = find_root(name, data_dir)
         assert spec.loader is not None
-        xtr_np, ytr_np, xte_np, yte_np = spec.loader(root, _resolve_files(root, spec), image_size=image_size,
-                                                     extra=extra)
+        xtr_np, ytr_np, xte_np, yte_np = spec.loader(
+            root, _resolve_files(root, spec), image_size=image_size, extra=extra
+        )
         xtr, xte = _to_float(xtr_np), _to_float(xte_np)
         ytr, yte = torch.from_numpy(ytr_np.astype(np.int64)), torch.from_numpy(yte_np.astype(np.int64))
     g = torch.Generator().manual_seed(seed)
@@ -353,9 +428,15 @@ def load_data(name: str, data_dir: str | Path | None = None, subset: int | None 
         xtr, xte = parts[0], parts[1]
         if val_split is not None:
             val_split = (parts[2], val_split[1])
-    return DataBundle(name=name, train=Split(xtr.contiguous(), ytr), test=Split(xte.contiguous(), yte),
-                      num_classes=num_classes, in_shape=tuple(xtr.shape[1:]),  # type: ignore[arg-type]
-                      val=Split(*val_split) if val_split else None, root=str(root) if root else None)
+    return DataBundle(
+        name=name,
+        train=Split(xtr.contiguous(), ytr),
+        test=Split(xte.contiguous(), yte),
+        num_classes=num_classes,
+        in_shape=tuple(xtr.shape[1:]),  # type: ignore[arg-type]
+        val=Split(*val_split) if val_split else None,
+        root=str(root) if root else None,
+    )
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -365,17 +446,18 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def batches(split: Split, batch_size: int, order: torch.Tensor | None = None,
-            start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def batches(
+    split: Split, batch_size: int, order: torch.Tensor | None = None, start: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y, index)`` batches of ``split`` in ``order`` (default: as stored)."""
     if order is None:
         order = torch.arange(len(split))
     if hasattr(split, "loader"):  # a streaming split decodes in worker processes
-        yield from split.loader(order[start * batch_size:], batch_size)
+        yield from split.loader(order[start * batch_size :], batch_size)
         return
     n = len(order)  # an order may cover only part of the split (a rank's shard)
     for i in range(start * batch_size, n, batch_size):
-        idx = order[i:i + batch_size]
+        idx = order[i : i + batch_size]
         yield split.x[idx], split.y[idx], idx
 
 
@@ -418,12 +500,19 @@ def check_dataset(name: str, data_dir: str | Path | None = None) -> list[dict]:
     try:
         root = find_root(name, data_dir)
     except DataError:
-        return [{"file": f, "path": None, "ok": False, "how": "not found"} for f in spec.files.values()] or \
-            [{"file": "train/, val/", "path": None, "ok": False, "how": "not found"}]
+        return [{"file": f, "path": None, "ok": False, "how": "not found"} for f in spec.files.values()] or [
+            {"file": "train/, val/", "path": None, "ok": False, "how": "not found"}
+        ]
     rows = []
     if name == "imagefolder":
-        return [{"file": "train/, val/", "path": str(root), "ok": True,
-                 "how": "layout found (image folders have no published checksum)"}]
+        return [
+            {
+                "file": "train/, val/",
+                "path": str(root),
+                "ok": True,
+                "how": "layout found (image folders have no published checksum)",
+            }
+        ]
     for role, fname in spec.files.items():
         p = _find_file(root, fname)
         if p is None:
@@ -434,8 +523,14 @@ def check_dataset(name: str, data_dir: str | Path | None = None) -> list[dict]:
             if members and all((root / k).is_file() for k in members):
                 for k, md5 in members.items():
                     ok = file_hash(root / k, "md5") == md5
-                    rows.append({"file": k, "path": str(root / k), "ok": ok,
-                                 "how": "extracted member md5 " + ("matches" if ok else "does NOT match")})
+                    rows.append(
+                        {
+                            "file": k,
+                            "path": str(root / k),
+                            "ok": ok,
+                            "how": "extracted member md5 " + ("matches" if ok else "does NOT match"),
+                        }
+                    )
                 continue
             rows.append({"file": fname, "path": None, "ok": False, "how": "not found"})
             continue

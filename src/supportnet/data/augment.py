@@ -6,6 +6,7 @@ the same example gets the same view whichever batch it lands in. The training
 loop passes ``key = epoch`` (a fresh view each epoch); stored I-alternation
 passes ``key`` fixed for a whole round, so the supports it stored stay exact.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,9 @@ def view_randoms(seed: int, key: int, index: torch.Tensor, n: int) -> torch.Tens
     return torch.stack(cols, 1)
 
 
-def crop_flip(x: torch.Tensor, index: torch.Tensor, seed: int, key: int, pad: int = 4,
-              flip: bool = True) -> torch.Tensor:
+def crop_flip(
+    x: torch.Tensor, index: torch.Tensor, seed: int, key: int, pad: int = 4, flip: bool = True
+) -> torch.Tensor:
     """Random ``pad``-pixel crop and horizontal flip of a batch ``(B, C, H, W)``."""
     b, c, h, w = x.shape
     r = view_randoms(seed, key, index.cpu(), 3).to(x.device)

@@ -1,4 +1,5 @@
 """Verified downloads: progress bar, checksum, atomic rename, safe extraction."""
+
 from __future__ import annotations
 
 import hashlib
@@ -34,8 +35,9 @@ def download(url: str, dest: str | Path, md5: str | None = None, quiet: bool = F
             try:
                 resp = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - fixed https/http URLs
             except Exception as e:  # noqa: BLE001
-                raise DataError(f"could not download {url} ({e}); check the network, or copy the file "
-                                f"to {dest} by hand") from None
+                raise DataError(
+                    f"could not download {url} ({e}); check the network, or copy the file to {dest} by hand"
+                ) from None
             total = int(resp.headers.get("Content-Length") or 0) or None
             from tqdm import tqdm
 
@@ -48,8 +50,10 @@ def download(url: str, dest: str | Path, md5: str | None = None, quiet: bool = F
         if md5 is not None:
             got = file_hash(tmp, "md5")
             if got != md5:
-                raise DataError(f"download of {url} failed its checksum (md5 {got}, expected {md5}); "
-                                f"retry, or fetch the file by hand and place it at {dest}")
+                raise DataError(
+                    f"download of {url} failed its checksum (md5 {got}, expected {md5}); "
+                    f"retry, or fetch the file by hand and place it at {dest}"
+                )
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -73,12 +77,16 @@ def safe_extract(archive: str | Path, target: str | Path) -> list[str]:
             for info in z.infolist():
                 mode = (info.external_attr >> 16) & 0o170000
                 if not _inside(target, info.filename) or "\\" in info.filename:
-                    raise DataError(f"archive {archive} holds a path that leaves the target folder "
-                                    f"({info.filename!r}); refusing to extract it: get the archive from the "
-                                    f"official source")
+                    raise DataError(
+                        f"archive {archive} holds a path that leaves the target folder "
+                        f"({info.filename!r}); refusing to extract it: get the archive from the "
+                        f"official source"
+                    )
                 if mode == 0o120000:  # a symbolic link stored in the zip
-                    raise DataError(f"archive {archive} holds a link that leaves the target folder "
-                                    f"({info.filename!r}); refusing to extract it")
+                    raise DataError(
+                        f"archive {archive} holds a link that leaves the target folder "
+                        f"({info.filename!r}); refusing to extract it"
+                    )
                 names.append(info.filename)
             z.extractall(target)
         return names
@@ -87,16 +95,21 @@ def safe_extract(archive: str | Path, target: str | Path) -> list[str]:
         for m in members:
             dest = (target / m.name).resolve()
             if os.path.isabs(m.name) or not str(dest).startswith(str(target) + os.sep) and dest != target:
-                raise DataError(f"archive {archive} holds a path that leaves the target folder ({m.name!r}); "
-                                f"refusing to extract it: get the archive from the official source")
+                raise DataError(
+                    f"archive {archive} holds a path that leaves the target folder ({m.name!r}); "
+                    f"refusing to extract it: get the archive from the official source"
+                )
             if m.issym() or m.islnk():
                 link = (dest.parent / m.linkname).resolve() if m.issym() else (target / m.linkname).resolve()
                 if not str(link).startswith(str(target) + os.sep):
-                    raise DataError(f"archive {archive} holds a link that leaves the target folder "
-                                    f"({m.name!r} -> {m.linkname!r}); refusing to extract it")
+                    raise DataError(
+                        f"archive {archive} holds a link that leaves the target folder "
+                        f"({m.name!r} -> {m.linkname!r}); refusing to extract it"
+                    )
             if m.isdev():
                 raise DataError(f"archive {archive} holds a device file ({m.name!r}); refusing to extract it")
             names.append(m.name)
-        tar.extractall(target, members=members, filter="data") if hasattr(tarfile, "data_filter") \
-            else tar.extractall(target, members=members)  # noqa: S202 - members were checked above
+        tar.extractall(target, members=members, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(
+            target, members=members
+        )  # noqa: S202 - members were checked above
     return names

@@ -13,6 +13,7 @@ The random numbers of example ``i`` are a hash of ``(seed, key, i)`` (see
 :mod:`supportnet.data.augment`), so a view does not depend on the worker, the
 batch or the number of workers. torchvision is not needed.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._optional import require
 from ..errors import DataError
 from .augment import view_randoms
 
@@ -31,8 +33,10 @@ IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp"}
 def scan(split_dir: Path, classes: list[str] | None = None) -> tuple[list[str], list[Path], torch.Tensor]:
     """Class names (sorted folder names), image paths and labels under ``split_dir``."""
     if not split_dir.is_dir():
-        raise DataError(f"image folder split {split_dir} does not exist; arrange the data as train/ and val/ "
-                        f"folders of class folders")
+        raise DataError(
+            f"image folder split {split_dir} does not exist; arrange the data as train/ and val/ "
+            f"folders of class folders"
+        )
     found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
     classes = classes or found
     index = {c: i for i, c in enumerate(classes)}
@@ -53,21 +57,21 @@ class FolderStream(torch.utils.data.Dataset):
     """One split of an image folder, decoded on demand. ``len()``, ``y`` (labels) and
     :meth:`loader` are what the training loop uses; ``key`` selects the views."""
 
-    def __init__(self, paths: list[Path], labels: torch.Tensor, size: int, train: bool, seed: int = 0,
-                 workers: int = 4):
+    def __init__(
+        self, paths: list[Path], labels: torch.Tensor, size: int, train: bool, seed: int = 0, workers: int = 4
+    ):
         self.paths, self.y, self.size, self.train, self.seed, self.workers = paths, labels, size, train, seed, workers
         self.key = 0
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def take(self, index: torch.Tensor) -> "FolderStream":
+    def take(self, index: torch.Tensor) -> FolderStream:
         idx = index.tolist()
-        return FolderStream([self.paths[i] for i in idx], self.y[index], self.size, self.train, self.seed,
-                            self.workers)
+        return FolderStream([self.paths[i] for i in idx], self.y[index], self.size, self.train, self.seed, self.workers)
 
     @property
-    def x(self) -> "_Images":
+    def x(self) -> _Images:
         return _Images(self)
 
     def _decode(self, i: int):
@@ -77,8 +81,9 @@ class FolderStream(torch.utils.data.Dataset):
             with Image.open(self.paths[i]) as im:
                 return im.convert("RGB")
         except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"image {self.paths[i]} is truncated or not an image ({type(e).__name__}); "
-                            f"remove or replace it") from None
+            raise DataError(
+                f"image {self.paths[i]} is truncated or not an image ({type(e).__name__}); remove or replace it"
+            ) from None
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         from PIL import Image
@@ -121,10 +126,15 @@ class FolderStream(torch.utils.data.Dataset):
 
     def loader(self, order: torch.Tensor, batch_size: int):
         """Batches ``(x, y, index)`` in ``order``, decoded by ``workers`` processes."""
-        chunks = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-        dl = torch.utils.data.DataLoader(self, batch_sampler=chunks, num_workers=self.workers,
-                                         pin_memory=torch.cuda.is_available(), collate_fn=_collate,
-                                         persistent_workers=False)
+        chunks = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+        dl = torch.utils.data.DataLoader(
+            self,
+            batch_sampler=chunks,
+            num_workers=self.workers,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=_collate,
+            persistent_workers=False,
+        )
         yield from dl
 
 
@@ -146,8 +156,12 @@ class _Images:
 
 def load_stream(root: Path, size: int, seed: int = 0, workers: int = 4):
     """Train and test :class:`FolderStream` splits of an ImageNet-style folder."""
+    require("PIL.Image")  # decoded in the workers: fail here, in one line, if Pillow is missing
     test_dir = root / "val" if (root / "val").is_dir() else root / "test"
     classes, ptr, ytr = scan(root / "train")
     _, pte, yte = scan(test_dir, classes)
-    return (FolderStream(ptr, ytr, size, True, seed, workers), FolderStream(pte, yte, size, False, seed, workers),
-            len(classes))
+    return (
+        FolderStream(ptr, ytr, size, True, seed, workers),
+        FolderStream(pte, yte, size, False, seed, workers),
+        len(classes),
+    )

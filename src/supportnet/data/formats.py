@@ -14,6 +14,7 @@
 Each reader returns ``(x_train, y_train, x_test, y_test)`` numpy arrays with
 images as ``(N, C, H, W)`` uint8.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._optional import require
 from ..errors import DataError
 
 _FIX = "fetch it again (supportnet data fetch {name})"
@@ -31,9 +33,15 @@ _FIX = "fetch it again (supportnet data fetch {name})"
 class _SafeUnpickler(pickle.Unpickler):
     """Admits only what CIFAR batches contain: numpy arrays, dtypes and scalars."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
@@ -57,8 +65,9 @@ def safe_unpickle(data: bytes, what: str, name: str) -> dict:
     try:
         obj = _SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
     except pickle.UnpicklingError as e:
-        raise DataError(f"{what} is not a plain CIFAR batch ({e}); refusing to load it: "
-                        + _FIX.format(name=name)) from None
+        raise DataError(
+            f"{what} is not a plain CIFAR batch ({e}); refusing to load it: " + _FIX.format(name=name)
+        ) from None
     except Exception:  # noqa: BLE001 - any parse failure means a damaged file
         raise DataError(f"{what} is truncated or corrupt; " + _FIX.format(name=name)) from None
     if not isinstance(obj, dict):
@@ -67,10 +76,20 @@ def safe_unpickle(data: bytes, what: str, name: str) -> dict:
 
 
 CIFAR = {
-    "cifar10": {"archive": "cifar-10-python.tar.gz", "folder": "cifar-10-batches-py",
-                "train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"], "label": "labels"},
-    "cifar100": {"archive": "cifar-100-python.tar.gz", "folder": "cifar-100-python",
-                 "train": ["train"], "test": ["test"], "label": "fine_labels"},
+    "cifar10": {
+        "archive": "cifar-10-python.tar.gz",
+        "folder": "cifar-10-batches-py",
+        "train": [f"data_batch_{i}" for i in range(1, 6)],
+        "test": ["test_batch"],
+        "label": "labels",
+    },
+    "cifar100": {
+        "archive": "cifar-100-python.tar.gz",
+        "folder": "cifar-100-python",
+        "train": ["train"],
+        "test": ["test"],
+        "label": "fine_labels",
+    },
 }
 
 
@@ -117,8 +136,10 @@ def load_cifar(root: Path, name: str):
             except KeyError as e:
                 raise DataError(f"{name} batch {f} lacks {e}; " + _FIX.format(name=name)) from None
             if x.ndim != 2 or x.shape[1] != 3072 or x.shape[0] != y.shape[0]:
-                raise DataError(f"{name} batch {f} has data {x.shape} and {y.shape[0]} labels, expected "
-                                f"(N, 3072) and N; " + _FIX.format(name=name))
+                raise DataError(
+                    f"{name} batch {f} has data {x.shape} and {y.shape[0]} labels, expected "
+                    f"(N, 3072) and N; " + _FIX.format(name=name)
+                )
             xs.append(x.reshape(-1, 3, 32, 32))
             ys.append(y)
         return np.concatenate(xs), np.concatenate(ys)
@@ -133,20 +154,23 @@ SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "ex
 
 def _load_mat(path: Path):
     try:
-        from scipy.io import loadmat
+        loadmat = require("scipy.io").loadmat
     except ImportError:  # pragma: no cover
         raise DataError("reading SVHN needs scipy; pip install scipy") from None
     try:
         d = loadmat(str(path))
     except Exception as e:  # noqa: BLE001
-        raise DataError(f"{path} is truncated or not a MATLAB file ({type(e).__name__}); "
-                        + _FIX.format(name="svhn")) from None
+        raise DataError(
+            f"{path} is truncated or not a MATLAB file ({type(e).__name__}); " + _FIX.format(name="svhn")
+        ) from None
     if "X" not in d or "y" not in d:
         raise DataError(f"{path} lacks the X and y arrays of SVHN; " + _FIX.format(name="svhn"))
     x, y = np.asarray(d["X"]), np.asarray(d["y"]).reshape(-1).astype(np.int64)
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.shape[0]:
-        raise DataError(f"{path} has X {x.shape} and {y.shape[0]} labels, expected (32, 32, 3, N) and N; "
-                        + _FIX.format(name="svhn"))
+        raise DataError(
+            f"{path} has X {x.shape} and {y.shape[0]} labels, expected (32, 32, 3, N) and N; "
+            + _FIX.format(name="svhn")
+        )
     if y.size and (y.min() < 1 or y.max() > 10):
         raise DataError(f"{path} has labels outside 1..10; " + _FIX.format(name="svhn"))
     y[y == 10] = 0  # SVHN writes digit 0 as label 10
@@ -171,12 +195,15 @@ def imagefolder_classes(split_dir: Path) -> list[str]:
 
 def load_imagefolder(root: Path, size: int | None = None):
     """``root/train/<class>/*`` and ``root/val/<class>/*`` (or ``test``) into uint8 tensors."""
-    from PIL import Image, UnidentifiedImageError
+    Image = require("PIL.Image")
+    from PIL import UnidentifiedImageError
 
     test_dir = root / "val" if (root / "val").is_dir() else root / "test"
     if not (root / "train").is_dir() or not test_dir.is_dir():
-        raise DataError(f"image folder {root} needs train/ and val/ (or test/) subfolders of class folders; "
-                        f"arrange it as ImageNet is")
+        raise DataError(
+            f"image folder {root} needs train/ and val/ (or test/) subfolders of class folders; "
+            f"arrange it as ImageNet is"
+        )
     classes = imagefolder_classes(root / "train")
     if not classes:
         raise DataError(f"image folder {root}/train has no class folders; add one folder per class")
@@ -197,16 +224,18 @@ def load_imagefolder(root: Path, size: int | None = None):
                             im = im.resize((size, size), Image.BILINEAR)
                         arr = np.asarray(im, dtype=np.uint8)
                 except (UnidentifiedImageError, OSError) as e:
-                    raise DataError(f"image {p} is truncated or not an image ({type(e).__name__}); "
-                                    f"remove or replace it") from None
+                    raise DataError(
+                        f"image {p} is truncated or not an image ({type(e).__name__}); remove or replace it"
+                    ) from None
                 xs.append(arr.transpose(2, 0, 1))
                 ys.append(index[c])
         if not xs:
             raise DataError(f"no images found under {split_dir}; add .png or .jpg files to the class folders")
         shapes = {x.shape for x in xs}
         if len(shapes) > 1:
-            raise DataError(f"images under {split_dir} differ in size {sorted(shapes)[:3]}...; "
-                            f"set data.image_size to resize them")
+            raise DataError(
+                f"images under {split_dir} differ in size {sorted(shapes)[:3]}...; set data.image_size to resize them"
+            )
         return np.stack(xs), np.asarray(ys, dtype=np.int64)
 
     xtr, ytr = read(root / "train")

@@ -4,6 +4,7 @@ An IDX file is ``0x00 0x00 <type> <ndim>``, then ``ndim`` big-endian u32 sizes,
 then the data, row-major. Files may be gzip-compressed. The reader checks that
 the payload is exactly as long as the header says.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -15,8 +16,14 @@ import numpy as np
 
 from ..errors import DataError
 
-_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-          0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_TYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -36,10 +43,10 @@ def read_idx(path: str | Path) -> np.ndarray:
     ndim = raw[3]
     if ndim == 0 or len(raw) < 4 + 4 * ndim:
         raise DataError(f"IDX file {path} has a truncated header; {fix}")
-    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     dtype = np.dtype(_TYPES[raw[2]])
     expected = int(np.prod(dims)) * dtype.itemsize
-    body = raw[4 + 4 * ndim:]
+    body = raw[4 + 4 * ndim :]
     if len(body) != expected:
         kind = "truncated" if len(body) < expected else "longer than its header says"
         raise DataError(f"IDX file {path} is {kind} ({len(body)} data bytes, header says {expected}); {fix}")
@@ -49,11 +56,20 @@ def read_idx(path: str | Path) -> np.ndarray:
 def write_idx(path: str | Path, array: np.ndarray, compress: bool | None = None) -> Path:
     """Write ``array`` as an IDX file (gzip when the name ends in ``.gz``). Used by tests and tools."""
     path = Path(path)
-    codes = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B,
-             np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D, np.dtype(np.float64): 0x0E}
+    codes = {
+        np.dtype(np.uint8): 0x08,
+        np.dtype(np.int8): 0x09,
+        np.dtype(np.int16): 0x0B,
+        np.dtype(np.int32): 0x0C,
+        np.dtype(np.float32): 0x0D,
+        np.dtype(np.float64): 0x0E,
+    }
     code = codes[np.dtype(array.dtype)]
-    data = (bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-            + array.astype(np.dtype(array.dtype).newbyteorder(">")).tobytes())
+    data = (
+        bytes([0, 0, code, array.ndim])
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.astype(np.dtype(array.dtype).newbyteorder(">")).tobytes()
+    )
     if compress if compress is not None else path.suffix == ".gz":
         data = gzip.compress(data, mtime=0)
     path.write_bytes(data)

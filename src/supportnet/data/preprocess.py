@@ -5,6 +5,7 @@ Statistics come from the training split only. The whitening matrix is cached in
 ``~/.cache/supportnet/zca`` under the SHA-256 of its inputs (training tensor and
 parameters), in a verified checkpoint file, so a stale or damaged cache is never used.
 """
+
 from __future__ import annotations
 
 import hashlib

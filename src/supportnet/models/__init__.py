@@ -3,9 +3,10 @@
 Every model takes ``act_layer`` (default :class:`~supportnet.HardThreshold`) so the
 non-linearity is swappable without editing the model.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -34,8 +35,9 @@ def model_note(name: str) -> str:
 
 def create_model(name: str, in_shape=(1, 28, 28), num_classes: int = 10, **kwargs) -> nn.Module:
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())} "
-                          f"(see 'supportnet models')")
+        raise ConfigError(
+            f"unknown model {name!r}; choose one of: {', '.join(list_models())} (see 'supportnet models')"
+        )
     try:
         return _REGISTRY[name](in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
     except TypeError as e:

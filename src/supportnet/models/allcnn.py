@@ -11,6 +11,7 @@ A 1,254,250 (paper Table 2: 1.28M, -2.0%), B 1,300,618 (1.35M, -3.7%),
 C 1,369,738 (1.40M, -2.2%). The layer lists are Springenberg's; B's gap is
 explained in docs/models.md.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -27,8 +28,9 @@ def _conv(cin, cout, k, stride=1, pad=None, act_layer=HardThreshold):
 class AllCNN(nn.Module):
     """ALL-CNN ``variant`` in {A, B, C} for ``in_shape`` (C, H, W) and ``num_classes``."""
 
-    def __init__(self, variant: str, in_shape=(3, 32, 32), num_classes=10, width=(96, 192),
-                 act_layer=HardThreshold, dropout=True):
+    def __init__(
+        self, variant: str, in_shape=(3, 32, 32), num_classes=10, width=(96, 192), act_layer=HardThreshold, dropout=True
+    ):
         super().__init__()
         c = in_shape[0]
         w1, w2 = width

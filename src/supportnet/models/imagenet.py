@@ -17,6 +17,7 @@ list trains on CIFAR-size data.
 
 Every ReLU is an ``act_layer`` (default :class:`HardThreshold`), one per site.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,6 +32,7 @@ def _small(in_shape) -> bool:
 
 
 # ----------------------------------------------------------------------------- ResNet-18
+
 
 class BasicBlock(nn.Module):
     def __init__(self, cin, cout, stride, act_layer):
@@ -88,8 +90,9 @@ VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
 
 
 class VGG16(nn.Module):
-    def __init__(self, in_shape=(3, 224, 224), num_classes=1000, act_layer=HardThreshold, bn=False, dropout=0.5,
-                 width_mult=1.0):
+    def __init__(
+        self, in_shape=(3, 224, 224), num_classes=1000, act_layer=HardThreshold, bn=False, dropout=0.5, width_mult=1.0
+    ):
         super().__init__()
         layers, c = [], in_shape[0]
         for v in VGG16_CFG:
@@ -109,8 +112,14 @@ class VGG16(nn.Module):
             side, hidden = 7, 4096
         self.pool = nn.AdaptiveAvgPool2d(side)
         self.classifier = nn.Sequential(
-            nn.Linear(c * side * side, hidden), act_layer(), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), act_layer(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+            nn.Linear(c * side * side, hidden),
+            act_layer(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            act_layer(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -129,6 +138,7 @@ def vgg16(in_shape=(3, 224, 224), num_classes=1000, **kw):
 
 
 # ----------------------------------------------------------------------------- GoogLeNet
+
 
 def _conv(cin, cout, k, act_layer, bn, stride=1):
     layers = [nn.Conv2d(cin, cout, k, stride, k // 2, bias=not bn)]
@@ -150,11 +160,17 @@ class Inception(nn.Module):
 
 
 #: (in, 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj): Table 1 of Szegedy et al. (2015).
-INCEPTION = {"3a": (192, 64, 96, 128, 16, 32, 32), "3b": (256, 128, 128, 192, 32, 96, 64),
-             "4a": (480, 192, 96, 208, 16, 48, 64), "4b": (512, 160, 112, 224, 24, 64, 64),
-             "4c": (512, 128, 128, 256, 24, 64, 64), "4d": (512, 112, 144, 288, 32, 64, 64),
-             "4e": (528, 256, 160, 320, 32, 128, 128), "5a": (832, 256, 160, 320, 32, 128, 128),
-             "5b": (832, 384, 192, 384, 48, 128, 128)}
+INCEPTION = {
+    "3a": (192, 64, 96, 128, 16, 32, 32),
+    "3b": (256, 128, 128, 192, 32, 96, 64),
+    "4a": (480, 192, 96, 208, 16, 48, 64),
+    "4b": (512, 160, 112, 224, 24, 64, 64),
+    "4c": (512, 128, 128, 256, 24, 64, 64),
+    "4d": (512, 112, 144, 288, 32, 64, 64),
+    "4e": (528, 256, 160, 320, 32, 128, 128),
+    "5a": (832, 256, 160, 320, 32, 128, 128),
+    "5b": (832, 384, 192, 384, 48, 128, 128),
+}
 
 
 class GoogLeNet(nn.Module):
@@ -165,8 +181,12 @@ class GoogLeNet(nn.Module):
             self.stem = _conv(c, 192, 3, act_layer, bn)
         else:
             self.stem = nn.Sequential(
-                _conv(c, 64, 7, act_layer, bn, stride=2), nn.MaxPool2d(3, 2, ceil_mode=True),
-                _conv(64, 64, 1, act_layer, bn), _conv(64, 192, 3, act_layer, bn), nn.MaxPool2d(3, 2, ceil_mode=True))
+                _conv(c, 64, 7, act_layer, bn, stride=2),
+                nn.MaxPool2d(3, 2, ceil_mode=True),
+                _conv(64, 64, 1, act_layer, bn),
+                _conv(64, 192, 3, act_layer, bn),
+                nn.MaxPool2d(3, 2, ceil_mode=True),
+            )
         blocks: list[nn.Module] = []
         for name, spec in INCEPTION.items():
             if name in ("4a", "5a"):

@@ -6,6 +6,7 @@ global average pooling over the last block's class maps. Max pooling stays a
 non-linearity beside the thresholds; the paper applies alternation to NIN all the
 same (Sec. 4.1).
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -16,13 +17,26 @@ from . import register_model
 
 def _mlpconv(cin, widths, k, act_layer):
     a, b, c = widths
-    return [nn.Conv2d(cin, a, k, padding=k // 2), act_layer(), nn.Conv2d(a, b, 1), act_layer(),
-            nn.Conv2d(b, c, 1), act_layer()]
+    return [
+        nn.Conv2d(cin, a, k, padding=k // 2),
+        act_layer(),
+        nn.Conv2d(a, b, 1),
+        act_layer(),
+        nn.Conv2d(b, c, 1),
+        act_layer(),
+    ]
 
 
 class NIN(nn.Module):
-    def __init__(self, in_shape=(3, 32, 32), num_classes=10, widths=((192, 160, 96), (192, 192, 192), (192, 192)),
-                 kernels=(5, 5, 3), act_layer=HardThreshold, dropout=0.5):
+    def __init__(
+        self,
+        in_shape=(3, 32, 32),
+        num_classes=10,
+        widths=((192, 160, 96), (192, 192, 192), (192, 192)),
+        kernels=(5, 5, 3),
+        act_layer=HardThreshold,
+        dropout=0.5,
+    ):
         super().__init__()
         c = in_shape[0]
         (a1, b1, c1), (a2, b2, c2), (a3, b3) = widths

@@ -4,6 +4,7 @@
 builds on: strided convolutions instead of pooling, so the thresholds are the
 only non-linearity (paper Sec. 3) and a fixed support makes it linear.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -36,20 +37,24 @@ def _out(n: int, k: int, s: int, p: int) -> int:
 class ConvNetS(nn.Module):
     """conv3x3(32) - conv3x3/2(64) - conv3x3/2(64) - fc(128) - fc(K), thresholds between."""
 
-    def __init__(self, in_shape, num_classes, width=32, hidden=128, act_layer=HardThreshold, bias=True,
-                 dropout=0.0):
+    def __init__(self, in_shape, num_classes, width=32, hidden=128, act_layer=HardThreshold, bias=True, dropout=0.0):
         super().__init__()
         c, h, w = in_shape
         w1, w2 = width, 2 * width
         self.features = nn.Sequential(
-            nn.Conv2d(c, w1, 3, padding=1, bias=bias), act_layer(),     # (B, w1, H, W)
-            nn.Conv2d(w1, w2, 3, stride=2, padding=1, bias=bias), act_layer(),  # (B, w2, H/2, W/2)
-            nn.Conv2d(w2, w2, 3, stride=2, padding=1, bias=bias), act_layer(),  # (B, w2, H/4, W/4)
+            nn.Conv2d(c, w1, 3, padding=1, bias=bias),
+            act_layer(),  # (B, w1, H, W)
+            nn.Conv2d(w1, w2, 3, stride=2, padding=1, bias=bias),
+            act_layer(),  # (B, w2, H/2, W/2)
+            nn.Conv2d(w2, w2, 3, stride=2, padding=1, bias=bias),
+            act_layer(),  # (B, w2, H/4, W/4)
         )
         fh, fw = _out(_out(h, 3, 2, 1), 3, 2, 1), _out(_out(w, 3, 2, 1), 3, 2, 1)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Dropout(dropout) if dropout else nn.Identity(),
-            nn.Linear(w2 * fh * fw, hidden, bias=bias), act_layer(),
+            nn.Flatten(),
+            nn.Dropout(dropout) if dropout else nn.Identity(),
+            nn.Linear(w2 * fh * fw, hidden, bias=bias),
+            act_layer(),
             nn.Linear(hidden, num_classes, bias=bias),
         )
 

@@ -6,15 +6,16 @@
 * ``check-rip``   - Theorem 1 (Eq. 29) quantities for the first layer of a CNN on real data
 * ``three-layer`` - oracle-support descent on a planted three-layer teacher
 """
+
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import torch
 
+from .._optional import plot
 from ..errors import ConfigError
 from ..io import atomic_write_text
 
@@ -24,8 +25,10 @@ def add_parser(sub) -> None:
     ts = t.add_subparsers(dest="theory_cmd", metavar="ACTION", parser_class=type(t))
     lc = ts.add_parser("lift-check", help="check F(x_n) = U_n v on random small networks (float64)")
     lc.add_argument("--seed", type=int, default=0)
-    for name, helptext in (("planted", "planted two-layer teacher, three methods from shared random starts"),
-                           ("solvers", "time each two-layer solver to relative loss 1e-10")):
+    for name, helptext in (
+        ("planted", "planted two-layer teacher, three methods from shared random starts"),
+        ("solvers", "time each two-layer solver to relative loss 1e-10"),
+    ):
         p = ts.add_parser(name, help=helptext)
         p.add_argument("--d", type=int, default=20, help="input dimension")
         p.add_argument("--h", type=int, default=10, help="hidden units")
@@ -99,15 +102,40 @@ def lift_check(seed: int) -> int:
 
     torch.manual_seed(seed)
     nets = {
-        "fc-fc (2 layers)": (nn.Sequential(nn.Linear(6, 5, bias=False), HardThreshold(), nn.Linear(5, 3, bias=False)),
-                             (6,)),
-        "fc-fc-fc (3 layers)": (nn.Sequential(nn.Linear(6, 5, bias=False), HardThreshold(), nn.Linear(5, 4, bias=False),
-                                              HardThreshold(), nn.Linear(4, 3, bias=False)), (6,)),
-        "conv-fc (2 layers)": (nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False), HardThreshold(), nn.Flatten(),
-                                             nn.Linear(2 * 5 * 5, 3, bias=False)), (1, 5, 5)),
-        "conv-conv-fc (3 layers)": (nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, bias=False), HardThreshold(),
-                                                  nn.Conv2d(2, 2, 3, stride=2, bias=False), HardThreshold(),
-                                                  nn.Flatten(), nn.Linear(2 * 2 * 2, 3, bias=False)), (2, 6, 6)),
+        "fc-fc (2 layers)": (
+            nn.Sequential(nn.Linear(6, 5, bias=False), HardThreshold(), nn.Linear(5, 3, bias=False)),
+            (6,),
+        ),
+        "fc-fc-fc (3 layers)": (
+            nn.Sequential(
+                nn.Linear(6, 5, bias=False),
+                HardThreshold(),
+                nn.Linear(5, 4, bias=False),
+                HardThreshold(),
+                nn.Linear(4, 3, bias=False),
+            ),
+            (6,),
+        ),
+        "conv-fc (2 layers)": (
+            nn.Sequential(
+                nn.Conv2d(1, 2, 3, padding=1, bias=False),
+                HardThreshold(),
+                nn.Flatten(),
+                nn.Linear(2 * 5 * 5, 3, bias=False),
+            ),
+            (1, 5, 5),
+        ),
+        "conv-conv-fc (3 layers)": (
+            nn.Sequential(
+                nn.Conv2d(2, 2, 3, padding=1, bias=False),
+                HardThreshold(),
+                nn.Conv2d(2, 2, 3, stride=2, bias=False),
+                HardThreshold(),
+                nn.Flatten(),
+                nn.Linear(2 * 2 * 2, 3, bias=False),
+            ),
+            (2, 6, 6),
+        ),
     }
     print("| network | max relative error of U_n v vs forward (float64, 4 inputs) |")
     print("|---|---:|")
@@ -137,21 +165,25 @@ def planted(a, out: Path) -> int:
     for h, n in tqdm(grid, desc="planted problems", disable=len(grid) == 1):
         cfg = PlantedConfig(d=a.d, h=h, o=a.o, n=n, tau=a.tau, starts=a.starts, seed=a.seed, max_steps=a.max_steps)
         results.append(run_planted(cfg))
-    lines = ["| d | h | o | N | N·o/(h·d·o) | oracle | plain ReLU | alternation | median iters (oracle / ReLU / alt rounds) "
-             "| seconds, all starts (oracle / ReLU / alt) | Thm 1 holds (literal / identifiable part) |",
-             "|---|---|---|---|---:|---:|---:|---:|---|---|---|"]
+    lines = [
+        "| d | h | o | N | N·o/(h·d·o) | oracle | plain ReLU | alternation | median iters (oracle / ReLU / alt rounds) "
+        "| seconds, all starts (oracle / ReLU / alt) | Thm 1 holds (literal / identifiable part) |",
+        "|---|---|---|---|---:|---:|---:|---:|---|---|---|",
+    ]
     for r in results:
         p, m = r["problem"], r["methods"]
-        lines.append(f"| {p['d']} | {p['h']} | {p['o']} | {p['n']} | {p['size_ratio']:.2f} "
-                     f"| {m['oracle']['successes']}/{m['oracle']['starts']} "
-                     f"| {m['relu']['successes']}/{m['relu']['starts']} "
-                     f"| {m['alternation']['successes']}/{m['alternation']['starts']} "
-                     f"| {_fmt(m['oracle']['median_iterations_to_success'])} / "
-                     f"{_fmt(m['relu']['median_iterations_to_success'])} / "
-                     f"{_fmt(m['alternation']['median_iterations_to_success'])} "
-                     f"| {m['oracle']['seconds']:.1f} / {m['relu']['seconds']:.1f} / {m['alternation']['seconds']:.1f} "
-                     f"| {'yes' if r['theorem1']['literal_holds'] else 'no'} / "
-                     f"{'yes' if r['theorem1']['identifiable_holds'] else 'no'} |")
+        lines.append(
+            f"| {p['d']} | {p['h']} | {p['o']} | {p['n']} | {p['size_ratio']:.2f} "
+            f"| {m['oracle']['successes']}/{m['oracle']['starts']} "
+            f"| {m['relu']['successes']}/{m['relu']['starts']} "
+            f"| {m['alternation']['successes']}/{m['alternation']['starts']} "
+            f"| {_fmt(m['oracle']['median_iterations_to_success'])} / "
+            f"{_fmt(m['relu']['median_iterations_to_success'])} / "
+            f"{_fmt(m['alternation']['median_iterations_to_success'])} "
+            f"| {m['oracle']['seconds']:.1f} / {m['relu']['seconds']:.1f} / {m['alternation']['seconds']:.1f} "
+            f"| {'yes' if r['theorem1']['literal_holds'] else 'no'} / "
+            f"{'yes' if r['theorem1']['identifiable_holds'] else 'no'} |"
+        )
     table = "\n".join(lines) + "\n"
     secs = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
@@ -159,12 +191,15 @@ def planted(a, out: Path) -> int:
     atomic_write_text(out / "planted.md", table)
     _plot_planted(results, out / "planted.png")
     print(table, end="")
-    print(f"success: relative loss < 1e-8 or per-unit products within 1e-6 of the teacher; "
-          f"{a.starts} shared random starts; {secs:.1f}s")
+    print(
+        f"success: relative loss < 1e-8 or per-unit products within 1e-6 of the teacher; "
+        f"{a.starts} shared random starts; {secs:.1f}s"
+    )
     print(f"written: {out / 'planted.json'}, {out / 'planted.md'}, {out / 'planted.png'}")
     return 0
 
 
+@plot
 def _plot_planted(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -179,8 +214,14 @@ def _plot_planted(results: list[dict], path: Path) -> None:
     for name, m in r0["methods"].items():
         for i, c in enumerate(m["curves"]):
             xs = [k * c["every"] for k in range(len(c["values"]))]
-            a.semilogy(xs, [max(v, 1e-16) for v in c["values"]], color=colors[name], alpha=0.5, lw=0.8,
-                       label=name if i == 0 else None)
+            a.semilogy(
+                xs,
+                [max(v, 1e-16) for v in c["values"]],
+                color=colors[name],
+                alpha=0.5,
+                lw=0.8,
+                label=name if i == 0 else None,
+            )
     a.set_xscale("symlog", linthresh=10)
     a.set_xlabel("iteration (alternation: round)"), a.set_ylabel("relative loss")
     p = r0["problem"]
@@ -191,9 +232,14 @@ def _plot_planted(results: list[dict], path: Path) -> None:
     for name in ("oracle", "relu", "alternation"):
         for wi, h in enumerate(widths):
             rs = sorted((r for r in results if r["problem"]["h"] == h), key=lambda r: r["problem"]["size_ratio"])
-            b.plot([r["problem"]["size_ratio"] for r in rs], [r["methods"][name]["success_rate"] for r in rs],
-                   marker="o", ls=styles[wi % 4], color=colors[name],
-                   label=f"{name}, h={h}" if len(widths) > 1 else name)
+            b.plot(
+                [r["problem"]["size_ratio"] for r in rs],
+                [r["methods"][name]["success_rate"] for r in rs],
+                marker="o",
+                ls=styles[wi % 4],
+                color=colors[name],
+                label=f"{name}, h={h}" if len(widths) > 1 else name,
+            )
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     b.set_xscale("log")
@@ -209,18 +255,24 @@ def solvers(a, out: Path) -> int:
 
     cfg = PlantedConfig(d=a.d, h=a.h, o=a.o, n=a.n, tau=a.tau, seed=a.seed, max_steps=a.max_steps)
     rows = solver_times(cfg)
-    lines = ["| solver | final relative loss | iterations to 1e-10 | seconds to 1e-10 | seconds | distance to teacher |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| solver | final relative loss | iterations to 1e-10 | seconds to 1e-10 | seconds | distance to teacher |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['solver']} | {r['final_rel_loss']:.2e} | {_fmt(r['iterations_to_tol'], 'd')} "
-                     f"| {_fmt(r['seconds_to_tol'], '.3f')} | {r['seconds']:.3f} | {_fmt(r['distance_to_teacher'], '.2e')} |")
+        lines.append(
+            f"| {r['solver']} | {r['final_rel_loss']:.2e} | {_fmt(r['iterations_to_tol'], 'd')} "
+            f"| {_fmt(r['seconds_to_tol'], '.3f')} | {r['seconds']:.3f} | {_fmt(r['distance_to_teacher'], '.2e')} |"
+        )
     table = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "solvers.json", json.dumps(rows, indent=2))
     atomic_write_text(out / "solvers.md", table)
     print(table, end="")
-    print("distance: relative Frobenius distance between per-unit products W2[:, j] W1[j, :] "
-          "(invariant to the per-unit scaling symmetry)")
+    print(
+        "distance: relative Frobenius distance between per-unit products W2[:, j] W1[j, :] "
+        "(invariant to the per-unit scaling symmetry)"
+    )
     return 0
 
 
@@ -244,19 +296,33 @@ def check_rip(a, out: Path) -> int:
         ck = load_checkpoint(a.checkpoint)
         if "state_dict" not in ck:
             raise ConfigError(f"{a.checkpoint} holds no 'state_dict'; pass a run's final.pt")
-        model = create_model(ck["config"]["model"]["name"], in_shape=data.in_shape, num_classes=data.num_classes,
-                             **ck["config"]["model"].get("kwargs", {}))
+        model = create_model(
+            ck["config"]["model"]["name"],
+            in_shape=data.in_shape,
+            num_classes=data.num_classes,
+            **ck["config"]["model"].get("kwargs", {}),
+        )
         model.load_state_dict(ck["state_dict"])
         source = f"checkpoint {a.checkpoint}"
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = load_config(None, [f"data.name={a.data}", "data.subset=10000", "train.epochs=1", "quiet=true",
-                                     f"out={tmp}", f"train.seed={a.seed}", "train.train_eval_size=0"]
-                              + ([f"data.data_dir={a.data_dir}"] if a.data_dir else []))
+            cfg = load_config(
+                None,
+                [
+                    f"data.name={a.data}",
+                    "data.subset=10000",
+                    "train.epochs=1",
+                    "quiet=true",
+                    f"out={tmp}",
+                    f"train.seed={a.seed}",
+                    "train.train_eval_size=0",
+                ]
+                + ([f"data.data_dir={a.data_dir}"] if a.data_dir else []),
+            )
             run = fit(cfg, data=data)
             model = create_model("convnet-s", in_shape=data.in_shape, num_classes=data.num_classes)
             model.load_state_dict(load_checkpoint(run / "final.pt")["state_dict"])
-        source = "convnet-s trained 1 epoch on 10,000 images (seed %d)" % a.seed
+        source = f"convnet-s trained 1 epoch on 10,000 images (seed {a.seed})"
     model = model.double().eval()
     conv = model.features[0]
     x = data.train.x[: a.n].double()
@@ -272,18 +338,27 @@ def check_rip(a, out: Path) -> int:
     eigs = torch.linalg.eigvalsh(G).flatten()
     m = a.n * C * patches.shape[2]
     res = theorem1_from_gram_eigs(eigs, m, C * patches.shape[1])
-    res.update(source=source, layer="features.0 (conv 3x3) with its support from features.1",
-               examples=a.n, bias_included=has_bias, active_fraction=mflat.mean().item())
+    res.update(
+        source=source,
+        layer="features.0 (conv 3x3) with its support from features.1",
+        examples=a.n,
+        bias_included=has_bias,
+        active_fraction=mflat.mean().item(),
+    )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "check-rip.json", json.dumps(res, indent=2))
     print(f"Theorem 1 (Eq. 29) for U = [U_1; ...; U_N], U_n = M_n J(x_n): first layer of {source}")
-    print(f"  rows m = {m:,} (N={a.n} x {C} channels x {patches.shape[2]} positions), columns = {res['columns']} "
-          f"(weights{' + bias' if has_bias else ''}), active fraction {res['active_fraction']:.3f}")
+    print(
+        f"  rows m = {m:,} (N={a.n} x {C} channels x {patches.shape[2]} positions), columns = {res['columns']} "
+        f"(weights{' + bias' if has_bias else ''}), active fraction {res['active_fraction']:.3f}"
+    )
     print(f"  lambda_min^2 / m = {res['lambda_min_sq_over_m']:.4g}   (needs >= 0.9 + eps)")
     print(f"  lambda_max^2 / m = {res['lambda_max_sq_over_m']:.4g}   (needs <= 1.1 - eps)")
     print(f"  kappa^2 = lambda_max^2 / lambda_min^2 = {res['kappa_sq']:.4g}   (any rescaling of U needs < 1.222)")
-    print(f"  sufficient condition holds: {'yes' if res['holds'] else 'NO'}; "
-          f"holds after the best rescaling of U: {'yes' if res['holds_after_best_rescaling'] else 'NO'}")
+    print(
+        f"  sufficient condition holds: {'yes' if res['holds'] else 'NO'}; "
+        f"holds after the best rescaling of U: {'yes' if res['holds_after_best_rescaling'] else 'NO'}"
+    )
     return 0
 
 
@@ -298,6 +373,8 @@ def three_layer(a, out: Path) -> int:
     print("| method | successes | median iterations | median final relative loss | seconds |")
     print("|---|---:|---:|---:|---:|")
     for name, m in r["methods"].items():
-        print(f"| {name} | {m['successes']}/{m['starts']} | {_fmt(m['median_iterations_to_success'])} "
-              f"| {m['median_final_rel_loss']:.2e} | {m['seconds']:.1f} |")
+        print(
+            f"| {name} | {m['successes']}/{m['starts']} | {_fmt(m['median_iterations_to_success'])} "
+            f"| {m['median_final_rel_loss']:.2e} | {m['seconds']:.1f} |"
+        )
     return 0

@@ -22,6 +22,7 @@ Conventions (see ``docs/theory.md`` for the derivation):
 
 Everything here is explicit and exact, meant for small networks in float64.
 """
+
 from __future__ import annotations
 
 import torch
@@ -64,8 +65,9 @@ def jacobian(layer: nn.Module, u: torch.Tensor, in_shape: tuple[int, ...]) -> to
         out = layer.out_features
         return torch.kron(u.reshape(1, -1), torch.eye(out, dtype=u.dtype))  # u^T (x) I
     c = layer.out_channels
-    patches = F.unfold(u.reshape(1, *in_shape), layer.kernel_size, dilation=layer.dilation,
-                       padding=layer.padding, stride=layer.stride)[0]  # (Cin*kh*kw, L)
+    patches = F.unfold(
+        u.reshape(1, *in_shape), layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride
+    )[0]  # (Cin*kh*kw, L)
     return torch.kron(torch.eye(c, dtype=u.dtype), patches.t().contiguous())  # I_Cout (x) P^T
 
 

@@ -14,6 +14,7 @@ products to relative distance below 1e-6. Three-layer teachers get the oracle
 descent only (the paper's "analogously by using multi-dimensional tensors"
 claim has no proof, so we only report what happens).
 """
+
 from __future__ import annotations
 
 import math
@@ -22,15 +23,29 @@ from dataclasses import dataclass
 
 import torch
 
-from .recovery import (DT, TwoLayerProblem, als, armijo_descent, solve_given_support, two_layer_grad, distance, lifted_svd, local_descent,
-                       random_starts, rel_loss, svp, theorem1_two_layer)
+from .recovery import (
+    DT,
+    TwoLayerProblem,
+    als,
+    armijo_descent,
+    distance,
+    lifted_svd,
+    local_descent,
+    random_starts,
+    solve_given_support,
+    svp,
+    theorem1_two_layer,
+    two_layer_grad,
+)
 
 
 def pht(q: torch.Tensor, tau: float) -> torch.Tensor:
     return torch.where(q > tau, q, 0.0)
 
 
-def make_teacher(d: int = 20, h: int = 10, o: int = 5, n: int = 500, tau: float = 0.0, seed: int = 0) -> TwoLayerProblem:
+def make_teacher(
+    d: int = 20, h: int = 10, o: int = 5, n: int = 500, tau: float = 0.0, seed: int = 0
+) -> TwoLayerProblem:
     g = torch.Generator().manual_seed(10_000 + seed)
     W1 = torch.randn(h, d, generator=g, dtype=DT) / math.sqrt(d)
     W2 = torch.randn(o, h, generator=g, dtype=DT) / math.sqrt(h)
@@ -43,20 +58,21 @@ def make_teacher(d: int = 20, h: int = 10, o: int = 5, n: int = 500, tau: float 
 
 def relu_descent(P: TwoLayerProblem, W1, W2, max_steps: int = 3000, tol: float = 1e-10):
     """(b): gradient descent through the threshold (support follows the weights)."""
-    ynorm = (P.Y ** 2).sum()
+    ynorm = (P.Y**2).sum()
 
     def f(ps):
         H = pht(torch.matmul(P.X, ps[0].transpose(1, 2)), P.tau)
         return ((torch.matmul(H, ps[1].transpose(1, 2)) - P.Y) ** 2).sum((1, 2)) / ynorm
 
-    (A, B), hist, st, ss = armijo_descent([W1, W2], f, max_steps, tol,
-                                          grad_fn=lambda ps: two_layer_grad(P.X, P.Y, ps[0], ps[1], tau=P.tau))
+    (A, B), hist, st, ss = armijo_descent(
+        [W1, W2], f, max_steps, tol, grad_fn=lambda ps: two_layer_grad(P.X, P.Y, ps[0], ps[1], tau=P.tau)
+    )
     return A, B, hist, st, ss, f([A, B]).tolist()
 
 
 def free_loss(P: TwoLayerProblem, W1, W2) -> torch.Tensor:
     H = pht(torch.matmul(P.X, W1.transpose(1, 2)), P.tau)
-    return ((torch.matmul(H, W2.transpose(1, 2)) - P.Y) ** 2).sum((1, 2)) / (P.Y ** 2).sum()
+    return ((torch.matmul(H, W2.transpose(1, 2)) - P.Y) ** 2).sum((1, 2)) / (P.Y**2).sum()
 
 
 def alternation(P: TwoLayerProblem, W1, W2, rounds: int = 30, tol: float = 1e-10):
@@ -109,21 +125,35 @@ def _summ(name, rel, dist, tol, hist) -> dict:
     ok = [(r < tol) or (d is not None and d < 1e-6) for r, d in zip(rel, dist or [None] * S)]
     its = [next((i for i, v in enumerate(h) if v < tol), None) for h in hist]
     st = sorted(i for i, k in zip(its, ok) if k and i is not None)
-    return {"method": name, "starts": S, "successes": sum(ok), "success_rate": sum(ok) / S,
-            "median_iterations_to_success": st[len(st) // 2] if st else None,
-            "max_iterations_to_success": st[-1] if st else None,
-            "median_final_rel_loss": sorted(rel)[S // 2],
-            "curves": [{"every": max(1, len(h) // 200), "values": h[:: max(1, len(h) // 200)]} for h in hist[:10]]}
+    return {
+        "method": name,
+        "starts": S,
+        "successes": sum(ok),
+        "success_rate": sum(ok) / S,
+        "median_iterations_to_success": st[len(st) // 2] if st else None,
+        "max_iterations_to_success": st[-1] if st else None,
+        "median_final_rel_loss": sorted(rel)[S // 2],
+        "curves": [{"every": max(1, len(h) // 200), "values": h[:: max(1, len(h) // 200)]} for h in hist[:10]],
+    }
 
 
 def run_planted(cfg: PlantedConfig, progress=None) -> dict:
     """One planted problem, ``cfg.starts`` shared random starts, methods (a)-(c)."""
     P = make_teacher(cfg.d, cfg.h, cfg.o, cfg.n, cfg.tau, cfg.seed)
     W1, W2 = random_starts(cfg.d, cfg.h, cfg.o, cfg.starts, cfg.seed)
-    out = {"problem": {"d": cfg.d, "h": cfg.h, "o": cfg.o, "n": cfg.n, "tau": cfg.tau, "seed": cfg.seed,
-                       "size_ratio": cfg.n * cfg.o / (cfg.h * cfg.d * cfg.o),
-                       "size_ratio_meaning": "measurements N*o over identifiable unknowns h*d*o"},
-           "methods": {}}
+    out = {
+        "problem": {
+            "d": cfg.d,
+            "h": cfg.h,
+            "o": cfg.o,
+            "n": cfg.n,
+            "tau": cfg.tau,
+            "seed": cfg.seed,
+            "size_ratio": cfg.n * cfg.o / (cfg.h * cfg.d * cfg.o),
+            "size_ratio_meaning": "measurements N*o over identifiable unknowns h*d*o",
+        },
+        "methods": {},
+    }
     stop = cfg.tol * 1e-2  # run past the success threshold to see where descent ends
     t = time.perf_counter()
     r = local_descent(P, W1, W2, cfg.max_steps, stop)
@@ -144,8 +174,13 @@ def run_planted(cfg: PlantedConfig, progress=None) -> dict:
     if progress:
         progress("alternation")
     th = theorem1_two_layer(P, rip_samples=20)
-    out["theorem1"] = {"literal_holds": th["full"]["holds"], "identifiable_holds": th["identifiable"]["holds"],
-                       "full": th["full"], "identifiable": th["identifiable"], "rip2_delta_hat": th["rip2"]["delta_hat"]}
+    out["theorem1"] = {
+        "literal_holds": th["full"]["holds"],
+        "identifiable_holds": th["identifiable"]["holds"],
+        "full": th["full"],
+        "identifiable": th["identifiable"],
+        "rip2_delta_hat": th["rip2"]["delta_hat"],
+    }
     return out
 
 
@@ -154,11 +189,23 @@ def solver_times(cfg: PlantedConfig, tol: float = 1e-10) -> list[dict]:
     P = make_teacher(cfg.d, cfg.h, cfg.o, cfg.n, cfg.tau, cfg.seed)
     W1, W2 = random_starts(cfg.d, cfg.h, cfg.o, 1, cfg.seed)
     rows = []
-    for res in (local_descent(P, W1, W2, cfg.max_steps * 3, tol), als(P, W1, W2, 500, tol), lifted_svd(P),
-                lifted_svd(P, full=True), svp(P, 3000, tol)):
-        rows.append({"solver": res.name, "final_rel_loss": res.rel_loss[0],
-                     "iterations_to_tol": res.steps_to_tol[0], "seconds_to_tol": res.seconds_to_tol[0],
-                     "seconds": res.seconds, "distance_to_teacher": res.distance[0] if res.distance else None})
+    for res in (
+        local_descent(P, W1, W2, cfg.max_steps * 3, tol),
+        als(P, W1, W2, 500, tol),
+        lifted_svd(P),
+        lifted_svd(P, full=True),
+        svp(P, 3000, tol),
+    ):
+        rows.append(
+            {
+                "solver": res.name,
+                "final_rel_loss": res.rel_loss[0],
+                "iterations_to_tol": res.steps_to_tol[0],
+                "seconds_to_tol": res.seconds_to_tol[0],
+                "seconds": res.seconds,
+                "distance_to_teacher": res.distance[0] if res.distance else None,
+            }
+        )
     return rows
 
 
@@ -166,16 +213,18 @@ def solver_times(cfg: PlantedConfig, tol: float = 1e-10) -> list[dict]:
 def run_three_layer(d=20, h1=10, h2=8, o=5, n=800, starts=20, seed=0, max_steps=5000, tol=1e-8, tau=0.0) -> dict:
     """Oracle-support local descent on a planted three-layer teacher (no theory claimed)."""
     g = torch.Generator().manual_seed(20_000 + seed)
-    T = [torch.randn(h1, d, generator=g, dtype=DT) / math.sqrt(d),
-         torch.randn(h2, h1, generator=g, dtype=DT) / math.sqrt(h1),
-         torch.randn(o, h2, generator=g, dtype=DT) / math.sqrt(h2)]
+    T = [
+        torch.randn(h1, d, generator=g, dtype=DT) / math.sqrt(d),
+        torch.randn(h2, h1, generator=g, dtype=DT) / math.sqrt(h1),
+        torch.randn(o, h2, generator=g, dtype=DT) / math.sqrt(h2),
+    ]
     X = torch.randn(n, d, generator=g, dtype=DT)
     Q1 = X @ T[0].t()
     M1 = (Q1 > tau).to(DT)
     Q2 = pht(Q1, tau) @ T[1].t()
     M2 = (Q2 > tau).to(DT)
     Y = pht(Q2, tau) @ T[2].t()
-    ynorm = (Y ** 2).sum()
+    ynorm = (Y**2).sum()
     gs = torch.Generator().manual_seed(seed)
     W = [torch.randn(starts, *t.shape, generator=gs, dtype=DT) / math.sqrt(t.shape[1]) for t in T]
 

@@ -19,6 +19,7 @@ lifted matrix ``V = vec(W1) vec(W2)^T`` every entry that pairs two different
 hidden units multiplies an all-zero column of ``U``. Distances to a planted
 optimum are therefore measured between the per-unit products.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,7 +66,7 @@ def predict(X, M, W1, W2):
 
 
 def rel_loss(P: TwoLayerProblem, W1, W2) -> torch.Tensor:
-    return ((predict(P.X, P.M, W1, W2) - P.Y) ** 2).sum((1, 2)) / (P.Y ** 2).sum()
+    return ((predict(P.X, P.M, W1, W2) - P.Y) ** 2).sum((1, 2)) / (P.Y**2).sum()
 
 
 def unit_products(W1, W2) -> torch.Tensor:
@@ -87,8 +88,9 @@ def random_starts(d: int, h: int, o: int, starts: int, seed: int) -> tuple[torch
     return W1, W2
 
 
-def armijo_descent(params: list[torch.Tensor], loss_fn, max_steps: int = 3000, tol: float = 1e-10,
-                   t0: float = 1.0, grad_fn=None):
+def armijo_descent(
+    params: list[torch.Tensor], loss_fn, max_steps: int = 3000, tol: float = 1e-10, t0: float = 1.0, grad_fn=None
+):
     """Batched gradient descent with per-start Armijo backtracking.
 
     ``params`` are tensors with a leading start dimension S; ``loss_fn(params)``
@@ -126,7 +128,7 @@ def armijo_descent(params: list[torch.Tensor], loss_fn, max_steps: int = 3000, t
         active &= ~newly
         if not active.any() or step == max_steps:
             break
-        gn = sum((g ** 2).flatten(1).sum(1) for g in grads)
+        gn = sum((g**2).flatten(1).sum(1) for g in grads)
         tt = t.clone()
         todo = active.clone()
         for _ in range(40):
@@ -148,12 +150,12 @@ def armijo_descent(params: list[torch.Tensor], loss_fn, max_steps: int = 3000, t
 
 def two_layer_grad(X, Y, W1, W2, tau: float | None = None, M=None):
     """Relative loss and its gradient for ``W2 (m * (W1 x))``; ``M`` fixed, or ``1[q > tau]``."""
-    ynorm = (Y ** 2).sum()
+    ynorm = (Y**2).sum()
     Q = torch.matmul(X, W1.transpose(1, 2))  # (S, N, h)
     Mq = M if M is not None else (Q > tau).to(Q.dtype)
     H = Q * Mq
     R = torch.matmul(H, W2.transpose(1, 2)) - Y  # (S, N, o)
-    f = (R ** 2).sum((1, 2)) / ynorm
+    f = (R**2).sum((1, 2)) / ynorm
     gW2 = 2 * torch.matmul(R.transpose(1, 2), H) / ynorm  # (S, o, h)
     gH = 2 * torch.matmul(R, W2) * Mq / ynorm  # (S, N, h)
     gW1 = torch.matmul(gH.transpose(1, 2), X)  # (S, h, d)
@@ -162,14 +164,15 @@ def two_layer_grad(X, Y, W1, W2, tau: float | None = None, M=None):
 
 def local_descent(P: TwoLayerProblem, W1, W2, max_steps: int = 3000, tol: float = 1e-10) -> SolveResult:
     """Solver 1: gradient descent on (W1, W2) with the masks fixed."""
-    ynorm = (P.Y ** 2).sum()
+    ynorm = (P.Y**2).sum()
     t0 = time.perf_counter()
 
     def f(ps):
         return ((predict(P.X, P.M, ps[0], ps[1]) - P.Y) ** 2).sum((1, 2)) / ynorm
 
-    (A, B), hist, st, ss = armijo_descent([W1, W2], f, max_steps, tol,
-                                          grad_fn=lambda ps: two_layer_grad(P.X, P.Y, ps[0], ps[1], M=P.M))
+    (A, B), hist, st, ss = armijo_descent(
+        [W1, W2], f, max_steps, tol, grad_fn=lambda ps: two_layer_grad(P.X, P.Y, ps[0], ps[1], M=P.M)
+    )
     return _result("local-descent", P, A, B, hist, time.perf_counter() - t0, st, ss)
 
 
@@ -270,8 +273,17 @@ def lifted_svd(P: TwoLayerProblem, full: bool = False) -> SolveResult:
     W1, W2 = W1[None], W2[None]
     secs = time.perf_counter() - t0
     f = rel_loss(P, W1, W2)
-    return SolveResult(name, W1, W2, [[f.item()]], secs, [1 if f.item() < 1e-10 else None],
-                       [secs if f.item() < 1e-10 else None], f.tolist(), distance(P, W1, W2))
+    return SolveResult(
+        name,
+        W1,
+        W2,
+        [[f.item()]],
+        secs,
+        [1 if f.item() < 1e-10 else None],
+        [secs if f.item() < 1e-10 else None],
+        f.tolist(),
+        distance(P, W1, W2),
+    )
 
 
 def svp(P: TwoLayerProblem, steps: int = 3000, tol: float = 1e-10) -> SolveResult:
@@ -281,7 +293,7 @@ def svp(P: TwoLayerProblem, steps: int = 3000, tol: float = 1e-10) -> SolveResul
     D = _design(P)  # (N, h d): A(V) only reads V's per-unit diagonal blocks
     L = torch.linalg.matrix_norm(D, ord=2).item() ** 2
     eta = 1.0 / L
-    ynorm = (P.Y ** 2).sum().item()
+    ynorm = (P.Y**2).sum().item()
     V4 = torch.zeros(d, h, h, o, dtype=DT)
     idx = torch.arange(h)
     hist: list[float] = []
@@ -304,8 +316,9 @@ def svp(P: TwoLayerProblem, steps: int = 3000, tol: float = 1e-10) -> SolveResul
     u, s, vt = torch.linalg.svd(V, full_matrices=False)
     W1 = (math.sqrt(s[0]) * u[:, 0]).reshape(d, h).t()[None]
     W2 = (math.sqrt(s[0]) * vt[0]).reshape(h, o).t()[None]
-    return SolveResult("svp", W1, W2, [hist], time.perf_counter() - t0, [st], [ss],
-                       rel_loss(P, W1, W2).tolist(), distance(P, W1, W2))
+    return SolveResult(
+        "svp", W1, W2, [hist], time.perf_counter() - t0, [st], [ss], rel_loss(P, W1, W2).tolist(), distance(P, W1, W2)
+    )
 
 
 # -- Theorem 1 ---------------------------------------------------------------------
@@ -316,17 +329,24 @@ def theorem1_from_gram_eigs(eigs: torch.Tensor, m: int, n_cols: int) -> dict:
     lam_min2 = 0.0 if m < n_cols else eigs.min().item()
     lo, hi = lam_min2 / m, lam_max2 / m
     kappa2 = lam_max2 / lam_min2 if lam_min2 > 0 else math.inf
-    return {"m": m, "columns": n_cols, "lambda_min_sq_over_m": lo, "lambda_max_sq_over_m": hi,
-            "lower_bound": "0.9 + eps", "upper_bound": "1.1 - eps",
-            "holds": bool(lo > 0.9 and hi < 1.1),
-            "kappa_sq": kappa2, "holds_after_best_rescaling": bool(kappa2 < 1.1 / 0.9)}
+    return {
+        "m": m,
+        "columns": n_cols,
+        "lambda_min_sq_over_m": lo,
+        "lambda_max_sq_over_m": hi,
+        "lower_bound": "0.9 + eps",
+        "upper_bound": "1.1 - eps",
+        "holds": bool(lo > 0.9 and hi < 1.1),
+        "kappa_sq": kappa2,
+        "holds_after_best_rescaling": bool(kappa2 < 1.1 / 0.9),
+    }
 
 
 def theorem1(U: torch.Tensor) -> dict:
     """Eq. 29 for an explicit ``U`` (rows = m = size of y)."""
     m, c = U.shape
     s = torch.linalg.svdvals(U)
-    return theorem1_from_gram_eigs(s ** 2, m, c)
+    return theorem1_from_gram_eigs(s**2, m, c)
 
 
 def lifted_operator(P: TwoLayerProblem) -> torch.Tensor:
@@ -377,7 +397,7 @@ def rip2_estimate(P: TwoLayerProblem, samples: int = 200, seed: int = 0, refine_
     def ratio(V):  # ||A(V)||^2 / (m ||V||_F^2), V: (d h, h o)
         V4 = V.reshape(d, h, h, o)
         Q = V4[:, idx, idx, :].permute(1, 0, 2).reshape(h * d, o)
-        return ((D @ Q) ** 2).sum().item() / (m * (V ** 2).sum().item())
+        return ((D @ Q) ** 2).sum().item() / (m * (V**2).sum().item())
 
     def grad(V):
         V4 = V.reshape(d, h, h, o)
@@ -410,7 +430,12 @@ def rip2_estimate(P: TwoLayerProblem, samples: int = 200, seed: int = 0, refine_
         V[0 + 0 * h, 0 + 1 * o] = 1.0  # W1[unit 0, input 0] x W2[output 0, unit 1]
         witness = ratio(V)
         lo = min(lo, witness)
-    return {"ratio_min": lo, "ratio_max": hi, "delta_hat": max(1 - lo, hi - 1), "cross_unit_witness": witness,
-            "needed_delta": "< 1/10 (Theorem 1 asks for RIP(2, 1/10 - eps))",
-            "method": f"{samples} Gaussian rank-2 samples, each refined by {refine_steps} projected-gradient "
-                      f"steps down and up, plus a cross-unit rank-1 witness; a lower bound on delta"}
+    return {
+        "ratio_min": lo,
+        "ratio_max": hi,
+        "delta_hat": max(1 - lo, hi - 1),
+        "cross_unit_witness": witness,
+        "needed_delta": "< 1/10 (Theorem 1 asks for RIP(2, 1/10 - eps))",
+        "method": f"{samples} Gaussian rank-2 samples, each refined by {refine_steps} projected-gradient "
+        f"steps down and up, plus a cross-unit rank-1 witness; a lower bound on delta",
+    }
