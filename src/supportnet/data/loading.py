@@ -1,0 +1,163 @@
+"""Loading a data set into tensors: subsets, validation hold-out, padding, normalisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .lookup import _resolve_files, find_root
+from .registry import DataBundle, Split, get_spec
+
+
+def _load_stream(name, data_dir, subset, val, seed, image_size, workers) -> DataBundle:
+    if name != "imagefolder":
+        raise DataError(f"data.stream=true works for imagefolder only, not {name!r}; drop data.stream")
+    if workers < 0:
+        raise DataError(f"data.workers={workers} is negative; use 0 (decode in the main process) or more")
+    from .folder import load_stream
+
+    root = find_root(name, data_dir)
+    size = image_size or 224
+    train, test, k = load_stream(root, size, seed=seed, workers=workers)
+    n = len(train)
+    if val < 0 or (subset is not None and subset <= 0):
+        raise DataError("data.subset and data.val must be positive; fix the value or drop the option")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_split = None
+    if val:
+        if val >= n:
+            raise DataError(f"data.val={val} leaves no training examples (the set has {n}); use a smaller --val")
+        val_split = train.take(perm[:val].sort().values)
+        val_split.train = False
+        perm = perm[val:]
+    if subset is not None:
+        perm = perm[:subset]
+    if subset is not None or val:
+        train = train.take(perm.sort().values)
+    return DataBundle(name, train, test, k, (3, size, size), val=val_split, root=str(root))
+
+
+def _test_index(n: int, k: int) -> torch.Tensor:
+    """A fixed, sorted choice of ``k`` of ``n`` test examples (seed 0, independent of the run's seed)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k].sort().values
+
+
+def _synthetic(seed: int = 0, n_train: int = 1024, n_test: int = 256, shape=(1, 16, 16), classes: int = 10):
+    """A deterministic, learnable toy set: smooth class templates plus noise."""
+    g = torch.Generator().manual_seed(1234 + seed)
+    c, h, w = shape
+    base = torch.randn(classes, c, h // 4, w // 4, generator=g)
+    templates = torch.nn.functional.interpolate(base, size=(h, w), mode="bilinear", align_corners=False)
+
+    def make(n):
+        y = torch.randint(0, classes, (n,), generator=g)
+        x = templates[y] + 0.8 * torch.randn(n, c, h, w, generator=g)
+        return x, y
+
+    (xtr, ytr), (xte, yte) = make(n_train), make(n_test)
+    return xtr, ytr, xte, yte
+
+
+def _to_float(x: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    if t.dtype == torch.uint8:
+        return t.float().div_(255.0)
+    return t.float()
+
+
+def normalize(train: torch.Tensor, *others: torch.Tensor):
+    """Per-channel mean/std normalisation, statistics from the training split only."""
+    mean = train.mean(dim=(0, 2, 3), keepdim=True)
+    std = train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return [(t - mean) / std for t in (train, *others)]
+
+
+def load_data(
+    name: str,
+    data_dir: str | Path | None = None,
+    subset: int | None = None,
+    val: int = 0,
+    seed: int = 0,
+    pad: int = 0,
+    do_normalize: bool = True,
+    preprocess: str = "standard",
+    image_size: int | None = None,
+    extra: bool = False,
+    stream: bool = False,
+    workers: int = 4,
+    test_subset: int | None = None,
+) -> DataBundle:
+    """Load ``name`` into tensors: optional seeded ``subset`` of the training split,
+    a seeded validation hold-out of ``val`` examples, zero padding, normalisation.
+    ``test_subset`` keeps a fixed subset of the test split, the same whatever ``seed``
+    (so every seed of a study is scored on the same examples).
+    ``stream=True`` (image folders only) decodes on the fly instead (:mod:`.folder`)."""
+    spec = get_spec(name)
+    if test_subset is not None and test_subset <= 0:
+        raise DataError(f"data.test_subset={test_subset} must be positive; drop it to use the whole test set")
+    if stream:
+        b = _load_stream(name, data_dir, subset, val, seed, image_size, workers)
+        if test_subset is not None and test_subset < len(b.test):
+            b.test = b.test.take(_test_index(len(b.test), test_subset))
+        return b
+    if name == "synthetic":
+        xtr, ytr, xte, yte = _synthetic(seed=0)
+        root = None
+    else:
+        root = find_root(name, data_dir)
+        assert spec.loader is not None
+        xtr_np, ytr_np, xte_np, yte_np = spec.loader(
+            root, _resolve_files(root, spec), image_size=image_size, extra=extra
+        )
+        xtr, xte = _to_float(xtr_np), _to_float(xte_np)
+        ytr, yte = torch.from_numpy(ytr_np.astype(np.int64)), torch.from_numpy(yte_np.astype(np.int64))
+    g = torch.Generator().manual_seed(seed)
+    n = xtr.shape[0]
+    if val < 0 or (subset is not None and subset <= 0):
+        raise DataError("data.subset and data.val must be positive; fix the value or drop the option")
+    perm = torch.randperm(n, generator=g)
+    val_split = None
+    if val:
+        if val >= n:
+            raise DataError(f"data.val={val} leaves no training examples (the set has {n}); use a smaller --val")
+        vidx, perm = perm[:val], perm[val:]
+        val_split = (xtr[vidx], ytr[vidx])
+    if subset is not None and subset < perm.numel():
+        perm = perm[:subset]
+    if subset is not None or val:
+        idx = perm.sort().values
+        xtr, ytr = xtr[idx], ytr[idx]
+    if test_subset is not None and test_subset < xte.shape[0]:
+        tidx = _test_index(xte.shape[0], test_subset)
+        xte, yte = xte[tidx], yte[tidx]
+    if pad:
+        p = [pad] * 4
+        pad_fn = torch.nn.functional.pad
+        xtr, xte = pad_fn(xtr, p), pad_fn(xte, p)
+        if val_split is not None:
+            val_split = (pad_fn(val_split[0], p), val_split[1])
+    num_classes = spec.num_classes or int(max(ytr.max().item(), yte.max().item()) + 1)
+    if preprocess == "gcn-zca":
+        from .preprocess import gcn_zca
+
+        parts = gcn_zca(xtr, xte, *([val_split[0]] if val_split else []))
+        xtr, xte = parts[0], parts[1]
+        if val_split is not None:
+            val_split = (parts[2], val_split[1])
+    elif do_normalize and preprocess == "standard":
+        parts = normalize(xtr, xte, *([val_split[0]] if val_split else []))
+        xtr, xte = parts[0], parts[1]
+        if val_split is not None:
+            val_split = (parts[2], val_split[1])
+    return DataBundle(
+        name=name,
+        train=Split(xtr.contiguous(), ytr),
+        test=Split(xte.contiguous(), yte),
+        num_classes=num_classes,
+        in_shape=tuple(xtr.shape[1:]),  # type: ignore[arg-type]
+        val=Split(*val_split) if val_split else None,
+        root=str(root) if root else None,
+    )
