@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from . import faults
+from .choices import METHODS
 from .config import METHOD_DEFAULTS, SupportConfig
 from .data import Split, batches
 from .data.augment import crop_flip
@@ -382,7 +383,8 @@ class IAlternation(Schedule):
             configure(self.model, mode="free")
 
 
-SCHEDULES = {"sgd": Schedule, "b-alt": BAlternation, "i-alt": IAlternation}
+SCHEDULES = {cls.name: cls for cls in (Schedule, BAlternation, IAlternation)}
+assert tuple(SCHEDULES) == METHODS, "every method in choices.METHODS has one schedule"
 
 
 def make_schedule(

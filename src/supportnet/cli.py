@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from .choices import PRUNE
 from .errors import SupportnetError
 
 
@@ -64,7 +65,10 @@ def _shortcuts(a: argparse.Namespace) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = _Parser(prog="supportnet", description="CNN training by weight/support alternation (Huang, Kong, Lucey 2017).")
+    p.add_argument("--version", action="version", version=f"supportnet {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train one model (defaults: convnet-s on Fashion-MNIST, SGD)")
@@ -83,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --resume: stop on a damaged mask store instead of re-estimating the supports",
     )
     _add_common(t)
+    t.set_defaults(func=cmd_train)
 
     c = sub.add_parser("compare", help="train several methods from the same start; table and plot")
     c.add_argument("--config", help="base YAML config")
@@ -109,36 +114,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--jobs", type=int, default=1, help="study: runs in parallel processes (default 1)")
     _add_common(c)
+    c.set_defaults(func=cmd_compare)
 
     ds = sub.add_parser("dsd", help="Dense-Sparse-Dense training with magnitude or support pruning (Table 8)")
     ds.add_argument("--config", help="YAML config with a dsd: section (see configs/t8-*-dsd-*.yaml)")
     ds.add_argument("--model", help="model name")
     ds.add_argument("--data", help="data set name")
-    ds.add_argument("--prune", choices=["magnitude", "support-b", "support-i"], help="dsd.prune")
+    ds.add_argument("--prune", choices=PRUNE, help="dsd.prune")
     ds.add_argument("--resume", metavar="OUT", help="continue the interrupted DSD run in OUT (its own config)")
     _add_common(ds)
+    ds.set_defaults(func=cmd_dsd)
 
     ex = sub.add_parser("export", help="export a model; --compact drops pruned channels from a DSD sparse.pt")
     ex.add_argument("checkpoint", help="RUN/sparse.pt written by 'supportnet dsd'")
     ex.add_argument("-o", "--output", required=True, help="file to write")
     ex.add_argument("--compact", action="store_true", help="physically remove the pruned channels")
+    ex.set_defaults(func=cmd_export)
 
     vf = sub.add_parser("verify", help="check a checkpoint (.pt) or mask store (.smask): format version and checksum")
     vf.add_argument("path")
+    vf.set_defaults(func=cmd_verify)
 
-    sub.add_parser("models", help="list the registered models with their parameter counts")
+    sub.add_parser("models", help="list the registered models with their parameter counts").set_defaults(
+        func=cmd_models
+    )
 
     d = sub.add_parser("data", help="list, check or fetch data sets")
     dsub = d.add_subparsers(dest="data_cmd", metavar="ACTION", parser_class=_Parser)
-    dsub.add_parser("list", help="list the registered data sets")
+    d.set_defaults(func=cmd_data_list)  # 'supportnet data' alone lists them
+    dsub.add_parser("list", help="list the registered data sets").set_defaults(func=cmd_data_list)
     dc = dsub.add_parser("check", help="report where a data set was found and whether it verifies")
     dc.add_argument("name")
     dc.add_argument("--data-dir")
+    dc.set_defaults(func=cmd_data_check)
     df = dsub.add_parser("fetch", help="download a data set with checksum verification")
     df.add_argument("name")
     df.add_argument("--root", help="target folder (default ~/.cache/supportnet/NAME)")
     df.add_argument("--quiet", action="store_true")
     df.add_argument("--extract", action="store_true", help="also unpack tarballs (safely) beside them")
+    df.set_defaults(func=cmd_data_fetch)
     from .theory.cli import add_parser as add_theory
 
     add_theory(sub)
@@ -311,63 +325,51 @@ def default_classes(name: str) -> int:
     return 1000 if default_input(name)[1] >= 128 else 10  # listed at ImageNet size: ImageNet's classes
 
 
-def cmd_data(a) -> int:
-    from .data import DATASETS, check_dataset, fetch_dataset, get_spec
+def cmd_data_list(a) -> int:
+    from .data import DATASETS
 
-    if a.data_cmd in (None, "list"):
-        for name, spec in sorted(DATASETS.items()):
-            print(f"{name:16s} {spec.num_classes:4d} classes  {spec.note}")
-        return 0
-    if a.data_cmd == "check":
-        get_spec(a.name)
-        rows = check_dataset(a.name, getattr(a, "data_dir", None))
-        for r in rows:
-            print(f"{'OK ' if r['ok'] else 'BAD'} {r['file']:30s} {r['path'] or '-':60s} {r['how']}")
-        ok = all(r["ok"] for r in rows)
-        print(f"{a.name}: {'verified' if ok else 'NOT verified'}")
-        if not ok:
-            print(
-                f"supportnet: error: data set {a.name!r} is missing or fails verification; "
-                f"run 'supportnet data fetch {a.name}'",
-                file=sys.stderr,
-            )
-        return 0 if ok else 2
-    if a.data_cmd == "fetch":
-        dest = fetch_dataset(a.name, a.root, quiet=a.quiet, extract=a.extract)
-        print(f"{a.name}: verified in {dest}")
-        return 0
-    return 2
+    for name, spec in sorted(DATASETS.items()):
+        print(f"{name:16s} {spec.num_classes:4d} classes  {spec.note}")
+    return 0
+
+
+def cmd_data_check(a) -> int:
+    from .data import check_dataset, get_spec
+
+    get_spec(a.name)
+    rows = check_dataset(a.name, getattr(a, "data_dir", None))
+    for r in rows:
+        print(f"{'OK ' if r['ok'] else 'BAD'} {r['file']:30s} {r['path'] or '-':60s} {r['how']}")
+    ok = all(r["ok"] for r in rows)
+    print(f"{a.name}: {'verified' if ok else 'NOT verified'}")
+    if not ok:
+        print(
+            f"supportnet: error: data set {a.name!r} is missing or fails verification; "
+            f"run 'supportnet data fetch {a.name}'",
+            file=sys.stderr,
+        )
+    return 0 if ok else 2
+
+
+def cmd_data_fetch(a) -> int:
+    from .data import fetch_dataset
+
+    dest = fetch_dataset(a.name, a.root, quiet=a.quiet, extract=a.extract)
+    print(f"{a.name}: verified in {dest}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
-    if a.cmd is None:
+    if getattr(a, "func", None) is None:  # no command: the help
         parser.print_help()
         return 0
     try:
-        if a.cmd == "train":
-            return cmd_train(a)
-        if a.cmd == "compare":
-            return cmd_compare(a)
-        if a.cmd == "dsd":
-            return cmd_dsd(a)
-        if a.cmd == "export":
-            return cmd_export(a)
-        if a.cmd == "verify":
-            return cmd_verify(a)
-        if a.cmd == "models":
-            return cmd_models(a)
-        if a.cmd == "data":
-            return cmd_data(a)
-        if a.cmd == "theory":
-            from .theory.cli import run as theory_run
-
-            return theory_run(a)
+        return a.func(a)
     except SupportnetError as e:
         print(f"supportnet: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("supportnet: interrupted; the last checkpoint in the run folder is intact", file=sys.stderr)
         return 130
-    return 0

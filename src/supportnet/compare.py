@@ -14,23 +14,11 @@ import json
 import re
 from pathlib import Path
 
+from .choices import PRESETS
 from .config import Config, from_dict
 from .errors import ConfigError, DivergenceError
 from .io import atomic_write_text
 from .report import markdown_table, plot_compare
-
-#: Preset name -> support overrides.
-PRESETS: dict[str, dict] = {
-    "sgd": {"method": "sgd"},
-    "b-alt": {"method": "b-alt"},
-    "b-alt-energy": {"method": "b-alt", "rule": "energy", "beta": 0.0},
-    "b-alt-vote": {"method": "b-alt", "rule": "vote"},
-    "b-alt-linear": {"method": "b-alt", "apply": "linear"},
-    "i-alt": {"method": "i-alt"},
-    "i-alt-stored": {"method": "i-alt", "backend": "stored"},
-    "i-alt-snapshot": {"method": "i-alt", "backend": "snapshot"},
-    "i-alt-linear": {"method": "i-alt", "apply": "linear"},
-}
 
 _SPEC = re.compile(r"^([a-z0-9-]+)(?:\[(.*)\])?$")
 

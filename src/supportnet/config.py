@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from . import choices
+from .choices import METHODS
 from .errors import ConfigError
 
 
@@ -124,8 +126,6 @@ class Config:
         return from_dict(self.to_dict())
 
 
-METHODS = ("sgd", "b-alt", "i-alt")
-
 #: Tuned defaults for support fields left as None (see docs/alternation.md for the measurements).
 METHOD_DEFAULTS = {
     "sgd": {"consistency": 0.0},
@@ -143,17 +143,17 @@ def resolve_method_defaults(cfg: Config) -> Config:
 
 
 CHOICES = {
-    ("train", "schedule"): ("cosine", "step", "constant"),
+    ("train", "schedule"): choices.LR_SCHEDULES,
     ("support", "method"): METHODS,
-    ("data", "preprocess"): ("standard", "gcn-zca", "none"),
-    ("support", "apply"): ("linear", "gated"),
-    ("support", "rule"): ("energy", "energy-rel", "vote"),
-    ("support", "backend"): ("stored", "snapshot"),
-    ("support", "store"): ("memory", "file"),
-    ("support", "sync"): ("local", "global", "global-inline"),
-    ("train", "amp"): ("off", "bf16"),
-    ("dsd", "prune"): ("magnitude", "support-b", "support-i"),
-    ("train", "loader"): ("host", "device"),
+    ("data", "preprocess"): choices.PREPROCESS,
+    ("support", "apply"): choices.APPLY,
+    ("support", "rule"): choices.RULES,
+    ("support", "backend"): choices.BACKENDS,
+    ("support", "store"): choices.STORES,
+    ("support", "sync"): choices.SYNCS,
+    ("train", "amp"): choices.AMP,
+    ("dsd", "prune"): choices.PRUNE,
+    ("train", "loader"): choices.LOADERS,
 }
 
 

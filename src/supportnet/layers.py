@@ -46,11 +46,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .choices import APPLY, MODES, RULES
 from .errors import ConfigError
-
-MODES = ("free", "instance", "batch", "binary", "record", "probe")
-APPLY = ("linear", "gated")
-RULES = ("energy", "energy-rel", "vote")
 
 
 class _GatedBatch(torch.autograd.Function):

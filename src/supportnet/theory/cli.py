@@ -22,6 +22,7 @@ from ..io import atomic_write_text
 
 def add_parser(sub) -> None:
     t = sub.add_parser("theory", help="Section 3: lifting, recovery given support, Theorem 1, planted teachers")
+    t.set_defaults(func=run)
     ts = t.add_subparsers(dest="theory_cmd", metavar="ACTION", parser_class=type(t))
     lc = ts.add_parser("lift-check", help="check F(x_n) = U_n v on random small networks (float64)")
     lc.add_argument("--seed", type=int, default=0)
