@@ -122,9 +122,9 @@ def test_plateau_triggers_reestimation(synthetic):
 def test_b_alt_sets_batch_mode_after_warmup(synthetic):
     model = _model(synthetic)
     s = make_schedule(SupportConfig(method="b-alt", warmup=2, rule="vote"), model, synthetic.train, "cpu")
-    assert s.start_epoch(0)["phase"] == "warmup"
+    assert s.start_epoch(0).phase == "warmup"
     assert all(lay.mode == "free" for _, lay in threshold_layers(model))
-    assert s.start_epoch(2)["phase"] == "b-alt"
+    assert s.start_epoch(2).phase == "b-alt"
     assert all(lay.mode == "batch" and lay.rule == "vote" for _, lay in threshold_layers(model))
 
 

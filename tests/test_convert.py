@@ -3,7 +3,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from supportnet import HardThreshold, configure, convert, create_model, record_masks, threshold_layers
+from supportnet import (
+    HardThreshold,
+    configure,
+    conversion_report,
+    convert,
+    create_model,
+    record_masks,
+    threshold_layers,
+)
 from supportnet.errors import ConfigError
 
 
@@ -46,7 +54,7 @@ def test_module_path_swaps_relu_modules_and_reports():
     net = Net()
     x = torch.randn(2, 1, 12, 12)
     before = net(x).detach()
-    rep = convert(net, path="module")
+    rep = conversion_report(convert(net, path="module"))
     assert rep.path == "module"
     assert rep.converted == ["body.1 (nn.ReLU)", "body.4 (nn.ReLU)"]
     assert any("MaxPool2d" in s for s in rep.left_alone) and any("Tanh" in s for s in rep.left_alone)
@@ -60,7 +68,7 @@ def test_fx_path_finds_every_functional_form_bit_for_bit():
     net = FunctionalBlocks()
     x = torch.randn(3, 2, 8, 8)
     before = net(x).detach()
-    rep = convert(net)
+    rep = conversion_report(convert(net))
     assert rep.path == "fx", rep.reason
     forms = " ".join(rep.converted)
     assert len(rep.converted) == 7, rep.converted
@@ -80,7 +88,7 @@ def test_fx_path_finds_every_functional_form_bit_for_bit():
 
 def test_converted_model_supports_can_be_held_fixed():
     torch.manual_seed(0)
-    gm = convert(FunctionalBlocks()).model
+    gm = convert(FunctionalBlocks())
     x = torch.randn(4, 2, 8, 8)
     configure(gm, mode="batch")
     out = gm(x)
@@ -101,7 +109,7 @@ class Untraceable(nn.Module):
 
 
 def test_untraceable_model_falls_back_to_module_swap():
-    rep = convert(Untraceable())
+    rep = conversion_report(convert(Untraceable()))
     assert rep.path == "module" and "fx could not trace" in rep.reason
     assert rep.converted == ["act (nn.ReLU)"]
     with pytest.raises(ConfigError, match="torch.fx cannot trace"):
@@ -126,7 +134,7 @@ def test_zoo_models_with_relu_convert_bit_for_bit(name, shape, sites):
     x = torch.randn(2, *shape)
     with torch.no_grad():
         before = ref(x)
-        rep = convert(ref)
+        rep = conversion_report(convert(ref))
         assert rep.path == "fx" and len(rep.converted) == sites
         assert sites == len(threshold_layers(create_model(name, shape, 10)))  # as many as the native model
         assert torch.equal(rep.model(x), before)
@@ -138,7 +146,7 @@ def test_vgg16_224_converts():  # separate: 138M parameters
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         before = ref(x)
-        rep = convert(ref)
+        rep = conversion_report(convert(ref))
         assert len(rep.converted) == 15 and torch.equal(rep.model(x), before)
 
 
@@ -161,6 +169,6 @@ def test_against_torchvision(name, sites, params):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         before = ref(x)
-        rep = convert(ref)
+        rep = conversion_report(convert(ref))
         assert len(rep.converted) == sites == len(threshold_layers(ours))
         assert torch.equal(rep.model(x), before)

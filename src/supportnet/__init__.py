@@ -3,41 +3,54 @@
 Implements Huang, Kong & Lucey (2017), "CNNs are Globally Optimal Given
 Multi-Layer Support": positive hard-thresholding with a fixed support
 (:class:`HardThreshold`), per-example and per-batch supports
-(:class:`MaskStore`), SGD / B-alternation / I-alternation training (:func:`fit`)
-and the theory of Section 3 (:mod:`supportnet.theory`).
+(:class:`MaskStore`), SGD / B-alternation / I-alternation schedules for any
+training loop (:func:`alternation`) and the ready-made loop (:func:`fit`), and
+the theory of Section 3 (:mod:`supportnet.theory`).
 
 The public API is what this module exports; nothing runs at import time.
 """
 
+from .alternation import BAlternation, EpochEvent, IAlternation, Schedule, alternation
 from .config import Config, load_config
-from .convert import ConversionReport, convert
+from .convert import ConversionReport, conversion_report, convert
+from .data.adapters import from_datasets, with_indices
 from .errors import ConfigError, DataError, DivergenceError, IntegrityError, SupportnetError
-from .layers import HardThreshold, configure, record_masks, threshold_layers
+from .layers import HardThreshold, configure, record_masks, support_penalty, threshold_layers
 from .masks import MaskStore
 from .models import count_params, create_model, list_models, register_model
-from .train import evaluate, fit
+from .train import evaluate, fit, train_step
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "HardThreshold",
-    "configure",
-    "record_masks",
-    "threshold_layers",
-    "convert",
-    "ConversionReport",
-    "MaskStore",
+    "BAlternation",
     "Config",
-    "load_config",
-    "fit",
-    "evaluate",
-    "create_model",
-    "list_models",
-    "register_model",
-    "count_params",
-    "SupportnetError",
     "ConfigError",
+    "ConversionReport",
     "DataError",
     "DivergenceError",
+    "EpochEvent",
+    "HardThreshold",
+    "IAlternation",
     "IntegrityError",
+    "MaskStore",
+    "Schedule",
+    "SupportnetError",
+    "alternation",
+    "configure",
+    "conversion_report",
+    "convert",
+    "count_params",
+    "create_model",
+    "evaluate",
+    "fit",
+    "from_datasets",
+    "list_models",
+    "load_config",
+    "record_masks",
+    "register_model",
+    "support_penalty",
+    "threshold_layers",
+    "train_step",
+    "with_indices",
 ]

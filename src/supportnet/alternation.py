@@ -1,9 +1,19 @@
 """Training schedules: SGD, B-alternation and I-alternation (paper Sec. 4.1-4.2).
 
-Each schedule is a small controller that the training loop consults at three
-points: the start of an epoch (which phase? re-estimate the support?), before
-every step (hand the layers their support) and the end of an epoch (has the
-loss plateaued?).
+Each schedule is a small controller that a training loop consults at three
+points: the start of an epoch (which phase? re-estimate the support?), each
+step (hand the layers their support) and the end of an epoch (has the loss
+plateaued?). :func:`fit` is one loop that does so; a user's own loop does the
+same in a few lines (docs/own-loop.md)::
+
+    alt = supportnet.alternation("i-alt", model, train_set, backend="stored")
+    for epoch in range(epochs):
+        alt.start_epoch(epoch)
+        for x, y, idx in loader:                 # idx: the examples' indices in train_set
+            with alt.step(idx, x):               # fixes the supports for this batch
+                loss = F.cross_entropy(model(x), y) + alt.penalty()
+            ...                                  # backward, optimizer step, as usual
+        alt.end_epoch(mean_loss)
 
 * ``sgd``: every epoch free.
 * ``b-alt``: ``warmup`` free epochs, then every step computes one support for
@@ -28,8 +38,12 @@ both back ends give the same masks, bit for bit.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,15 +53,44 @@ from . import faults
 from .choices import METHODS
 from .config import METHOD_DEFAULTS, SupportConfig
 from .data import Split, batches
+from .data.adapters import as_split, first_input
 from .data.augment import crop_flip
-from .layers import configure, record_masks, set_instance_masks, threshold_layers
+from .errors import ConfigError
+from .layers import configure, record_masks, set_instance_masks, support_penalty, threshold_layers
 from .masks import MaskStore
 
 PROBE_SIZE = 4096  # examples used to measure support change for the snapshot back end
 
 
+@dataclass
+class EpochEvent:
+    """What :meth:`Schedule.start_epoch` did, for the loop to log.
+
+    ``phase``: ``warmup``, ``sgd``, ``b-alt`` or ``i-alt``; ``round``: support estimations so
+    far; ``reestimated``: whether this epoch started a new round; ``mask_change``: the fraction
+    of mask bits that changed since the previous support (NaN if none); ``est_seconds``: time
+    spent estimating.
+    """
+
+    phase: str
+    round: int = 0
+    reestimated: bool = False
+    mask_change: float = float("nan")
+    est_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 class Schedule:
-    """Base controller: plain SGD (every epoch free)."""
+    """Base controller: plain SGD (every epoch free).
+
+    The hooks, in the order a loop calls them: :meth:`start_epoch`, then for every batch
+    :meth:`step` (a context manager around the forward pass; or :meth:`before_step`),
+    :meth:`penalty` added to the loss, and :meth:`end_epoch` with the epoch's mean loss.
+    ``lr_factor`` is the learning-rate multiplier of the current phase (``support.lr_scale``
+    while a support is held fixed). :meth:`state_dict` / :meth:`load_state_dict` resume it.
+    """
 
     name = "sgd"
 
@@ -69,27 +112,46 @@ class Schedule:
         self.lr_factor = 1.0
         consistency = cfg.consistency if cfg.consistency is not None else METHOD_DEFAULTS[cfg.method]["consistency"]
         configure(
-            model, apply=cfg.apply, rule=cfg.rule, beta=cfg.beta, tau=cfg.tau, mode="free", consistency=consistency
+            model,
+            apply=cfg.apply,
+            rule=cfg.rule,
+            beta=cfg.beta,
+            tau=cfg.tau,
+            mode="free",
+            consistency=consistency,
+            strict=False,  # plain SGD may train a model without threshold layers
         )
 
-    def start_epoch(self, epoch: int) -> dict:
-        """Called before epoch ``epoch`` (0-based). Returns events to log."""
-        configure(self.model, mode="free")
-        return {
-            "phase": self.phase,
-            "round": self.round,
-            "reestimated": False,
-            "mask_change": float("nan"),
-            "est_seconds": 0.0,
-        }
+    def start_epoch(self, epoch: int) -> EpochEvent:
+        """Called before epoch ``epoch`` (0-based): sets the layers' modes for the epoch's phase
+        and, when a round starts, re-estimates the supports. Returns what it did."""
+        configure(self.model, mode="free", strict=False)
+        return EpochEvent(self.phase, self.round)
 
     def resume_epoch(self, epoch: int) -> None:
         """Re-enter epoch ``epoch`` part-way (after a resume): set the layers' modes as
         :meth:`start_epoch` did, without estimating anything."""
         self.start_epoch(epoch)
 
-    def before_step(self, x: torch.Tensor, index: torch.Tensor) -> None:
-        """Called before each training forward pass."""
+    def before_step(self, x: torch.Tensor | None, index: torch.Tensor | None) -> None:
+        """Called before each training forward pass on the batch ``x`` whose examples have the
+        indices ``index`` in the training set (I-alternation's stored supports are looked up by
+        index; the snapshot back end needs ``x``)."""
+
+    @contextmanager
+    def step(self, index: torch.Tensor | None = None, x: torch.Tensor | None = None) -> Iterator[None]:
+        """Fix the supports for one batch: ``with alt.step(idx, x): loss = ...``.
+
+        ``index``: the batch's example indices in the training set (I-alternation, stored
+        back end); ``x``: the batch itself (I-alternation, snapshot back end). In a warm-up
+        epoch, and for SGD and B-alternation, the step needs neither."""
+        self.before_step(x, index)
+        yield
+
+    def penalty(self) -> torch.Tensor | float:
+        """The support-consistency penalty of the last forward pass, to add to its loss
+        (0 when the phase has none); see :func:`supportnet.layers.support_penalty`."""
+        return support_penalty(self.model)
 
     def view_key(self, epoch: int) -> int:
         """Key of the augmented views this epoch: a fresh view every epoch."""
@@ -157,13 +219,7 @@ class BAlternation(Schedule):
             configure(self.model, mode="batch", apply=self.cfg.apply, rule=self.cfg.rule, beta=self.cfg.beta)
             for _, layer in threshold_layers(self.model):
                 layer.sync_inline = self.cfg.sync == "global-inline"
-        return {
-            "phase": self.phase,
-            "round": self.round,
-            "reestimated": False,
-            "mask_change": float("nan"),
-            "est_seconds": 0.0,
-        }
+        return EpochEvent(self.phase, self.round)
 
 
 class IAlternation(Schedule):
@@ -192,7 +248,7 @@ class IAlternation(Schedule):
     # -- support estimation ----------------------------------------------------
     def _layer_shapes(self) -> list[tuple[int, ...]]:
         if self.shapes is None:
-            masks = record_masks(self._eval_model(self.model), self.train.x[:1].to(self.device))
+            masks = record_masks(self._eval_model(self.model), first_input(self.train).to(self.device))
             self.model.train()
             self.shapes = [tuple(m.shape[1:]) for m in masks]
         return self.shapes
@@ -234,7 +290,7 @@ class IAlternation(Schedule):
         n = min(PROBE_SIZE, len(self.train))
         model.eval()
         out = []
-        for x, _, _ in batches(Split(self.train.x[:n], self.train.y[:n]), self.eval_batch_size):
+        for x, _, _ in batches(self.train, self.eval_batch_size, torch.arange(n)):
             out.append(torch.cat([m.reshape(m.shape[0], -1) for m in record_masks(model, x.to(self.device))], 1))
         return torch.cat(out)
 
@@ -264,28 +320,20 @@ class IAlternation(Schedule):
         return {"mask_change": change, "est_seconds": time.perf_counter() - t0}
 
     # -- controller hooks ------------------------------------------------------
-    def start_epoch(self, epoch: int) -> dict:
-        ev = {
-            "phase": "warmup",
-            "round": self.round,
-            "reestimated": False,
-            "mask_change": float("nan"),
-            "est_seconds": 0.0,
-        }
+    def start_epoch(self, epoch: int) -> EpochEvent:
         if epoch < self.cfg.warmup:
             self.phase, self.lr_factor = "warmup", 1.0
             configure(self.model, mode="free")
-            return ev
+            return EpochEvent("warmup", self.round)
         self.phase, self.lr_factor = "i-alt", self.cfg.lr_scale
-        if self.need_new:
+        ev = EpochEvent(self.phase, self.round)
+        if self.need_new:  # a new round: estimate every example's support with the current weights
             self.round += 1
-            ev.update(self.reestimate())
-            ev["reestimated"] = True
+            ev = EpochEvent(self.phase, self.round, reestimated=True, **self.reestimate())
             self.need_new = False
             self.round_epochs = 0
             self.below = 0
         configure(self.model, mode="instance", apply=self.cfg.apply)
-        ev["phase"], ev["round"] = self.phase, self.round
         return ev
 
     def view_key(self, epoch: int) -> int:
@@ -294,11 +342,15 @@ class IAlternation(Schedule):
             return 1_000_000 + self.round
         return epoch
 
-    def masks_for(self, x: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
+    def masks_for(self, x: torch.Tensor | None, index: torch.Tensor | None) -> list[torch.Tensor]:
         if self.cfg.backend == "stored":
             assert self.store is not None
+            if index is None:
+                raise ConfigError("I-alternation with stored supports needs the batch's example indices: alt.step(idx)")
             return self.store.read(index // self.shard_world, device=self.device)
         assert self.snapshot is not None
+        if x is None:
+            raise ConfigError("I-alternation with the snapshot back end needs the batch: alt.step(idx, x)")
         return record_masks(self.snapshot, x)
 
     def before_step(self, x: torch.Tensor, index: torch.Tensor) -> None:
@@ -390,17 +442,61 @@ assert tuple(SCHEDULES) == METHODS, "every method in choices.METHODS has one sch
 def make_schedule(
     cfg: SupportConfig,
     model: nn.Module,
-    train: Split,
+    train,
     device,
     run_dir=None,
     eval_batch_size: int = 128,
     augment_seed: int | None = None,
 ) -> Schedule:
+    """The schedule of ``cfg.method`` for ``model`` trained on ``train`` (see :func:`alternation`)."""
     if not threshold_layers(model) and cfg.method != "sgd":
-        from .errors import ConfigError
-
         raise ConfigError(
             f"support.method={cfg.method} needs HardThreshold layers and the model has none; "
-            f"run supportnet.convert(model) first"
+            f"convert it first: model = supportnet.convert(model)"
+        )
+    train = as_split(train)
+    if cfg.method == "i-alt" and cfg.backend == "stored" and not getattr(train, "deterministic", True):
+        raise ConfigError(
+            "stored supports need one fixed view per example, and this training set returns a different "
+            "view each time an example is read (random transforms); use the snapshot back end "
+            "(backend='snapshot', support.backend=snapshot), or drop the random transforms"
         )
     return SCHEDULES[cfg.method](cfg, model, train, device, run_dir, eval_batch_size, augment_seed)
+
+
+def alternation(
+    method: str,
+    model: nn.Module,
+    train=None,
+    *,
+    device: torch.device | str | None = None,
+    eval_batch_size: int = 128,
+    run_dir: str | Path | None = None,
+    **support,
+) -> Schedule:
+    """A training schedule for a user's own loop: ``"sgd"``, ``"b-alt"`` or ``"i-alt"``.
+
+    ``train``: the training set the loop iterates over, by index: a map-style
+    ``torch.utils.data.Dataset`` returning ``(x, y)``, a ``(x, y)`` pair of tensors, or a
+    :class:`~supportnet.data.Split`. I-alternation's estimation pass reads it in order, in
+    eval mode; B-alternation and SGD do not need it. ``support``: any ``support.*`` config
+    key (``backend="stored"``, ``warmup=1``, ``rule="vote"``, ``consistency=0.5``, ...; see
+    :class:`~supportnet.config.SupportConfig`); unknown keys and bad values are one-line errors.
+    ``device``: where the model lives (default: the device of its first parameter).
+    ``run_dir``: where a file-backed mask store goes (``store="file"``).
+
+    The same schedule drives :func:`supportnet.fit`; the loop in docs/own-loop.md gives the
+    same weights as ``fit`` for the same seed and data order, bit for bit.
+    """
+    from .config import from_dict
+
+    cfg = from_dict({"support": {"method": method, **support}}).support
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+    if train is None:
+        if cfg.method == "i-alt":
+            raise ConfigError("i-alt needs the training set (its supports are per example); pass train=...")
+        train = Split(torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    run_dir = Path(run_dir) if run_dir is not None else None
+    return make_schedule(cfg, model, train, torch.device(device), run_dir, eval_batch_size)

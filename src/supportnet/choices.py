@@ -40,3 +40,6 @@ PRESETS: dict[str, dict] = {
     "i-alt-snapshot": {"method": "i-alt", "backend": "snapshot"},
     "i-alt-linear": {"method": "i-alt", "apply": "linear"},
 }
+
+#: Where a run's numbers go (``train.loggers``); ``csv`` (metrics.csv) is always written.
+LOGGERS = ("csv", "jsonl", "tensorboard")

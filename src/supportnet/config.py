@@ -62,6 +62,8 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints (0: only the final one)
     checkpoint_steps: int = 0  # also checkpoint every N optimizer steps, mid-epoch (0: off)
     evals_per_epoch: int = 1  # test evaluations per epoch for the convergence trace (time-to-target)
+    loggers: list = field(default_factory=lambda: ["csv"])  # csv (metrics.csv, always) | jsonl | tensorboard
+    log_every: int = 20  # optimizer steps between step scalars (loss, lr, active fraction) for jsonl/tensorboard
     # GPU fast path (docs/performance.md); all off by default
     amp: str = "off"  # off | bf16 (autocast of the forward pass and loss)
     channels_last: bool = False  # NHWC memory format for model and inputs
@@ -230,11 +232,15 @@ def validate(cfg: Config) -> Config:
         if v not in allowed:
             raise ConfigError(f"unknown {sec}.{key} {v!r}; choose one of: {', '.join(allowed)}")
     t, s = cfg.train, cfg.support
+    for name in t.loggers:
+        if name not in choices.LOGGERS:
+            raise ConfigError(f"unknown train.loggers entry {name!r}; choose from: {', '.join(choices.LOGGERS)}")
     positive = {
         "train.epochs": t.epochs,
         "train.batch_size": t.batch_size,
         "train.eval_batch_size": t.eval_batch_size,
         "train.stats_every": t.stats_every,
+        "train.log_every": t.log_every,
     }
     for k, v in positive.items():
         if v <= 0:

@@ -92,12 +92,30 @@ class ConversionReport:
         return s
 
 
-def convert(model: nn.Module, tau: float = 0.0, path: str = "auto") -> ConversionReport:
-    """Replace every ReLU site of ``model`` by ``HardThreshold(tau)``; see the module docstring.
+def convert(model: nn.Module, tau: float = 0.0, path: str = "auto") -> nn.Module:
+    """Replace every ReLU site of ``model`` by ``HardThreshold(tau)`` and return the converted
+    model: ``model = supportnet.convert(model)``. See the module docstring.
 
     ``path``: ``auto`` (fx, falling back to the module swap), ``fx`` (fail if fx cannot trace)
-    or ``module``. The converted model is ``report.model`` (the module swap works in place).
+    or ``module``. The fx path returns a new ``torch.fx.GraphModule`` (same parameters, same
+    names) and leaves ``model`` as it was; the module swap changes ``model`` in place and
+    returns it. Either way, use the returned model. :func:`conversion_report` says which sites
+    were converted and which non-linearities were left alone.
     """
+    report = _convert(model, tau, path)
+    report.model.supportnet_conversion = report  # read by conversion_report()
+    return report.model
+
+
+def conversion_report(model: nn.Module) -> ConversionReport:
+    """What :func:`convert` did to ``model``: converted sites, other non-linearities, the path."""
+    report = getattr(model, "supportnet_conversion", None)
+    if report is None:
+        raise ConfigError(f"{type(model).__name__} was not made by supportnet.convert; convert it first")
+    return report
+
+
+def _convert(model: nn.Module, tau: float, path: str) -> ConversionReport:
     if path not in ("auto", "fx", "module"):
         raise ConfigError(f"unknown conversion path {path!r}; use auto, fx or module")
     if path != "module":

@@ -360,6 +360,17 @@ def threshold_layers(model: nn.Module) -> list[tuple[str, HardThreshold]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, HardThreshold)]
 
 
+def require_layers(model: nn.Module, what: str) -> list[tuple[str, HardThreshold]]:
+    """The threshold layers of ``model``, or a one-line error if it has none."""
+    layers = threshold_layers(model)
+    if not layers:
+        raise ConfigError(
+            f"{what}: {type(model).__name__} has no HardThreshold layers, so there is no support to "
+            f"{'record' if what == 'record_masks' else 'set'}; convert it first: model = supportnet.convert(model)"
+        )
+    return layers
+
+
 def configure(
     model: nn.Module,
     *,
@@ -370,10 +381,13 @@ def configure(
     tau=None,
     track: bool | None = None,
     consistency: float | None = None,
+    strict: bool = True,
 ) -> None:
     """Set the given attributes on every threshold layer of ``model``.
 
-    ``tau`` may be a number or a list with one value per layer.
+    ``tau`` may be a number or a list with one value per layer. With ``strict`` (the
+    default), a model without any :class:`HardThreshold` is an error: configuring it would
+    silently do nothing (convert it first: ``model = supportnet.convert(model)``).
     """
     if mode is not None and mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
@@ -381,7 +395,7 @@ def configure(
         raise ConfigError(f"unknown support.apply {apply!r}; use one of {', '.join(APPLY)}")
     if rule is not None and rule not in RULES:
         raise ConfigError(f"unknown support.rule {rule!r}; use one of {', '.join(RULES)}")
-    layers = threshold_layers(model)
+    layers = require_layers(model, "configure") if strict else threshold_layers(model)
     taus = None
     if tau is not None:
         taus = list(tau) if isinstance(tau, (list, tuple)) else [tau] * len(layers)
@@ -416,7 +430,7 @@ def layer_mode(model: nn.Module, mode: str) -> Iterator[None]:
     """Temporarily put every threshold layer in ``mode`` (restores the previous modes)."""
     layers = threshold_layers(model)
     saved = [(lay.mode, lay.track) for _, lay in layers]
-    configure(model, mode=mode, track=False)
+    configure(model, mode=mode, track=False, strict=False)
     try:
         yield
     finally:
@@ -436,8 +450,9 @@ def set_instance_masks(model: nn.Module, masks: list[torch.Tensor]) -> None:
 
 @torch.no_grad()
 def record_masks(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """Run ``model`` on ``x`` in ``record`` mode and return every layer's support."""
-    layers = threshold_layers(model)
+    """Run ``model`` on ``x`` in ``record`` mode and return every layer's support: one bool
+    tensor ``(B, *unit)`` per threshold layer, in :func:`threshold_layers` order."""
+    layers = require_layers(model, "record_masks")
     with layer_mode(model, "record"):
         model(x)
         masks = [lay.last_mask for _, lay in layers]
@@ -447,7 +462,11 @@ def record_masks(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def support_penalty(model: nn.Module) -> torch.Tensor | float:
-    """Sum over layers of ``consistency * penalty`` from the last forward pass (0 if none)."""
+    """Sum over layers of ``consistency * penalty`` from the last forward pass (0 if none).
+
+    The penalty keeps the pre-activations consistent with a fixed support (units the support
+    holds off stay below tau); add it to the loss of the same forward pass. Reading it clears it.
+    """
     total: torch.Tensor | float = 0.0
     for _, layer in threshold_layers(model):
         if layer.penalty is not None:

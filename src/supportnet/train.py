@@ -1,14 +1,24 @@
-"""``fit(config) -> run folder``: the training loop for every schedule.
+"""``fit(config) -> run folder``: the training loop for every schedule (paper Sec. 4).
 
-The loop reads as the algorithm does: warm-up epochs of free SGD, then (for the
-alternation schedules) rounds of *estimate support, train weights with it
-fixed*, with evaluation and logging after every epoch. What happens in each
-phase lives in :mod:`supportnet.alternation`.
+The loop reads as the algorithm does::
+
+    run = start_run(cfg, ...)                    # device, DDP, compile, optimizer, resume
+    for epoch in range(run.state.epoch, cfg.train.epochs):
+        ev = run.start_epoch(epoch)              # warm-up, or alternation: a new round re-estimates the supports
+        obj = train_one_epoch(run, epoch, ev)    # SGD steps on the weights, the supports held as the schedule says
+        run.sched.end_epoch(obj)                 # has the objective plateaued? (the next round starts then)
+        row = evaluate_epoch(run, epoch, ev, obj)  # free-mode test figures: the threshold applies at test time
+        log_and_checkpoint(run, row)
+
+Each piece is a plain function over a :class:`Run`; :func:`train_step` is the one training
+step that ``bench/overhead.py`` times too. What a schedule does in each phase lives in
+:mod:`supportnet.alternation`; a user's own loop drives the same schedules
+(docs/own-loop.md).
 
 Run folder::
 
     config.yaml      the resolved config
-    metrics.csv      one row per epoch (see ``METRIC_DOC``)
+    metrics.csv      one row per epoch (see ``METRIC_DOC``); metrics.jsonl and tensorboard/ with train.loggers
     curves.png       loss and error against epochs, re-estimations marked
     checkpoint.pt    latest checkpoint (model, optimizer, schedule state, RNG, metrics)
     final.pt         final weights and config: {"state_dict", "config", "metrics"}
@@ -17,14 +27,15 @@ Run folder::
 
 from __future__ import annotations
 
-import csv
 import json
+import logging
 import math
-import os
 import random
+import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +44,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed, faults
-from .alternation import IAlternation, make_schedule
+from .alternation import EpochEvent, IAlternation, Schedule, make_schedule
 from .config import Config, resolve_method_defaults
 from .data import DataBundle, Split, batches, epoch_order, load_data, num_batches
+from .data.adapters import from_datasets
 from .data.augment import crop_flip
-from .errors import ConfigError, DivergenceError
+from .errors import ConfigError
+from .guard import DivergenceGuard, lazy_default
 from .io import atomic_write_text, save_checkpoint
 from .layers import collect_stats, configure, layer_mode, support_penalty, threshold_layers
+from .loggers import Loggers
 from .models import count_params, create_model
+
+log = logging.getLogger("supportnet")
+
+__all__ = ["fit", "evaluate", "train_step", "train_one_epoch", "evaluate_epoch", "Run", "start_run"]
 
 METRIC_DOC = {
     "epoch": "epochs completed",
@@ -111,47 +129,107 @@ def evaluate(
     return total_loss / max(n, 1), correct / max(n, 1)
 
 
-def first_nonfinite_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """Where the activations blew up on ``x``: the first module whose output is not finite, or
-    else the module with the largest output magnitude (a diagnostic forward pass)."""
-    found: list[str] = []
-    largest: list[tuple[float, str]] = []
-    hooks = []
-    for name, mod in model.named_modules():
-        if name and not list(mod.children()):
+# ----------------------------------------------------------------------------- one step
 
-            def hook(m, inp, out, name=name):
-                if isinstance(out, torch.Tensor) and out.is_floating_point():
-                    if not found and not torch.isfinite(out).all():
-                        found.append(name)
-                    elif out.numel():
-                        largest.append((out.detach().abs().max().item(), name))
 
-            hooks.append(mod.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(x)
-    except Exception:  # noqa: BLE001 - diagnostics only
-        pass
-    finally:
-        for h in hooks:
-            h.remove()
-    if found:
-        return f"first non-finite activations in {found[0]}"
-    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
-    if bad:
-        return f"non-finite weights in {bad[0]}"
-    if largest:
-        v, name = max(largest)
-        return f"activations finite, largest |output| {v:.3g} in {name}"
-    return "activations finite"
+def train_step(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    model: nn.Module | None = None,
+    penalised: bool = False,
+    guard: DivergenceGuard | None = None,
+    step: int = 0,
+    autocast: Callable = nullcontext,
+    step_hook: Callable | None = None,
+) -> torch.Tensor:
+    """One SGD step on the batch ``(x, y)`` under the supports the schedule has set.
+
+    The objective is the cross-entropy, plus the support-consistency penalty of the same
+    forward pass when the phase has one (``penalised``). ``net`` is the module to run (a DDP or
+    compiled wrapper of ``model``, or ``model`` itself). The ``guard`` checks the objective and
+    the gradients after backward and before the update (``step``: this step's 1-based number,
+    for its messages). ``step_hook(model, opt)`` runs after the update (DSD holds pruned weights
+    at zero with it). Returns the cross-entropy, detached."""
+    model = net if model is None else model
+    with autocast():
+        loss = F.cross_entropy(net(x), y)
+    objective = loss.float() + support_penalty(model) if penalised else loss.float()
+    opt.zero_grad(set_to_none=True)
+    objective.backward()
+    if guard is not None:
+        guard.check_step(objective, loss, x, step)
+    opt.step()
+    if step_hook is not None:
+        step_hook(model, opt)
+    return loss.detach()
+
+
+# ----------------------------------------------------------------------------- the run
 
 
 @dataclass
 class RunState:
-    epoch: int = 0
-    step: int = 0
-    seconds: float = 0.0
+    """Where a run is: what a checkpoint saves beside the model, optimizer and schedule."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps so far
+    seconds: float = 0.0  # training wall time so far (support estimation in, evaluation out)
+    rows: list = field(default_factory=list)  # metrics.csv rows
+    trace: list = field(default_factory=list)  # test accuracy at evals_per_epoch points per epoch
+    resume_step: int = 0  # steps of epoch ``epoch`` already done when resumed mid-epoch
+    partial: dict | None = None  # that partial epoch's sums (mid-epoch checkpoint)
+
+
+@dataclass
+class Run:
+    """Everything one training run holds: set up by :func:`start_run`, read by the loop's pieces."""
+
+    cfg: Config
+    data: DataBundle
+    model: nn.Module  # the module whose weights are trained (and saved)
+    net: nn.Module  # what the forward pass calls: model, or its DDP / compiled wrapper
+    opt: torch.optim.Optimizer
+    sched: Schedule
+    guard: DivergenceGuard
+    loggers: Loggers
+    device: torch.device
+    info: distributed.DistInfo
+    out: Path
+    state: RunState
+    steps_per_epoch: int
+    local_batch: int
+    sharded: bool = False  # I-alt stored under torchrun: a fixed shard of examples (and masks) per rank
+    step_hook: Callable | None = None
+    autocast: Callable = nullcontext
+    layer_names: list = field(default_factory=list)
+    eval_train: Split | None = None
+    eval_at: set = field(default_factory=set)  # steps within an epoch after which the trace evaluates
+    epoch_t0: float = 0.0
+    last_lr: float = 0.0
+
+    @property
+    def main(self) -> bool:
+        """Only rank 0 writes the run folder."""
+        return self.info.is_main
+
+    def start_epoch(self, epoch: int) -> EpochEvent:
+        """The schedule's :meth:`~supportnet.alternation.Schedule.start_epoch`, timed (support
+        estimation counts as training time); resumed mid-epoch, the supports of that epoch are
+        rebuilt without a new estimation."""
+        self.epoch_t0 = time.perf_counter()
+        if epoch == self.state.epoch and self.state.resume_step:
+            self.sched.resume_epoch(epoch)
+            self.epoch_t0 -= self.state.partial["elapsed"]
+            ev = EpochEvent(**self.state.partial["ev"])
+        else:
+            ev = self.sched.start_epoch(epoch)
+        self.guard.at(epoch, ev.phase)
+        if ev.reestimated and self.loggers.wants_steps:
+            self.loggers.log_step(self.state.step, {"mask_change": ev.mask_change, "est_seconds": ev.est_seconds})
+        return ev
 
 
 def _default_out(cfg: Config) -> Path:
@@ -208,376 +286,403 @@ def check_model_fits(model: nn.Module, cfg: Config, data: DataBundle) -> None:
         )
 
 
-def fit(
+def start_run(
     cfg: Config,
     data: DataBundle | None = None,
     model: nn.Module | None = None,
-    step_hook=None,
+    *,
+    step_hook: Callable | None = None,
     resume: str | Path | None = None,
     strict: bool = False,
-) -> Path:
-    """Train as ``cfg`` says and return the run folder (see the module docstring).
-
-    ``step_hook(model, optimizer)``, if given, runs once before training and after every
-    optimizer step (DSD uses it to hold pruned weights at zero).
-    ``resume``: a run folder; training continues from its ``checkpoint.pt`` (which may
-    be mid-epoch) and ends with the weights an uninterrupted run would have, bit for bit
-    on CPU. ``strict``: a damaged mask store is an error instead of a re-estimation.
-    """
+) -> Run:
+    """Set a run up: the config resolved and checked, the process group, the data and the
+    (seeded) model on the device, the run folder, optimizer, divergence guard, schedule, the
+    DDP / compiled wrappers, and, with ``resume``, everything the checkpoint holds."""
     rs = None
     if resume is not None:
         rs = _load_resume(Path(resume), cfg)
         cfg.out = str(resume)
     cfg = resolve_method_defaults(cfg.copy())
-    check_config_runs(cfg)
+    check_config_runs(cfg, data)
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
     info = distributed.setup(t.device)
     distributed.check_batch(t.batch_size, info)
     device = torch.device(f"cuda:{info.local_rank}" if info.active and t.device.startswith("cuda") else t.device)
+    data, model = _data_and_model(cfg, data, model, device)
+    out = Path(cfg.out) if cfg.out else _default_out(cfg)
+    if info.is_main and rs is None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    lazy = lazy_default(device)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, fused=True if lazy else None
+    )
+    guard = DivergenceGuard(model, opt, device, lazy=lazy, distributed_active=info.active)
+    if step_hook is not None:
+        step_hook(model, opt)
+    augment_seed = t.seed if cfg.data.augment else None
+    sched = make_schedule(cfg.support, model, data.train, device, out, t.eval_batch_size, augment_seed=augment_seed)
+    sharded = info.active and cfg.support.method == "i-alt" and cfg.support.backend == "stored"
+    if sharded:
+        sched.set_shard(info.rank, info.world)
+    local_batch = t.batch_size // info.world if sharded else t.batch_size
+    n_train = len(data.train) // info.world if sharded else len(data.train)
+    layers = threshold_layers(model)
+    run = Run(
+        cfg, data, model, _wrap(model, info, device, cfg), opt, sched, guard, Loggers([], None), device, info, out,
+        RunState(), num_batches(n_train, local_batch), local_batch, sharded, step_hook,
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t.amp == "bf16" else nullcontext,
+        [name for name, _ in layers], _eval_train(data, t.train_eval_size),
+    )  # fmt: skip
+    run.eval_at = _mid_epoch_evals(run)
+    if rs is not None:
+        restore(run, rs, strict)
+    run.loggers = Loggers(["csv", *t.loggers], out if info.is_main else None, rs["step"] if rs else None)
+    return run
+
+
+def _data_and_model(cfg: Config, data, model, device) -> tuple[DataBundle, nn.Module]:
     if model is None:
         data, model = build(cfg, data)
     elif data is None:
         data, _ = build(cfg)
     assert data is not None
-    seed_everything(t.seed)
-    fmt = torch.channels_last if t.channels_last else torch.contiguous_format
+    seed_everything(cfg.train.seed)
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model.to(device, memory_format=fmt)
-    streaming = hasattr(data.train, "loader")
-    if t.loader == "device":  # the whole set on the device: batches are gathers, no host copies
+    if cfg.train.loader == "device":  # the whole set on the device: batches are gathers, no host copies
         data = to_device(data, device)
-    out = Path(cfg.out) if cfg.out else _default_out(cfg)
-    main = info.is_main  # only rank 0 writes the run folder
-    if main and rs is None:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    return data, model
 
-    # On a GPU the divergence guard must not stall the queue with a host sync every step: the
-    # fused SGD kernel skips its update on the device while ``found_inf`` is set (sticky: from the
-    # first non-finite step on), and the flag is read every 20 steps and at the end of the epoch.
-    # On the CPU (no queue to stall) every step is checked before its update, as before.
-    lazy_guard = device.type == "cuda" or os.environ.get("SUPPORTNET_LAZY_GUARD") == "1"  # env: tests on CPU
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=t.lr,
-        momentum=t.momentum,
-        weight_decay=t.weight_decay,
-        fused=True if lazy_guard else None,
-    )
-    if lazy_guard:
-        guard = {"bad": torch.zeros((), dtype=torch.float32, device=device), "checked": 0}
-        opt.found_inf = guard["bad"]  # type: ignore[attr-defined]
 
-    def check_guard(epoch: int, phase: str) -> None:
-        """Raise if a step since the last check was non-finite (its update, and every later one, was skipped)."""
-        if not lazy_guard:
-            return
-        if not guard["bad"].item():
-            guard["checked"] = st.step
-            return
-        raise DivergenceError(
-            f"training objective or gradient became non-finite between steps {guard['checked'] + 1} and {st.step} "
-            f"(epoch {epoch + 1}, {phase} phase); the weights were not updated from that step on; last good "
-            f"checkpoint: {last_good or 'none'}; lower train.lr, or use support.apply=gated or another support.rule"
-        )
-
-    if step_hook is not None:
-        step_hook(model, opt)
-    sched = make_schedule(
-        cfg.support,
-        model,
-        data.train,
-        device,
-        out,
-        t.eval_batch_size,
-        augment_seed=t.seed if cfg.data.augment else None,
-    )
-    # I-alternation with stored supports under torchrun: a fixed shard of examples (and masks) per rank.
-    sharded = info.active and cfg.support.method == "i-alt" and cfg.support.backend == "stored"
-    if sharded:
-        sched.set_shard(info.rank, info.world)
+def _wrap(model: nn.Module, info, device: torch.device, cfg: Config) -> nn.Module:
+    """The module the forward pass calls: DDP under torchrun, then ``torch.compile`` if asked."""
     net = model
     if info.active:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if t.compile:
+    if cfg.train.compile:
         net = torch.compile(net)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t.amp == "bf16" else nullcontext
-    named_layers = threshold_layers(model)
-    layer_names, tlayers = [n for n, _ in named_layers], [layer for _, layer in named_layers]
-    local_batch = t.batch_size // info.world if sharded else t.batch_size
-    steps_per_epoch = num_batches(len(data.train) // info.world if sharded else len(data.train), local_batch)
-    eval_train = data.train.take(torch.arange(min(t.train_eval_size, len(data.train)))) if t.train_eval_size else None
-    rows: list[dict] = []
-    trace: list[dict] = []  # test accuracy at evals_per_epoch points per epoch (time-to-target)
-    k_eval = max(1, t.evals_per_epoch)
-    eval_at = {round(j * steps_per_epoch / k_eval) for j in range(1, k_eval)} - {0, steps_per_epoch}
-    st = RunState()
-    last_good: Path | None = None
-    first_epoch, first_step, partial = 0, 0, None
-    if rs is not None:  # continue exactly where the checkpoint was taken
-        model.load_state_dict(rs["model"])
-        opt.load_state_dict(rs["optimizer"])
-        if isinstance(sched, IAlternation):
-            sched.strict = strict
-        sched.load_state_dict(rs["schedule"])
-        rows, trace = list(rs["metrics"]), list(rs.get("trace", []))
-        st = RunState(epoch=rs["epoch"], step=rs["step"], seconds=rs["seconds"])
-        first_epoch, first_step, partial = rs["epoch"], rs.get("step_in_epoch", 0), rs.get("partial")
-        last_good = out / "checkpoint.pt"
-        if step_hook is not None:
-            step_hook(model, opt)
-        set_rng_state(rs["rng"])
+    return net
+
+
+def _eval_train(data: DataBundle, size: int) -> Split | None:
+    """The first ``size`` training examples, evaluated in free mode each epoch."""
+    return data.train.take(torch.arange(min(size, len(data.train)))) if size else None
+
+
+def _mid_epoch_evals(run: Run) -> set[int]:
+    """The steps within an epoch after which the trace gets a test evaluation (evals_per_epoch)."""
+    n, k = run.steps_per_epoch, max(1, run.cfg.train.evals_per_epoch)
+    return {round(j * n / k) for j in range(1, k)} - {0, n}
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+
+@dataclass
+class _Epoch:
+    """The running sums of one epoch (a mid-epoch checkpoint saves them as ``partial``)."""
+
+    ev: EpochEvent
+    loss_sum: torch.Tensor  # on the device (float64), read every 20 steps and at the end
+    n_seen: int = 0
+    steps: int = 0  # steps done this epoch
+    eval_seconds: float = 0.0  # mid-epoch trace evaluations: not training time
+    lr: float = 0.0
+    tracking: bool | None = None  # the layers' track flag as last set (None: unknown)
+
+    def partial(self, run: Run) -> dict:
+        return {
+            "ev": self.ev.to_dict(),
+            "loss_sum": self.loss_sum.item(),
+            "n_seen": self.n_seen,
+            "eval_seconds": self.eval_seconds,
+            "elapsed": time.perf_counter() - run.epoch_t0,
+        }
+
+
+def _begin(run: Run, epoch: int, ev: EpochEvent) -> _Epoch:
+    st = run.state
+    if epoch == st.epoch and st.resume_step:  # resumed part-way through this epoch
+        p = st.partial
+        assert p is not None
+        ep = _Epoch(ev, torch.tensor(p["loss_sum"], dtype=torch.float64, device=run.device), p["n_seen"],
+                    st.resume_step, p["eval_seconds"])  # fmt: skip
+        st.resume_step, st.partial = 0, None
+        return ep
+    return _Epoch(ev, torch.zeros((), dtype=torch.float64, device=run.device))
+
+
+def train_one_epoch(run: Run, epoch: int, ev: EpochEvent) -> float:
+    """SGD steps over one epoch of the training set, the supports set by the schedule before
+    each step. Returns the epoch's mean training objective (cross-entropy under the
+    supports; summed over every rank)."""
+    ep = _begin(run, epoch, ev)
+    st = run.state
+    run.model.train()
+    penalised = any(layer.consistency > 0 for _, layer in threshold_layers(run.model))  # set per phase
+    bar = _progress(run, epoch, ep)
+    for x, y, idx in bar:
+        x, y, idx = _prepare(run, epoch, x, y, idx)
+        ep.lr = _set_lr(run)
+        run.sched.before_step(x, idx)  # the supports of this batch (I-alt: looked up by example index)
+        ep.tracking = _set_tracking(run, ep.tracking)
+        loss = train_step(run.net, run.opt, x, y, model=run.model, penalised=penalised, guard=run.guard,
+                          step=st.step + 1, autocast=run.autocast, step_hook=run.step_hook)  # fmt: skip
+        st.step += 1
+        ep.steps += 1
+        ep.loss_sum.add_(loss, alpha=y.numel())  # on the device (float64)
+        ep.n_seen += y.numel()
+        faults.hit("step")
+        _after_step(run, epoch, ep, bar, loss)
+    bar.close()
+    run.guard.check_pending(st.step)
+    configure(run.model, track=False, strict=False)
+    loss_sum, n_seen = ep.loss_sum.item(), ep.n_seen
+    if run.info.active:
+        sums = distributed.all_reduce_sum(
+            torch.tensor([loss_sum, float(n_seen)], dtype=torch.float64, device=run.device)
+        )
+        loss_sum, n_seen = sums[0].item(), int(sums[1].item())
+    st.seconds += time.perf_counter() - run.epoch_t0 - ep.eval_seconds
+    run.last_lr = ep.lr  # for the epoch's row
+    return loss_sum / max(n_seen, 1)
+
+
+def _progress(run: Run, epoch: int, ep: _Epoch):
+    """This epoch's batches in the epoch's order, with a progress bar on a terminal."""
     from tqdm import tqdm
 
-    def checkpoint(epoch_done: int, step_in_epoch: int, part: dict | None) -> Path:
-        return save_checkpoint(
-            out / "checkpoint.pt",
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "schedule": sched.state_dict(),
-                "epoch": epoch_done,
-                "step": st.step,
-                "step_in_epoch": step_in_epoch,
-                "partial": part,
-                "seconds": st.seconds,
-                "config": cfg.to_dict(),
-                "rng": get_rng_state(),
-                "metrics": rows,
-                "trace": trace,
-                "format": RESUME_FORMAT,
-            },
-        )
+    data, t = run.data, run.cfg.train
+    order = epoch_order(len(data.train), t.seed, epoch)
+    if hasattr(data.train, "loader"):  # the workers draw this epoch's views (random-resized crops, flips)
+        data.train.key = run.sched.view_key(epoch)
+    if run.sharded:
+        order = distributed.shard_order(order, run.info, len(data.train))
+    quiet = run.cfg.quiet or not run.main or not sys.stderr.isatty()  # no \r updates in log files
+    return tqdm(
+        batches(data.train, run.local_batch, order, start=ep.steps),
+        total=run.steps_per_epoch,
+        initial=ep.steps,
+        leave=False,
+        disable=quiet,
+        desc=f"epoch {epoch + 1}/{t.epochs} [{ep.ev.phase}]",
+    )
 
-    for epoch in range(first_epoch, t.epochs):
-        # Phase: the schedule decides warm-up vs alternation and re-estimates supports.
-        t0 = time.perf_counter()
-        start = first_step if epoch == first_epoch else 0
-        if start:  # resumed part-way through this epoch: its supports were already estimated
-            ev = dict(partial["ev"])
-            sched.resume_epoch(epoch)
-            t0 -= partial["elapsed"]
-        else:
-            ev = sched.start_epoch(epoch)
-        model.train()
-        penalised = any(layer.consistency > 0 for layer in tlayers)  # the schedule sets it per phase
-        order = epoch_order(len(data.train), t.seed, epoch)
-        if streaming:  # the workers draw this epoch's views (random-resized crops, flips)
-            data.train.key = sched.view_key(epoch)
-        if sharded:
-            order = distributed.shard_order(order, info, len(data.train))
-        loss_sum, n_seen, step_in_epoch, eval_seconds = 0.0, 0, 0, 0.0
-        if start:
-            loss_sum, n_seen, eval_seconds, step_in_epoch = (
-                partial["loss_sum"],
-                partial["n_seen"],
-                partial["eval_seconds"],
-                start,
-            )
-        loss_acc = torch.tensor(loss_sum, dtype=torch.float64, device=device)
-        tracking: bool | None = None  # the layers' track flag as last set here (None: unknown)
-        bar = tqdm(
-            batches(data.train, local_batch, order, start=start),
-            total=steps_per_epoch,
-            initial=start,
-            leave=False,
-            disable=cfg.quiet or not main,
-            desc=f"epoch {epoch + 1}/{t.epochs} [{ev['phase']}]",
-        )
-        for x, y, idx in bar:
-            if info.active and not sharded:  # this rank's slice of the global batch
-                sl = distributed.local_slice(len(idx), info)
-                x, y, idx = x[sl], y[sl], idx[sl]
-            if cfg.data.augment and not streaming:  # the view of each example: a function of (seed, view key, index)
-                x = crop_flip(x, idx, t.seed, sched.view_key(epoch))
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if t.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            lr = t.lr * lr_at(cfg, st.step, steps_per_epoch) * sched.lr_factor
-            for g in opt.param_groups:
-                g["lr"] = lr
-            sched.before_step(x, idx)
-            track = st.step % t.stats_every == 0
-            if track != tracking:  # set on the layers only when it changes (a walk of the model per call)
-                for layer in tlayers:
-                    layer.track = track
-                tracking = track
-            with autocast():
-                loss = F.cross_entropy(net(x), y)
-            objective = loss.float() + support_penalty(model) if penalised else loss.float()
-            opt.zero_grad(set_to_none=True)
-            objective.backward()
-            # Divergence guard, before the update: is the objective finite, are the gradients?
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            gnorm = torch.stack(torch._foreach_norm(grads)).sum() if grads else torch.zeros_like(objective)
-            if lazy_guard:  # on the device; the fused step skips while guard["bad"] is set
-                now = (~torch.isfinite(objective.detach() + gnorm)).float()  # inf + -inf is nan: still caught
-                if info.active:  # every rank skips together
-                    distributed.all_reduce_sum(now)
-                torch.maximum(guard["bad"], now, out=guard["bad"])
-                bad_objective = bad_grad = 0.0
-            else:  # one host read per step
-                flags = torch.stack([~torch.isfinite(objective.detach()), ~torch.isfinite(gnorm)]).double()
-                if info.active:  # every rank stops together
-                    distributed.all_reduce_sum(flags)
-                bad_objective, bad_grad = flags.tolist()
-            if bad_objective:
-                where = first_nonfinite_layer(model, x)
-                raise DivergenceError(
-                    f"training objective became {objective.item():.3g} (cross-entropy {loss.item():.3g}) at epoch "
-                    f"{epoch + 1}, step {st.step + 1} ({ev['phase']} phase); {where}; last good checkpoint: "
-                    f"{last_good or 'none'}; lower train.lr, or use support.apply=gated or another support.rule"
-                )
-            if bad_grad:
-                bad = next(
-                    (n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()),
-                    "another rank's gradients",
-                )
-                raise DivergenceError(
-                    f"gradient became non-finite at epoch {epoch + 1}, step {st.step + 1} ({ev['phase']} phase; "
-                    f"first in {bad}) although the objective was {objective.item():.3g}; the weights were not "
-                    f"updated; last good checkpoint: {last_good or 'none'}; lower train.lr, or use "
-                    f"support.apply=gated or another support.rule"
-                )
-            opt.step()
-            if step_hook is not None:
-                step_hook(model, opt)
-            st.step += 1
-            step_in_epoch += 1
-            loss_acc.add_(loss.detach(), alpha=y.numel())  # on the device (float64); read every 20 steps
-            n_seen += y.numel()
-            faults.hit("step")
-            if step_in_epoch in eval_at:  # mid-epoch point of the trace; its time is not training time
-                te = time.perf_counter()
-                tl, ta = evaluate(model, data.test, t.eval_batch_size, device)
-                trace.append(
-                    {
-                        "epoch": epoch + step_in_epoch / steps_per_epoch,
-                        "iterations": st.step,
-                        "seconds": round(st.seconds + te - t0 - eval_seconds, 3),
-                        "test_loss": tl,
-                        "test_acc": ta,
-                    }
-                )
-                eval_seconds += time.perf_counter() - te
-                tracking = None
-            if lazy_guard and (st.step % 20 == 0 or (t.checkpoint_steps and st.step % t.checkpoint_steps == 0)):
-                check_guard(epoch, ev["phase"])
-            if main and t.checkpoint_steps and st.step % t.checkpoint_steps == 0 and step_in_epoch < steps_per_epoch:
-                # mid-epoch checkpoint: everything needed to continue from this very step
-                last_good = checkpoint(
-                    epoch,
-                    step_in_epoch,
-                    {
-                        "ev": ev,
-                        "loss_sum": loss_acc.item(),
-                        "n_seen": n_seen,
-                        "eval_seconds": eval_seconds,
-                        "elapsed": time.perf_counter() - t0,
-                    },
-                )
-            if st.step % 20 == 0 and not bar.disable:
-                bar.set_postfix(loss=f"{loss_acc.item() / n_seen:.4f}")
-        bar.close()
-        check_guard(epoch, ev["phase"])
-        loss_sum = loss_acc.item()
-        configure(model, track=False)
-        if info.active:
-            sums = distributed.all_reduce_sum(
-                torch.tensor([loss_sum, float(n_seen)], dtype=torch.float64, device=device)
-            )
-            loss_sum, n_seen = sums[0].item(), int(sums[1].item())
-        obj_loss = loss_sum / max(n_seen, 1)
-        sched.end_epoch(obj_loss)
-        st.seconds += time.perf_counter() - t0 - eval_seconds
-        st.epoch = epoch + 1
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise DivergenceError(
-                f"weights became non-finite in epoch {epoch + 1}; last good checkpoint: "
-                f"{last_good or 'none'}; lower train.lr or use support.apply=gated"
-            )
 
-        # Evaluate in free mode (the paper applies the threshold at test time).
-        test_loss, test_acc = evaluate(model, data.test, t.eval_batch_size, device)
-        if not math.isfinite(test_loss):  # weights finite but so large that the free forward overflows
-            where = first_nonfinite_layer(model, data.test.x[: t.eval_batch_size].to(device))
-            raise DivergenceError(
-                f"test loss became {test_loss} after epoch {epoch + 1} ({ev['phase']} phase) although the training "
-                f"objective was {obj_loss:.3g}; {where}; last good checkpoint: {last_good or 'none'}; lower "
-                f"train.lr, or use support.apply=gated or another support.rule"
-            )
-        row = {
-            "epoch": st.epoch,
-            "phase": ev["phase"],
-            "round": ev["round"],
-            "lr": lr,
-            "iterations": st.step,
-            "seconds": round(st.seconds, 3),
-            "obj_loss": obj_loss,
-        }
-        if eval_train is not None:
-            row["train_loss"], row["train_acc"] = evaluate(model, eval_train, t.eval_batch_size, device)
-        if data.val is not None:  # the split to tune on; never the test set
-            row["val_loss"], row["val_acc"] = evaluate(model, data.val, t.eval_batch_size, device)
-        row.update(test_loss=test_loss, test_acc=test_acc, test_err=1.0 - test_acc)
-        trace.append(
-            {
-                "epoch": float(st.epoch),
-                "iterations": st.step,
-                "seconds": round(st.seconds, 3),
-                "test_loss": test_loss,
-                "test_acc": test_acc,
-            }
-        )
-        if t.maskt:
-            row["maskt_acc"] = evaluate(model, data.test, t.eval_batch_size, device, mode="binary")[1]
-        row.update(
-            reestimated=int(ev["reestimated"]), mask_change=ev["mask_change"], est_seconds=round(ev["est_seconds"], 3)
-        )
-        stats = collect_stats(model)
-        for name in layer_names:
-            row[f"active/{name}"] = stats[name]["active"]
-        for name in layer_names:
-            row[f"drift/{name}"] = stats[name]["drift"]
-        rows.append(row)
-        if not main:
-            continue
-        if not cfg.quiet:
-            tqdm.write(
-                f"epoch {st.epoch:3d} [{ev['phase']:6s}] obj {obj_loss:.4f}  test loss {test_loss:.4f}  "
-                f"acc {test_acc:.4f}  {st.seconds:7.1f}s" + ("  (support re-estimated)" if ev["reestimated"] else "")
-            )
-        write_metrics(out / "metrics.csv", rows)
-        if (t.checkpoint_every and st.epoch % t.checkpoint_every == 0) or t.checkpoint_steps:
-            last_good = checkpoint(st.epoch, 0, None)
+def _prepare(run: Run, epoch: int, x, y, idx):
+    """This rank's slice of the batch, its augmented view, on the device."""
+    t = run.cfg.train
+    if run.info.active and not run.sharded:  # this rank's slice of the global batch
+        sl = distributed.local_slice(len(idx), run.info)
+        x, y, idx = x[sl], y[sl], idx[sl]
+    if run.cfg.data.augment and not hasattr(run.data.train, "loader"):
+        x = crop_flip(x, idx, t.seed, run.sched.view_key(epoch))  # the view: a function of (seed, key, index)
+    x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+    if t.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y, idx
 
-    if not main:
-        distributed.teardown(info)
-        return out
-    # Final artefacts: weights, curves, summary.
-    save_checkpoint(out / "final.pt", {"state_dict": model.state_dict(), "config": cfg.to_dict(), "metrics": rows})
-    last = rows[-1]
-    summary = {
-        "method": cfg.support.method,
-        "model": cfg.model.name,
-        "data": cfg.data.name,
-        "params": count_params(model),
-        "test_acc": last["test_acc"],
-        "test_loss": last["test_loss"],
-        "iterations": last["iterations"],
-        "seconds": last["seconds"],
-        "curve": [curve_point(r) for r in rows],
-        "trace": trace,
-    }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    from .report import plot_run
 
-    plot_run(rows, out / "curves.png", title=f"{cfg.model.name} on {cfg.data.name}: {cfg.support.method}")
-    distributed.teardown(info)
+def _set_lr(run: Run) -> float:
+    t = run.cfg.train
+    lr = t.lr * lr_at(run.cfg, run.state.step, run.steps_per_epoch) * run.sched.lr_factor
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    return lr
+
+
+def _set_tracking(run: Run, tracking: bool | None) -> bool:
+    """Sample the active fraction and drift every ``stats_every`` steps (set on the layers only
+    when it changes: a walk of the model per call)."""
+    track = run.state.step % run.cfg.train.stats_every == 0
+    if track != tracking:
+        for _, layer in threshold_layers(run.model):
+            layer.track = track
+    return track
+
+
+def _after_step(run: Run, epoch: int, ep: _Epoch, bar, loss: torch.Tensor) -> None:
+    """Mid-epoch work: a trace evaluation, the device guard's check, a checkpoint, step logs."""
+    st, t = run.state, run.cfg.train
+    if ep.steps in run.eval_at:  # a mid-epoch trace point; its time is not training time
+        te = time.perf_counter()
+        tl, ta = evaluate(run.model, run.data.test, t.eval_batch_size, run.device)
+        seconds = round(st.seconds + te - run.epoch_t0 - ep.eval_seconds, 3)
+        st.trace.append({"epoch": epoch + ep.steps / run.steps_per_epoch, "iterations": st.step,
+                         "seconds": seconds, "test_loss": tl, "test_acc": ta})  # fmt: skip
+        ep.eval_seconds += time.perf_counter() - te
+        ep.tracking = None
+    ckpt = bool(t.checkpoint_steps) and st.step % t.checkpoint_steps == 0
+    if st.step % 20 == 0 or ckpt:
+        run.guard.check_pending(st.step)
+    if run.main and ckpt and ep.steps < run.steps_per_epoch:  # everything needed to continue from this step
+        run.guard.last_good = save_run_checkpoint(run, epoch, ep.steps, ep.partial(run))
+    if st.step % 20 == 0 and not bar.disable:
+        bar.set_postfix(loss=f"{ep.loss_sum.item() / ep.n_seen:.4f}")
+    if run.loggers.wants_steps and st.step % t.log_every == 0:
+        run.loggers.log_step(st.step, _step_scalars(run, loss, ep.lr))
+
+
+def _step_scalars(run: Run, loss: torch.Tensor, lr: float) -> dict[str, float]:
+    """The step's loss, the learning rate and each layer's active fraction so far this epoch."""
+    out = {"loss": loss.item(), "lr": lr}
+    for name, layer in threshold_layers(run.model):
+        active, total = layer.stats[:2].tolist()
+        if total:
+            out[f"active/{name}"] = active / total
     return out
+
+
+# ----------------------------------------------------------------------------- after an epoch
+
+
+def evaluate_epoch(run: Run, epoch: int, ev: EpochEvent, obj_loss: float) -> dict:
+    """The epoch's row of metrics.csv: free-mode test figures (the paper applies the threshold
+    at test time), free-mode training and validation figures, the schedule's events and the
+    layers' active fractions and drift. Stops the run if the weights or the test loss are no
+    longer finite."""
+    st, t, model = run.state, run.cfg.train, run.model
+    st.epoch = epoch + 1
+    run.guard.check_weights()
+    test_loss, test_acc = evaluate(model, run.data.test, t.eval_batch_size, run.device)
+    run.guard.check_test_loss(test_loss, obj_loss, lambda: run.data.test.x[: t.eval_batch_size].to(run.device))
+    row = {"epoch": st.epoch, "phase": ev.phase, "round": ev.round, "lr": run.last_lr,
+           "iterations": st.step, "seconds": round(st.seconds, 3), "obj_loss": obj_loss}  # fmt: skip
+    if run.eval_train is not None:
+        row["train_loss"], row["train_acc"] = evaluate(model, run.eval_train, t.eval_batch_size, run.device)
+    if run.data.val is not None:  # the split to tune on; never the test set
+        row["val_loss"], row["val_acc"] = evaluate(model, run.data.val, t.eval_batch_size, run.device)
+    row.update(test_loss=test_loss, test_acc=test_acc, test_err=1.0 - test_acc)
+    st.trace.append({"epoch": float(st.epoch), "iterations": st.step, "seconds": round(st.seconds, 3),
+                     "test_loss": test_loss, "test_acc": test_acc})  # fmt: skip
+    if t.maskt:
+        row["maskt_acc"] = evaluate(model, run.data.test, t.eval_batch_size, run.device, mode="binary")[1]
+    row.update(reestimated=int(ev.reestimated), mask_change=ev.mask_change, est_seconds=round(ev.est_seconds, 3))
+    stats = collect_stats(model)
+    row.update({f"active/{name}": stats[name]["active"] for name in run.layer_names})
+    row.update({f"drift/{name}": stats[name]["drift"] for name in run.layer_names})
+    return row
+
+
+def log_and_checkpoint(run: Run, row: dict) -> None:
+    """Record the row (metrics.csv and the other loggers; one line to the log) and checkpoint."""
+    st, t = run.state, run.cfg.train
+    st.rows.append(row)
+    if not run.main:
+        return
+    if not run.cfg.quiet:
+        log.info(
+            f"epoch {st.epoch:3d} [{row['phase']:6s}] obj {row['obj_loss']:.4f}  test loss {row['test_loss']:.4f}  "
+            f"acc {row['test_acc']:.4f}  {st.seconds:7.1f}s"
+            + ("  (support re-estimated)" if row["reestimated"] else "")
+        )
+    run.loggers.log_epoch(row, st.rows)
+    if (t.checkpoint_every and st.epoch % t.checkpoint_every == 0) or t.checkpoint_steps:
+        run.guard.last_good = save_run_checkpoint(run, st.epoch, 0, None)
+
+
+def finish_run(run: Run) -> Path:
+    """The final artefacts (weights, summary, curves), written by rank 0; returns the run folder."""
+    if run.main:
+        cfg, rows, model = run.cfg, run.state.rows, run.model
+        save_checkpoint(run.out / "final.pt", {"state_dict": model.state_dict(), "config": cfg.to_dict(),
+                                               "metrics": rows})  # fmt: skip
+        last = rows[-1]
+        summary = {"method": cfg.support.method, "model": cfg.model.name, "data": cfg.data.name,
+                   "params": count_params(model), "test_acc": last["test_acc"], "test_loss": last["test_loss"],
+                   "iterations": last["iterations"], "seconds": last["seconds"],
+                   "curve": [curve_point(r) for r in rows], "trace": run.state.trace}  # fmt: skip
+        atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2))
+        from .report import plot_run
+
+        plot_run(rows, run.out / "curves.png", title=f"{cfg.model.name} on {cfg.data.name}: {cfg.support.method}")
+    distributed.teardown(run.info)
+    return run.out
+
+
+def fit(
+    cfg: Config,
+    data: DataBundle | None = None,
+    model: nn.Module | None = None,
+    *,
+    train=None,
+    test=None,
+    step_hook: Callable | None = None,
+    resume: str | Path | None = None,
+    strict: bool = False,
+) -> Path:
+    """Train as ``cfg`` says and return the run folder (see the module docstring).
+
+    ``data``: a loaded :class:`~supportnet.data.DataBundle` (default: the one ``cfg.data``
+    names); or ``train`` and ``test``: any map-style ``torch.utils.data.Dataset`` of
+    ``(x, y)`` (an adapter attaches the example indices I-alternation needs; a data set with
+    random transforms takes the snapshot back end). ``model``: default, ``cfg.model``.
+    ``step_hook(model, optimizer)``, if given, runs once before training and after every
+    optimizer step (DSD uses it to hold pruned weights at zero).
+    ``resume``: a run folder; training continues from its ``checkpoint.pt`` (which may
+    be mid-epoch) and ends with the weights an uninterrupted run would have, bit for bit
+    on CPU. ``strict``: a damaged mask store is an error instead of a re-estimation.
+    """
+    if train is not None:
+        if test is None:
+            raise ConfigError("fit(train=...) also needs test=...: the run evaluates on it after every epoch")
+        data = from_datasets(train, test, workers=cfg.data.workers if cfg.data.stream else 0)
+    run = start_run(cfg, data, model, step_hook=step_hook, resume=resume, strict=strict)
+    try:
+        for epoch in range(run.state.epoch, run.cfg.train.epochs):
+            ev = run.start_epoch(epoch)  # warm-up, or alternation: a new round re-estimates the supports
+            obj = train_one_epoch(run, epoch, ev)  # the weights, with the supports held as the schedule says
+            run.sched.end_epoch(obj)  # plateau test on the objective: when the next round starts
+            row = evaluate_epoch(run, epoch, ev, obj)
+            log_and_checkpoint(run, row)
+        return finish_run(run)
+    finally:
+        run.loggers.close()
+
+
+def save_run_checkpoint(run: Run, epoch_done: int, step_in_epoch: int, partial: dict | None) -> Path:
+    """``checkpoint.pt``: everything needed to continue from this very step (see ``restore``)."""
+    st = run.state
+    return save_checkpoint(
+        run.out / "checkpoint.pt",
+        {
+            "model": run.model.state_dict(),
+            "optimizer": run.opt.state_dict(),
+            "schedule": run.sched.state_dict(),
+            "epoch": epoch_done,
+            "step": st.step,
+            "step_in_epoch": step_in_epoch,
+            "partial": partial,
+            "seconds": st.seconds,
+            "config": run.cfg.to_dict(),
+            "rng": get_rng_state(),
+            "metrics": st.rows,
+            "trace": st.trace,
+            "format": RESUME_FORMAT,
+        },
+    )
+
+
+def restore(run: Run, rs: dict, strict: bool = False) -> None:
+    """Continue exactly where the checkpoint ``rs`` was taken (weights, momentum, schedule and
+    supports, position in the epoch, sums, every RNG)."""
+    run.model.load_state_dict(rs["model"])
+    run.opt.load_state_dict(rs["optimizer"])
+    if isinstance(run.sched, IAlternation):
+        run.sched.strict = strict
+    run.sched.load_state_dict(rs["schedule"])
+    run.state = RunState(epoch=rs["epoch"], step=rs["step"], seconds=rs["seconds"], rows=list(rs["metrics"]),
+                         trace=list(rs.get("trace", [])), resume_step=rs.get("step_in_epoch", 0),
+                         partial=rs.get("partial"))  # fmt: skip
+    run.guard.last_good = run.out / "checkpoint.pt"
+    if run.step_hook is not None:
+        run.step_hook(run.model, run.opt)
+    set_rng_state(rs["rng"])
 
 
 RESUME_FORMAT = 2  # what a checkpoint.pt holds (see _load_resume)
@@ -663,30 +768,29 @@ def _finite_or_none(v):
     return v if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def write_metrics(path: Path, rows: list[dict]) -> None:
-    import io
-
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
-
-
 def to_device(data: DataBundle, device: torch.device) -> DataBundle:
+    """The bundle's tensor splits moved to ``device`` (train.loader=device)."""
     import dataclasses
 
     move = lambda s: None if s is None else Split(s.x.to(device), s.y.to(device))
     return dataclasses.replace(data, train=move(data.train), test=move(data.test), val=move(data.val))
 
 
-def check_config_runs(cfg: Config) -> None:
+def check_config_runs(cfg: Config, data: DataBundle | None = None) -> None:
+    """Combinations that validate field by field but cannot run (or cannot run on ``data``)."""
     if cfg.data.stream and cfg.train.loader == "device":
         raise ConfigError("data.stream=true decodes images on the host; it cannot use train.loader=device")
+    if data is not None and not isinstance(data.train, Split):
+        if cfg.train.loader == "device":
+            raise ConfigError(
+                "train.loader=device holds tensor data sets on the device; a Dataset is read by a DataLoader "
+                "on the host: drop train.loader=device"
+            )
+        if cfg.data.augment:
+            raise ConfigError(
+                "data.augment crops and flips tensor data sets; a Dataset augments in its own transforms: "
+                "drop data.augment"
+            )
     if cfg.data.stream and cfg.support.method == "i-alt" and cfg.support.backend == "stored":
         raise ConfigError(
             "stored supports need one fixed view per example, which streamed random crops do not "

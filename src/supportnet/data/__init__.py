@@ -8,6 +8,7 @@
   (the airbench habit), in the order :func:`epoch_order` gives.
 """
 
+from .adapters import DatasetSplit, IndexedDataset, from_datasets, with_indices
 from .batching import batches, epoch_order, num_batches
 from .loading import load_data, normalize
 from .lookup import check_dataset, fetch_dataset, find_root, search_dirs, verify_file
@@ -15,6 +16,10 @@ from .registry import DATASETS, DataBundle, DatasetSpec, Split, get_spec, list_d
 
 __all__ = [
     "DATASETS",
+    "DatasetSplit",
+    "IndexedDataset",
+    "from_datasets",
+    "with_indices",
     "DataBundle",
     "DatasetSpec",
     "Split",
