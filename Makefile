@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch is pinned here, not in pyproject.toml: 2.13.0 is the CPU build on this machine's disk, and
 # installing it first keeps pip from pulling a multi-GB CUDA build for the package's torch range.
 TORCH  := torch==2.13.0
-EXTRAS := dev,images,svhn,plots
+EXTRAS := dev,images,svhn,plots,tensorboard,lightning
 
 .PHONY: setup data demo test test-all lint docs bench clean
 
@@ -28,8 +28,8 @@ demo: data
 		--epochs 3 --seed 0 --out runs/demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench scripts
-	$(VENV)/bin/ruff format --check src tests bench scripts
+	$(VENV)/bin/ruff check src tests bench scripts examples
+	$(VENV)/bin/ruff format --check src tests bench scripts examples
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q -m "not slow" tests

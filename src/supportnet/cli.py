@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -359,12 +360,36 @@ def cmd_data_fetch(a) -> int:
     return 0
 
 
+class _TqdmHandler(logging.Handler):
+    """Log lines to stderr through ``tqdm.write``, so that they do not break a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never stop a run
+            self.handleError(record)
+
+
+def _setup_logging(quiet: bool) -> None:
+    """The library logs to ``logging.getLogger("supportnet")``; the command line shows it on stderr."""
+    logger = logging.getLogger("supportnet")
+    if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     if getattr(a, "func", None) is None:  # no command: the help
         parser.print_help()
         return 0
+    _setup_logging(bool(getattr(a, "quiet", False)))
     try:
         return a.func(a)
     except SupportnetError as e:

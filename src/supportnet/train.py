@@ -47,7 +47,7 @@ from . import distributed, faults
 from .alternation import EpochEvent, IAlternation, Schedule, make_schedule
 from .config import Config, resolve_method_defaults
 from .data import DataBundle, Split, batches, epoch_order, load_data, num_batches
-from .data.adapters import from_datasets
+from .data.adapters import as_split, from_datasets
 from .data.augment import crop_flip
 from .errors import ConfigError
 from .guard import DivergenceGuard, lazy_default
@@ -102,9 +102,13 @@ def lr_at(cfg: Config, step: int, steps_per_epoch: int) -> float:
 def evaluate(
     model: nn.Module, split: Split, batch_size: int = 128, device=None, mode: str = "free"
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``split`` with every layer in ``mode``."""
+    """Mean cross-entropy and accuracy of ``model`` on ``split`` with every layer in ``mode``.
+
+    ``split``: a :class:`~supportnet.data.Split`, a ``(x, y)`` pair of tensors or a map-style
+    ``Dataset`` of ``(x, y)``."""
     from .distributed import all_reduce_sum, world_size
 
+    split = as_split(split)
     was_training = model.training
     model.eval()
     total_loss, correct, n = 0.0, 0, 0
