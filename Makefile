@@ -31,6 +31,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench scripts examples
 	$(VENV)/bin/ruff format --check src tests bench scripts examples
 
+# The API reference, generated from the docstrings into docs/api/ (not committed).
+API_MODULES := supportnet supportnet.layers supportnet.train supportnet.guard \
+	supportnet.loggers supportnet.lightning supportnet.masks supportnet.config \
+	supportnet.choices supportnet.data supportnet.models supportnet.io supportnet.errors supportnet.dsd \
+	supportnet.compare supportnet.study supportnet.distributed supportnet.theory
+docs: $(STAMP)
+	$(VENV)/bin/pdoc --docformat restructuredtext -o docs/api $(API_MODULES)
+	@echo "API reference: docs/api/index.html"
+
 test: $(STAMP) lint
 	$(PY) -m pytest -q -m "not slow" tests
 

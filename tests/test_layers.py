@@ -260,3 +260,25 @@ def test_unit_stats_low_precision_activations_add_in_float32():
     expect = ((free * free).double()).sum(0)  # the same bf16 squares, added exactly
     assert stat.dtype == torch.float64 and n == 37
     torch.testing.assert_close(stat, expect, rtol=1e-6, atol=0)  # a bf16 running sum is off by ~1e-2
+
+
+def test_converted_model_works_with_module_apply_script_trace_and_export():
+    """nn.Module.apply is not shadowed, and the exporters see the free mode (tau > 0 too)."""
+    from supportnet import conversion_report, convert
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    model = convert(plain, tau=0.1)
+    assert len(conversion_report(model).converted) == 1
+    seen = []
+    model.apply(lambda m: seen.append(type(m).__name__))
+    assert "HardThreshold" in seen
+    model.eval()
+    x = torch.randn(5, 1, 8, 8)
+    want = model(x)
+    assert torch.equal(torch.jit.script(model)(x), want)
+    assert torch.equal(torch.jit.trace(model, x)(x), want)
+    assert torch.equal(torch.export.export(model, (x,)).module()(x), want)
+    q = plain[0](x)
+    assert torch.equal(want, plain[3](plain[2](torch.where(q > 0.1, q, 0.0))))  # q * 1[q > tau]
+    assert set(model.state_dict()) == set(plain.state_dict())  # the state dict loads into the ReLU model

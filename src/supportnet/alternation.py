@@ -79,6 +79,7 @@ class EpochEvent:
     est_seconds: float = 0.0
 
     def to_dict(self) -> dict:
+        """The event as a plain dict (a mid-epoch checkpoint stores it)."""
         return dataclasses.asdict(self)
 
 
@@ -161,9 +162,11 @@ class Schedule:
         """Called after the epoch's training with its mean training-objective loss."""
 
     def state_dict(self) -> dict:
+        """The schedule's state (phase, round, plateau counters, supports' provenance) for a checkpoint."""
         return {"phase": self.phase, "round": self.round}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s state (and, for I-alternation, the current round's supports)."""
         self.phase, self.round = state["phase"], state["round"]
 
 
@@ -295,6 +298,8 @@ class IAlternation(Schedule):
         return torch.cat(out)
 
     def reestimate(self) -> dict:
+        """Estimate every example's support with the current weights (a new round); returns the
+        fraction of mask bits that changed (``mask_change``) and the time taken (``est_seconds``)."""
         t0 = time.perf_counter()
         change = float("nan")
         self.round_start = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -343,6 +348,8 @@ class IAlternation(Schedule):
         return epoch
 
     def masks_for(self, x: torch.Tensor | None, index: torch.Tensor | None) -> list[torch.Tensor]:
+        """The fixed supports of the batch ``x`` with example indices ``index``: one bool tensor
+        ``(B, *unit)`` per threshold layer."""
         if self.cfg.backend == "stored":
             assert self.store is not None
             if index is None:

@@ -119,12 +119,15 @@ class Config:
     quiet: bool = False  # no progress bar
 
     def to_dict(self) -> dict:
+        """The config as nested plain dicts (YAML- and JSON-ready)."""
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
+        """The config as YAML, in field order (what ``config.yaml`` in a run folder holds)."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def copy(self) -> Config:
+        """A deep, validated copy."""
         return from_dict(self.to_dict())
 
 

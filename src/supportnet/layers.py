@@ -244,6 +244,7 @@ class HardThreshold(nn.Module):
         return f"tau={self.tau}, mode={self.mode}, apply={self.application}"
 
     def reset_stats(self) -> None:
+        """Zero the active-fraction and drift counters (:func:`collect_stats` reads them)."""
         self.stats = torch.zeros(4, dtype=torch.float64)
 
     def _free(self, q: torch.Tensor) -> torch.Tensor:

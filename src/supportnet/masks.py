@@ -160,6 +160,7 @@ class MaskStore:
         return self.header_nbytes + self.payload_nbytes
 
     def bits_per_activation(self) -> float:
+        """Bytes stored (header included) per activation, in bits: 1.0 plus the header's share."""
         return 8.0 * self.nbytes / (self.n * self.bits)
 
     def _make_header(self) -> bytes:
@@ -199,6 +200,7 @@ class MaskStore:
         return unpack_masks(rows, self.shapes, device=device)
 
     def rows(self, index) -> np.ndarray:
+        """The packed rows ``(len(index), row_bytes)`` of the examples ``index``, as stored."""
         return np.asarray(self.payload[self._check_index(index)])
 
     def _digest(self) -> str:

@@ -17,6 +17,9 @@ _NOTES: dict[str, str] = {}
 
 
 def register_model(name: str, note: str = "") -> Callable:
+    """Decorator: register ``fn(in_shape, num_classes, **kwargs) -> nn.Module`` as model ``name``
+    (``note``: one line for ``supportnet models``; default, the first line of its docstring)."""
+
     def deco(fn):
         _REGISTRY[name] = fn
         _NOTES[name] = note or (fn.__doc__ or "").strip().splitlines()[0]
@@ -26,6 +29,7 @@ def register_model(name: str, note: str = "") -> Callable:
 
 
 def list_models() -> list[str]:
+    """The registered model names, sorted."""
     return sorted(_REGISTRY)
 
 
@@ -34,6 +38,8 @@ def model_note(name: str) -> str:
 
 
 def create_model(name: str, in_shape=(1, 28, 28), num_classes: int = 10, **kwargs) -> nn.Module:
+    """Build the registered model ``name`` for inputs of shape ``in_shape`` (C, H, W) and
+    ``num_classes`` outputs; ``kwargs`` go to its constructor (e.g. ``width``, ``act_layer``)."""
     if name not in _REGISTRY:
         raise ConfigError(
             f"unknown model {name!r}; choose one of: {', '.join(list_models())} (see 'supportnet models')"
@@ -45,6 +51,7 @@ def create_model(name: str, in_shape=(1, 28, 28), num_classes: int = 10, **kwarg
 
 
 def count_params(model: nn.Module) -> int:
+    """The number of parameters of ``model`` (every element of every parameter tensor)."""
     return sum(p.numel() for p in model.parameters())
 
 
