@@ -11,7 +11,8 @@ Run folder::
     metrics.csv      one row per epoch (see ``METRIC_DOC``)
     curves.png       loss and error against epochs, re-estimations marked
     checkpoint.pt    latest checkpoint (model, optimizer, schedule state, RNG, metrics)
-    final.pt         final weights and config: {"state_dict", "config", "metrics"}
+    final.pt         final weights: {"state_dict", "config", "metrics", "taus", "arch"} (supportnet.export)
+    model.safetensors  the same weights, with arch, taus and config in its metadata
     summary.json     final figures
 """
 
@@ -38,6 +39,7 @@ from .config import Config, resolve_method_defaults
 from .data import DataBundle, Split, batches, epoch_order, load_data, num_batches
 from .data.augment import crop_flip
 from .errors import ConfigError, DivergenceError
+from .export import save_final
 from .io import atomic_write_text, save_checkpoint
 from .layers import collect_stats, configure, layer_mode, support_penalty, threshold_layers
 from .models import count_params, create_model
@@ -350,6 +352,7 @@ def fit(
                 "trace": trace,
                 "format": RESUME_FORMAT,
             },
+            kind="resume",
         )
 
     for epoch in range(first_epoch, t.epochs):
@@ -558,7 +561,7 @@ def fit(
         distributed.teardown(info)
         return out
     # Final artefacts: weights, curves, summary.
-    save_checkpoint(out / "final.pt", {"state_dict": model.state_dict(), "config": cfg.to_dict(), "metrics": rows})
+    save_final(out, model, cfg, rows, data.in_shape, data.num_classes)  # final.pt and model.safetensors
     last = rows[-1]
     summary = {
         "method": cfg.support.method,
@@ -613,7 +616,7 @@ def _load_resume(run: Path, cfg: Config) -> dict:
             f"{run} has no checkpoint.pt to resume from; pass a run folder written by "
             f"'supportnet train' (with train.checkpoint_every or train.checkpoint_steps > 0)"
         )
-    rs = load_checkpoint(ck)
+    rs = load_checkpoint(ck, kind="resume")
     if rs.get("format") != RESUME_FORMAT:
         raise ConfigError(
             f"{ck} was written by another supportnet version (resume format "
