@@ -201,13 +201,13 @@ def check_archive(f: BinaryIO, size: int, name: str) -> None:
         f.seek(0)
     total = 0
     for i in infos:
-        if i.compress_type != zipfile.ZIP_STORED or i.compress_size != i.file_size:
+        if i.compress_type != zipfile.ZIP_STORED:
             raise IntegrityError(
                 f"{name} holds a compressed record ({i.filename[:60]!r}), which 'torch.save' never writes; "
                 f"refusing to inflate it: pass a file written by supportnet"
             )
         total += i.file_size
-        if i.header_offset + i.file_size > size or total > size:
+        if i.compress_size != i.file_size or i.header_offset + i.file_size > size or total > size:
             raise IntegrityError(
                 f"{name} declares more bytes than its {size:,} (a damaged or forged zip archive); "
                 f"use another checkpoint or retrain"
