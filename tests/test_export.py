@@ -303,3 +303,37 @@ def test_models_command_lists_counts(cli):
     assert p.returncode == 0, p.stderr
     row = next(line for line in p.stdout.splitlines() if line.startswith("convnet-s"))
     assert f"{count_params(create_model('convnet-s')):,}" in row
+
+
+def test_format_1_compact_export_loads_back(tmp_path, synthetic):
+    """A compact export written before arch and taus were recorded (format 1): the data set
+    gives the input shape, the config the taus."""
+    import hashlib
+    import io
+
+    from supportnet.dsd import Pruning, compact, find_units
+
+    sparse, masked = _sparse_checkpoint(tmp_path, synthetic)
+    ck = load_checkpoint(sparse, kind="sparse")
+    small = compact(masked, find_units(masked)[0], Pruning(units=ck["units"]))
+    cfg = dict(ck["config"], support=dict(ck["config"]["support"], tau=TAUS))
+    inner = io.BytesIO()
+    torch.save(
+        {
+            "state_dict": small.state_dict(),
+            "shapes": {n: list(p.shape) for n, p in small.state_dict().items()},
+            "config": cfg,
+            "units": ck["units"],
+            "format": "supportnet-compact-1",
+        },
+        inner,
+    )
+    body = inner.getvalue()
+    old = {"format": 1, "sha256": hashlib.sha256(body).hexdigest()}
+    old["body"] = torch.frombuffer(bytearray(body), dtype=torch.uint8)
+    torch.save(old, tmp_path / "old-compact.pt")
+    model = supportnet.load_model(tmp_path / "old-compact.pt")
+    assert [lay.tau for _, lay in threshold_layers(model)] == TAUS
+    x = synthetic.test.x[:8]
+    with torch.no_grad():
+        assert torch.equal(model(x), small.eval()(x))
