@@ -64,6 +64,21 @@ def _shortcuts(a: argparse.Namespace) -> list[str]:
     return sets
 
 
+def _add_export(sub) -> None:
+    ex = sub.add_parser(
+        "export", help="write a trained model as a state_dict, safetensors, TorchScript or ONNX file (plain PyTorch)"
+    )
+    ex.add_argument(
+        "source",
+        metavar="RUN_OR_FILE",
+        help="a run folder, its final.pt or model.safetensors, an export, or a DSD sparse.pt",
+    )
+    ex.add_argument("-o", "--output", required=True, help="file to write (not a folder, not the input)")
+    ex.add_argument("--format", choices=EXPORT_FORMATS, default="state_dict", help="default: state_dict")
+    ex.add_argument("--compact", action="store_true", help="DSD sparse.pt: physically remove the pruned channels")
+    ex.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -125,18 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(ds)
     ds.set_defaults(func=cmd_dsd)
 
-    ex = sub.add_parser(
-        "export", help="write a trained model as a state_dict, safetensors, TorchScript or ONNX file (plain PyTorch)"
-    )
-    ex.add_argument(
-        "source",
-        metavar="RUN_OR_FILE",
-        help="a run folder, its final.pt or model.safetensors, an export, or a DSD sparse.pt",
-    )
-    ex.add_argument("-o", "--output", required=True, help="file to write (not a folder, not the input)")
-    ex.add_argument("--format", choices=EXPORT_FORMATS, default="state_dict", help="default: state_dict")
-    ex.add_argument("--compact", action="store_true", help="DSD sparse.pt: physically remove the pruned channels")
-    ex.set_defaults(func=cmd_export)
+    _add_export(sub)
 
     vf = sub.add_parser("verify", help="check a checkpoint (.pt) or mask store (.smask): format version and checksum")
     vf.add_argument("path")
