@@ -27,6 +27,8 @@ from conftest import ROOT, assert_user_error, run_cli
 from supportnet.checkpoint import META, content_digest, save_checkpoint
 
 KW = {"width": 8, "hidden": 32}
+_HUGE = {"width": 10**6, "hidden": 10**6}  # ~10^13 weights: only ever built on the meta device
+_NEG = {"width": -8, "hidden": 32}
 
 
 # ----------------------------------------------------------------------------- builders
@@ -380,6 +382,18 @@ CASES = [
         ["does not fit"],
     ),
     (
+        "export-forged-huge-arch",
+        lambda d: _final(d, arch={"name": "convnet-s", "in_shape": [1, 16, 16], "num_classes": 10, "kwargs": _HUGE}),
+        ["export", "final.pt", "-o", "m.pt"],
+        ["does not fit"],
+    ),
+    (
+        "export-unbuildable-arch",
+        lambda d: _final(d, arch={"name": "convnet-s", "in_shape": [1, 16, 16], "num_classes": 10, "kwargs": _NEG}),
+        ["export", "final.pt", "-o", "m.pt"],
+        [],
+    ),
+    (
         "export-taus-other-layers",
         lambda d: _final(d, taus={"features.9": 0.0}),
         ["export", "final.pt", "-o", "m.pt"],
@@ -392,7 +406,7 @@ CASES = [
         ["torchscript model"],
     ),
 ]
-DOS = {"deflate-bomb", "declared-sizes-too-big", "legacy-inner-bomb"}
+DOS = {"deflate-bomb", "declared-sizes-too-big", "legacy-inner-bomb", "export-forged-huge-arch"}
 
 
 def _deep(n: int):
