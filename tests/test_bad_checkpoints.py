@@ -3,8 +3,9 @@
 Every case runs the command line in a subprocess and asserts: exit code 2, exactly one line
 on stderr naming the problem (no traceback, no torch warning), and every file that existed
 before is unchanged (hashes), with no file written. The denial-of-service cases also assert
-a bound: finished within 10 s with a peak memory under 500 MB (the child's own maximum
-resident set, from ``wait4``; an address-space limit guards the machine if it regresses).
+a bound: finished within 10 s of CPU time with a peak memory under 500 MB (the child's own
+CPU time and maximum resident set, from ``wait4``: on a shared 2-core machine wall time
+measures the neighbours; an address-space limit guards the machine if it regresses).
 """
 
 import hashlib
@@ -422,8 +423,8 @@ def _snapshot(root: Path) -> dict[str, str]:
     }
 
 
-def _run_bounded(args: list[str], cwd: Path, seconds: float = 10.0, mb: int = 500):
-    """Run the CLI with a deadline; return (CompletedProcess-like, elapsed s, peak RSS in MB)."""
+def _run_bounded(args: list[str], cwd: Path, wall: float = 60.0):
+    """Run the CLI (killed after ``wall`` seconds); return (CompletedProcess-like, CPU seconds, peak RSS in MB)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     limit = 4 << 30  # address space: a guard for the machine, far above the bound asserted
@@ -440,10 +441,10 @@ def _run_bounded(args: list[str], cwd: Path, seconds: float = 10.0, mb: int = 50
             pid, status, ru = os.wait4(p.pid, os.WNOHANG)
             if pid:
                 break
-            if time.monotonic() - t0 > 60:
+            if time.monotonic() - t0 > wall:
                 p.kill()
             time.sleep(0.02)
-        elapsed = time.monotonic() - t0
+        elapsed = ru.ru_utime + ru.ru_stime  # the child's CPU seconds: its cost, whatever the machine's load
         p.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0), err.seek(0)
         res = subprocess.CompletedProcess(p.args, p.returncode, out.read(), err.read())
@@ -457,8 +458,8 @@ def test_bad_checkpoint(tmp_path, case):
     build(tmp_path)
     before = _snapshot(tmp_path)
     if name in DOS:
-        proc, elapsed, peak = _run_bounded(argv, tmp_path)
-        assert elapsed < 10 and peak < 500, (elapsed, peak, proc.stderr[-500:])
+        proc, cpu, peak = _run_bounded(argv, tmp_path)
+        assert cpu < 10 and peak < 500, (cpu, peak, proc.stderr[-500:])
     else:
         proc = run_cli(*argv, cwd=tmp_path, env={"HOME": str(tmp_path), "SUPPORTNET_DATA": str(tmp_path / "nowhere")})
     assert_user_error(proc, *words)
