@@ -210,6 +210,27 @@ CASES = [
         ["without taus, arch"],
     ),
     (
+        "body-wrong-types",
+        lambda d: _forged(d, "c.pt", {"state_dict": {}, "config": [], "metrics": [], "taus": {}, "arch": {}}),
+        ["verify", "c.pt"],
+        ["'config' is of type list, not dict"],
+    ),
+    (
+        "resume-wrong-types",
+        lambda d: _run_folder(
+            d,
+            lambda r: _forged(
+                r,
+                "checkpoint.pt",
+                {k: {} for k in ("model", "optimizer", "schedule", "rng", "config")}
+                | {"epoch": "1", "step": 0, "metrics": []},
+                kind="resume",
+            ),
+        ),
+        ["train", "--resume", "run"],
+        ["'epoch' is of type str, not int"],
+    ),
+    (
         "body-bad-taus",
         lambda d: _forged(
             d, "c.pt", {"state_dict": {}, "config": {}, "metrics": [], "taus": {"a": float("nan")}, "arch": {}}
@@ -346,7 +367,8 @@ CASES = [
         lambda d: _forged(
             d,
             "checkpoint.pt",
-            {k: {} for k in ("model", "optimizer", "schedule", "epoch", "step", "rng", "config", "metrics")},
+            {k: {} for k in ("model", "optimizer", "schedule", "rng", "config")}
+            | {"epoch": 1, "step": 8, "metrics": []},
             kind="resume",
         ),
         ["export", "checkpoint.pt", "-o", "m.pt"],

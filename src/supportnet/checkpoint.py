@@ -82,6 +82,20 @@ KINDS: dict[str, tuple[str, tuple[str, ...], str]] = {
 }
 #: payload keys whose value is a model's state dict: ``{name: tensor}``
 STATE_KEYS = ("state_dict", "model")
+#: the type of every other required key
+TYPES = {
+    "config": dict,
+    "metrics": list,
+    "taus": dict,
+    "arch": dict,
+    "optimizer": dict,
+    "schedule": dict,
+    "rng": dict,
+    "epoch": int,
+    "step": int,
+    "keep": dict,
+    "units": dict,
+}
 
 
 def describe(kind: str) -> str:
@@ -307,6 +321,13 @@ def _check_shape(payload: dict, kind: str, path: Path) -> None:
     missing = [k for k in KINDS[kind][1] if k not in payload]
     if missing:
         raise IntegrityError(f"{path} is {describe(kind)} without {', '.join(missing)}; use another file or retrain")
+    for key in KINDS[kind][1]:
+        want = TYPES.get(key)
+        if want and not (isinstance(payload[key], want) and not isinstance(payload[key], bool)):
+            raise IntegrityError(
+                f"{path}: its {key!r} is of type {type(payload[key]).__name__}, not {want.__name__}; "
+                f"use another checkpoint or retrain"
+            )
     for key in STATE_KEYS:
         sd = payload.get(key)
         if key in KINDS[kind][1] and not _is_state_dict(sd):
