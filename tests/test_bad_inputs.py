@@ -38,7 +38,7 @@ def _checkpoint(kind: str) -> dict[str, bytes]:
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "c.pt"
-        save_checkpoint(p, {"state_dict": {"w": torch.zeros(3)}, "config": {}})
+        save_checkpoint(p, {"state_dict": {"w": torch.zeros(1000)}, "config": {}})  # the middle byte: a weight
         raw = bytearray(p.read_bytes())
     if kind == "truncated":
         raw = raw[: len(raw) // 2]

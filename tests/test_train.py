@@ -26,7 +26,15 @@ def _cfg(tmp_path, *sets):
 @pytest.mark.parametrize("method", ["sgd", "b-alt", "i-alt"])
 def test_fit_writes_run_folder(synthetic, tmp_path, method):
     run = fit(_cfg(tmp_path, f"support.method={method}", "train.maskt=true"), data=synthetic)
-    for f in ("config.yaml", "metrics.csv", "curves.png", "checkpoint.pt", "final.pt", "summary.json"):
+    for f in (
+        "config.yaml",
+        "metrics.csv",
+        "curves.png",
+        "checkpoint.pt",
+        "final.pt",
+        "model.safetensors",
+        "summary.json",
+    ):
         assert (run / f).is_file(), f
     s = json.loads((run / "summary.json").read_text())
     assert s["iterations"] == 2 * 8 and len(s["curve"]) == 2
@@ -45,8 +53,8 @@ def test_fit_writes_run_folder(synthetic, tmp_path, method):
         "drift/classifier.3",
     ):
         assert col in header
-    ck = load_checkpoint(run / "final.pt")
-    assert set(ck) == {"state_dict", "config", "metrics"}
+    ck = load_checkpoint(run / "final.pt", kind="final")
+    assert set(ck) == {"state_dict", "config", "metrics", "taus", "arch"}
 
 
 def test_training_learns_synthetic(synthetic, tmp_path):

@@ -24,7 +24,7 @@ EXTRAS = {
     "tensorboard": ("tensorboard", "the TensorBoard logger"),
     "onnx": ("onnx", "ONNX export"),
     "onnxruntime": ("onnx", "checking an ONNX export"),
-    "safetensors": ("safetensors", "safetensors files"),
+    "safetensors": (None, "safetensors files"),  # a core dependency
     "lightning": ("lightning", "the Lightning callback"),
     "triton": ("gpu", "fused GPU kernels"),
 }

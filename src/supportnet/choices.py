@@ -29,6 +29,8 @@ AMP = ("off", "bf16")
 LOADERS = ("host", "device")
 #: DSD's Sparse step (``dsd.prune``).
 PRUNE = ("magnitude", "support-b", "support-i")
+#: ``supportnet export --format``: a checkpoint of the weights, safetensors, TorchScript, ONNX.
+EXPORT_FORMATS = ("state_dict", "safetensors", "torchscript", "onnx")
 
 #: ``supportnet compare`` presets: every method by its name, and named variants (support overrides).
 PRESETS: dict[str, dict] = {

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .choices import PRUNE
+from .choices import EXPORT_FORMATS, PRUNE
 from .errors import SupportnetError
 
 
@@ -63,6 +63,21 @@ def _shortcuts(a: argparse.Namespace) -> list[str]:
         if v is not None:
             sets.append(f"{key}={v}")
     return sets
+
+
+def _add_export(sub) -> None:
+    ex = sub.add_parser(
+        "export", help="write a trained model as a state_dict, safetensors, TorchScript or ONNX file (plain PyTorch)"
+    )
+    ex.add_argument(
+        "source",
+        metavar="RUN_OR_FILE",
+        help="a run folder, its final.pt or model.safetensors, an export, or a DSD sparse.pt",
+    )
+    ex.add_argument("-o", "--output", required=True, help="file to write (not a folder, not the input)")
+    ex.add_argument("--format", choices=EXPORT_FORMATS, default="state_dict", help="default: state_dict")
+    ex.add_argument("--compact", action="store_true", help="DSD sparse.pt: physically remove the pruned channels")
+    ex.set_defaults(func=cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,11 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(ds)
     ds.set_defaults(func=cmd_dsd)
 
-    ex = sub.add_parser("export", help="export a model; --compact drops pruned channels from a DSD sparse.pt")
-    ex.add_argument("checkpoint", help="RUN/sparse.pt written by 'supportnet dsd'")
-    ex.add_argument("-o", "--output", required=True, help="file to write")
-    ex.add_argument("--compact", action="store_true", help="physically remove the pruned channels")
-    ex.set_defaults(func=cmd_export)
+    _add_export(sub)
 
     vf = sub.add_parser("verify", help="check a checkpoint (.pt) or mask store (.smask): format version and checksum")
     vf.add_argument("path")
@@ -272,51 +283,59 @@ def cmd_dsd(a) -> int:
 
 
 def cmd_export(a) -> int:
-    from .errors import ConfigError
+    from .export import export_model
 
-    if not a.compact:
-        raise ConfigError("only --compact export exists so far; pass --compact")
-    from .dsd import export_compact
-
-    info = export_compact(a.checkpoint, a.output)
-    print(
-        f"parameters {info['params_before']:,} -> {info['params_after']:,}; "
-        f"FLOPs {info['flops_before']:,} -> {info['flops_after']:,}; "
-        f"max |output difference| {info['max_abs_diff']:.2e}; written {a.output}"
-    )
+    info = export_model(a.source, a.format, a.output, compact=a.compact)
+    if a.compact:
+        print(
+            f"parameters {info['params_before']:,} -> {info['params_after']:,}; "
+            f"FLOPs {info['flops_before']:,} -> {info['flops_after']:,}; "
+            f"max |output difference| {info['max_abs_diff']:.2e}; written {a.output} ({a.format})"
+        )
+    else:
+        print(
+            f"{info['params']:,} parameters; max |output difference| {info['max_abs_diff']:.2e}; "
+            f"written {a.output} ({a.format})"
+        )
     return 0
 
 
 def cmd_verify(a) -> int:
-    from .io import load_checkpoint
+    from .checkpoint import describe, read_checkpoint
+    from .errors import ConfigError
     from .masks import MAGIC, MaskStore
 
     p = Path(a.path)
+    if not p.exists():
+        raise ConfigError(f"{p} does not exist; pass a checkpoint (.pt), model.safetensors or a mask store (.smask)")
     if not p.is_file():
-        from .errors import ConfigError
-
-        raise ConfigError(f"{p} does not exist; pass a checkpoint (.pt) or a mask store (.smask)")
+        raise ConfigError(
+            f"{p} is not a file; pass a checkpoint (.pt), model.safetensors or a mask store (.smask) inside it"
+        )
     with open(p, "rb") as f:
         head = f.read(len(MAGIC))
     if head == MAGIC or p.suffix == ".smask":
         st = MaskStore.open(p)
         print(f"{p}: mask store OK, {st.n} examples x {st.bits} bits, checksum {st.checksum}")
+    elif p.suffix == ".safetensors":
+        from .export import read_safetensors
+
+        tensors, info = read_safetensors(p)
+        print(f"{p}: safetensors OK, {len(tensors)} tensors of {info.get('arch', {}).get('name', '?')}, checksum OK")
     else:
-        ck = load_checkpoint(p)
-        print(f"{p}: checkpoint OK, keys {', '.join(sorted(ck))}")
+        ck, kind, fmt = read_checkpoint(p)
+        print(f"{p}: {describe(kind)} OK (format {fmt}, checksum OK), keys {', '.join(sorted(map(str, ck)))}")
     return 0
 
 
 def cmd_models(a) -> int:
-    from .models import count_params, create_model, list_models, model_note
+    from .models import default_input, list_models, model_note, param_count
 
-    print(f"{'name':14s} {'input':>10s} {'params':>10s}  note")
+    print(f"{'name':14s} {'input':>10s} {'params':>12s}  note")
     for name in list_models():
-        from .models import default_input
-
         shape = default_input(name)
-        n = count_params(create_model(name, in_shape=shape, num_classes=default_classes(name)))
-        print(f"{name:14s} {'x'.join(map(str, shape)):>10s} {n:10,d}  {model_note(name)}")
+        n = param_count(name, in_shape=shape, num_classes=default_classes(name))
+        print(f"{name:14s} {'x'.join(map(str, shape)):>10s} {n:12,d}  {model_note(name)}")
     return 0
 
 

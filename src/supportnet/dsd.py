@@ -46,6 +46,7 @@ from torch import nn
 from .config import Config
 from .data import batches, epoch_order
 from .errors import ConfigError
+from .export import arch_of, plain_state_dict, taus_of
 from .io import atomic_write_text, load_checkpoint, save_checkpoint
 from .layers import HardThreshold, batch_support, configure
 
@@ -448,7 +449,7 @@ def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print, resume
         """Run (or finish, or load) one phase; True if it had already finished."""
         run = Path(pcfg.out)
         if resume and (run / "summary.json").is_file() and (run / "final.pt").is_file():
-            model.load_state_dict(load_checkpoint(run / "final.pt")["state_dict"])
+            model.load_state_dict(load_checkpoint(run / "final.pt", kind="final")["state_dict"])
             record(name, run)
             return True
         again = resume and (run / "checkpoint.pt").is_file()
@@ -460,7 +461,7 @@ def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print, resume
     units, skipped = find_units(model) if ds.prune != "magnitude" else ([], [])
     saved = out / "pruning.pt"
     if resume and saved.is_file():
-        pk = load_checkpoint(saved)
+        pk = load_checkpoint(saved, kind="pruning")
         pruning = Pruning(keep=pk["keep"], units={k: list(v) for k, v in pk["units"].items()})
         res["census"] = pk.get("census")
     elif ds.prune == "magnitude":
@@ -485,7 +486,9 @@ def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print, resume
         pruning = unit_pruning(model, units, census, ds.eps)
         res["census"] = {k: {"on": v.tolist(), "of": n} for k, (v, n) in census.items()}
     if not (resume and saved.is_file()):
-        save_checkpoint(saved, {"keep": pruning.keep, "units": pruning.units, "census": res.get("census")})
+        save_checkpoint(
+            saved, {"keep": pruning.keep, "units": pruning.units, "census": res.get("census")}, kind="pruning"
+        )
     method = {"magnitude": "sgd", "support-b": "b-alt", "support-i": "i-alt"}[ds.prune]
     pruning.left_alone = skipped
     enforce = Enforcer(pruning)
@@ -500,7 +503,15 @@ def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print, resume
     res["flops"] = {"dense": count_flops(model, data.in_shape), "compact": count_flops(small, data.in_shape)}
     save_checkpoint(
         out / "sparse.pt",
-        {"state_dict": model.state_dict(), "config": cfg.to_dict(), "keep": pruning.keep, "units": pruning.units},
+        {
+            "state_dict": plain_state_dict(model),
+            "config": cfg.to_dict(),
+            "keep": pruning.keep,
+            "units": pruning.units,
+            "arch": arch_of(cfg, data.in_shape, data.num_classes),
+            "taus": taus_of(model),
+        },
+        kind="sparse",
     )
     log(
         f"sparse: {100 * res['sparsity']['weights']:.1f}% of weights pruned; compact model "
@@ -516,52 +527,12 @@ def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print, resume
     return res
 
 
-def export_compact(sparse_ckpt: str | Path, dest: str | Path, tol: float = 1e-5) -> dict:
-    """Write the physically smaller model of a DSD sparse checkpoint and check its outputs."""
-    from .config import from_dict
-    from .models import count_params
-    from .train import build
+def export_compact(sparse_ckpt: str | Path, dest: str | Path) -> dict:
+    """Write the physically smaller model of a DSD sparse checkpoint (``supportnet export --compact``),
+    after checking its outputs against the masked model's; see :func:`supportnet.export.export_model`."""
+    from .export import export_model
 
-    ck = load_checkpoint(sparse_ckpt)
-    for k in ("state_dict", "config", "keep", "units"):
-        if k not in ck:
-            raise ConfigError(
-                f"{sparse_ckpt} is not a DSD sparse checkpoint (no {k!r}); pass RUN/sparse.pt from 'supportnet dsd'"
-            )
-    cfg = from_dict(ck["config"])
-    data, model = build(cfg)
-    model.load_state_dict(ck["state_dict"])
-    units, _ = find_units(model)
-    pruning = Pruning(keep=ck["keep"], units={k: list(v) for k, v in ck["units"].items()})
-    small = compact(model, units, pruning)
-    x = data.test.x[:64]
-    model.eval(), small.eval()
-    with torch.no_grad(), _free(model), _free(small):
-        diff = (model(x) - small(x)).abs().max().item()
-    if diff > tol:
-        raise ConfigError(
-            f"the compact model differs from the masked one by {diff:.3g} (> {tol}); "
-            f"the checkpoint's pruned weights are not all zero"
-        )
-    info = {
-        "params_before": count_params(model),
-        "params_after": count_params(small),
-        "flops_before": count_flops(model, data.in_shape),
-        "flops_after": count_flops(small, data.in_shape),
-        "max_abs_diff": diff,
-    }
-    shapes = {n: list(p.shape) for n, p in small.state_dict().items()}
-    save_checkpoint(
-        Path(dest),
-        {
-            "state_dict": small.state_dict(),
-            "shapes": shapes,
-            "config": ck["config"],
-            "units": ck["units"],
-            "format": "supportnet-compact-1",
-        },
-    )
-    return info
+    return export_model(sparse_ckpt, "state_dict", dest, compact=True)
 
 
 def dsd_table(results: dict[str, dict]) -> str:

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from . import faults
-from .errors import IntegrityError, SupportnetError
-
-CHECKPOINT_FORMAT = 1
+from .checkpoint import load_checkpoint, save_checkpoint  # noqa: F401  (imported from here by callers)
+from .errors import SupportnetError
 
 
 def fsync_dir(path: Path) -> None:
@@ -71,44 +66,3 @@ def _unlink(p: str) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def save_checkpoint(path: str | Path, payload: dict) -> Path:
-    """Save a checkpoint atomically with its format version and a checksum of its body."""
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    body = buf.getvalue()
-    wrapper = {
-        "format": CHECKPOINT_FORMAT,
-        "sha256": hashlib.sha256(body).hexdigest(),
-        "body": torch.frombuffer(bytearray(body), dtype=torch.uint8),
-    }
-    out = io.BytesIO()
-    torch.save(wrapper, out)
-    data = out.getvalue()
-    return atomic_write(path, lambda f: f.write(data))
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load and verify a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SupportnetError(f"checkpoint {path} does not exist; pass the path of a run's checkpoint.pt or final.pt")
-    try:
-        wrapper = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise IntegrityError(
-            f"checkpoint {path} is truncated or not a supportnet checkpoint "
-            f"({type(e).__name__}); use another checkpoint or retrain"
-        ) from None
-    if not isinstance(wrapper, dict) or "format" not in wrapper or "body" not in wrapper:
-        raise IntegrityError(f"checkpoint {path} is not a supportnet checkpoint; pass a file written by supportnet")
-    if wrapper["format"] != CHECKPOINT_FORMAT:
-        raise IntegrityError(
-            f"checkpoint {path} has format version {wrapper['format']}, this supportnet reads "
-            f"version {CHECKPOINT_FORMAT}; use the supportnet release that wrote it"
-        )
-    body = wrapper["body"].numpy().tobytes()
-    if hashlib.sha256(body).hexdigest() != wrapper.get("sha256"):
-        raise IntegrityError(f"checkpoint {path} fails its checksum (corrupt file); use another checkpoint or retrain")
-    return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)

@@ -21,7 +21,8 @@ Run folder::
     metrics.csv      one row per epoch (see ``METRIC_DOC``); metrics.jsonl and tensorboard/ with train.loggers
     curves.png       loss and error against epochs, re-estimations marked
     checkpoint.pt    latest checkpoint (model, optimizer, schedule state, RNG, metrics)
-    final.pt         final weights and config: {"state_dict", "config", "metrics"}
+    final.pt         final weights: {"state_dict", "config", "metrics", "taus", "arch"} (supportnet.export)
+    model.safetensors  the same weights, with arch, taus and config in its metadata
     summary.json     final figures
 """
 
@@ -50,6 +51,7 @@ from .data import DataBundle, Split, batches, epoch_order, load_data, num_batche
 from .data.adapters import as_split, from_datasets
 from .data.augment import crop_flip
 from .errors import ConfigError
+from .export import save_final
 from .guard import DivergenceGuard, lazy_default
 from .io import atomic_write_text, save_checkpoint
 from .layers import collect_stats, configure, layer_mode, support_penalty, threshold_layers
@@ -594,8 +596,7 @@ def finish_run(run: Run) -> Path:
     """The final artefacts (weights, summary, curves), written by rank 0; returns the run folder."""
     if run.main:
         cfg, rows, model = run.cfg, run.state.rows, run.model
-        save_checkpoint(run.out / "final.pt", {"state_dict": model.state_dict(), "config": cfg.to_dict(),
-                                               "metrics": rows})  # fmt: skip
+        save_final(run.out, model, cfg, rows, run.data.in_shape, run.data.num_classes)  # final.pt, model.safetensors
         last = rows[-1]
         summary = {"method": cfg.support.method, "model": cfg.model.name, "data": cfg.data.name,
                    "params": count_params(model), "test_acc": last["test_acc"], "test_loss": last["test_loss"],
@@ -669,6 +670,7 @@ def save_run_checkpoint(run: Run, epoch_done: int, step_in_epoch: int, partial: 
             "trace": st.trace,
             "format": RESUME_FORMAT,
         },
+        kind="resume",
     )
 
 
@@ -722,7 +724,7 @@ def _load_resume(run: Path, cfg: Config) -> dict:
             f"{run} has no checkpoint.pt to resume from; pass a run folder written by "
             f"'supportnet train' (with train.checkpoint_every or train.checkpoint_steps > 0)"
         )
-    rs = load_checkpoint(ck)
+    rs = load_checkpoint(ck, kind="resume")
     if rs.get("format") != RESUME_FORMAT:
         raise ConfigError(
             f"{ck} was written by another supportnet version (resume format "
