@@ -94,6 +94,17 @@ def unpack_rows(rows: torch.Tensor, bits: int) -> torch.Tensor:
     return ((rows.unsqueeze(-1) >> _const("s", rows.device)) & 1).view(b, -1)[:, :bits].bool()
 
 
+def _to_device(rows: np.ndarray, device) -> torch.Tensor:
+    """Host rows as a tensor on ``device``; to an accelerator through pinned memory, without
+    blocking the host (the copy overlaps with work already queued)."""
+    t = torch.from_numpy(rows)
+    if device is None or torch.device(device).type == "cpu":
+        return t
+    if torch.device(device).type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def unpack_masks(rows: np.ndarray, shapes: Sequence[Sequence[int]], device=None) -> list[torch.Tensor]:
     """Inverse of :func:`pack_masks`: ``(B, row_bytes)`` uint8 -> list of ``(B, *shape_l)`` bool.
 
@@ -101,7 +112,7 @@ def unpack_masks(rows: np.ndarray, shapes: Sequence[Sequence[int]], device=None)
     unpacked there; on the CPU ``np.unpackbits`` does it."""
     bits = sum(_numel(s) for s in shapes)
     if device is not None and torch.device(device).type != "cpu":
-        flat = unpack_rows(torch.from_numpy(np.ascontiguousarray(rows)).to(device, non_blocking=True), bits)
+        flat = unpack_rows(_to_device(np.ascontiguousarray(rows), device), bits)
     else:
         flat = torch.from_numpy(np.unpackbits(rows, axis=1, count=bits).view(np.bool_))
     out, pos = [], 0
@@ -110,6 +121,60 @@ def unpack_masks(rows: np.ndarray, shapes: Sequence[Sequence[int]], device=None)
         out.append(flat[:, pos : pos + k].reshape(rows.shape[0], *s))
         pos += k
     return out
+
+
+class LayerBits:
+    """One layer's supports inside packed rows: ``rows`` ``(B, row_bytes)`` uint8 (the
+    :class:`MaskStore` row layout, on any device), the layer's bits starting at bit ``offset`` of
+    each row, in C order of ``unit_shape``. ``shape`` is the mask's ``(B, *unit_shape)``, so a
+    layer can check it as it checks a bool mask; :meth:`unpack` gives that bool mask."""
+
+    __slots__ = ("rows", "offset", "unit_shape")
+
+    def __init__(self, rows: torch.Tensor, offset: int, unit_shape: Sequence[int]):
+        self.rows, self.offset, self.unit_shape = rows, int(offset), tuple(int(d) for d in unit_shape)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.rows.shape[0], *self.unit_shape))
+
+    @property
+    def device(self) -> torch.device:
+        return self.rows.device
+
+    def unpack(self) -> torch.Tensor:
+        """The ``(B, *unit_shape)`` bool mask, unpacked on the rows' device."""
+        k = _numel(self.unit_shape)
+        first, last = self.offset // 8, (self.offset + k + 7) // 8
+        flat = unpack_rows(self.rows[:, first:last], 8 * (last - first))
+        lo = self.offset - 8 * first
+        return flat[:, lo : lo + k].reshape(self.shape)
+
+
+class PackedMasks:
+    """Every layer's supports for a batch as packed rows (what :meth:`MaskStore.read` hands the
+    layers with ``packed=True``): ``rows`` ``(B, row_bytes)`` uint8 on the device, and each
+    layer's unit shape and first bit. Indexing and iteration give :class:`LayerBits`;
+    :meth:`unpack` gives the bool masks :func:`unpack_masks` gives."""
+
+    def __init__(self, rows: torch.Tensor, shapes: Sequence[Sequence[int]]):
+        self.rows = rows
+        self.shapes = [tuple(int(d) for d in s) for s in shapes]
+        self.offsets = [0]
+        for s in self.shapes[:-1]:
+            self.offsets.append(self.offsets[-1] + _numel(s))
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, i: int) -> LayerBits:
+        return LayerBits(self.rows, self.offsets[i], self.shapes[i])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def unpack(self) -> list[torch.Tensor]:
+        return [lb.unpack() for lb in self]
 
 
 class MaskStore:
@@ -193,9 +258,13 @@ class MaskStore:
             raise ValueError(f"mask shapes {[tuple(m.shape[1:]) for m in masks]} do not match the store {self.shapes}")
         self.payload[self._check_index(index)] = pack_masks(masks)
 
-    def read(self, index, device=None) -> list[torch.Tensor]:
-        """The supports of the examples ``index``: one ``(B, *shape)`` bool tensor per layer."""
+    def read(self, index, device=None, packed: bool = False) -> list[torch.Tensor] | PackedMasks:
+        """The supports of the examples ``index``: one ``(B, *shape)`` bool tensor per layer, or
+        with ``packed`` the rows themselves on ``device`` (:class:`PackedMasks`, 1 bit per
+        activation; the fused kernels of :mod:`supportnet.kernels` read them there)."""
         rows = np.ascontiguousarray(self.payload[self._check_index(index)])
+        if packed:
+            return PackedMasks(_to_device(rows, device), self.shapes)
         return unpack_masks(rows, self.shapes, device=device)
 
     def rows(self, index) -> np.ndarray:
