@@ -164,3 +164,28 @@ def test_store_on_cuda_matches_cpu():
     idx = torch.tensor([36, 0, 5])
     for a, b in zip(cpu.read(idx), gpu.read(idx, device="cuda")):
         assert b.device.type == "cuda" and torch.equal(a, b.cpu())
+
+
+@pytest.mark.parametrize("shapes", [SHAPES, [(13,), (2, 3, 5), (1,), (4, 4)]])
+def test_packed_read_gives_each_layer_its_bits(shapes):
+    """read(packed=True): the rows themselves; each layer's LayerBits (any bit offset, mid-byte
+    included) unpacks to the masks read() gives."""
+    from supportnet.masks import LayerBits, PackedMasks
+
+    n = 21
+    store = MaskStore(n, shapes)
+    masks = _random_masks(n, shapes, seed=4)
+    store.write(torch.arange(n), masks)
+    idx = torch.tensor([20, 3, 3, 0, 11])
+    pm = store.read(idx, packed=True)
+    assert isinstance(pm, PackedMasks) and len(pm) == len(shapes)
+    assert pm.rows.dtype == torch.uint8 and tuple(pm.rows.shape) == (5, store.row_bytes)
+    assert np.array_equal(pm.rows.numpy(), store.rows(idx))
+    offsets = [0]
+    for s in shapes[:-1]:
+        offsets.append(offsets[-1] + math.prod(s))
+    for lb, m, s, off in zip(pm, masks, shapes, offsets):
+        assert isinstance(lb, LayerBits) and lb.offset == off and lb.shape == (5, *s)
+        assert torch.equal(lb.unpack(), m[idx])
+    for a, b in zip(pm.unpack(), store.read(idx)):
+        assert torch.equal(a, b)
