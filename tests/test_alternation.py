@@ -165,3 +165,20 @@ def test_stored_masks_match_the_augmented_views_of_the_round(synthetic, tmp_path
     assert not torch.equal(x, synthetic.train.x[idx])  # the views really are augmented
     for a, b in zip(s.masks_for(x, idx), record_masks(frozen, x)):
         assert torch.equal(a, b)
+
+
+def test_reestimate_counts_mask_change_as_rows_arrive(synthetic):
+    """The between-rounds change counted while the new store is written equals a full comparison."""
+    model = _model(synthetic)
+    ia = IAlternation(
+        SupportConfig(method="i-alt", backend="stored", warmup=0), model, synthetic.train, torch.device("cpu")
+    )
+    ia.start_epoch(0)
+    first = ia.store
+    with torch.no_grad():  # move the weights so that some supports change
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ev = ia.reestimate()
+    assert 0 < ev["mask_change"] < 1
+    assert ev["mask_change"] == ia.store.changed_fraction(first)
+    assert ia.store.checksum == ia.store._digest()  # the digest taken in order is the payload's

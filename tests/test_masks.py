@@ -189,3 +189,37 @@ def test_packed_read_gives_each_layer_its_bits(shapes):
         assert torch.equal(lb.unpack(), m[idx])
     for a, b in zip(pm.unpack(), store.read(idx)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("order", ["in-order", "shuffled", "rewritten"])
+def test_checksum_taken_as_rows_arrive_equals_full_digest(order):
+    """finalize() uses the digest taken while rows arrived in order; any other order falls back
+    to reading the payload; the checksum is the same either way."""
+    n = 40
+    masks = _random_masks(n, SHAPES, seed=6)
+    idx = {"in-order": torch.arange(n), "shuffled": torch.randperm(n, generator=torch.Generator().manual_seed(0))}
+    store = MaskStore(n, SHAPES)
+    seq = idx.get(order, torch.arange(n))
+    for i in range(0, n, 16):
+        j = seq[i : i + 16]
+        store.write(j, [m[j] for m in masks])
+    if order == "rewritten":  # rows 0..15 written again after the in-order pass
+        store.write(torch.arange(16), [m[:16] for m in masks])
+    assert (store._hash is not None) == (order == "in-order")
+    full = store._digest()
+    assert store.finalize().checksum == full
+
+
+def test_row_writer_counts_changed_bits():
+    from supportnet.masks import RowWriter
+
+    n = 33
+    old = MaskStore(n, SHAPES)
+    old.write(torch.arange(n), _random_masks(n, SHAPES, seed=1))
+    new = MaskStore(n, SHAPES)
+    w = RowWriter(new, device="cpu", previous=old)
+    masks = _random_masks(n, SHAPES, seed=2)
+    for i in range(0, n, 10):
+        w.put(torch.arange(i, min(n, i + 10)), [m[i : i + 10] for m in masks])
+    w.close()
+    assert w.diff > 0 and w.diff / (n * new.bits) == new.changed_fraction(old)

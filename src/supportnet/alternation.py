@@ -35,13 +35,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import faults
+from . import faults, kernels
 from .choices import METHODS
 from .config import METHOD_DEFAULTS, SupportConfig
 from .data import Split, batches
 from .data.augment import crop_flip
 from .layers import configure, record_masks, set_instance_masks, threshold_layers
-from .masks import MaskStore
+from .masks import MaskStore, RowWriter
 
 PROBE_SIZE = 4096  # examples used to measure support change for the snapshot back end
 
@@ -201,8 +201,12 @@ class IAlternation(Schedule):
     def _eval_model(model: nn.Module) -> nn.Module:
         return model.eval()
 
-    def estimate_store(self, model: nn.Module | None = None) -> MaskStore:
-        """One pass over the training set in eval mode, writing every support (bit-packed)."""
+    def estimate_store(self, model: nn.Module | None = None, previous: MaskStore | None = None) -> MaskStore:
+        """One pass over the training set in eval mode, writing every support (bit-packed).
+
+        On CUDA each batch's packed rows reach the host while the next batch runs
+        (:class:`~supportnet.masks.RowWriter`). With ``previous``, the store's ``changed``
+        is the fraction of bits that differ from it (counted as the rows arrive)."""
         model = model if model is not None else self.model
         shapes = self._layer_shapes()
         path = None
@@ -216,18 +220,22 @@ class IAlternation(Schedule):
         was_training = model.training
         model.eval()
         n_batches = -(-(len(self.train) if mine is None else len(mine)) // self.eval_batch_size)
+        same = previous is not None and (previous.n, previous.shapes) == (store.n, store.shapes)
+        writer = RowWriter(store, self.device, previous if same else None)
         try:
             for b, (x, _, idx) in enumerate(batches(self.train, self.eval_batch_size, mine)):
                 if self.augment_seed is not None:  # the exact view training will see this round
                     x = crop_flip(x, idx, self.augment_seed, self.view_key(-1))
-                store.write(idx // w, record_masks(model, x.to(self.device)))
+                writer.put(idx // w, record_masks(model, x.to(self.device, non_blocking=True)))
                 if b == n_batches // 2:
                     faults.hit("estimate")
+            writer.close()
         except BaseException:
             store.discard()
             raise
         finally:
             model.train(was_training)
+        store.changed = writer.diff / (store.n * store.bits) if same else float("nan")
         return store.finalize()
 
     def _probe_masks(self, model: nn.Module) -> torch.Tensor:
@@ -244,9 +252,9 @@ class IAlternation(Schedule):
         self.round_start = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.cfg.backend == "stored":
             old = self.store
-            self.store = self.estimate_store()
+            self.store = self.estimate_store(previous=old)
             if old is not None:
-                change = self.store.changed_fraction(old)
+                change = self.store.changed
                 old_path = old.path
                 del old
                 if old_path is not None and old_path != self.store.path:
@@ -294,10 +302,13 @@ class IAlternation(Schedule):
             return 1_000_000 + self.round
         return epoch
 
-    def masks_for(self, x: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
+    def masks_for(self, x: torch.Tensor, index: torch.Tensor):
+        """This batch's supports: bool masks, one per layer, or on CUDA with the fused kernels
+        the stored back end's packed rows (:class:`~supportnet.masks.PackedMasks`)."""
         if self.cfg.backend == "stored":
             assert self.store is not None
-            return self.store.read(index // self.shard_world, device=self.device)
+            packed = kernels.enabled(self.device)
+            return self.store.read(index // self.shard_world, device=self.device, packed=packed)
         assert self.snapshot is not None
         return record_masks(self.snapshot, x)
 

@@ -123,6 +123,54 @@ def unpack_masks(rows: np.ndarray, shapes: Sequence[Sequence[int]], device=None)
     return out
 
 
+class RowWriter:
+    """Writes a batch's supports into a :class:`MaskStore` (the estimation pass).
+
+    On CUDA the masks are packed on the device and copied into pinned host buffers without
+    blocking; each batch's rows are written into the store (and hashed, and compared with
+    ``previous``) while the device computes the next batch. Elsewhere they are packed and
+    written at once. :meth:`close` writes the last batch. ``diff``: the bits that differ from
+    ``previous`` in the rows written (the change between rounds, without another pass)."""
+
+    def __init__(self, store: MaskStore, device=None, previous: MaskStore | None = None):
+        self.store, self.previous, self.diff = store, previous, 0
+        self.overlap = device is not None and torch.device(device).type == "cuda"
+        self._pending: tuple | None = None
+        self._buffers: list[torch.Tensor] = []
+
+    def put(self, index, masks: Sequence[torch.Tensor]) -> None:
+        if not self.overlap:
+            self._commit(self.store._check_index(index), pack_masks(masks))
+            return
+        b = masks[0].shape[0]
+        rows = pack_rows(torch.cat([m.reshape(b, -1) for m in masks], dim=1))
+        if not self._buffers or self._buffers[0].shape[0] < b:  # two pinned buffers, used in turn
+            self._drain()
+            self._buffers = [torch.empty((b, self.store.row_bytes), dtype=torch.uint8, pin_memory=True) for _ in "ab"]
+        buf = self._buffers[0][:b]
+        buf.copy_(rows, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        self._buffers.reverse()  # the other buffer next time (this one is pending until drained)
+        self._drain()
+        self._pending = (self.store._check_index(index), buf, done)
+
+    def _drain(self) -> None:
+        if self._pending is not None:
+            idx, buf, done = self._pending
+            self._pending = None
+            done.synchronize()
+            self._commit(idx, buf.numpy())
+
+    def _commit(self, idx: np.ndarray, rows: np.ndarray) -> None:
+        if self.previous is not None:  # the pad bits at each row's end are zero in both
+            self.diff += _popcount(np.bitwise_xor(rows, self.previous.payload[idx]))
+        self.store.write_rows(idx, rows)
+
+    def close(self) -> None:
+        self._drain()
+
+
 class LayerBits:
     """One layer's supports inside packed rows: ``rows`` ``(B, row_bytes)`` uint8 (the
     :class:`MaskStore` row layout, on any device), the layer's bits starting at bit ``offset`` of
@@ -198,6 +246,11 @@ class MaskStore:
         self._header = self._make_header()
         self._tmp: str | None = None
         self.readonly = False
+        # the payload's digest, taken as rows arrive in order (write_rows), so that finalize
+        # need not read the payload again; None once rows arrive out of order
+        self._hash: hashlib.blake2b | None = hashlib.blake2b(digest_size=_DIGEST)
+        self._hashed = 0
+        self.changed = float("nan")  # fraction of bits changed from the previous round's store (RowWriter)
         if self.path is None:
             self.payload = np.zeros((self.n, self.row_bytes), dtype=np.uint8)
         else:
@@ -252,11 +305,30 @@ class MaskStore:
 
     def write(self, index, masks: Sequence[torch.Tensor]) -> None:
         """Store the supports of the examples ``index`` (masks: one ``(B, *shape)`` per layer)."""
-        if self.readonly:
-            raise RuntimeError("this MaskStore was opened read-only")
         if [tuple(m.shape[1:]) for m in masks] != self.shapes:
             raise ValueError(f"mask shapes {[tuple(m.shape[1:]) for m in masks]} do not match the store {self.shapes}")
-        self.payload[self._check_index(index)] = pack_masks(masks)
+        self.write_rows(index, pack_masks(masks))
+
+    def write_rows(self, index, rows: np.ndarray) -> None:
+        """Store already packed rows ``(B, row_bytes)`` uint8 of the examples ``index``."""
+        if self.readonly:
+            raise RuntimeError("this MaskStore was opened read-only")
+        if rows.shape != (len(index), self.row_bytes) or rows.dtype != np.uint8:
+            raise ValueError(f"rows {rows.shape} ({rows.dtype}) for {len(index)} examples of {self.row_bytes} bytes")
+        idx = self._check_index(index)
+        self.payload[idx] = rows
+        if self._hash is not None:  # rows in order from the last hashed one: hash them now, cache-hot
+            k = len(idx)
+            if (
+                k
+                and idx[0] == self._hashed
+                and idx[-1] == self._hashed + k - 1
+                and (k == 1 or (np.diff(idx) == 1).all())
+            ):
+                self._hash.update(np.ascontiguousarray(rows).data)
+                self._hashed += k
+            elif k:
+                self._hash = None
 
     def read(self, index, device=None, packed: bool = False) -> list[torch.Tensor] | PackedMasks:
         """The supports of the examples ``index``: one ``(B, *shape)`` bool tensor per layer, or
@@ -280,7 +352,9 @@ class MaskStore:
     # -- persistence -----------------------------------------------------------
     def finalize(self) -> MaskStore:
         """Record the payload checksum; for a file store, fsync and rename it into place."""
-        self.checksum = self._digest()
+        done = self._hash is not None and self._hashed == self.n
+        self.checksum = self._hash.hexdigest() if done else self._digest()  # type: ignore[union-attr]
+        self._hash = None
         self._header = self._make_header()
         if self.path is not None and self._tmp is not None:
             assert isinstance(self.payload, np.memmap)
@@ -366,6 +440,7 @@ class MaskStore:
         ):
             raise IntegrityError(f"mask store {path} has an inconsistent header; {fix}")
         store.path, store._tmp, store.readonly = path, None, True
+        store._hash, store._hashed, store.changed = None, 0, float("nan")
         store._header = store._make_header()
         if len(store._header) != hlen:
             raise IntegrityError(f"mask store {path} has a damaged header; {fix}")
