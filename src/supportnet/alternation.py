@@ -37,7 +37,7 @@ from torch import nn
 
 from . import faults, kernels
 from .choices import METHODS
-from .config import METHOD_DEFAULTS, SupportConfig
+from .config import METHOD_DEFAULTS, SupportConfig, eval_batch_for
 from .data import Split, batches
 from .data.augment import crop_flip
 from .layers import configure, record_masks, set_instance_masks, threshold_layers
@@ -58,12 +58,12 @@ class Schedule:
         train: Split,
         device: torch.device,
         run_dir: Path | None = None,
-        eval_batch_size: int = 128,
+        eval_batch_size: int | None = None,
         augment_seed: int | None = None,
     ):
         self.cfg, self.model, self.train, self.device = cfg, model, train, device
         self.augment_seed = augment_seed  # not None: the loader augments; views are keyed by view_key()
-        self.run_dir, self.eval_batch_size = run_dir, eval_batch_size
+        self.run_dir, self.eval_batch_size = run_dir, eval_batch_for(eval_batch_size, device)
         self.phase = "sgd"
         self.round = 0
         self.lr_factor = 1.0
@@ -404,7 +404,7 @@ def make_schedule(
     train: Split,
     device,
     run_dir=None,
-    eval_batch_size: int = 128,
+    eval_batch_size: int | None = None,
     augment_seed: int | None = None,
 ) -> Schedule:
     if not threshold_layers(model) and cfg.method != "sgd":
