@@ -182,3 +182,23 @@ def test_reestimate_counts_mask_change_as_rows_arrive(synthetic):
     assert 0 < ev["mask_change"] < 1
     assert ev["mask_change"] == ia.store.changed_fraction(first)
     assert ia.store.checksum == ia.store._digest()  # the digest taken in order is the payload's
+
+
+def test_snapshot_mask_change_from_packed_probe(synthetic):
+    """The snapshot back end keeps its probe supports packed; the change between rounds is the
+    fraction of probe bits that differ, as computed from the unpacked masks."""
+    model = _model(synthetic)
+    ia = IAlternation(
+        SupportConfig(method="i-alt", backend="snapshot", warmup=0), model, synthetic.train, torch.device("cpu")
+    )
+    ia.start_epoch(0)
+    n = ia._probe_prev.shape[0]
+    before = torch.cat([m.reshape(n, -1) for m in record_masks(model.eval(), synthetic.train.x[:n])], 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    after = torch.cat([m.reshape(n, -1) for m in record_masks(model.eval(), synthetic.train.x[:n])], 1)
+    ev = ia.reestimate()
+    assert ia._probe_prev.dtype.name == "uint8" and ia._probe_prev.shape == (n, -(-before.shape[1] // 8))
+    assert ev["mask_change"] == pytest.approx((before != after).double().mean().item(), rel=1e-12)
+    assert 0 < ev["mask_change"] < 1

@@ -32,6 +32,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -41,7 +42,7 @@ from .config import METHOD_DEFAULTS, SupportConfig, eval_batch_for
 from .data import Split, batches
 from .data.augment import crop_flip
 from .layers import configure, record_masks, set_instance_masks, threshold_layers
-from .masks import MaskStore, RowWriter
+from .masks import MaskStore, RowWriter, _popcount, pack_masks
 
 PROBE_SIZE = 4096  # examples used to measure support change for the snapshot back end
 
@@ -180,7 +181,7 @@ class IAlternation(Schedule):
         self.prev_loss: float | None = None
         self.need_new = True
         self.shapes: list[tuple[int, ...]] | None = None
-        self._probe_prev: torch.Tensor | None = None  # snapshot back end: last round's probe supports
+        self._probe_prev: np.ndarray | None = None  # snapshot back end: last round's probe supports, packed
         self.shard_rank, self.shard_world = 0, 1  # stored back end under torchrun: examples i % world == rank
         self.round_start: dict | None = None  # weights the current supports were estimated from (for resume)
         self.strict = False  # resume: a damaged mask store is an error, not a re-estimation
@@ -190,6 +191,10 @@ class IAlternation(Schedule):
         self.shard_rank, self.shard_world = rank, world
 
     # -- support estimation ----------------------------------------------------
+    def store_bits(self) -> int:
+        """Support bits per example (every threshold layer's units)."""
+        return sum(math.prod(s) for s in self._layer_shapes())
+
     def _layer_shapes(self) -> list[tuple[int, ...]]:
         if self.shapes is None:
             masks = record_masks(self._eval_model(self.model), self.train.x[:1].to(self.device))
@@ -238,13 +243,15 @@ class IAlternation(Schedule):
         store.changed = writer.diff / (store.n * store.bits) if same else float("nan")
         return store.finalize()
 
-    def _probe_masks(self, model: nn.Module) -> torch.Tensor:
+    def _probe_masks(self, model: nn.Module) -> np.ndarray:
+        """The supports of the first :data:`PROBE_SIZE` examples, bit-packed (1 bit per activation:
+        unpacked, 4096 examples of convnet-s's 40,896 units held 167 MB between rounds)."""
         n = min(PROBE_SIZE, len(self.train))
         model.eval()
         out = []
         for x, _, _ in batches(Split(self.train.x[:n], self.train.y[:n]), self.eval_batch_size):
-            out.append(torch.cat([m.reshape(m.shape[0], -1) for m in record_masks(model, x.to(self.device))], 1))
-        return torch.cat(out)
+            out.append(pack_masks(record_masks(model, x.to(self.device))))
+        return np.concatenate(out)
 
     def reestimate(self) -> dict:
         t0 = time.perf_counter()
@@ -266,7 +273,7 @@ class IAlternation(Schedule):
                 p.requires_grad_(False)
             probe = self._probe_masks(snap)
             if old_snap is not None:  # the old snapshot's probe masks were computed last round
-                change = (self._probe_prev != probe).float().mean().item()
+                change = _popcount(np.bitwise_xor(self._probe_prev, probe)) / (probe.shape[0] * self.store_bits())
             self.snapshot, self._probe_prev = snap, probe
         self.model.train()
         return {"mask_change": change, "est_seconds": time.perf_counter() - t0}
