@@ -321,7 +321,8 @@ def main() -> None:
             if "store_bytes" in m:
                 what = f"store {m['store_bytes'] / 2**20:.1f} MB"
             if "snapshot_model_bytes" in m:
-                what = f"second model {m['snapshot_model_bytes'] / 2**20:.1f} MB, probe {m['probe_bytes'] / 2**20:.1f} MB"
+                mb = m["snapshot_model_bytes"] / 2**20, m["probe_bytes"] / 2**20
+                what = f"second model {mb[0]:.1f} MB, probe {mb[1]:.1f} MB"
             print(
                 f"| {k} | {m['peak_bytes'] / 2**20:.1f} | {m['peak_bytes'] / sgd['peak_bytes']:.3f} | "
                 f"{m['step_bytes'] / 2**20:.1f} | {m['step_bytes'] / max(1, sgd['step_bytes']):.3f} | {what} |"
