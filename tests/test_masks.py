@@ -223,3 +223,11 @@ def test_row_writer_counts_changed_bits():
         w.put(torch.arange(i, min(n, i + 10)), [m[i : i + 10] for m in masks])
     w.close()
     assert w.diff > 0 and w.diff / (n * new.bits) == new.changed_fraction(old)
+
+
+@pytest.mark.parametrize("shapes", [[(2, 4), (3, 8), (5,)], [(3, 5, 5), (7,), (2, 2, 3)], [(8,), (1,)]])
+def test_pack_masks_per_layer_equals_packing_the_concatenation(shapes):
+    """Layers that start on a byte are packed one by one (no concatenation): the same bytes."""
+    masks = _random_masks(9, shapes, seed=11)
+    flat = torch.cat([m.reshape(9, -1) for m in masks], 1)
+    assert np.array_equal(pack_masks(masks), np.packbits(flat.numpy(), axis=1))

@@ -49,6 +49,16 @@ def pack_masks(masks: Sequence[torch.Tensor]) -> np.ndarray:
     Masks on an accelerator are packed there (:func:`pack_rows`), so 1 bit per activation
     crosses to the host instead of a byte; CPU masks go through ``np.packbits``."""
     b = masks[0].shape[0]
+    if masks[0].device.type == "cpu" and all(m[0].numel() % 8 == 0 for m in masks[:-1]):
+        # every layer starts on a byte: pack each into its columns, without concatenating the masks first
+        sizes = [m[0].numel() for m in masks]
+        out = np.empty((b, (sum(sizes) + 7) // 8), dtype=np.uint8)
+        pos = 0
+        for m, k in zip(masks, sizes):
+            nb = (k + 7) // 8
+            out[:, pos : pos + nb] = np.packbits(m.reshape(b, -1).numpy().astype(np.bool_, copy=False), axis=1)
+            pos += nb
+        return out
     flat = torch.cat([m.reshape(b, -1) for m in masks], dim=1)
     if flat.device.type != "cpu":
         return pack_rows(flat).cpu().numpy()
