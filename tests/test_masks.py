@@ -153,7 +153,7 @@ def test_changed_fraction_odd_geometry_and_popcount_fallback(monkeypatch):
     assert masks._popcount(x) == direct
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by bench/gpu_check2.sh)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by bench/gpu_check.sh)")
 def test_store_on_cuda_matches_cpu():
     """The accelerator paths (pack on the device, unpack on the device) store and return the same bits."""
     masks = _random_masks(37, SHAPES)
