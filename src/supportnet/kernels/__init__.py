@@ -12,7 +12,7 @@ device and ``triton`` is importable (``pip install 'supportnet[gpu]'``):
   :class:`~supportnet.masks.MaskStore` rows (1 bit per activation, never unpacked to bytes),
   with the support-consistency penalty ``mean(where(m, 0, relu(q - tau))^2)`` summed in the
   same pass. Backward recomputes the mask from the bits and adds the penalty's term in the
-  same pass; it saves ``q`` and the rows only (one activation-sized tensor, like ``relu``).
+  same pass; it saves ``q`` and the rows (without the penalty, ``out`` only, like ``relu``).
 
 On the CPU nothing here runs: the layers keep their torch code, bit for bit. The kernels run
 on CPU tensors only under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests
@@ -225,19 +225,24 @@ class GatedBatch(torch.autograd.Function):
 
 
 class GatedInstance(torch.autograd.Function):
-    """``(out, pen)`` of :func:`instance_forward` as an autograd node; saves ``q`` and the rows."""
+    """``(out, pen)`` of :func:`instance_forward` as an autograd node. With the penalty it saves
+    ``q`` and the rows (the penalty's gradient needs ``q`` where the support is off, and ``out``
+    is zero there); without, ``out`` only, as relu does (the next layer keeps it anyway)."""
 
     @staticmethod
     def forward(ctx, q, rows, bit_off, tau, penalty):  # type: ignore[override]
         out, pen = instance_forward(q, rows, bit_off, tau, penalty)
-        ctx.save_for_backward(q, rows)
+        ctx.save_for_backward(*((q, rows) if penalty else (out,)))
         ctx.bit_off, ctx.tau, ctx.penalty, ctx.numel = bit_off, tau, penalty, q.numel()
         return out, pen
 
     @staticmethod
     def backward(ctx, grad, grad_pen):  # type: ignore[override]
+        if not ctx.penalty:  # the gradient passes where out > 0, i.e. where m and q > tau
+            (out,) = ctx.saved_tensors
+            return gated_backward(grad, out), None, None, None, None
         q, rows = ctx.saved_tensors
-        gpen = grad_pen if ctx.penalty and grad_pen is not None else None
+        gpen = grad_pen if grad_pen is not None else None
         g = gated_backward(grad, q, rows, ctx.bit_off, ctx.tau, gpen, 2.0 / ctx.numel)
         return g, None, None, None, None
 
