@@ -247,12 +247,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smoke run: subset 1280, 2 steps, 3 repeats")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     ap.add_argument("--no-tax", action="store_true", help="skip the framework tax (two fit() runs or more)")
+    ap.add_argument("--memory-only", action="store_true", help="only the peak memory per method (CPU)")
     ap.add_argument("--memory-child", choices=KINDS, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.quick:
         a.subset, a.steps, a.repeats = 1280, 2, 3
     if a.memory_child:
         return memory_child(a)
+    if a.memory_only and a.device == "cpu":
+        mem = cpu_memory(a)
+        OUT.mkdir(exist_ok=True)
+        (OUT / "overhead-memory.json").write_text(json.dumps(mem, indent=2))
+        return print_memory(mem)
     bench = Bench(a.data, a.subset, a.batch_size, a.steps, a.device)
     dev = bench.dev
     est_times = []
@@ -312,21 +318,26 @@ def main() -> None:
     for key, name in names.items():
         print(f"| {name} | {res[key]:.3f} | {TARGETS[key][col]} |")
     if memory:
-        sgd = memory["sgd"]
-        print(f"\npeak memory ({sgd['how']}):\n| method | peak MB | ÷ SGD | step MB | ÷ SGD | resident extra |")
-        print("|---|---:|---:|---:|---:|---|")
-        for k in KINDS:
-            m = memory[k]
-            what = ""
-            if "store_bytes" in m:
-                what = f"store {m['store_bytes'] / 2**20:.1f} MB"
-            if "snapshot_model_bytes" in m:
-                mb = m["snapshot_model_bytes"] / 2**20, m["probe_bytes"] / 2**20
-                what = f"second model {mb[0]:.1f} MB, probe {mb[1]:.1f} MB"
-            print(
-                f"| {k} | {m['peak_bytes'] / 2**20:.1f} | {m['peak_bytes'] / sgd['peak_bytes']:.3f} | "
-                f"{m['step_bytes'] / 2**20:.1f} | {m['step_bytes'] / max(1, sgd['step_bytes']):.3f} | {what} |"
-            )
+        print_memory(memory)
+
+
+def print_memory(memory: dict) -> None:
+    """The peak-memory table (Markdown)."""
+    sgd = memory["sgd"]
+    print(f"\npeak memory ({sgd['how']}):\n| method | peak MB | ÷ SGD | step MB | ÷ SGD | resident extra |")
+    print("|---|---:|---:|---:|---:|---|")
+    for k in KINDS:
+        m = memory[k]
+        what = ""
+        if "store_bytes" in m:
+            what = f"store {m['store_bytes'] / 2**20:.1f} MB"
+        if "snapshot_model_bytes" in m:
+            mb = m["snapshot_model_bytes"] / 2**20, m["probe_bytes"] / 2**20
+            what = f"second model {mb[0]:.1f} MB, probe {mb[1]:.1f} MB"
+        print(
+            f"| {k} | {m['peak_bytes'] / 2**20:.1f} | {m['peak_bytes'] / sgd['peak_bytes']:.3f} | "
+            f"{m['step_bytes'] / 2**20:.1f} | {m['step_bytes'] / max(1, sgd['step_bytes']):.3f} | {what} |"
+        )
 
 
 if __name__ == "__main__":

@@ -228,7 +228,7 @@ class IAlternation(Schedule):
         same = previous is not None and (previous.n, previous.shapes) == (store.n, store.shapes)
         writer = RowWriter(store, self.device, previous if same else None)
         try:
-            for b, (x, _, idx) in enumerate(batches(self.train, self.eval_batch_size, mine)):
+            for b, (x, idx) in enumerate(self._estimation_batches(mine)):
                 if self.augment_seed is not None:  # the exact view training will see this round
                     x = crop_flip(x, idx, self.augment_seed, self.view_key(-1))
                 writer.put(idx // w, record_masks(model, x.to(self.device, non_blocking=True)))
@@ -242,6 +242,16 @@ class IAlternation(Schedule):
             model.train(was_training)
         store.changed = writer.diff / (store.n * store.bits) if same else float("nan")
         return store.finalize()
+
+    def _estimation_batches(self, mine: torch.Tensor | None):
+        """``(x, index)`` of the estimation pass. The whole set in storage order is sliced, not
+        gathered (``batches`` copies each batch by index: 6% of the pass on the 2-core CPU)."""
+        if mine is not None or hasattr(self.train, "loader"):
+            yield from ((x, idx) for x, _, idx in batches(self.train, self.eval_batch_size, mine))
+            return
+        bs, n = self.eval_batch_size, len(self.train)
+        for i in range(0, n, bs):
+            yield self.train.x[i : i + bs], torch.arange(i, min(n, i + bs))
 
     def _probe_masks(self, model: nn.Module) -> np.ndarray:
         """The supports of the first :data:`PROBE_SIZE` examples, bit-packed (1 bit per activation:
