@@ -1,6 +1,6 @@
 """Unpacking stored supports on the CPU: which routine, and what applying the mask costs.
 
-    python bench/unpack_masks.py [--batch 128] [--repeats 50]
+    python bench/unpack_masks.py [--batch 128] [--repeats 50] [--threads N]
 
 Rows of convnet-s's supports on 28x28 inputs (40,896 bits an example, ``np.packbits`` order, as a
 :class:`~supportnet.masks.MaskStore` holds them) are unpacked to one byte per bit by
@@ -12,7 +12,8 @@ Rows of convnet-s's supports on 28x28 inputs (40,896 bits an example, ``np.packb
 
 each checked bit for bit against ``np.unpackbits``. Then the first layer's mask
 (128x32x28x28) is applied to activations as a bool, a uint8 and a float32 multiplier (the
-products are the same numbers; the time is not). Median milliseconds; JSON in
+products are the same numbers; the time is not), and the rows are packed again from the
+layers' bool masks, concatenated first or layer by layer. Median milliseconds; JSON in
 bench/out/unpack_masks.json. A micro-benchmark on a shared machine: compare within one run.
 """
 
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from supportnet.masks import pack_masks
 
 OUT = Path(__file__).resolve().parent / "out"
 SHAPES = [(32, 28, 28), (64, 14, 14), (64, 7, 7), (128,)]  # convnet-s's threshold layers
@@ -67,6 +70,13 @@ ROUTINES = {
 }
 
 
+def _offsets():
+    pos = 0
+    for s in SHAPES:
+        yield pos, s
+        pos += int(np.prod(s))
+
+
 def timed(f, repeats: int) -> float:
     f()
     ts = []
@@ -81,7 +91,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     bits = sum(int(np.prod(s)) for s in SHAPES)
     rng = np.random.default_rng(0)
     rows = np.packbits(rng.random((a.batch, bits)) < 0.5, axis=1)
@@ -103,10 +116,26 @@ def main() -> None:
     x = torch.relu(torch.randn(a.batch, *SHAPES[0]))
     factors = {"bool": m, "uint8": m.view(torch.uint8), "float32": m.float()}
     ref = x * m
-    for name, fm in factors.items():
+    ops = {name: (lambda fm=fm: x * fm) for name, fm in factors.items()}
+    ops["uint8-to-float32-then-multiply"] = lambda: x * m.view(torch.uint8).float()
+    ops["bool-to-float32-conversion"] = lambda: m.float()
+    for fm in factors.values():
         assert torch.equal(x * fm, ref)
-        res["apply_ms"][name] = round(timed(lambda fm=fm: x * fm, a.repeats), 4)
-    res["apply_ms"]["bool-to-float32-conversion"] = round(timed(lambda: m.float(), a.repeats), 4)
+    times = {name: [] for name in ops}
+    for _ in range(a.repeats):  # interleaved, so that load drift hits every form alike
+        for name, f in ops.items():
+            t = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t)
+    res["apply_ms"] = {name: round(statistics.median(v) * 1e3, 4) for name, v in times.items()}
+    # packing (the estimation pass): the concatenated bool masks, or each byte-aligned layer alone
+    masks = [torch.from_numpy(want[:, o : o + int(np.prod(s))]).reshape(a.batch, *s) for o, s in _offsets()]
+    cat = lambda: np.packbits(torch.cat([q.reshape(a.batch, -1) for q in masks], 1).numpy(), axis=1)
+    assert np.array_equal(cat(), pack_masks(masks)) and np.array_equal(cat(), rows)
+    res["pack_ms"] = {
+        "cat-then-packbits": round(timed(cat, a.repeats), 4),
+        "per-layer-packbits (pack_masks)": round(timed(lambda: pack_masks(masks), a.repeats), 4),
+    }
     res["fastest_unpack"] = min(res["unpack_ms"], key=res["unpack_ms"].get)
     OUT.mkdir(exist_ok=True)
     (OUT / "unpack_masks.json").write_text(json.dumps(res, indent=2))
