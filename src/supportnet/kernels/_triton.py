@@ -21,8 +21,10 @@ import triton.language as tl
 def _unit_index(p, e2, e3, l1, l2, l3, IDENT: tl.constexpr):
     """C-order unit index of memory position ``p`` within one example."""
     if IDENT:
-        return p
-    return (p // (e2 * e3)) * l1 + ((p // e3) % e2) * l2 + (p % e3) * l3
+        u = p
+    else:
+        u = (p // (e2 * e3)) * l1 + ((p // e3) % e2) * l2 + (p % e3) * l3
+    return u
 
 
 @triton.jit
