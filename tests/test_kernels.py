@@ -160,3 +160,49 @@ def test_kernels_compile_for_the_gpu(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert "kernel variants compiled" in proc.stdout
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", ["b-alt", "i-alt"])
+def test_layers_and_schedules_take_the_kernels(device, method, monkeypatch):
+    """HardThreshold takes the kernels where they are enabled (here forced on the interpreter's
+    CPU tensors): B-alt's batch mode and I-alt's stored supports (handed packed by the schedule)
+    give the torch path's outputs, penalty and gradients."""
+    from supportnet.alternation import make_schedule
+    from supportnet.config import SupportConfig
+    from supportnet.data import Split
+    from supportnet.layers import configure, support_penalty, threshold_layers
+    from supportnet.masks import PackedMasks
+    from supportnet.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("convnet-s", (1, 12, 12), 10, width=4, hidden=8).to(device)
+    x, y = torch.randn(6, 1, 12, 12, device=device), torch.randint(0, 10, (6,), device=device)
+    cfg = SupportConfig(method=method, backend="stored", warmup=0)
+    sched = make_schedule(cfg, model, Split(x, y), torch.device(device))
+    sched.start_epoch(0)
+    calls = []
+    for name in ("gated_batch", "gated_instance"):
+        f = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, f=f, name=name: calls.append(name) or f(*a))
+    results = {}
+    for on in (False, True):
+        monkeypatch.setattr(kernels, "enabled", lambda d, on=on: on)
+        configure(model, consistency=1.0 if method == "i-alt" else 0.0)
+        sched.before_step(x, torch.arange(6))
+        if method == "i-alt":
+            masks = sched.masks_for(x, torch.arange(6))
+            assert isinstance(masks, PackedMasks) == on
+        model.zero_grad()
+        out = model(x)
+        pen = support_penalty(model)
+        (torch.nn.functional.cross_entropy(out, y) + pen).backward()
+        pen = float(pen.detach()) if torch.is_tensor(pen) else pen
+        results[on] = (out.detach(), pen, [p.grad.clone() for p in model.parameters()])
+    n_layers = len(threshold_layers(model))
+    assert calls == ["gated_batch" if method == "b-alt" else "gated_instance"] * n_layers
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=1e-6)
+    assert results[True][1] == pytest.approx(results[False][1], rel=1e-5, abs=1e-9)
+    assert (results[False][1] > 0) == (method == "i-alt")  # the penalty is exercised
+    for a, b in zip(results[True][2], results[False][2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
