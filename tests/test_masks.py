@@ -231,3 +231,26 @@ def test_pack_masks_per_layer_equals_packing_the_concatenation(shapes):
     masks = _random_masks(9, shapes, seed=11)
     flat = torch.cat([m.reshape(9, -1) for m in masks], 1)
     assert np.array_equal(pack_masks(masks), np.packbits(flat.numpy(), axis=1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by bench/gpu_check.sh)")
+def test_row_writer_through_pinned_buffers_on_cuda():
+    """On CUDA the rows reach the store one batch behind through pinned buffers: the same bytes,
+    checksum and change count as packing on the host."""
+    from supportnet.masks import RowWriter
+
+    n = 70
+    masks = _random_masks(n, SHAPES, seed=12)
+    old = MaskStore(n, SHAPES)
+    old.write(torch.arange(n), _random_masks(n, SHAPES, seed=13))
+    host, dev = MaskStore(n, SHAPES), MaskStore(n, SHAPES)
+    wh, wd = RowWriter(host, "cpu", previous=old), RowWriter(dev, "cuda", previous=old)
+    for i in range(0, n, 16):
+        j = torch.arange(i, min(n, i + 16))
+        wh.put(j, [m[j] for m in masks])
+        wd.put(j, [m[j].cuda() for m in masks])
+    wh.close()
+    wd.close()
+    assert wd.overlap and not wh.overlap
+    assert np.array_equal(host.payload, dev.payload) and wd.diff == wh.diff > 0
+    assert host.finalize().checksum == dev.finalize().checksum
