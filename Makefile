@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 # torch is pinned here, not in pyproject.toml: 2.13.0 is the CPU build on this machine's disk, and
 # installing it first keeps pip from pulling a multi-GB CUDA build for the package's torch range.
 TORCH  := torch==2.13.0
-EXTRAS := dev,images,svhn,plots,tensorboard,lightning,onnx
+# gpu: triton, for the kernel tests under its interpreter (tests/test_kernels.py); ~290 MB wheel, ~1 GB installed
+EXTRAS := dev,images,svhn,plots,tensorboard,lightning,onnx,gpu
 
 .PHONY: setup data demo test test-all lint docs bench clean
 

@@ -1,10 +1,15 @@
-"""Training throughput (images/s) of SGD, B-alternation and I-alternation (snapshot) on one device.
+"""Training throughput (images/s) and peak memory of SGD, B-alternation and I-alternation on one device.
 
-    python bench/gpu_throughput.py [--device cuda] [--quick] [--compile]
+    python bench/gpu_throughput.py [--device cuda] [--quick] [--compile] [--fast-only]
 
 Synthetic data resident on the device (the device loader). Per model, each method
 is timed fp32 and with the fast path (bf16 autocast + channels_last), the methods
 interleaved and the median of repeats kept; ratios are to SGD in the same setting.
+Methods: SGD, B-alt, I-alt stored (supports estimated once into a MaskStore, handed to the
+layers by the schedule as fit() does: packed rows read by the Triton kernels when triton is
+installed; with its consistency penalty, as fit() trains it) and I-alt snapshot (without the
+penalty, as in the earlier tables). Peak memory: torch.cuda.max_memory_allocated over each
+method's steps (the model, the optimizer and the resident data included).
 Models: allcnn-c on 3x32x32 with batch 256; resnet18 on 3x224x224 with batch 128.
 Writes bench/out/gpu_throughput.json and prints a Markdown table.
 """
@@ -23,10 +28,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from supportnet.alternation import BAlternation
+from supportnet import kernels
+from supportnet.alternation import BAlternation, IAlternation
 from supportnet.config import SupportConfig
 from supportnet.data import Split
-from supportnet.layers import configure, record_masks, set_instance_masks
+from supportnet.layers import configure, record_masks, set_instance_masks, support_penalty
 from supportnet.models import create_model
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -49,44 +55,59 @@ def bench_model(name, shape, batch, steps, warm, repeats, dev, fast, use_compile
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     net = torch.compile(model) if use_compile else model
     amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if fast else nullcontext
-    balt = BAlternation(SupportConfig(method="b-alt", warmup=0), model, Split(x_all, y_all), dev)
+    split = Split(x_all, y_all)
+    balt = BAlternation(SupportConfig(method="b-alt", warmup=0), model, split, dev)
+    stored = IAlternation(SupportConfig(method="i-alt", backend="stored", warmup=0), model, split, dev)
+    stored.start_epoch(0)  # estimates the supports of the 4 batches
     snapshot = copy.deepcopy(model).eval()
+    index = torch.arange(batch * 4)
 
-    def step(i):
+    def step(i, penalised):
         j = (i % 4) * batch
         x, y = x_all[j : j + batch], y_all[j : j + batch]
         with amp():
             loss = F.cross_entropy(net(x), y)
+        objective = loss.float() + support_penalty(model) if penalised else loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         opt.step()
 
     def run(kind, n):
+        configure(model, consistency=1.0 if kind == "i-alt-stored" else 0.0)
         if kind == "sgd":
             configure(model, mode="free")
         elif kind == "b-alt":
             balt.start_epoch(0)
+        else:
+            configure(model, mode="instance", apply="gated")
         sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
         sync()
         t = time.perf_counter()
         for i in range(n):
+            j = (i % 4) * batch
             if kind == "i-alt-snapshot":
-                j = (i % 4) * batch
                 with amp():
                     set_instance_masks(model, record_masks(snapshot, x_all[j : j + batch]))
-            step(i)
+            elif kind == "i-alt-stored":
+                stored.before_step(x_all[j : j + batch], index[j : j + batch])
+            step(i, kind == "i-alt-stored")
         sync()
         return batch * n / (time.perf_counter() - t)
 
-    kinds = ["sgd", "b-alt", "i-alt-snapshot"]
+    kinds = ["sgd", "b-alt", "i-alt-stored", "i-alt-snapshot"]
     t0 = time.perf_counter()
     for k in kinds:
         run(k, warm)
     compile_s = time.perf_counter() - t0
     ips = {k: [] for k in kinds}
+    peak = dict.fromkeys(kinds, 0)
     for _ in range(repeats):
         for k in kinds:
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
             ips[k].append(run(k, steps))
+            if dev.type == "cuda":
+                peak[k] = max(peak[k], torch.cuda.max_memory_allocated(dev))
     med = {k: statistics.median(v) for k, v in ips.items()}
     return {
         "model": name,
@@ -97,6 +118,10 @@ def bench_model(name, shape, batch, steps, warm, repeats, dev, fast, use_compile
         "warmup_seconds": round(compile_s, 2),
         "images_per_s": med,
         "ratio_to_sgd": {k: med[k] / med["sgd"] for k in kinds},
+        "peak_memory_bytes": peak,
+        "peak_memory_ratio_to_sgd": {k: peak[k] / peak["sgd"] if peak["sgd"] else float("nan") for k in kinds},
+        "store_bytes": stored.store.nbytes,
+        "kernels": kernels.enabled(dev),
     }
 
 
@@ -106,6 +131,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke run)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile on allcnn-c")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--fast-only", action="store_true", help="only bf16 + channels_last (skip fp32)")
     a = ap.parse_args()
     dev = torch.device(a.device)
     if dev.type == "cuda":
@@ -117,7 +143,7 @@ def main() -> None:
         plan = [("allcnn-c", (3, 32, 32), 16, 2, 1), ("resnet18", (3, 64, 64), 4, 2, 1)]
     rows = []
     for name, shape, batch, steps, warm in plan:
-        for fast in (False, True):
+        for fast in (True,) if a.fast_only else (False, True):
             r = bench_model(name, shape, batch, steps, warm, a.repeats, dev, fast)
             rows.append(r)
             print(json.dumps(r), flush=True)
@@ -132,17 +158,22 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     (OUT / "gpu_throughput.json").write_text(json.dumps(res, indent=1))
     print(f"device: {res['device']}")
-    print("| model | input | batch | precision | SGD img/s | B-alt img/s (÷SGD) | I-alt snapshot img/s (÷SGD) |")
-    print("|---|---|---:|---|---:|---:|---:|")
+    print(
+        "| model | input | batch | precision | kernels | SGD img/s | B-alt img/s (÷SGD) | I-alt stored img/s (÷SGD) "
+        "| I-alt snapshot img/s (÷SGD) | peak memory ÷ SGD: B-alt / I-alt stored / snapshot |"
+    )
+    print("|---|---|---:|---|---|---:|---:|---:|---:|---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['model']} | compile failed: {r['error']} |")
             continue
         p = ("bf16 + channels_last" if r["fast_path"] else "fp32") + (" + compile" if r["compile"] else "")
-        ips, rat = r["images_per_s"], r["ratio_to_sgd"]
+        ips, rat, mem = r["images_per_s"], r["ratio_to_sgd"], r["peak_memory_ratio_to_sgd"]
         print(
-            f"| {r['model']} | {r['input']} | {r['batch']} | {p} | {ips['sgd']:.0f} | {ips['b-alt']:.0f} "
-            f"({rat['b-alt']:.2f}) | {ips['i-alt-snapshot']:.0f} ({rat['i-alt-snapshot']:.2f}) |"
+            f"| {r['model']} | {r['input']} | {r['batch']} | {p} | {'triton' if r['kernels'] else 'torch'} | "
+            f"{ips['sgd']:.0f} | {ips['b-alt']:.0f} ({rat['b-alt']:.2f}) | {ips['i-alt-stored']:.0f} "
+            f"({rat['i-alt-stored']:.2f}) | {ips['i-alt-snapshot']:.0f} ({rat['i-alt-snapshot']:.2f}) | "
+            f"{mem['b-alt']:.2f} / {mem['i-alt-stored']:.2f} / {mem['i-alt-snapshot']:.2f} |"
         )
 
 

@@ -165,3 +165,40 @@ def test_stored_masks_match_the_augmented_views_of_the_round(synthetic, tmp_path
     assert not torch.equal(x, synthetic.train.x[idx])  # the views really are augmented
     for a, b in zip(s.masks_for(x, idx), record_masks(frozen, x)):
         assert torch.equal(a, b)
+
+
+def test_reestimate_counts_mask_change_as_rows_arrive(synthetic):
+    """The between-rounds change counted while the new store is written equals a full comparison."""
+    model = _model(synthetic)
+    ia = IAlternation(
+        SupportConfig(method="i-alt", backend="stored", warmup=0), model, synthetic.train, torch.device("cpu")
+    )
+    ia.start_epoch(0)
+    first = ia.store
+    with torch.no_grad():  # move the weights so that some supports change
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ev = ia.reestimate()
+    assert 0 < ev["mask_change"] < 1
+    assert ev["mask_change"] == ia.store.changed_fraction(first)
+    assert ia.store.checksum == ia.store._digest()  # the digest taken in order is the payload's
+
+
+def test_snapshot_mask_change_from_packed_probe(synthetic):
+    """The snapshot back end keeps its probe supports packed; the change between rounds is the
+    fraction of probe bits that differ, as computed from the unpacked masks."""
+    model = _model(synthetic)
+    ia = IAlternation(
+        SupportConfig(method="i-alt", backend="snapshot", warmup=0), model, synthetic.train, torch.device("cpu")
+    )
+    ia.start_epoch(0)
+    n = ia._probe_prev.shape[0]
+    before = torch.cat([m.reshape(n, -1) for m in record_masks(model.eval(), synthetic.train.x[:n])], 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    after = torch.cat([m.reshape(n, -1) for m in record_masks(model.eval(), synthetic.train.x[:n])], 1)
+    ev = ia.reestimate()
+    assert ia._probe_prev.dtype.name == "uint8" and ia._probe_prev.shape == (n, -(-before.shape[1] // 8))
+    assert ev["mask_change"] == pytest.approx((before != after).double().mean().item(), rel=1e-12)
+    assert 0 < ev["mask_change"] < 1

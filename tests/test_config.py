@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from supportnet.config import Config, apply_override, from_dict, load_config
 from supportnet.errors import ConfigError
@@ -58,3 +59,17 @@ def test_bad_yaml_file(tmp_path):
         load_config(p)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_eval_batch_size_follows_the_device_unless_given():
+    from supportnet.config import EVAL_BATCH, eval_batch_for, load_config, resolve_method_defaults
+
+    assert load_config(None, []).train.eval_batch_size is None  # auto
+    assert resolve_method_defaults(load_config(None, [])).train.eval_batch_size == EVAL_BATCH["cpu"] == 128
+    cfg = load_config(None, ["train.device=cuda:1"])
+    assert resolve_method_defaults(cfg).train.eval_batch_size == EVAL_BATCH["cuda"] > EVAL_BATCH["cpu"]
+    assert resolve_method_defaults(load_config(None, ["train.eval_batch_size=77"])).train.eval_batch_size == 77
+    assert eval_batch_for(None, torch.device("cpu")) == 128 and eval_batch_for(5, "cuda") == 5
+    with pytest.raises(ConfigError, match="eval_batch_size"):
+        load_config(None, ["train.eval_batch_size=0"])
+    assert load_config(None, []).train.cuda_graphs is False

@@ -282,3 +282,40 @@ def test_converted_model_works_with_module_apply_script_trace_and_export():
     q = plain[0](x)
     assert torch.equal(want, plain[3](plain[2](torch.where(q > 0.1, q, 0.0))))  # q * 1[q > tau]
     assert set(model.state_dict()) == set(plain.state_dict())  # the state dict loads into the ReLU model
+
+
+@pytest.mark.parametrize("consistency", [0.0, 1.0])
+def test_instance_mode_takes_packed_masks(consistency):
+    """Packed rows (what the stored back end hands the layers on CUDA) give the layers, on the
+    CPU, the same outputs, penalties and gradients as the bool masks they unpack to."""
+    from supportnet.layers import support_penalty
+    from supportnet.masks import MaskStore
+
+    torch.manual_seed(0)
+    model = create_model("convnet-s", (1, 12, 12), 10, width=4, hidden=8)
+    x = torch.randn(6, 1, 12, 12)
+    shapes = [tuple(m.shape[1:]) for m in record_masks(model, x)]
+    store = MaskStore(6, shapes)
+    store.write(torch.arange(6), [torch.rand(6, *s) > 0.5 for s in shapes])
+    configure(model, mode="instance", apply="gated", consistency=consistency)
+    grads = []
+    for packed in (False, True):
+        set_instance_masks(model, store.read(torch.arange(6), packed=packed))
+        model.zero_grad()
+        out = model(x)
+        (out.square().sum() + support_penalty(model)).backward()
+        grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(grads[0][1], grads[1][1]))
+
+
+def test_mask_multiplier_is_exact():
+    """A bool mask applied as uint8 (the CPU's faster multiply) gives the same bits."""
+    from supportnet.layers import _factor
+
+    q = torch.randn(4, 3, 5, 5)
+    q[0, 0, 0, 0] = float("nan")
+    m = torch.rand(4, 3, 5, 5) > 0.5
+    for x in (q, q.bfloat16(), torch.relu(q)):
+        a, b = x * m, x * _factor(m)
+        assert a.dtype == b.dtype and torch.equal(a.view(-1)[1:], b.view(-1)[1:]) and b.view(-1)[0].isnan()

@@ -153,7 +153,7 @@ def test_changed_fraction_odd_geometry_and_popcount_fallback(monkeypatch):
     assert masks._popcount(x) == direct
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by bench/gpu_check2.sh)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by bench/gpu_check.sh)")
 def test_store_on_cuda_matches_cpu():
     """The accelerator paths (pack on the device, unpack on the device) store and return the same bits."""
     masks = _random_masks(37, SHAPES)
@@ -164,3 +164,93 @@ def test_store_on_cuda_matches_cpu():
     idx = torch.tensor([36, 0, 5])
     for a, b in zip(cpu.read(idx), gpu.read(idx, device="cuda")):
         assert b.device.type == "cuda" and torch.equal(a, b.cpu())
+
+
+@pytest.mark.parametrize("shapes", [SHAPES, [(13,), (2, 3, 5), (1,), (4, 4)]])
+def test_packed_read_gives_each_layer_its_bits(shapes):
+    """read(packed=True): the rows themselves; each layer's LayerBits (any bit offset, mid-byte
+    included) unpacks to the masks read() gives."""
+    from supportnet.masks import LayerBits, PackedMasks
+
+    n = 21
+    store = MaskStore(n, shapes)
+    masks = _random_masks(n, shapes, seed=4)
+    store.write(torch.arange(n), masks)
+    idx = torch.tensor([20, 3, 3, 0, 11])
+    pm = store.read(idx, packed=True)
+    assert isinstance(pm, PackedMasks) and len(pm) == len(shapes)
+    assert pm.rows.dtype == torch.uint8 and tuple(pm.rows.shape) == (5, store.row_bytes)
+    assert np.array_equal(pm.rows.numpy(), store.rows(idx))
+    offsets = [0]
+    for s in shapes[:-1]:
+        offsets.append(offsets[-1] + math.prod(s))
+    for lb, m, s, off in zip(pm, masks, shapes, offsets):
+        assert isinstance(lb, LayerBits) and lb.offset == off and lb.shape == (5, *s)
+        assert torch.equal(lb.unpack(), m[idx])
+    for a, b in zip(pm.unpack(), store.read(idx)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("order", ["in-order", "shuffled", "rewritten"])
+def test_checksum_taken_as_rows_arrive_equals_full_digest(order):
+    """finalize() uses the digest taken while rows arrived in order; any other order falls back
+    to reading the payload; the checksum is the same either way."""
+    n = 40
+    masks = _random_masks(n, SHAPES, seed=6)
+    idx = {"in-order": torch.arange(n), "shuffled": torch.randperm(n, generator=torch.Generator().manual_seed(0))}
+    store = MaskStore(n, SHAPES)
+    seq = idx.get(order, torch.arange(n))
+    for i in range(0, n, 16):
+        j = seq[i : i + 16]
+        store.write(j, [m[j] for m in masks])
+    if order == "rewritten":  # rows 0..15 written again after the in-order pass
+        store.write(torch.arange(16), [m[:16] for m in masks])
+    assert (store._hash is not None) == (order == "in-order")
+    full = store._digest()
+    assert store.finalize().checksum == full
+
+
+def test_row_writer_counts_changed_bits():
+    from supportnet.masks import RowWriter
+
+    n = 33
+    old = MaskStore(n, SHAPES)
+    old.write(torch.arange(n), _random_masks(n, SHAPES, seed=1))
+    new = MaskStore(n, SHAPES)
+    w = RowWriter(new, device="cpu", previous=old)
+    masks = _random_masks(n, SHAPES, seed=2)
+    for i in range(0, n, 10):
+        w.put(torch.arange(i, min(n, i + 10)), [m[i : i + 10] for m in masks])
+    w.close()
+    assert w.diff > 0 and w.diff / (n * new.bits) == new.changed_fraction(old)
+
+
+@pytest.mark.parametrize("shapes", [[(2, 4), (3, 8), (5,)], [(3, 5, 5), (7,), (2, 2, 3)], [(8,), (1,)]])
+def test_pack_masks_per_layer_equals_packing_the_concatenation(shapes):
+    """Layers that start on a byte are packed one by one (no concatenation): the same bytes."""
+    masks = _random_masks(9, shapes, seed=11)
+    flat = torch.cat([m.reshape(9, -1) for m in masks], 1)
+    assert np.array_equal(pack_masks(masks), np.packbits(flat.numpy(), axis=1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by bench/gpu_check.sh)")
+def test_row_writer_through_pinned_buffers_on_cuda():
+    """On CUDA the rows reach the store one batch behind through pinned buffers: the same bytes,
+    checksum and change count as packing on the host."""
+    from supportnet.masks import RowWriter
+
+    n = 70
+    masks = _random_masks(n, SHAPES, seed=12)
+    old = MaskStore(n, SHAPES)
+    old.write(torch.arange(n), _random_masks(n, SHAPES, seed=13))
+    host, dev = MaskStore(n, SHAPES), MaskStore(n, SHAPES)
+    wh, wd = RowWriter(host, "cpu", previous=old), RowWriter(dev, "cuda", previous=old)
+    for i in range(0, n, 16):
+        j = torch.arange(i, min(n, i + 16))
+        wh.put(j, [m[j] for m in masks])
+        wd.put(j, [m[j].cuda() for m in masks])
+    wh.close()
+    wd.close()
+    assert wd.overlap and not wh.overlap
+    assert np.array_equal(host.payload, dev.payload) and wd.diff == wh.diff > 0
+    assert host.finalize().checksum == dev.finalize().checksum

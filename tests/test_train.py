@@ -142,7 +142,7 @@ def test_nonfinite_gradient_stops_before_the_update(synthetic, tmp_path):
 def test_gpu_guard_skips_updates_on_the_device(synthetic, tmp_path, monkeypatch):
     """The GPU form of the divergence guard (no host sync per step): the fused SGD step skips its
     update on the device from the first non-finite step on, and the run stops at the next check.
-    Forced on the CPU here; bench/gpu_check2.sh runs the GPU path."""
+    Forced on the CPU here; bench/gpu_check.sh runs the GPU path."""
     from supportnet.train import build
 
     monkeypatch.setenv("SUPPORTNET_LAZY_GUARD", "1")
@@ -168,7 +168,7 @@ def test_gpu_guard_trains_like_the_step_guard(synthetic, tmp_path, monkeypatch):
     assert all(torch.allclose(sa[k], sb[k], rtol=1e-4, atol=1e-5) for k in sa)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by bench/gpu_check3.sh)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by bench/gpu_check.sh)")
 def test_gpu_guard_on_cuda(synthetic, tmp_path):
     """On a GPU the guard is the device-side one: a NaN gradient stops the run, no parameter moved."""
     from supportnet.train import build

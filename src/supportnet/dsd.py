@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import Config
+from .config import Config, eval_batch_for
 from .data import batches, epoch_order
 from .errors import ConfigError
 from .export import arch_of, plain_state_dict, taus_of
@@ -522,7 +522,7 @@ def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print, resume
         if not (resume and (Path(rcfg.out) / "checkpoint.pt").is_file()):
             res["revived"] = revive(model, units, pruning, cfg.train.seed)
         phase("redense", rcfg)
-    res["final_test_acc"] = evaluate(model, data.test, cfg.train.eval_batch_size, device)[1]
+    res["final_test_acc"] = evaluate(model, data.test, eval_batch_for(cfg.train.eval_batch_size, device), device)[1]
     atomic_write_text(out / "dsd.json", json.dumps(res, indent=1))
     return res
 

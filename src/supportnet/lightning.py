@@ -47,7 +47,9 @@ class SupportCallback(L.pytorch.Callback):
     ``support``: ``support.*`` config keys (``backend="stored"``, ``warmup=1``, ...).
     """
 
-    def __init__(self, method: str, train=None, *, module: str | None = None, eval_batch_size: int = 128, **support):
+    def __init__(
+        self, method: str, train=None, *, module: str | None = None, eval_batch_size: int | None = None, **support
+    ):
         self.method, self.train, self.module_attr = method, train, module
         self.eval_batch_size, self.support = eval_batch_size, support
         self.schedule: Schedule | None = None

@@ -49,6 +49,16 @@ def pack_masks(masks: Sequence[torch.Tensor]) -> np.ndarray:
     Masks on an accelerator are packed there (:func:`pack_rows`), so 1 bit per activation
     crosses to the host instead of a byte; CPU masks go through ``np.packbits``."""
     b = masks[0].shape[0]
+    if masks[0].device.type == "cpu" and all(m[0].numel() % 8 == 0 for m in masks[:-1]):
+        # every layer starts on a byte: pack each into its columns, without concatenating the masks first
+        sizes = [m[0].numel() for m in masks]
+        out = np.empty((b, (sum(sizes) + 7) // 8), dtype=np.uint8)
+        pos = 0
+        for m, k in zip(masks, sizes):
+            nb = (k + 7) // 8
+            out[:, pos : pos + nb] = np.packbits(m.reshape(b, -1).numpy().astype(np.bool_, copy=False), axis=1)
+            pos += nb
+        return out
     flat = torch.cat([m.reshape(b, -1) for m in masks], dim=1)
     if flat.device.type != "cpu":
         return pack_rows(flat).cpu().numpy()
@@ -94,6 +104,17 @@ def unpack_rows(rows: torch.Tensor, bits: int) -> torch.Tensor:
     return ((rows.unsqueeze(-1) >> _const("s", rows.device)) & 1).view(b, -1)[:, :bits].bool()
 
 
+def _to_device(rows: np.ndarray, device) -> torch.Tensor:
+    """Host rows as a tensor on ``device``; to an accelerator through pinned memory, without
+    blocking the host (the copy overlaps with work already queued)."""
+    t = torch.from_numpy(rows)
+    if device is None or torch.device(device).type == "cpu":
+        return t
+    if torch.device(device).type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def unpack_masks(rows: np.ndarray, shapes: Sequence[Sequence[int]], device=None) -> list[torch.Tensor]:
     """Inverse of :func:`pack_masks`: ``(B, row_bytes)`` uint8 -> list of ``(B, *shape_l)`` bool.
 
@@ -101,7 +122,7 @@ def unpack_masks(rows: np.ndarray, shapes: Sequence[Sequence[int]], device=None)
     unpacked there; on the CPU ``np.unpackbits`` does it."""
     bits = sum(_numel(s) for s in shapes)
     if device is not None and torch.device(device).type != "cpu":
-        flat = unpack_rows(torch.from_numpy(np.ascontiguousarray(rows)).to(device, non_blocking=True), bits)
+        flat = unpack_rows(_to_device(np.ascontiguousarray(rows), device), bits)
     else:
         flat = torch.from_numpy(np.unpackbits(rows, axis=1, count=bits).view(np.bool_))
     out, pos = [], 0
@@ -110,6 +131,108 @@ def unpack_masks(rows: np.ndarray, shapes: Sequence[Sequence[int]], device=None)
         out.append(flat[:, pos : pos + k].reshape(rows.shape[0], *s))
         pos += k
     return out
+
+
+class RowWriter:
+    """Writes a batch's supports into a :class:`MaskStore` (the estimation pass).
+
+    On CUDA the masks are packed on the device and copied into pinned host buffers without
+    blocking; each batch's rows are written into the store (and hashed, and compared with
+    ``previous``) while the device computes the next batch. Elsewhere they are packed and
+    written at once. :meth:`close` writes the last batch. ``diff``: the bits that differ from
+    ``previous`` in the rows written (the change between rounds, without another pass)."""
+
+    def __init__(self, store: MaskStore, device=None, previous: MaskStore | None = None):
+        self.store, self.previous, self.diff = store, previous, 0
+        self.overlap = device is not None and torch.device(device).type == "cuda"
+        self._pending: tuple | None = None
+        self._buffers: list[torch.Tensor] = []
+
+    def put(self, index, masks: Sequence[torch.Tensor]) -> None:
+        if not self.overlap:
+            self._commit(self.store._check_index(index), pack_masks(masks))
+            return
+        b = masks[0].shape[0]
+        rows = pack_rows(torch.cat([m.reshape(b, -1) for m in masks], dim=1))
+        if not self._buffers or self._buffers[0].shape[0] < b:  # two pinned buffers, used in turn
+            self._drain()
+            self._buffers = [torch.empty((b, self.store.row_bytes), dtype=torch.uint8, pin_memory=True) for _ in "ab"]
+        buf = self._buffers[0][:b]
+        buf.copy_(rows, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        self._buffers.reverse()  # the other buffer next time (this one is pending until drained)
+        self._drain()
+        self._pending = (self.store._check_index(index), buf, done)
+
+    def _drain(self) -> None:
+        if self._pending is not None:
+            idx, buf, done = self._pending
+            self._pending = None
+            done.synchronize()
+            self._commit(idx, buf.numpy())
+
+    def _commit(self, idx: np.ndarray, rows: np.ndarray) -> None:
+        if self.previous is not None:  # the pad bits at each row's end are zero in both
+            self.diff += _popcount(np.bitwise_xor(rows, self.previous.payload[idx]))
+        self.store.write_rows(idx, rows)
+
+    def close(self) -> None:
+        self._drain()
+
+
+class LayerBits:
+    """One layer's supports inside packed rows: ``rows`` ``(B, row_bytes)`` uint8 (the
+    :class:`MaskStore` row layout, on any device), the layer's bits starting at bit ``offset`` of
+    each row, in C order of ``unit_shape``. ``shape`` is the mask's ``(B, *unit_shape)``, so a
+    layer can check it as it checks a bool mask; :meth:`unpack` gives that bool mask."""
+
+    __slots__ = ("rows", "offset", "unit_shape")
+
+    def __init__(self, rows: torch.Tensor, offset: int, unit_shape: Sequence[int]):
+        self.rows, self.offset, self.unit_shape = rows, int(offset), tuple(int(d) for d in unit_shape)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.rows.shape[0], *self.unit_shape))
+
+    @property
+    def device(self) -> torch.device:
+        return self.rows.device
+
+    def unpack(self) -> torch.Tensor:
+        """The ``(B, *unit_shape)`` bool mask, unpacked on the rows' device."""
+        k = _numel(self.unit_shape)
+        first, last = self.offset // 8, (self.offset + k + 7) // 8
+        flat = unpack_rows(self.rows[:, first:last], 8 * (last - first))
+        lo = self.offset - 8 * first
+        return flat[:, lo : lo + k].reshape(self.shape)
+
+
+class PackedMasks:
+    """Every layer's supports for a batch as packed rows (what :meth:`MaskStore.read` hands the
+    layers with ``packed=True``): ``rows`` ``(B, row_bytes)`` uint8 on the device, and each
+    layer's unit shape and first bit. Indexing and iteration give :class:`LayerBits`;
+    :meth:`unpack` gives the bool masks :func:`unpack_masks` gives."""
+
+    def __init__(self, rows: torch.Tensor, shapes: Sequence[Sequence[int]]):
+        self.rows = rows
+        self.shapes = [tuple(int(d) for d in s) for s in shapes]
+        self.offsets = [0]
+        for s in self.shapes[:-1]:
+            self.offsets.append(self.offsets[-1] + _numel(s))
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, i: int) -> LayerBits:
+        return LayerBits(self.rows, self.offsets[i], self.shapes[i])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def unpack(self) -> list[torch.Tensor]:
+        return [lb.unpack() for lb in self]
 
 
 class MaskStore:
@@ -133,6 +256,11 @@ class MaskStore:
         self._header = self._make_header()
         self._tmp: str | None = None
         self.readonly = False
+        # the payload's digest, taken as rows arrive in order (write_rows), so that finalize
+        # need not read the payload again; None once rows arrive out of order
+        self._hash: hashlib.blake2b | None = hashlib.blake2b(digest_size=_DIGEST)
+        self._hashed = 0
+        self.changed = float("nan")  # fraction of bits changed from the previous round's store (RowWriter)
         if self.path is None:
             self.payload = np.zeros((self.n, self.row_bytes), dtype=np.uint8)
         else:
@@ -188,15 +316,38 @@ class MaskStore:
 
     def write(self, index, masks: Sequence[torch.Tensor]) -> None:
         """Store the supports of the examples ``index`` (masks: one ``(B, *shape)`` per layer)."""
-        if self.readonly:
-            raise RuntimeError("this MaskStore was opened read-only")
         if [tuple(m.shape[1:]) for m in masks] != self.shapes:
             raise ValueError(f"mask shapes {[tuple(m.shape[1:]) for m in masks]} do not match the store {self.shapes}")
-        self.payload[self._check_index(index)] = pack_masks(masks)
+        self.write_rows(index, pack_masks(masks))
 
-    def read(self, index, device=None) -> list[torch.Tensor]:
-        """The supports of the examples ``index``: one ``(B, *shape)`` bool tensor per layer."""
+    def write_rows(self, index, rows: np.ndarray) -> None:
+        """Store already packed rows ``(B, row_bytes)`` uint8 of the examples ``index``."""
+        if self.readonly:
+            raise RuntimeError("this MaskStore was opened read-only")
+        if rows.shape != (len(index), self.row_bytes) or rows.dtype != np.uint8:
+            raise ValueError(f"rows {rows.shape} ({rows.dtype}) for {len(index)} examples of {self.row_bytes} bytes")
+        idx = self._check_index(index)
+        self.payload[idx] = rows
+        if self._hash is not None:  # rows in order from the last hashed one: hash them now, cache-hot
+            k = len(idx)
+            if (
+                k
+                and idx[0] == self._hashed
+                and idx[-1] == self._hashed + k - 1
+                and (k == 1 or (np.diff(idx) == 1).all())
+            ):
+                self._hash.update(np.ascontiguousarray(rows).data)
+                self._hashed += k
+            elif k:
+                self._hash = None
+
+    def read(self, index, device=None, packed: bool = False) -> list[torch.Tensor] | PackedMasks:
+        """The supports of the examples ``index``: one ``(B, *shape)`` bool tensor per layer, or
+        with ``packed`` the rows themselves on ``device`` (:class:`PackedMasks`, 1 bit per
+        activation; the fused kernels of :mod:`supportnet.kernels` read them there)."""
         rows = np.ascontiguousarray(self.payload[self._check_index(index)])
+        if packed:
+            return PackedMasks(_to_device(rows, device), self.shapes)
         return unpack_masks(rows, self.shapes, device=device)
 
     def rows(self, index) -> np.ndarray:
@@ -213,7 +364,9 @@ class MaskStore:
     # -- persistence -----------------------------------------------------------
     def finalize(self) -> MaskStore:
         """Record the payload checksum; for a file store, fsync and rename it into place."""
-        self.checksum = self._digest()
+        done = self._hash is not None and self._hashed == self.n
+        self.checksum = self._hash.hexdigest() if done else self._digest()  # type: ignore[union-attr]
+        self._hash = None
         self._header = self._make_header()
         if self.path is not None and self._tmp is not None:
             assert isinstance(self.payload, np.memmap)
@@ -299,6 +452,7 @@ class MaskStore:
         ):
             raise IntegrityError(f"mask store {path} has an inconsistent header; {fix}")
         store.path, store._tmp, store.readonly = path, None, True
+        store._hash, store._hashed, store.changed = None, 0, float("nan")
         store._header = store._make_header()
         if len(store._header) != hlen:
             raise IntegrityError(f"mask store {path} has a damaged header; {fix}")

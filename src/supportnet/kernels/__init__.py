@@ -1,0 +1,258 @@
+"""Fused support kernels in Triton, used on CUDA (paper Eq. 9, 13 and 39-41).
+
+Two autograd nodes replace the torch code of :class:`~supportnet.layers.HardThreshold` for the
+``gated`` application (``z = m * relu_tau(q)``, tau >= 0) when the activations live on a CUDA
+device and ``triton`` is importable (``pip install 'supportnet[gpu]'``):
+
+* :func:`gated_batch`: B-alternation's support (Eq. 39-41). Pass 1 reads ``q`` once and writes
+  the rule's per-unit statistic (energy ``sum_n relu_tau(q)^2`` in float32, or the vote count)
+  and per-block sums (the layer mean of ``energy-rel``); pass 2 turns them into the mask and
+  writes ``out = relu_tau(q) * m``. Backward is one pass (``threshold_backward`` on ``out``).
+* :func:`gated_instance`: I-alternation's stored support, read straight from the packed
+  :class:`~supportnet.masks.MaskStore` rows (1 bit per activation, never unpacked to bytes),
+  with the support-consistency penalty ``mean(where(m, 0, relu(q - tau))^2)`` summed in the
+  same pass. Backward recomputes the mask from the bits and adds the penalty's term in the
+  same pass; it saves ``q`` and the rows (without the penalty, ``out`` only, like ``relu``).
+
+On the CPU nothing here runs: the layers keep their torch code, bit for bit. The kernels run
+on CPU tensors only under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests
+check them against the torch reference on a machine without a GPU. ``SUPPORTNET_KERNELS=0``
+switches them off on CUDA too.
+
+The activations may be any dense layout (contiguous or channels_last, 2-D to 4-D); others,
+and code traced by ``torch.compile``, take the torch path.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import os
+from typing import NamedTuple
+
+import torch
+
+ENV = "SUPPORTNET_KERNELS"  # "0": never use the kernels
+BLOCK = 1024  # units per program (tests pass smaller blocks)
+RULE_CODES = {"energy-rel": 0, "energy": 1, "vote": 2}
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether ``triton`` is installed and imports (checked once; imports it)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken install is "not available"
+        return False
+    return True
+
+
+def enabled(device) -> bool:
+    """Whether the layers use the fused kernels for activations on ``device``: a CUDA device
+    with ``triton`` importable, unless ``SUPPORTNET_KERNELS=0``."""
+    return torch.device(device).type == "cuda" and os.environ.get(ENV, "1") != "0" and triton_available()
+
+
+class Geometry(NamedTuple):
+    """How ``(B, *unit)`` activations sit in memory: ``U`` units per example, memory-order
+    sizes ``e2, e3`` of the last two unit dimensions and the C-order strides ``l1, l2, l3``
+    of the three (padded) unit dimensions in memory order; ``ident`` when both orders agree."""
+
+    units: int
+    e2: int
+    e3: int
+    l1: int
+    l2: int
+    l3: int
+    ident: bool
+
+
+def geometry(q: torch.Tensor) -> Geometry | None:
+    """The :class:`Geometry` of ``q``, or None when the kernels cannot address it (a layout
+    that is not dense per example, more than 3 unit dimensions)."""
+    if q.dim() < 2:
+        return None
+    shape, strides = q.shape[1:], q.stride()[1:]
+    units = math.prod(shape)
+    if q.shape[0] > 1 and q.stride(0) != units:
+        return None
+    cstride, acc = [0] * len(shape), 1
+    for i in range(len(shape) - 1, -1, -1):
+        cstride[i] = acc
+        acc *= shape[i]
+    dims = sorted(((strides[i], shape[i], cstride[i]) for i in range(len(shape)) if shape[i] > 1), reverse=True)
+    expect = 1
+    for stride, size, _ in reversed(dims):
+        if stride != expect:
+            return None
+        expect *= size
+    if len(dims) > 3:
+        return None
+    dims = [(0, 1, 0)] * (3 - len(dims)) + dims
+    ident = all(s == c for s, _, c in dims if s)
+    return Geometry(units, dims[1][1], dims[2][1], dims[0][2], dims[1][2], dims[2][2], ident)
+
+
+def usable(q: torch.Tensor) -> bool:
+    """Whether the layers take the kernel path for these activations."""
+    return (
+        enabled(q.device)
+        and q.dtype in _DTYPES
+        and not torch.compiler.is_compiling()
+        and q.numel() > 0
+        and geometry(q) is not None
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _tau_in(tau: float, dtype: torch.dtype) -> float:
+    """``tau`` rounded to ``dtype``: torch compares bf16/fp16 activations with a Python number in
+    that dtype, so the kernels (which compare in float32) must use the rounded threshold."""
+    return float(torch.tensor(tau, dtype=dtype).item())
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _same_layout(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` laid out as ``ref`` (a copy only when the strides differ)."""
+    if t.stride() == ref.stride() and t.dtype == ref.dtype:
+        return t
+    return torch.empty_like(ref).copy_(t)
+
+
+def batch_forward(
+    q: torch.Tensor, tau: float, rule: str, beta: float, block: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, m)``: the batch support ``m`` (bool, ``q.shape[1:]``) of ``rule`` and
+    ``out = relu_tau(q) * m``, in two passes over ``q``. No autograd (see :func:`gated_batch`)."""
+    from . import _triton as k
+
+    g = geometry(q)
+    if g is None:
+        raise ValueError(f"activations of shape {tuple(q.shape)} and strides {q.stride()} are not dense")
+    b, u, bl = q.shape[0], g.units, block or BLOCK
+    n_u = _cdiv(u, bl)
+    splits = max(1, min(_cdiv(1024, n_u), _cdiv(b, 4)))
+    rows1 = _cdiv(b, splits)
+    splits = _cdiv(b, rows1)
+    part = torch.empty((splits, u), dtype=torch.float32, device=q.device)
+    tot = torch.empty(splits * n_u, dtype=torch.float32, device=q.device)
+    t = _tau_in(float(tau), q.dtype)
+    code = RULE_CODES[rule]
+    k.batch_stats_kernel[(n_u, splits)](q, part, tot, b, u, rows1, t, VOTE=code == 2, BLOCK=bl)
+    out = torch.empty_like(q)
+    m = torch.empty_strided(q.shape[1:], q.stride()[1:], dtype=torch.uint8, device=q.device)
+    rows2 = min(b, 16)
+    k.batch_apply_kernel[(n_u, _cdiv(b, rows2))](
+        q, out, m, part, tot, b, u, splits, splits * n_u, rows2, t, float(beta), RULE=code, BLOCK=bl, TBLOCK=256
+    )
+    return out, m.view(torch.bool)
+
+
+def instance_forward(
+    q: torch.Tensor, rows: torch.Tensor, bit_off: int, tau: float, penalty: bool, block: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, pen)``: ``out = relu_tau(q) * m`` with ``m`` read from the packed ``rows``
+    (``(B, row_bytes)`` uint8, this layer's bits from ``bit_off``) and, with ``penalty``, the
+    consistency penalty ``mean(where(m, 0, relu(q - tau))^2)`` (float32; else a zero). No autograd."""
+    from . import _triton as k
+
+    g = geometry(q)
+    if g is None:
+        raise ValueError(f"activations of shape {tuple(q.shape)} and strides {q.stride()} are not dense")
+    b, bl = q.shape[0], block or BLOCK
+    n_u = _cdiv(g.units, bl)
+    out = torch.empty_like(q)
+    part = torch.empty(b * n_u if penalty else 1, dtype=torch.float32, device=q.device)
+    k.instance_fwd_kernel[(n_u, b)](
+        q, out, rows, part, g.units, rows.stride(0), int(bit_off), _tau_in(float(tau), q.dtype),
+        g.e2, g.e3, g.l1, g.l2, g.l3, PEN=bool(penalty), IDENT=g.ident, BLOCK=bl,
+    )  # fmt: skip
+    pen = part.sum() / q.numel() if penalty else torch.zeros((), dtype=torch.float32, device=q.device)
+    return out, pen
+
+
+def gated_backward(
+    grad: torch.Tensor,
+    src: torch.Tensor,
+    rows: torch.Tensor | None = None,
+    bit_off: int = 0,
+    tau: float = 0.0,
+    gpen: torch.Tensor | None = None,
+    pen_scale: float = 0.0,
+    block: int | None = None,
+) -> torch.Tensor:
+    """The gradient of both nodes with respect to ``q``. Without ``rows``, ``src`` is the forward
+    output (the gradient passes where it is positive); with ``rows``, ``src`` is ``q`` and the
+    mask comes from the bits, plus ``where(m, 0, relu(q - tau)) * gpen * pen_scale`` with ``gpen``."""
+    from . import _triton as k
+
+    g = geometry(src)
+    assert g is not None
+    grad = _same_layout(grad, src)
+    b, bl = src.shape[0], block or BLOCK
+    out = torch.empty_like(src)
+    from_bits = rows is not None
+    k.gated_bwd_kernel[(_cdiv(g.units, bl), b)](
+        out, grad, src, rows if from_bits else src, gpen if gpen is not None else src, g.units,
+        rows.stride(0) if from_bits else 0, int(bit_off), _tau_in(float(tau), src.dtype), float(pen_scale),
+        g.e2, g.e3, g.l1, g.l2, g.l3, FROM_BITS=from_bits, PEN=from_bits and gpen is not None, IDENT=g.ident,
+        BLOCK=bl,
+    )  # fmt: skip
+    return out
+
+
+class GatedBatch(torch.autograd.Function):
+    """``(out, m)`` of :func:`batch_forward` as an autograd node; saves ``out`` only."""
+
+    @staticmethod
+    def forward(ctx, q, tau, rule, beta):  # type: ignore[override]
+        out, m = batch_forward(q, tau, rule, beta)
+        ctx.save_for_backward(out)
+        ctx.mark_non_differentiable(m)
+        return out, m
+
+    @staticmethod
+    def backward(ctx, grad, _grad_m):  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        return gated_backward(grad, out), None, None, None
+
+
+class GatedInstance(torch.autograd.Function):
+    """``(out, pen)`` of :func:`instance_forward` as an autograd node. With the penalty it saves
+    ``q`` and the rows (the penalty's gradient needs ``q`` where the support is off, and ``out``
+    is zero there); without, ``out`` only, as relu does (the next layer keeps it anyway)."""
+
+    @staticmethod
+    def forward(ctx, q, rows, bit_off, tau, penalty):  # type: ignore[override]
+        out, pen = instance_forward(q, rows, bit_off, tau, penalty)
+        ctx.save_for_backward(*((q, rows) if penalty else (out,)))
+        ctx.bit_off, ctx.tau, ctx.penalty, ctx.numel = bit_off, tau, penalty, q.numel()
+        return out, pen
+
+    @staticmethod
+    def backward(ctx, grad, grad_pen):  # type: ignore[override]
+        if not ctx.penalty:  # the gradient passes where out > 0, i.e. where m and q > tau
+            (out,) = ctx.saved_tensors
+            return gated_backward(grad, out), None, None, None, None
+        q, rows = ctx.saved_tensors
+        gpen = grad_pen if grad_pen is not None else None
+        g = gated_backward(grad, q, rows, ctx.bit_off, ctx.tau, gpen, 2.0 / ctx.numel)
+        return g, None, None, None, None
+
+
+def gated_batch(q: torch.Tensor, tau: float, rule: str, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """B-alternation's fused support: ``(relu_tau(q) * m, m)`` with ``m`` the batch rule's support."""
+    return GatedBatch.apply(q, tau, rule, beta)
+
+
+def gated_instance(q: torch.Tensor, bits, tau: float, penalty: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """I-alternation's fused stored support: ``(relu_tau(q) * m, pen)`` with ``m`` read from
+    ``bits`` (a :class:`~supportnet.masks.LayerBits`) and ``pen`` the consistency penalty."""
+    return GatedInstance.apply(q, bits.rows, bits.offset, tau, penalty)
