@@ -21,7 +21,7 @@ interleaved and the median over repeats kept:
 Writes bench/out/overhead[-cuda].json and prints a Markdown table.
 A benchmark, not a test: run it alone on the machine; only ratios measured in one run are reported.
 
-The training step is :func:`step` (one function), the supports handed to the layers by each
+The training step is the library's :func:`~supportnet.train.train_step`, the supports handed to the layers by each
 method's schedule (``before_step``) as fit() does.
 """
 
@@ -47,9 +47,9 @@ from torch import nn
 from supportnet.alternation import make_schedule
 from supportnet.config import METHOD_DEFAULTS, SupportConfig, load_config
 from supportnet.data import batches, epoch_order, load_data
-from supportnet.layers import configure, support_penalty
+from supportnet.layers import configure
 from supportnet.models import create_model
-from supportnet.train import fit
+from supportnet.train import fit, train_step
 
 OUT = Path(__file__).resolve().parent / "out"
 KINDS = ("sgd", "b-alt", "i-alt-stored", "i-alt-snapshot")
@@ -70,13 +70,10 @@ TARGETS = {  # issue 17: (CPU, GPU)
 
 
 def step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, penalised: bool) -> None:
-    """One training step as fit() takes it: forward, the objective (with the support-consistency
-    penalty where the method has one), backward, update."""
-    loss = F.cross_entropy(model(x), y)
-    objective = loss + support_penalty(model) if penalised else loss
-    opt.zero_grad(set_to_none=True)
-    objective.backward()
-    opt.step()
+    """One training step: the library's own :func:`supportnet.train.train_step` (forward, the
+    objective with the support-consistency penalty where the method has one, backward, update),
+    without the divergence guard, which costs every method the same."""
+    train_step(model, opt, x, y, penalised=penalised)
 
 
 class Bench:
