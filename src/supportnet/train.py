@@ -41,6 +41,7 @@ from .errors import ConfigError, DivergenceError
 from .io import atomic_write_text, save_checkpoint
 from .layers import collect_stats, configure, layer_mode, support_penalty, threshold_layers
 from .models import count_params, create_model
+from .runfolder import claim_run_folder, releases_run_folders
 
 METRIC_DOC = {
     "epoch": "epochs completed",
@@ -208,6 +209,7 @@ def check_model_fits(model: nn.Module, cfg: Config, data: DataBundle) -> None:
         )
 
 
+@releases_run_folders
 def fit(
     cfg: Config,
     data: DataBundle | None = None,
@@ -215,6 +217,7 @@ def fit(
     step_hook=None,
     resume: str | Path | None = None,
     strict: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Train as ``cfg`` says and return the run folder (see the module docstring).
 
@@ -223,6 +226,8 @@ def fit(
     ``resume``: a run folder; training continues from its ``checkpoint.pt`` (which may
     be mid-epoch) and ends with the weights an uninterrupted run would have, bit for bit
     on CPU. ``strict``: a damaged mask store is an error instead of a re-estimation.
+    ``overwrite``: a new run may replace another run's files in ``cfg.out`` (else refused;
+    :mod:`supportnet.runfolder`).
     """
     rs = None
     if resume is not None:
@@ -249,9 +254,10 @@ def fit(
         data = to_device(data, device)
     out = Path(cfg.out) if cfg.out else _default_out(cfg)
     main = info.is_main  # only rank 0 writes the run folder
-    if main and rs is None:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    if main:  # the folder is this run's (locked) until fit returns: supportnet.runfolder
+        claim_run_folder(out, resume=rs is not None, overwrite=overwrite)
+        if rs is None:
+            atomic_write_text(out / "config.yaml", cfg.to_yaml())
 
     # On a GPU the divergence guard must not stall the queue with a host sync every step: the
     # fused SGD kernel skips its update on the device while ``found_inf`` is set (sticky: from the
