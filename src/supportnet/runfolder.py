@@ -139,11 +139,12 @@ def _entries(path: Path) -> list[str]:
     return [n for n in names if n != LOCK_NAME and not _TMP.match(n)]
 
 
-def _taken_message(path: Path, names: list[str]) -> str:
+def _taken_message(path: Path, names: list[str], resumable: bool) -> str:
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    cont = f"continue that run with --resume {path}, " if resumable else ""
     return (
-        f"run folder {path} already holds another run's files ({shown}); continue that run with "
-        f"--resume {path}, choose a new --out, or pass --overwrite to replace them"
+        f"run folder {path} already holds another run's files ({shown}); {cont}"
+        f"choose a new --out, or pass --overwrite to replace them"
     )
 
 
@@ -187,7 +188,12 @@ def _busy_message(path: Path) -> str:
 
 
 def check_run_folder(
-    path: str | Path, *, resume: bool = False, overwrite: bool = False, reuse: Iterable[str] = ()
+    path: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    reuse: Iterable[str] = (),
+    resumable: bool = True,
 ) -> Path:
     """What :func:`claim_run_folder` checks, without writing anything (to refuse early)."""
     path = check_output_dir(path)
@@ -196,12 +202,17 @@ def check_run_folder(
         if not resume and not overwrite:
             names = _foreign(_entries(path), reuse)
             if names:
-                raise RunFolderError(_taken_message(path, names))
+                raise RunFolderError(_taken_message(path, names, resumable))
     return path
 
 
 def claim_run_folder(
-    path: str | Path, *, resume: bool = False, overwrite: bool = False, reuse: Iterable[str] = ()
+    path: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    reuse: Iterable[str] = (),
+    resumable: bool = True,
 ) -> RunFolder:
     """Make ``path`` and own it for this run (module docstring); returns the held :class:`RunFolder`.
 
@@ -209,6 +220,7 @@ def claim_run_folder(
     ``overwrite``: a new run may replace another run's files (:data:`RUN_FILES` are removed).
     ``reuse``: glob patterns of entries a new run may find and reuse as its own (the finished
     sub-runs of an interrupted convergence study); anything else is another run's.
+    ``resumable``: the refusal names ``--resume`` (train, dsd) or not (compare, theory).
     """
     import fcntl
 
@@ -231,7 +243,7 @@ def claim_run_folder(
         if not resume:  # checked under the lock: no other process can fill the folder meanwhile
             names = _foreign(_entries(path), reuse)
             if names and not overwrite:
-                raise RunFolderError(_taken_message(path, names))
+                raise RunFolderError(_taken_message(path, names, resumable))
             if names:
                 _remove_run_files(path)
         _remove_stale_temporaries(path)
