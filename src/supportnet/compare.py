@@ -80,10 +80,11 @@ def compare(base: Config, methods: list[str], out: str | Path, data=None, overwr
     if not methods:
         raise ConfigError("no methods given; e.g. --methods sgd,b-alt,i-alt")
     cfgs = {spec: method_config(base, spec) for spec in methods}  # validate all before training any
-    from .train import build, fit
+    from .train import build, check_model_fits, fit
 
-    if data is None:
-        data, _ = build(base)
+    data, model = build(base, data)
+    for cfg in cfgs.values():  # each method's support config against the model, before anything is written
+        check_model_fits(model, cfg, data)
     claim_run_folder(out, overwrite=overwrite, resumable=False)
     results: dict[str, dict] = {}
     for spec, cfg in cfgs.items():

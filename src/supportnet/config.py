@@ -369,6 +369,9 @@ def validate(cfg: Config) -> Config:
         )
     _check_ranges(cfg)
     _check_lists(cfg)
+    for key, v in (("out", cfg.out), ("data.data_dir", cfg.data.data_dir)):
+        if v is not None and not v.strip():
+            raise ConfigError(f"{key} is empty; give a folder, or drop it for the default")
     s = cfg.support
     if s.max_gap < s.min_gap:
         raise ConfigError(

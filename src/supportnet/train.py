@@ -207,6 +207,12 @@ def check_model_fits(model: nn.Module, cfg: Config, data: DataBundle) -> None:
             f"model {cfg.model.name!r} gives {out.shape[-1]} outputs but {data.name} has "
             f"{data.num_classes} classes; drop the num_classes override"
         )
+    # the support config against the model, here and not when the schedule starts: before the run folder is written
+    n, tau = len(threshold_layers(model)), cfg.support.tau
+    if isinstance(tau, list) and len(tau) != n:
+        raise ConfigError(
+            f"support.tau has {len(tau)} values but the model has {n} threshold layers; give one value or one per layer"
+        )
 
 
 @releases_run_folders
