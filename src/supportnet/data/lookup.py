@@ -185,7 +185,10 @@ def fetch_dataset(name: str, root: str | Path | None = None, quiet: bool = False
     if not spec.urls:
         raise DataError(f"data set {name!r} cannot be downloaded ({spec.note or 'no public URL'})")
     dest = Path(root).expanduser() if root else Path("~/.cache/supportnet").expanduser() / name
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot make the data folder {dest} ({e.strerror or e}); choose another --root") from None
     for role, fname in spec.files.items():
         if role in spec.optional:
             continue
