@@ -212,17 +212,22 @@ def open_image(p: Path):
     """Decode the image at ``p`` as RGB, refusing one whose header claims more than
     :data:`MAX_IMAGE_PIXELS` before any pixel is decoded; a corrupt file is one DataError."""
     Image = require("PIL.Image")
+    import warnings
+
     from PIL import UnidentifiedImageError
 
+    too_large = f"more than the {MAX_IMAGE_PIXELS:,} pixels allowed (a decompression bomb?); shrink or remove it"
     try:
-        with Image.open(p) as im:  # reads the header only
-            w, h = im.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise DataError(
-                    f"image {p} claims {w}x{h} pixels, more than the {MAX_IMAGE_PIXELS:,} allowed; shrink or remove it"
-                )
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError, SyntaxError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's own guard: one line
+            with Image.open(p) as im:  # reads the header only
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise DataError(f"image {p} is too large: it claims {w}x{h} pixels, {too_large}")
+                return im.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"image {p} is too large: {too_large}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"image {p} is truncated or not an image ({type(e).__name__}); remove or replace it") from None
 
 

@@ -82,7 +82,10 @@ def _what_is_missing(d: Path, name: str, spec: DatasetSpec) -> str:
     """Why an explicit data folder does not hold ``name``: the files it lacks, and the fix."""
     fix = f"put the missing files there, run 'supportnet data fetch {name} --root {d}', or drop --data-dir"
     if spec.present is not None or not spec.files:
-        return f"does not hold the {name} data set (nor does {d / name}); {fix}"
+        what = ", ".join(spec.files.values()) or "train/ and val/ (or test/) folders of class folders"
+        if not spec.urls:
+            fix = "arrange it as ImageNet is, or drop --data-dir"
+        return f"does not hold the {name} data set ({what}), nor does {d / name}; {fix}"
     base = max((d, d / name), key=lambda b: sum(_find_file(b, f) is not None for f in spec.files.values()))
     needed = [f for r, f in spec.files.items() if r not in spec.optional]
     missing = [f for f in needed if _find_file(base, f) is None]
