@@ -394,6 +394,13 @@ CASES = [
         ["--overwrite", "--resume"],
         files=_finished_run,
     ),
+    C("cli-study-seed-overflow", "numbers", ["compare", *TINY, "--seeds", "0,99999999999999999999999"], ["--seeds"]),
+    C(
+        "cli-study-tune-epochs",
+        "numbers",
+        ["compare", *TINY, "--seeds", "0", "--lr-grid", "0.1", "--tune-epochs", "0"],
+        ["--tune-epochs"],
+    ),
     # numbers out of range (§2): refused by the config's ranges, the theory limits, the model's dry build
     C("num-seed-huge", "numbers", ["train", *TINY, "--seed", "99999999999999999999999"], ["train.seed"]),
     C("num-seed-negative", "numbers", ["train", *TINY, "--seed", "-1"], ["train.seed"]),

@@ -488,7 +488,7 @@ def load_yaml(text: str, what: str, fix: str = "fix the syntax"):
         raise _yaml_error(e, what, fix) from None
 
 
-def _yaml_error(e: Exception, what: str, fix: str) -> Exception:
+def _yaml_error(e: Exception, what: str, fix: str) -> ConfigError:
     if isinstance(e, YAMLRefused):
         where = f" at line {e.problem_mark.line + 1}" if e.problem_mark is not None else ""
         return ConfigError(f"{what} {e.problem}{where}; {fix}")
@@ -496,9 +496,9 @@ def _yaml_error(e: Exception, what: str, fix: str) -> Exception:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         return ConfigError(f"{what} is not valid YAML{where}; {fix}")
-    if isinstance(e, (ValueError, TypeError, OverflowError, RecursionError)):  # an integer of 10,000 digits
-        return ConfigError(f"{what} is not valid YAML ({type(e).__name__}: {str(e)[:60]}); {fix}")
-    return e
+    # the constructors fail in other ways on hostile text: an integer of 10,000 digits (ValueError),
+    # a bare '!!int' (IndexError inside PyYAML), ...: all of them mean the text is not a valid config
+    return ConfigError(f"{what} is not valid YAML ({type(e).__name__}: {str(e)[:60]}); {fix}")
 
 
 def load_config(path: str | Path | None = None, overrides: list | None = None) -> Config:

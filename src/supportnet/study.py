@@ -264,6 +264,7 @@ def run_study(
         raise ConfigError("no seeds given; e.g. --seeds 0,1,2")
     for m in methods:
         method_config(base, m)  # validate every spec before any training
+    _check_study_numbers(base, seeds, lr_grid, tune_epochs, tune_val)
     claim_run_folder(out, overwrite=overwrite, reuse=STUDY_REUSE, resumable=False)
     t0 = time.time()
     tuning = None
@@ -316,6 +317,26 @@ def run_study(
     plot_study_curves(summary, out / "curves.png", footer)
     plot_ratios(summary, out / "ratio.png", footer)
     return summary
+
+
+def _check_study_numbers(base: Config, seeds, lr_grid, tune_epochs, tune_val) -> None:
+    """The seeds, learning rates, tuning epochs and hold-out go into configs: the config's ranges apply."""
+    from .config import validate
+
+    for flag, key, values in (
+        ("--seeds", "train.seed", seeds),
+        ("--lr-grid", "train.lr", lr_grid or []),
+        ("--tune-epochs", "train.epochs", [tune_epochs] if lr_grid and tune_epochs is not None else []),
+        ("--tune-val", "data.val", [tune_val] if lr_grid else []),
+    ):
+        for v in values:
+            c = base.copy()
+            sec, name = key.split(".")
+            setattr(getattr(c, sec), name, v)
+            try:
+                validate(c)
+            except ConfigError as e:
+                raise ConfigError(f"{flag} {v}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- reporting
