@@ -843,6 +843,7 @@ CASES = [
         ["train", *TINY, "--data", "fashion-mnist", "--data-dir", "fm"],
         ["declares"],
         files=lambda: _idx_set(train_images_idx3=_raw_idx((2**32 - 1,) * 3, body=b"")),
+        dos=True,
     ),
     # checkpoints
     C("ckpt-truncated", "checkpoint", ["verify", "run/checkpoint.pt"], ["truncated"], files=_checkpoint("truncated")),

@@ -28,7 +28,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set train.lr=0.01 (repeatable)",
     )
-    p.add_argument("--data-dir", help="folder holding the data set (searched first)")
+    p.add_argument("--data-dir", help="folder holding the data set (used from there, or refused)")
     p.add_argument("--subset", type=int, help="train on a seeded subset of N training examples")
     p.add_argument(
         "--test-subset", type=int, help="evaluate on a fixed subset of N test examples (the same for every seed)"
