@@ -7,7 +7,6 @@ exits with code 2; a diverged run exits with 3. No tracebacks for either.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -196,8 +195,7 @@ def _resume_config(a, sets: list, name: str, writer: str):
         raise ConfigError("--resume continues a run with its own config; drop --config, --set and the other options")
     if getattr(a, "overwrite", False):
         raise ConfigError("--overwrite starts a new run over an old one; it cannot go with --resume: drop one")
-    # rank 0 only: under torchrun the other ranks find rank 0's lock on the folder, and it alone writes
-    run = check_run_folder(a.resume, resume=True) if os.environ.get("RANK", "0") == "0" else Path(a.resume)
+    run = check_run_folder(a.resume, resume=True)
     if not (run / name).is_file():
         raise ConfigError(f"{run} is not a run folder (no {name}); pass the folder '{writer}' wrote")
     return run, load_config(run / name, [("quiet", True)] if a.quiet else [])
@@ -218,8 +216,8 @@ def cmd_train(a) -> int:
 
         raise ConfigError("--strict only applies with --resume RUN_DIR; drop --strict or add --resume")
     cfg = load_config(a.config, _shortcuts(a) + a.overrides)
-    if cfg.out and os.environ.get("RANK", "0") == "0":  # refuse a taken folder now, before the data is loaded
-        check_run_folder(cfg.out, overwrite=a.overwrite)  # (rank 0 only: under torchrun it alone writes)
+    if cfg.out:  # refuse a taken or impossible folder now, before the data is loaded
+        check_run_folder(cfg.out, overwrite=a.overwrite)
     out = fit(cfg, overwrite=a.overwrite)
     print(f"run folder: {out}")
     return 0

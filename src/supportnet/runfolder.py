@@ -16,6 +16,7 @@ actions) claims it through :func:`claim_run_folder` before it writes anything in
 can refuse a taken folder before it loads data or builds a model. The lock is released
 by :meth:`RunFolder.release`, by leaving its ``with`` block, or, for a claim made inside a
 function decorated with :func:`releases_run_folders`, when that function returns or raises.
+Under torchrun only rank 0 claims (and writes); the other ranks' claims hold nothing.
 """
 
 from __future__ import annotations
@@ -187,6 +188,11 @@ def _busy_message(path: Path) -> str:
     )
 
 
+def _other_rank() -> bool:
+    """Under torchrun, ranks other than 0 neither write nor own the folder (rank 0 does)."""
+    return os.environ.get("RANK", "0") not in ("", "0")
+
+
 def check_run_folder(
     path: str | Path,
     *,
@@ -197,7 +203,7 @@ def check_run_folder(
 ) -> Path:
     """What :func:`claim_run_folder` checks, without writing anything (to refuse early)."""
     path = check_output_dir(path)
-    if path.is_dir():
+    if path.is_dir() and not _other_rank():
         _probe_lock(path)
         if not resume and not overwrite:
             names = _foreign(_entries(path), reuse)
@@ -225,6 +231,8 @@ def claim_run_folder(
     import fcntl
 
     path = check_output_dir(path)
+    if _other_rank():  # torchrun: rank 0 claims and writes; the others hold nothing
+        return RunFolder(path, None)
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
