@@ -267,11 +267,13 @@ class Range:
     fix: str = "fix the value"
 
     def holds(self, v: float) -> bool:
+        """Whether ``v`` is in the range."""
         if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
             return False
         return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
 
     def describe(self, integer: bool) -> str:
+        """The range in words, for a message: ``"a positive integer"``, ``"in [0, 1)"``."""
         if self.lo == 0 and self.lo_open and self.hi is None:
             return "positive"
         if integer and self.lo == 1 and self.hi is None:

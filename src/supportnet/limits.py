@@ -33,6 +33,7 @@ def available_memory() -> int:
 
 
 def human(n: float) -> str:
+    """``n`` bytes for a person: ``"1.5 GiB"``."""
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n < 1024 or unit == "PiB":
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"

@@ -79,6 +79,7 @@ class RunFolder:
 
     @property
     def held(self) -> bool:
+        """Whether this process still holds the folder's lock."""
         return self._fd is not None
 
     def release(self) -> None:

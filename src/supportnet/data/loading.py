@@ -90,6 +90,15 @@ def check_arrays(name: str, num_classes: int, xtr, ytr, xte, yte) -> None:
         )
 
 
+def _check_pad_fits(pad: int, xtr, xte, val_split) -> None:
+    """The padded splits (float32) must fit in the memory available: one line, not an allocation failure."""
+    from ..limits import check_memory
+
+    n_all = xtr.shape[0] + xte.shape[0] + (val_split[0].shape[0] if val_split else 0)
+    c, h, w = xtr.shape[1:]
+    check_memory(4 * n_all * c * (h + 2 * pad) * (w + 2 * pad), f"data.pad={pad}", "use a smaller data.pad")
+
+
 def _to_float(x: np.ndarray) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(x))
     if t.dtype == torch.uint8:
@@ -164,11 +173,7 @@ def load_data(
         tidx = _test_index(xte.shape[0], test_subset)
         xte, yte = xte[tidx], yte[tidx]
     if pad:
-        from ..limits import check_memory
-
-        n_all = xtr.shape[0] + xte.shape[0] + (val_split[0].shape[0] if val_split else 0)
-        c, h, w = xtr.shape[1:]
-        check_memory(4 * n_all * c * (h + 2 * pad) * (w + 2 * pad), f"data.pad={pad}", "use a smaller data.pad")
+        _check_pad_fits(pad, xtr, xte, val_split)
         p = [pad] * 4
         pad_fn = torch.nn.functional.pad
         xtr, xte = pad_fn(xtr, p), pad_fn(xte, p)

@@ -346,6 +346,23 @@ def solvers(a, out: Path) -> int:
     return 0
 
 
+def _rip_model(path: str, data, fix: str):
+    """The model of a run's ``final.pt``; a checkpoint of another model, or another file's dict,
+    is one line, not a KeyError."""
+    from ..io import load_checkpoint
+    from ..models import create_model
+
+    ck = load_checkpoint(path)
+    try:
+        mc = ck["config"]["model"]
+        model = create_model(mc["name"], in_shape=data.in_shape, num_classes=data.num_classes, **mc.get("kwargs", {}))
+        model.load_state_dict(ck["state_dict"])
+        model.features[0].kernel_size  # noqa: B018 - the layer the theorem is checked on
+    except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as e:
+        raise ConfigError(f"{path} is not a convnet-s final.pt ({type(e).__name__}); {fix}") from None
+    return model
+
+
 def check_rip(a, out: Path) -> int:
     import tempfile
 
@@ -367,16 +384,7 @@ def check_rip(a, out: Path) -> int:
     if a.n > len(data.train):
         raise ConfigError(f"--n {a.n} is more than the {len(data.train)} training examples of {a.data}; lower --n")
     if a.checkpoint:
-        ck = load_checkpoint(a.checkpoint)
-        try:  # a checkpoint of another model, or another file's dict: one line, not a KeyError
-            mc = ck["config"]["model"]
-            model = create_model(
-                mc["name"], in_shape=data.in_shape, num_classes=data.num_classes, **mc.get("kwargs", {})
-            )
-            model.load_state_dict(ck["state_dict"])
-            model.features[0].kernel_size  # noqa: B018 - the layer the theorem is checked on
-        except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as e:
-            raise ConfigError(f"{a.checkpoint} is not a convnet-s final.pt ({type(e).__name__}); {fix}") from None
+        model = _rip_model(a.checkpoint, data, fix)
         source = f"checkpoint {a.checkpoint}"
     else:
         with tempfile.TemporaryDirectory() as tmp:
