@@ -5,7 +5,6 @@ paths, --overwrite, resume, the study's reuse), atomic writes (umask, messages b
 import os
 import stat
 import string
-from pathlib import Path
 
 import pytest
 import yaml
@@ -166,8 +165,6 @@ def test_overwrite_replaces_a_run_and_resume_clears_stale_temporaries(tmp_path, 
 
 
 def test_non_ascii_data_dir_is_used(tmp_path, capfd, monkeypatch):
-    import gzip
-
     import numpy as np
 
     from supportnet.data.idx import write_idx
@@ -182,7 +179,6 @@ def test_non_ascii_data_dir_is_used(tmp_path, capfd, monkeypatch):
         "t10k-labels-idx1-ubyte.gz": (np.arange(8) % 10).astype(np.uint8),
     }.items():
         write_idx(d / name, arr)
-    assert gzip.decompress((d / "train-labels-idx1-ubyte.gz").read_bytes())[8:12] == bytes([0, 1, 2, 3])
     env = {"SUPPORTNET_DATA": str(tmp_path / "nowhere"), "HOME": str(tmp_path)}
     args = ["train", "--data", "fashion-mnist", "--data-dir", str(d), "--epochs", "1", "--quiet", "--out", "r"]
     o = run_cli_inprocess(args + TINY[6:], tmp_path, env, capfd, monkeypatch)
@@ -221,14 +217,14 @@ def test_two_processes_cannot_share_a_run_folder(tmp_path):
     from conftest import ROOT
 
     e = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    cmd = [sys.executable, "-m", "supportnet", "train", *TINY, "--epochs", "3", "--out", "same"]
+    cmd = [sys.executable, "-m", "supportnet", "train", *TINY, "--epochs", "2", "--out", "same"]
     ps = [subprocess.Popen(cmd, cwd=tmp_path, env=e, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     res = [(p.wait(120), p.stderr.read()) for p in ps]
     assert sorted(r for r, _ in res) == [0, 2], res
     err = next(e for r, e in res if r == 2)
     assert "in use by another supportnet process" in err or "already holds another run's files" in err, err
     cfg = load_config(tmp_path / "same" / "config.yaml")
-    assert cfg.train.epochs == 3
+    assert cfg.train.epochs == 2
 
 
 def test_study_reuses_its_own_runs_and_refuses_another_config(tmp_path):
@@ -270,8 +266,6 @@ def test_atomic_files_and_mask_stores_respect_the_umask(tmp_path, mask):
 
 
 def test_atomic_write_names_the_cause(tmp_path, monkeypatch):
-    import errno
-
     from supportnet import faults
     from supportnet.io import atomic_write_text
 
@@ -292,7 +286,6 @@ def test_atomic_write_names_the_cause(tmp_path, monkeypatch):
         (tmp_path / "ro").mkdir(mode=0o500)
         with pytest.raises(SupportnetError, match="not writable"):
             atomic_write_text(tmp_path / "ro" / "x.txt", "x")
-    assert errno.EISDIR  # the cause above came from the folder check, not from a full disk
 
 
 def test_one_line_escapes_newlines_and_undecodable_bytes():
@@ -329,7 +322,7 @@ def test_cost_of_refusing_a_mask_store_is_bounded_by_its_size(tmp_path):
         assert time.perf_counter() - t0 < 1.0
 
 
-def test_path_of_checks_is_used_by_every_writing_command():
+def test_every_command_that_writes_a_folder_takes_overwrite():
     """Every command that writes a folder takes --overwrite (the run-folder claim) or --root (the path check)."""
     from supportnet.cli import build_parser
 
@@ -340,4 +333,3 @@ def test_path_of_checks_is_used_by_every_writing_command():
     theory = next(a for a in sub["theory"]._actions if a.dest == "theory_cmd").choices
     for action in ("planted", "solvers", "check-rip", "three-layer"):
         assert "--overwrite" in theory[action].format_help(), action
-    assert Path(__file__).parent.joinpath("bad_inputs").is_dir()
