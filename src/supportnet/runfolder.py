@@ -143,11 +143,11 @@ def _entries(path: Path) -> list[str]:
 
 def _taken_message(path: Path, names: list[str], resumable: bool) -> str:
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-    cont = f"continue that run with --resume {path}, " if resumable else ""
-    return (
-        f"run folder {path} already holds another run's files ({shown}); {cont}"
-        f"choose a new --out, or pass --overwrite to replace them"
-    )
+    ours = any(fnmatch.fnmatchcase(n, p) for n in names for p in RUN_FILES)
+    cont = f"continue that run with --resume {path}, " if resumable and ours else ""
+    what = "another run's files" if ours else "files"
+    how = "replace them" if ours else "write beside them"
+    return f"run folder {path} already holds {what} ({shown}); {cont}choose a new --out, or pass --overwrite to {how}"
 
 
 def _foreign(names: list[str], reuse: Iterable[str]) -> list[str]:
