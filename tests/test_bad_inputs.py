@@ -401,6 +401,13 @@ CASES = [
         ["compare", *TINY, "--seeds", "0", "--lr-grid", "0.1", "--tune-epochs", "0"],
         ["--tune-epochs"],
     ),
+    C(
+        "cli-resume-a-file",
+        "cli",
+        ["train", "--resume", "f.txt"],
+        ["--resume f.txt", "not a folder"],
+        files={"f.txt": b"m"},
+    ),
     # numbers out of range (§2): refused by the config's ranges, the theory limits, the model's dry build
     C("num-seed-huge", "numbers", ["train", *TINY, "--seed", "99999999999999999999999"], ["train.seed"]),
     C("num-seed-negative", "numbers", ["train", *TINY, "--seed", "-1"], ["train.seed"]),

@@ -195,7 +195,7 @@ def _resume_config(a, sets: list, name: str, writer: str):
         raise ConfigError("--resume continues a run with its own config; drop --config, --set and the other options")
     if getattr(a, "overwrite", False):
         raise ConfigError("--overwrite starts a new run over an old one; it cannot go with --resume: drop one")
-    run = check_run_folder(a.resume, resume=True)
+    run = check_run_folder(a.resume, resume=True, flag="--resume")
     if not (run / name).is_file():
         raise ConfigError(f"{run} is not a run folder (no {name}); pass the folder '{writer}' wrote")
     return run, load_config(run / name, [("quiet", True)] if a.quiet else [])

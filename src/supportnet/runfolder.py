@@ -201,9 +201,11 @@ def check_run_folder(
     overwrite: bool = False,
     reuse: Iterable[str] = (),
     resumable: bool = True,
+    flag: str = "--out",
 ) -> Path:
-    """What :func:`claim_run_folder` checks, without writing anything (to refuse early)."""
-    path = check_output_dir(path)
+    """What :func:`claim_run_folder` checks, without writing anything (to refuse early).
+    ``flag`` names the option the path came from in a message."""
+    path = check_output_dir(path, flag)
     if path.is_dir() and not _other_rank():
         _probe_lock(path)
         if not resume and not overwrite:
