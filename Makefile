@@ -26,7 +26,7 @@ data: $(STAMP)
 
 demo: data
 	$(VENV)/bin/supportnet compare --data fashion-mnist --model convnet-s --methods sgd,b-alt,i-alt \
-		--epochs 3 --seed 0 --out runs/demo
+		--epochs 3 --seed 0 --out runs/demo --overwrite
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench scripts examples

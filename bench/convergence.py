@@ -175,6 +175,7 @@ def main() -> int:
             jobs=a.jobs,
             footer=footer,
             log=lambda m: print(m, flush=True),
+            overwrite=True,  # the bench's own folder: runs of an older config are redone, same-config ones reused
             **kw,
         )
         results["studies"][name] = {

@@ -65,14 +65,14 @@ def main() -> int:
             None, base + [f"train.seed={seed}", f"train.epochs={ed + es + er}", f"out={OUT}/seed{seed}/dense-baseline"]
         )
         data, model = build(cfg)
-        run = fit(cfg, data=data, model=model)
+        run = fit(cfg, data=data, model=model, overwrite=True)  # the bench regenerates its own folder
         acc = json.loads((run / "summary.json").read_text())["test_acc"]
         r = rows.setdefault("dense baseline", {"err": [], "sparsity": [], "compact": [], "sparse_err": []})
         r["err"].append(100 * (1 - acc)), r["sparsity"].append(0.0), r["compact"].append(count_params(model))
         print(f"seed {seed} dense baseline: {100 * acc:.2f}%", flush=True)
         for prune in ("magnitude", "support-b", "support-i"):
             c = load_config(None, base + [f"train.seed={seed}", f"dsd.prune={prune}"])
-            res = dsd(c, OUT / f"seed{seed}" / prune, data=data, log=lambda *_: None)
+            res = dsd(c, OUT / f"seed{seed}" / prune, data=data, log=lambda *_: None, overwrite=True)
             r = rows.setdefault(f"DSD, {prune}", {"err": [], "sparsity": [], "compact": [], "sparse_err": []})
             r["err"].append(100 * (1 - res["final_test_acc"]))
             r["sparse_err"].append(100 * (1 - res["phases"]["sparse"]["test_acc"]))

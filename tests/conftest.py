@@ -62,3 +62,217 @@ def run_train(args, cwd, fault=None):
         text=True,
         timeout=300,
     )
+
+
+# ----------------------------------------------------------------------------- the bad-input harness
+# One table row per case (tests/test_bad_inputs.py); other test files (checkpoints, export) reuse
+# BadCase and run_bad_case. A case runs `supportnet ARGV` in its own folder, in this process
+# (supportnet.cli.main: fast) or, for the denial-of-service cases, in a fresh process whose time and
+# peak memory are measured (os.wait4). Every case asserts the exit code, exactly one line on
+# stderr naming the problem and the fix, no traceback, and that no file that existed before it
+# ran was modified or deleted.
+
+#: Bounds every denial-of-service case must meet (the issue's "finished within 10 s, under 500 MB").
+DOS_SECONDS = 10.0
+DOS_MAX_RSS_MB = 500.0
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """SHA-256 of every regular file under ``root`` (links are not followed: a loop is fine)."""
+    import hashlib
+
+    out = {}
+    for dirpath, _dirs, filenames in os.walk(root):  # os.walk does not follow symlinked folders
+        for name in filenames:
+            p = Path(dirpath) / name
+            if p.is_symlink() or not p.is_file():
+                continue
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+class Outcome:
+    """What a command did: exit code, stdout, stderr, wall seconds, peak RSS in MB (a fresh process)."""
+
+    def __init__(self, returncode, stdout, stderr, seconds, maxrss_mb=None):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+        self.seconds, self.maxrss_mb = seconds, maxrss_mb
+
+
+# A small launcher forks and execs the measured command and reports its child's rusage: measured
+# straight from pytest, the child's peak RSS would include pytest's own (the address space it is
+# forked from counts towards ru_maxrss until exec), hundreds of MB late in a full run.
+_LAUNCHER = """
+import json, os, resource, sys
+report, limit, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+pid = os.fork()
+if pid == 0:
+    try:
+        if limit:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        os.execv(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+with open(report, "w") as f:
+    json.dump({"maxrss_kb": ru.ru_maxrss, "cpu": ru.ru_utime + ru.ru_stime}, f)
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def run_cli_measured(args, cwd, env=None, timeout: float = 60.0, as_limit: int = 0) -> Outcome:
+    """``python -m supportnet ARGS`` in a fresh process (killed after ``timeout`` seconds): its
+    wall seconds, its own CPU seconds (``cpu``: its cost, whatever else the machine runs) and
+    its own peak resident memory, from ``wait4`` in a small launcher process. ``as_limit``:
+    an address-space limit in bytes for it (0: none)."""
+    import json
+    import signal
+    import tempfile
+    import time
+
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + e.get("PYTHONPATH", "")
+    e.update(env or {})
+    with tempfile.TemporaryDirectory() as d:
+        report = Path(d) / "rusage.json"
+        cmd = [sys.executable, "-S", "-c", _LAUNCHER, str(report), str(as_limit), sys.executable, "-m", "supportnet"]
+        t0 = time.perf_counter()
+        p = subprocess.Popen([*cmd, *map(str, args)], cwd=cwd, env=e, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate()
+        seconds = time.perf_counter() - t0
+        usage = json.loads(report.read_text()) if report.is_file() else {"maxrss_kb": float("nan"), "cpu": seconds}
+    o = Outcome(p.returncode, out.decode(errors="replace"), err.decode(errors="replace"), seconds,
+                usage["maxrss_kb"] / 1024)  # fmt: skip
+    o.cpu = usage["cpu"]
+    return o
+
+
+def run_cli_inprocess(args, cwd, env, capfd, monkeypatch) -> Outcome:
+    """``supportnet.cli.main(ARGS)`` in this process, in ``cwd`` with ``env`` set.
+
+    Warnings and supportnet log records of level WARNING or more count as stderr lines (a real
+    process prints them there; pytest would swallow them). An exception that escapes ``main``
+    fails the test with its traceback, as it would print one in a real process.
+    """
+    import logging
+    import time
+    import warnings
+
+    from supportnet.cli import main
+
+    monkeypatch.chdir(cwd)
+    for k, v in (env or {}).items():
+        monkeypatch.setenv(k, v)
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    records: list[logging.LogRecord] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = _Keep(logging.WARNING)
+    logger = logging.getLogger("supportnet")
+    logger.addHandler(handler)
+    capfd.readouterr()
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as ex:  # argparse
+                code = ex.code if isinstance(ex.code, int) else (0 if ex.code is None else 2)
+    finally:
+        logger.removeHandler(handler)
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng)
+    seconds = time.perf_counter() - t0
+    out, err = capfd.readouterr()
+    extra = [f"{w.category.__name__}: {w.message}" for w in caught] + [r.getMessage() for r in records]
+    if extra:
+        err = err + "".join(f"{x}\n" for x in extra)
+    return Outcome(code, out, err, seconds)
+
+
+def assert_one_line_error(o: Outcome, code: int = 2, words=()) -> str:
+    """Exit ``code``, exactly one stderr line ``supportnet: error: <problem>; <fix>``, no traceback."""
+    err = o.stderr.strip()
+    assert o.returncode == code, (o.returncode, o.stdout[-500:], o.stderr[-1500:])
+    assert "Traceback" not in o.stderr and "Traceback" not in o.stdout, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("supportnet: error:"), err
+    assert ";" in err or "see '" in err, f"no fix named: {err}"
+    for w in words:
+        assert w.lower() in err.lower(), (w, err)
+    return err
+
+
+class BadCase:
+    """One bad input: ``supportnet ARGV`` in a folder holding ``files`` must exit ``code`` with one
+    line containing ``words``.
+
+    ``files``: ``{relative path: bytes}``, or a callable that returns such a dict (built once, when
+    the case runs), or a callable ``make(folder)`` that makes anything (links, modes) itself.
+    ``hold``: a folder (relative) whose run-folder lock another owner holds while the case runs.
+    ``dos``: a fresh process that must finish within ``DOS_SECONDS`` under ``DOS_MAX_RSS_MB``.
+    ``fresh``: a fresh process without the bounds (a case that needs a real argv or environment).
+    """
+
+    def __init__(self, id, category, argv, words=(), files=None, code=2, dos=False, fresh=False, hold=None):
+        self.id, self.category, self.argv, self.words = id, category, list(argv), list(words)
+        self.files, self.code, self.dos, self.fresh, self.hold = files, code, dos, fresh, hold
+
+    def materialise(self, folder: Path) -> None:
+        files = self.files
+        if files is None:
+            return
+        if callable(files):
+            import inspect
+
+            if inspect.signature(files).parameters:
+                files(folder)
+                return
+            files = files()
+        for rel, data in files.items():
+            p = folder / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+
+
+def run_bad_case(case: BadCase, folder: Path, capfd, monkeypatch, statics: Path | None = None) -> Outcome:
+    """Run ``case`` in ``folder`` and assert everything the corpus promises (see above)."""
+    from contextlib import nullcontext
+
+    case.materialise(folder)
+    env = {"SUPPORTNET_DATA": str(folder / "nowhere"), "HOME": str(folder)}
+    if case.hold:  # another owner, as a second process would be (flock: per open file, so this works here)
+        from supportnet.runfolder import claim_run_folder
+
+        held = claim_run_folder(folder / case.hold, resume=True)
+    else:
+        held = nullcontext()
+    before = snapshot(folder)
+    static_before = snapshot(statics) if statics else None
+    with held:
+        if case.dos or case.fresh:
+            o = run_cli_measured(case.argv, folder, env, timeout=60 if case.fresh else 3 * DOS_SECONDS)
+        else:
+            o = run_cli_inprocess(case.argv, folder, env, capfd, monkeypatch)
+    assert_one_line_error(o, case.code, case.words)
+    if case.dos:
+        # its own CPU time (the cost of refusing the file, whatever the neighbours do), and no hang
+        assert o.cpu < DOS_SECONDS and o.seconds < 6 * DOS_SECONDS, f"{case.id}: {o.cpu:.1f} s CPU, {o.seconds:.1f} s"
+        assert o.maxrss_mb < DOS_MAX_RSS_MB, f"{case.id}: peak memory {o.maxrss_mb:.0f} MB"
+    after = snapshot(folder)
+    changed = sorted(k for k, v in before.items() if after.get(k) != v)
+    assert not changed, f"user files modified or deleted: {changed}"
+    assert not (folder / "PWNED").exists()
+    if statics:
+        assert snapshot(statics) == static_before
+    return o

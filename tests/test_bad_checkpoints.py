@@ -12,18 +12,14 @@ import hashlib
 import io
 import os
 import pickle
-import resource
 import struct
-import subprocess
-import sys
-import time
 import zipfile
 import zlib
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, run_cli_measured
 
 from supportnet.checkpoint import META, content_digest, save_checkpoint
 
@@ -454,32 +450,9 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 
 def _run_bounded(args: list[str], cwd: Path, wall: float = 60.0):
-    """Run the CLI (killed after ``wall`` seconds); return (CompletedProcess-like, CPU seconds, peak RSS in MB)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    limit = 4 << 30  # address space: a guard for the machine, far above the bound asserted
-
-    def cap():
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    with open(cwd / ".out", "w+") as out, open(cwd / ".err", "w+") as err:
-        t0 = time.monotonic()
-        p = subprocess.Popen(
-            [sys.executable, "-m", "supportnet", *args], cwd=cwd, env=env, stdout=out, stderr=err, preexec_fn=cap
-        )
-        while True:
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() - t0 > wall:
-                p.kill()
-            time.sleep(0.02)
-        elapsed = ru.ru_utime + ru.ru_stime  # the child's CPU seconds: its cost, whatever the machine's load
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0), err.seek(0)
-        res = subprocess.CompletedProcess(p.args, p.returncode, out.read(), err.read())
-    (cwd / ".out").unlink(), (cwd / ".err").unlink()
-    return res, elapsed, ru.ru_maxrss / 1024
+    """Run the CLI (killed after ``wall`` seconds); return (outcome, CPU seconds, peak RSS in MB)."""
+    o = run_cli_measured(args, cwd, timeout=wall, as_limit=4 << 30)  # a guard for the machine, far above the bound
+    return o, o.cpu, o.maxrss_mb
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

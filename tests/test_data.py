@@ -49,8 +49,11 @@ def test_lookup_order(tmp_path, monkeypatch):
     monkeypatch.setenv("SUPPORTNET_DATA", str(tmp_path / "a"))
     assert find_root("mnist") == a  # $SUPPORTNET_DATA/<name>
     assert find_root("mnist", data_dir=b) == b  # --data-dir wins
-    dirs = search_dirs("mnist", data_dir=b)
-    assert dirs[0] == b and dirs[-1] == __import__("pathlib").Path("/usr/share/datasets/mnist")
+    assert search_dirs("mnist", data_dir=b) == [b, b / "mnist"]  # an explicit folder is the only place looked
+    assert search_dirs("mnist")[-1] == __import__("pathlib").Path("/usr/share/datasets/mnist")
+    (b / "t10k-labels-idx1-ubyte.gz").unlink()  # 3 of 4 files: refused, not taken from $SUPPORTNET_DATA
+    with pytest.raises(DataError, match="holds 3 of the 4 files of mnist: missing t10k-labels-idx1-ubyte.gz"):
+        find_root("mnist", data_dir=b)
 
 
 def test_missing_data_dir_and_missing_set(tmp_path, monkeypatch):

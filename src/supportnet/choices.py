@@ -26,6 +26,8 @@ LR_SCHEDULES = ("cosine", "step", "constant")
 PREPROCESS = ("standard", "gcn-zca", "none")
 #: Mixed precision (``train.amp``) and where the training set lives (``train.loader``).
 AMP = ("off", "bf16")
+#: Where a run trains (``train.device``): the CPU, the current GPU, or GPU number N.
+DEVICES = ("cpu", "cuda", "cuda:N")
 LOADERS = ("host", "device")
 #: DSD's Sparse step (``dsd.prune``).
 PRUNE = ("magnitude", "support-b", "support-i")

@@ -7,7 +7,6 @@ exits with code 2; a diverged run exits with 3. No tracebacks for either.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from .errors import SupportnetError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse prints the whole usage otherwise)
-        self.exit(2, f"supportnet: error: {message}; see '{self.prog} --help'\n")
+        self.exit(2, f"supportnet: error: {one_line(message)}; see '{self.prog} --help'\n")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -30,7 +29,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set train.lr=0.01 (repeatable)",
     )
-    p.add_argument("--data-dir", help="folder holding the data set (searched first)")
+    p.add_argument("--data-dir", help="folder holding the data set (used from there, or refused)")
     p.add_argument("--subset", type=int, help="train on a seeded subset of N training examples")
     p.add_argument(
         "--test-subset", type=int, help="evaluate on a fixed subset of N test examples (the same for every seed)"
@@ -42,8 +41,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _shortcuts(a: argparse.Namespace) -> list[str]:
-    sets = []
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run's files in the output folder (without it such a folder is refused)",
+    )
+
+
+def _shortcuts(a: argparse.Namespace) -> list[tuple[str, object]]:
+    """The options that set a config key, as ``(key, value)`` pairs: typed values, never YAML text
+    (a folder named ``run-💥`` or ``a: b`` stays that string)."""
+    sets: list[tuple[str, object]] = []
     for flag, key in (
         ("data_dir", "data.data_dir"),
         ("subset", "data.subset"),
@@ -52,16 +61,15 @@ def _shortcuts(a: argparse.Namespace) -> list[str]:
         ("seed", "train.seed"),
         ("epochs", "train.epochs"),
         ("out", "out"),
+        ("data", "data.name"),
+        ("model", "model.name"),
+        ("method", "support.method"),
     ):
         v = getattr(a, flag, None)
         if v is not None:
-            sets.append(f"{key}={json.dumps(v) if isinstance(v, str) else v}")
+            sets.append((key, v))
     if getattr(a, "quiet", False):
-        sets.append("quiet=true")
-    for flag, key in (("data", "data.name"), ("model", "model.name"), ("method", "support.method")):
-        v = getattr(a, flag, None)
-        if v is not None:
-            sets.append(f"{key}={v}")
+        sets.append(("quiet", True))
     return sets
 
 
@@ -103,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --resume: stop on a damaged mask store instead of re-estimating the supports",
     )
     _add_common(t)
+    _add_overwrite(t)
     t.set_defaults(func=cmd_train)
 
     c = sub.add_parser("compare", help="train several methods from the same start; table and plot")
@@ -130,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--jobs", type=int, default=1, help="study: runs in parallel processes (default 1)")
     _add_common(c)
+    _add_overwrite(c)
     c.set_defaults(func=cmd_compare)
 
     ds = sub.add_parser("dsd", help="Dense-Sparse-Dense training with magnitude or support pruning (Table 8)")
@@ -139,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--prune", choices=PRUNE, help="dsd.prune")
     ds.add_argument("--resume", metavar="OUT", help="continue the interrupted DSD run in OUT (its own config)")
     _add_common(ds)
+    _add_overwrite(ds)
     ds.set_defaults(func=cmd_dsd)
 
     _add_export(sub)
@@ -167,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     df.set_defaults(func=cmd_data_fetch)
     from .theory.cli import add_parser as add_theory
 
-    add_theory(sub)
+    add_theory(sub, _add_overwrite)
     return p
 
 
@@ -186,21 +197,25 @@ def _split_methods(s: str) -> list[str]:
     return [m.strip() for m in out if m.strip()]
 
 
-def _resume_config(a, sets: list[str], name: str, writer: str):
+def _resume_config(a, sets: list, name: str, writer: str):
     """The run folder of ``--resume`` and the config it was started with (no other options allowed)."""
     from .config import load_config
     from .errors import ConfigError
+    from .runfolder import check_run_folder
 
-    run = Path(a.resume)
-    if a.config or [x for x in sets if x != "quiet=true"]:
+    if a.config or [x for x in sets if x != ("quiet", True)]:
         raise ConfigError("--resume continues a run with its own config; drop --config, --set and the other options")
+    if getattr(a, "overwrite", False):
+        raise ConfigError("--overwrite starts a new run over an old one; it cannot go with --resume: drop one")
+    run = check_run_folder(a.resume, resume=True, flag="--resume")
     if not (run / name).is_file():
         raise ConfigError(f"{run} is not a run folder (no {name}); pass the folder '{writer}' wrote")
-    return run, load_config(run / name, ["quiet=true"] if a.quiet else [])
+    return run, load_config(run / name, [("quiet", True)] if a.quiet else [])
 
 
 def cmd_train(a) -> int:
     from .config import load_config
+    from .runfolder import check_run_folder
     from .train import fit
 
     if a.resume:
@@ -213,7 +228,9 @@ def cmd_train(a) -> int:
 
         raise ConfigError("--strict only applies with --resume RUN_DIR; drop --strict or add --resume")
     cfg = load_config(a.config, _shortcuts(a) + a.overrides)
-    out = fit(cfg)
+    if cfg.out:  # refuse a taken or impossible folder now, before the data is loaded
+        check_run_folder(cfg.out, overwrite=a.overwrite)
+    out = fit(cfg, overwrite=a.overwrite)
     print(f"run folder: {out}")
     return 0
 
@@ -222,28 +239,35 @@ def cmd_compare(a) -> int:
     from .compare import compare
     from .config import load_config
     from .report import markdown_table
+    from .runfolder import check_run_folder
 
     cfg = load_config(a.config, _shortcuts(a) + a.overrides)
     out = Path(cfg.out or "runs/compare")
     if a.seeds:
-        from .study import run_study
+        from .study import STUDY_REUSE, run_study
 
+        seeds = _floats(a.seeds, "--seeds", int)
+        lr_grid = _floats(a.lr_grid, "--lr-grid") if a.lr_grid else None
+        targets = _floats(a.targets, "--targets") if a.targets else []
+        check_run_folder(out, overwrite=a.overwrite, reuse=STUDY_REUSE, resumable=False)
         summary = run_study(
             cfg,
             _split_methods(a.methods),
-            _floats(a.seeds, "--seeds", int),
+            seeds,
             out,
-            lr_grid=_floats(a.lr_grid, "--lr-grid") if a.lr_grid else None,
+            lr_grid=lr_grid,
             tune_epochs=a.tune_epochs,
             tune_val=a.tune_val,
-            targets=_floats(a.targets, "--targets") if a.targets else [],
+            targets=targets,
             jobs=a.jobs,
             log=(lambda *_: None) if a.quiet else print,
+            overwrite=a.overwrite,
         )
         print((out / "table.md").read_text(), end="")
         print(f"written: {out / 'study.json'}, {out / 'table.md'}, {out / 'curves.png'}, {out / 'ratio.png'}")
         return 0
-    summary = compare(cfg, _split_methods(a.methods), out)
+    check_run_folder(out, overwrite=a.overwrite, resumable=False)
+    summary = compare(cfg, _split_methods(a.methods), out, overwrite=a.overwrite)
     print(markdown_table(summary["methods"]), end="")
     print(f"written: {out / 'summary.json'}, {out / 'table.md'}, {out / 'curves.png'}")
     return 0
@@ -266,17 +290,15 @@ def _floats(s: str, flag: str, kind=float) -> list:
 def cmd_dsd(a) -> int:
     from .config import load_config
     from .dsd import dsd, dsd_table
+    from .runfolder import check_run_folder
 
-    sets = _shortcuts(a) + ([f"dsd.prune={a.prune}"] if a.prune else []) + a.overrides
+    sets = _shortcuts(a) + ([("dsd.prune", a.prune)] if a.prune else []) + a.overrides
     if a.resume:
         out, cfg = _resume_config(a, sets, "dsd-config.yaml", "supportnet dsd")
     else:
         cfg = load_config(a.config, sets)
-        out = Path(cfg.out or "runs/dsd")
-        from .io import atomic_write_text
-
-        atomic_write_text(out / "dsd-config.yaml", cfg.to_yaml())
-    res = dsd(cfg, out, log=(lambda *_: None) if a.quiet else print, resume=bool(a.resume))
+        out = check_run_folder(cfg.out or "runs/dsd", overwrite=a.overwrite)
+    res = dsd(cfg, out, log=(lambda *_: None) if a.quiet else print, resume=bool(a.resume), overwrite=a.overwrite)
     print(dsd_table({cfg.dsd.prune: res}), end="")
     print(f"written: {out / 'dsd.json'}, {out / 'sparse.pt'}")
     return 0
@@ -302,16 +324,10 @@ def cmd_export(a) -> int:
 
 def cmd_verify(a) -> int:
     from .checkpoint import describe, read_checkpoint
-    from .errors import ConfigError
     from .masks import MAGIC, MaskStore
+    from .paths import check_input_file
 
-    p = Path(a.path)
-    if not p.exists():
-        raise ConfigError(f"{p} does not exist; pass a checkpoint (.pt), model.safetensors or a mask store (.smask)")
-    if not p.is_file():
-        raise ConfigError(
-            f"{p} is not a file; pass a checkpoint (.pt), model.safetensors or a mask store (.smask) inside it"
-        )
+    p = check_input_file(a.path, "file", "pass a checkpoint (.pt), model.safetensors or a mask store (.smask)")
     with open(p, "rb") as f:
         head = f.read(len(MAGIC))
     if head == MAGIC or p.suffix == ".smask":
@@ -372,7 +388,12 @@ def cmd_data_check(a) -> int:
 
 
 def cmd_data_fetch(a) -> int:
-    from .data import fetch_dataset
+    from .data import fetch_dataset, get_spec
+    from .paths import check_output_dir
+
+    get_spec(a.name)
+    if a.root is not None:
+        check_output_dir(a.root, "--root")
 
     dest = fetch_dataset(a.name, a.root, quiet=a.quiet, extract=a.extract)
     print(f"{a.name}: verified in {dest}")
@@ -402,6 +423,14 @@ def _setup_logging(quiet: bool) -> None:
     logger.propagate = False
 
 
+def one_line(msg: str) -> str:
+    """``msg`` as one printable line: a newline, a control character or an undecodable byte of a
+    user's path is shown escaped, so the error stays one line and can always be printed."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
+    enc = getattr(sys.stderr, "encoding", None) or "utf-8"
+    return out.encode(enc, "backslashreplace").decode(enc, "replace")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -412,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return a.func(a)
     except SupportnetError as e:
-        print(f"supportnet: error: {e}", file=sys.stderr)
+        print(f"supportnet: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("supportnet: interrupted; the last checkpoint in the run folder is intact", file=sys.stderr)

@@ -1,12 +1,17 @@
 """Typed configuration: nested dataclasses, YAML in and out, ``--set key=value`` overrides.
 
 Unknown keys, wrong types and out-of-range values raise :class:`ConfigError`
-with one line naming the key and the fix.
+with one line naming the key and the fix. Every number is checked against its
+range (:data:`RANGES`; floats must be finite, integers fit in int64), and YAML is
+read with bounds (:func:`load_yaml`: size, nesting depth, alias expansion,
+duplicate keys), so the cost of refusing a config is bounded by its size.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +190,28 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
+INT64_MAX = 2**63 - 1
+
+
+def _short(value) -> str:
+    """``value`` for a one-line message (a huge integer or string is cut)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer with more digits than Python prints
+        return f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _finite(value: float, key: str) -> float:
+    try:
+        f = float(value)
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f):
+        raise ConfigError(f"config key {key} must be a finite number, got {_short(value)}; fix the value")
+    return f
+
+
 def _coerce(value: Any, tp, key: str):
     """Check ``value`` against the annotation ``tp`` (ints are accepted for floats)."""
     origin = typing.get_origin(tp)
@@ -198,20 +225,25 @@ def _coerce(value: Any, tp, key: str):
             try:
                 return _coerce(value, a, key)
             except ConfigError:
-                pass
+                if len(args) == 2:  # X | None: X's own message (it names a non-finite or too large value)
+                    raise
         raise ConfigError(
             f"config key {key} must be {' or '.join(_type_name(a) for a in args)}, got {value!r}; fix the value"
         )
     if tp is Any:
         return value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return _finite(value, key)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads '1e-3' as a string
         try:
-            return float(value)
+            f = float(value)
         except ValueError:
             pass
+        else:
+            return _finite(f, key)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        if not -INT64_MAX <= value <= INT64_MAX:
+            raise ConfigError(f"config key {key} = {_short(value)} is out of range (beyond 64 bits); fix the value")
         return value
     if tp is bool and isinstance(value, bool):
         return value
@@ -248,66 +280,135 @@ def _build(cls, data: Any, prefix: str):
     return cls(**kwargs)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric config key: ``lo <= v <= hi`` (``<`` where open)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    fix: str = "fix the value"
+
+    def holds(self, v: float) -> bool:
+        """Whether ``v`` is in the range."""
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
+
+    def describe(self, integer: bool) -> str:
+        """The range in words, for a message: ``"a positive integer"``, ``"in [0, 1)"``."""
+        if self.lo == 0 and self.lo_open and self.hi is None:
+            return "positive"
+        if integer and self.lo == 1 and self.hi is None:
+            return "a positive integer"
+        if self.lo == 0 and self.hi is None:
+            return "zero or more" if not integer else "a non-negative integer"
+        if self.hi is None:
+            return f"{'above' if self.lo_open else 'at least'} {self.lo}"
+        if integer and self.lo == 1:
+            return f"a positive integer of at most {self.hi}"
+        return f"in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+
+
+#: Every numeric config key's range, checked by :func:`validate` (None values are not checked).
+#: The upper bounds keep a typo from allocating the machine away (data.pad, data.image_size) or
+#: from reaching torch as a value it cannot take (train.threads, train.seed).
+RANGES: dict[str, Range] = {
+    "data.subset": Range(1, fix="drop it to use the whole set"),
+    "data.test_subset": Range(1, fix="drop it to evaluate on the whole test set"),
+    "data.val": Range(0),
+    "data.pad": Range(0, 64, fix="28x28 -> 32x32 is data.pad=2"),
+    "data.image_size": Range(1, 1024, fix="ImageNet models take 224"),
+    "data.workers": Range(0, 256),
+    "train.epochs": Range(1, 1_000_000, fix="set it to 1 or more"),
+    "train.batch_size": Range(1, 1 << 20, fix="set it to 1 or more"),
+    "train.lr": Range(0, lo_open=True, fix="try 0.05"),
+    "train.momentum": Range(0, 1, hi_open=True, fix="try 0.9"),
+    "train.weight_decay": Range(0),
+    "train.gamma": Range(0, lo_open=True, fix="try 0.1"),
+    "train.seed": Range(0, INT64_MAX),
+    "train.threads": Range(1, 4096, fix="drop it to use torch's default"),
+    "train.eval_batch_size": Range(1, 1 << 20, fix="set it to 1 or more"),
+    "train.train_eval_size": Range(0),
+    "train.stats_every": Range(1, fix="set it to 1 or more"),
+    "train.log_every": Range(1, fix="set it to 1 or more"),
+    "train.checkpoint_every": Range(0),
+    "train.checkpoint_steps": Range(0),
+    "train.evals_per_epoch": Range(0, 10_000),
+    "support.beta": Range(0),
+    "support.warmup": Range(0),
+    "support.min_gap": Range(1),
+    "support.max_gap": Range(1),
+    "support.plateau_tol": Range(0),
+    "support.patience": Range(1),
+    "support.lr_scale": Range(0, lo_open=True),
+    "support.consistency": Range(0),
+    "dsd.dense_epochs": Range(0, 1_000_000),
+    "dsd.sparse_epochs": Range(0, 1_000_000),
+    "dsd.redense_epochs": Range(0, 1_000_000),
+    "dsd.sparsity": Range(0, 1, hi_open=True),
+    "dsd.eps": Range(0, 1, hi_open=True),
+    "dsd.sparse_lr": Range(0, lo_open=True),
+    "dsd.redense_lr": Range(0, lo_open=True),
+}
+
+_DEVICE = re.compile(r"^(cpu|cuda(:[0-9]{1,4})?)$")
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key, r in RANGES.items():
+        sec, name = key.split(".")
+        v = getattr(getattr(cfg, sec), name)
+        if v is None or r.holds(v):
+            continue
+        integer = isinstance(v, int)
+        raise ConfigError(f"{key} must be {r.describe(integer)}, got {_short(v)}; {r.fix}")
+
+
+def _check_lists(cfg: Config) -> None:
+    """The keys typed list / Any: support.tau, train.milestones, train.loggers, model.kwargs."""
+    s, t = cfg.support, cfg.train
+    for name in t.loggers:
+        if name not in choices.LOGGERS:
+            raise ConfigError(f"unknown train.loggers entry {_short(name)}; choose from: {', '.join(choices.LOGGERS)}")
+    taus = s.tau if isinstance(s.tau, list) else [s.tau]
+    if len(taus) > 10_000 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in taus):
+        raise ConfigError(f"support.tau must be a number or a list of numbers, got {_short(s.tau)}; fix the value")
+    if not all(math.isfinite(x) for x in taus):
+        raise ConfigError(f"support.tau must be finite, got {_short(s.tau)}; fix the value")
+    ms = t.milestones
+    if len(ms) > 10_000 or not all(isinstance(m, int) and not isinstance(m, bool) and 0 <= m <= 10**6 for m in ms):
+        raise ConfigError(
+            f"train.milestones must be a list of epoch numbers (integers >= 0), got {_short(ms)}; e.g. [30, 60]"
+        )
+    if not all(isinstance(k, str) and k.isidentifier() for k in cfg.model.kwargs):
+        bad = next(k for k in cfg.model.kwargs if not (isinstance(k, str) and k.isidentifier()))
+        raise ConfigError(f"model.kwargs key {_short(bad)} is not an argument name; e.g. model.kwargs={{width: 16}}")
+
+
 def validate(cfg: Config) -> Config:
+    """Check choices, ranges (:data:`RANGES`) and the relations between keys; return ``cfg``."""
     for (sec, key), allowed in CHOICES.items():
         v = getattr(getattr(cfg, sec), key)
         if v not in allowed:
-            raise ConfigError(f"unknown {sec}.{key} {v!r}; choose one of: {', '.join(allowed)}")
-    t, s = cfg.train, cfg.support
-    for name in t.loggers:
-        if name not in choices.LOGGERS:
-            raise ConfigError(f"unknown train.loggers entry {name!r}; choose from: {', '.join(choices.LOGGERS)}")
-    positive = {
-        "train.epochs": t.epochs,
-        "train.batch_size": t.batch_size,
-        "train.eval_batch_size": t.eval_batch_size,
-        "train.stats_every": t.stats_every,
-        "train.log_every": t.log_every,
-    }
-    for k, v in positive.items():
-        if v is not None and v <= 0:
-            raise ConfigError(f"{k} must be a positive integer, got {v}; set it to 1 or more")
-    if t.lr <= 0:
-        raise ConfigError(f"train.lr must be positive, got {t.lr}; try 0.05")
-    if not (0 <= t.momentum < 1):
-        raise ConfigError(f"train.momentum must be in [0, 1), got {t.momentum}; try 0.9")
-    if t.weight_decay < 0 or t.train_eval_size < 0 or t.checkpoint_every < 0 or t.checkpoint_steps < 0:
+            raise ConfigError(f"unknown {sec}.{key} {_short(v)}; choose one of: {', '.join(allowed)}")
+    if not _DEVICE.match(cfg.train.device):
         raise ConfigError(
-            "train.weight_decay, train.train_eval_size, train.checkpoint_every and train.checkpoint_steps "
-            "must not be negative; fix the value"
+            f"train.device must be {', '.join(choices.DEVICES)}, got {_short(cfg.train.device)}; e.g. train.device=cpu"
         )
-    if s.warmup < 0 or s.min_gap < 1 or s.max_gap < s.min_gap or s.patience < 1:
+    _check_ranges(cfg)
+    _check_lists(cfg)
+    for key, v in (("out", cfg.out), ("data.data_dir", cfg.data.data_dir)):
+        if v is not None and not v.strip():
+            raise ConfigError(f"{key} is empty; give a folder, or drop it for the default")
+    s = cfg.support
+    if s.max_gap < s.min_gap:
         raise ConfigError(
             f"support needs warmup >= 0, 1 <= min_gap <= max_gap and patience >= 1 "
             f"(got warmup={s.warmup}, min_gap={s.min_gap}, max_gap={s.max_gap}, "
             f"patience={s.patience}); fix the values"
         )
-    if s.beta < 0 or s.lr_scale <= 0 or s.plateau_tol < 0 or (s.consistency is not None and s.consistency < 0):
-        raise ConfigError(
-            "support.beta, support.plateau_tol and support.consistency must be >= 0 and "
-            "support.lr_scale > 0; fix the value"
-        )
-    taus = s.tau if isinstance(s.tau, list) else [s.tau]
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in taus):
-        raise ConfigError(f"support.tau must be a number or a list of numbers, got {s.tau!r}; fix the value")
-    if cfg.data.subset is not None and cfg.data.subset <= 0:
-        raise ConfigError(f"data.subset must be positive, got {cfg.data.subset}; drop it to use the whole set")
-    if cfg.data.test_subset is not None and cfg.data.test_subset <= 0:
-        raise ConfigError(
-            f"data.test_subset must be positive, got {cfg.data.test_subset}; drop it to evaluate on the whole test set"
-        )
-    ds = cfg.dsd
-    if (
-        min(ds.dense_epochs, ds.sparse_epochs, ds.redense_epochs) < 0
-        or not (0 <= ds.sparsity < 1)
-        or not (0 <= ds.eps < 1)
-        or any(v is not None and v <= 0 for v in (ds.sparse_lr, ds.redense_lr))
-    ):
-        raise ConfigError(
-            "dsd needs epochs >= 0, 0 <= sparsity < 1, 0 <= eps < 1 and positive learning rates; fix the value"
-        )
-    if cfg.data.val < 0 or cfg.data.pad < 0:
-        raise ConfigError("data.val and data.pad must not be negative; fix the value")
     return cfg
 
 
@@ -315,21 +416,139 @@ def from_dict(data: dict | None) -> Config:
     return validate(_build(Config, data or {}, ""))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (``yaml.safe_load``) and apply ``key=value`` overrides."""
+#: Bounds on a YAML text (a config file, a ``--set`` value, a method spec): a config is a few
+#: dozen keys, so these refuse only inputs built to hang or exhaust the loader.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_DEPTH = 32
+MAX_YAML_NODES = 20_000  # after alias expansion ("billion laughs" refused at once)
+
+
+class YAMLRefused(yaml.MarkedYAMLError):
+    """A YAML text refused by a bound or a rule of :func:`load_yaml` (not a syntax error)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses deep nesting, large or recursive alias expansion and
+    duplicate keys while it composes, before any of it is built or copied."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        self._total = 0
+        self._open_anchors: set[str] = set()
+        self._size: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, depth)
+
+    def _measure(self, node) -> tuple[int, int]:
+        key = id(node)
+        if key not in self._size:
+            children: list = []
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [n for kv in node.value for n in kv]
+            sizes = [self._measure(c) for c in children]  # children were measured when composed
+            self._size[key] = (1 + sum(n for n, _ in sizes), 1 + max((d for _, d in sizes), default=0))
+        return self._size[key]
+
+    def _count(self, node, depth_here: int, mark) -> None:
+        n, d = self._measure(node)
+        self._total += n
+        if self._total > MAX_YAML_NODES:
+            raise YAMLRefused(None, None, f"expands to more than {MAX_YAML_NODES:,} values (aliases?)", mark)
+        if depth_here + d - 1 > MAX_YAML_DEPTH:
+            raise YAMLRefused(None, None, f"nests deeper than {MAX_YAML_DEPTH} levels", mark)
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open_anchors:
+                raise YAMLRefused(
+                    None, None, f"has an alias *{event.anchor} inside the value it names", event.start_mark
+                )
+            node = super().compose_node(parent, index)
+            self._count(node, self._depth + 1, event.start_mark)
+            return node
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise YAMLRefused(None, None, f"nests deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+        anchor = getattr(event, "anchor", None)
+        if anchor:
+            self._open_anchors.add(anchor)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            self._open_anchors.discard(anchor)
+        self._total += 1
+        if self._total > MAX_YAML_NODES:
+            raise YAMLRefused(None, None, f"holds more than {MAX_YAML_NODES:,} values", event.start_mark)
+        self._measure(node)
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                try:
+                    dup = key in seen
+                    seen.add(key)
+                except TypeError:  # unhashable: the base class says so
+                    continue
+                if dup:
+                    raise YAMLRefused(None, None, f"has the key {_short(key)} twice", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str):
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def load_yaml(text: str, what: str, fix: str = "fix the syntax"):
+    """``yaml.safe_load(text)`` within the bounds above; any failure is one :class:`ConfigError`.
+
+    ``what`` names the text for the message ("config file c.yaml", "--set value of train.lr").
+    The work done before a refusal is bounded by the length of ``text``.
+    """
+    try:
+        return _parse_yaml(text)
+    except Exception as e:  # noqa: BLE001 - every way a text can fail to parse: one message
+        raise _yaml_error(e, what, fix) from None
+
+
+def _yaml_error(e: Exception, what: str, fix: str) -> ConfigError:
+    if isinstance(e, YAMLRefused):
+        where = f" at line {e.problem_mark.line + 1}" if e.problem_mark is not None else ""
+        return ConfigError(f"{what} {e.problem}{where}; {fix}")
+    if isinstance(e, yaml.YAMLError):
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        return ConfigError(f"{what} is not valid YAML{where}; {fix}")
+    # the constructors fail in other ways on hostile text: an integer of 10,000 digits (ValueError),
+    # a bare '!!int' (IndexError inside PyYAML), ...: all of them mean the text is not a valid config
+    return ConfigError(f"{what} is not valid YAML ({type(e).__name__}: {str(e)[:60]}); {fix}")
+
+
+def load_config(path: str | Path | None = None, overrides: list | None = None) -> Config:
+    """Read a YAML config (bounded ``safe_load``, :func:`load_yaml`) and apply the overrides.
+
+    ``overrides``: ``"key=value"`` strings (the value parsed as YAML, as ``--set`` gives them)
+    or ``(key, value)`` pairs (a value already typed, as the command line's own options give them).
+    """
+    from .paths import check_input_file
+
     data: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist; check the path given to --config")
+        p = check_input_file(path, "config file", "pass a YAML file to --config", max_bytes=MAX_CONFIG_BYTES)
         try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"config file {p} is not valid YAML{where}; fix the syntax") from None
+            text = p.read_bytes().decode("utf-8")
         except UnicodeDecodeError:
             raise ConfigError(f"config file {p} is not a text file; pass a YAML file") from None
+        except OSError as e:
+            raise ConfigError(f"config file {p} cannot be read ({e.strerror or e}); pass a YAML file") from None
+        data = load_yaml(text, f"config file {p}") or {}
         if not isinstance(data, dict):
             raise ConfigError(
                 f"config file {p} must hold a mapping of sections, got {type(data).__name__}; see configs/ for examples"
@@ -340,21 +559,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return from_dict(data)
 
 
-def apply_override(data: dict, item: str) -> None:
-    """Apply one ``section.key=value`` override; the value is parsed as YAML."""
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} is not of the form key=value; e.g. --set train.epochs=5")
-    key, raw = item.split("=", 1)
+def apply_override(data: dict, item: str | tuple[str, Any]) -> None:
+    """Apply one override: ``"section.key=value"`` (the value parsed as YAML, within the bounds of
+    :func:`load_yaml`; text that is not YAML is taken as a string) or ``(key, value)``."""
+    if isinstance(item, tuple):
+        key, value = item
+    else:
+        if "=" not in item:
+            raise ConfigError(f"override {_short(item)} is not of the form key=value; e.g. --set train.epochs=5")
+        key, raw = item.split("=", 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"--set value of {_short(key)} is longer than {MAX_CONFIG_BYTES:,} bytes; shorten it")
+        try:
+            value = _parse_yaml(raw) if raw.strip() else None
+        except YAMLRefused as e:
+            raise _yaml_error(e, f"--set value of {_short(key.strip())}", "simplify the value") from None
+        except yaml.YAMLError:
+            value = raw  # not YAML: the text itself (a path with ': ' in it, say)
+        except Exception as e:  # noqa: BLE001
+            raise _yaml_error(e, f"--set value of {_short(key.strip())}", "fix the value") from None
     parts = key.strip().split(".")
     if not all(parts):
-        raise ConfigError(f"override key {key!r} is malformed; e.g. --set train.epochs=5")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+        raise ConfigError(f"override key {_short(key)} is malformed; e.g. --set train.epochs=5")
     node = data
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {key!r} goes through a non-section value; check the key")
+            raise ConfigError(f"override {_short(key)} goes through a non-section value; check the key")
     node[parts[-1]] = value

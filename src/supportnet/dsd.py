@@ -49,6 +49,7 @@ from .errors import ConfigError
 from .export import arch_of, plain_state_dict, taus_of
 from .io import atomic_write_text, load_checkpoint, save_checkpoint
 from .layers import HardThreshold, batch_support, configure
+from .runfolder import claim_run_folder, releases_run_folders
 
 CHANNELWISE = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity, nn.Flatten)
 
@@ -415,12 +416,23 @@ def _phase_cfg(cfg: Config, phase: str, epochs: int, lr: float, method: str, out
     return c
 
 
-def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print, resume: bool = False) -> dict:
+@releases_run_folders
+def dsd(
+    cfg: Config,
+    out: str | Path | None = None,
+    data=None,
+    log=print,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict:
     """Run the three phases (module docstring); write ``out/dsd.json`` and ``out/sparse.pt``.
 
     ``resume=True`` continues an interrupted DSD run in ``out``: finished phases are loaded
     from their ``final.pt``, the pruning from ``out/pruning.pt``, and an interrupted phase
     resumes from its own checkpoint (exactly, as ``supportnet train --resume`` does).
+    ``out`` is claimed for this run once the config, data and model are valid, and its config
+    written to ``out/dsd-config.yaml`` (what ``--resume`` reads); a folder holding another
+    run's files is refused unless ``overwrite`` (:mod:`supportnet.runfolder`).
     """
     from .models import count_params
     from .train import build, evaluate, fit
@@ -432,6 +444,9 @@ def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print, resume
     if resume and not (out / "dense").is_dir():
         raise ConfigError(f"{out} holds no DSD run to resume (no dense/ folder); drop --resume to start one")
     data, model = build(cfg, data)
+    claim_run_folder(out, resume=resume, overwrite=overwrite)
+    if not resume:
+        atomic_write_text(out / "dsd-config.yaml", cfg.to_yaml())
     device = torch.device(cfg.train.device)
     res: dict = {"prune": ds.prune, "config": cfg.to_dict(), "phases": {}}
 
@@ -453,7 +468,9 @@ def dsd(cfg: Config, out: str | Path | None = None, data=None, log=print, resume
             record(name, run)
             return True
         again = resume and (run / "checkpoint.pt").is_file()
-        record(name, fit(pcfg, data, model, step_hook=hook, resume=run if again else None))
+        # under a resume, a phase folder without a checkpoint holds this run's own start: redone
+        ow = overwrite or resume
+        record(name, fit(pcfg, data, model, step_hook=hook, resume=run if again else None, overwrite=ow))
         return False
 
     phase("dense", _phase_cfg(cfg, "dense", ds.dense_epochs, cfg.train.lr, "sgd", out))

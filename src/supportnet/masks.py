@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .errors import IntegrityError
-from .io import fsync_dir
+from .io import fsync_dir, new_file_mode
 
 MAGIC = b"SNMASK\x00\x01"
 VERSION = 1
@@ -235,6 +235,36 @@ class PackedMasks:
         return [lb.unpack() for lb in self]
 
 
+def _header_fields(meta, path: Path, fix: str) -> tuple[int, list[tuple[int, ...]], int, int, str]:
+    """``n, shapes, bits, row_bytes, checksum`` of a store header, each checked for its type and
+    sign: positive integers (not booleans, not floats), at least one layer, a 32-hex checksum."""
+
+    def positive(v) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(v)
+        return v
+
+    try:
+        if not isinstance(meta, dict) or not isinstance(meta["shapes"], list) or not meta["shapes"]:
+            raise ValueError("shapes")
+        n, bits, row_bytes = positive(meta["n"]), positive(meta["bits"]), positive(meta["row_bytes"])
+        shapes = []
+        for sh in meta["shapes"]:
+            if not isinstance(sh, list) or not sh:
+                raise ValueError(sh)
+            shapes.append(tuple(positive(d) for d in sh))
+        checksum = meta["checksum"]
+        if not isinstance(checksum, str) or len(checksum) != 2 * _DIGEST:
+            raise ValueError(checksum)
+    except (KeyError, TypeError, ValueError):
+        raise IntegrityError(
+            f"mask store {path} has a damaged header (a missing, negative or zero size); {fix}"
+        ) from None
+    if bits != sum(_numel(s) for s in shapes):
+        raise IntegrityError(f"mask store {path} has an inconsistent header; {fix}")
+    return n, shapes, bits, row_bytes, checksum
+
+
 class MaskStore:
     """Bit-packed supports of every layer for ``n`` examples, addressed by example index.
 
@@ -266,6 +296,10 @@ class MaskStore:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=str(self.path.parent))
+            try:
+                os.fchmod(fd, new_file_mode())  # as a plain open() would: the umask, not mkstemp's 0600
+            except OSError:
+                pass
             os.close(fd)
             with open(self._tmp, "r+b") as f:
                 f.truncate(self.header_nbytes + self.payload_nbytes)
@@ -436,20 +470,13 @@ class MaskStore:
                 meta = json.loads(f.read(hlen - 16).decode().strip())
         except FileNotFoundError:
             raise IntegrityError(f"mask store {path} does not exist; {fix}") from None
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # JSONDecodeError is a ValueError
             raise IntegrityError(f"mask store {path} has a damaged header; {fix}") from None
-        try:
-            store = cls.__new__(cls)
-            store.n, store.bits, store.row_bytes = int(meta["n"]), int(meta["bits"]), int(meta["row_bytes"])
-            store.shapes = [tuple(int(d) for d in s) for s in meta["shapes"]]
-            store.checksum = str(meta["checksum"])
-        except (KeyError, TypeError, ValueError):
-            raise IntegrityError(f"mask store {path} has a damaged header; {fix}") from None
-        if (
-            store.n <= 0
-            or store.bits != sum(_numel(s) for s in store.shapes)
-            or store.row_bytes != (store.bits + 7) // 8
-        ):
+        store = cls.__new__(cls)
+        store.n, store.shapes, store.bits, store.row_bytes, store.checksum = _header_fields(meta, path, fix)
+        # every field against the file's real size before any loop or allocation: the payload is
+        # n rows of row_bytes >= 1 bytes, so n <= size and the checksum pass is bounded by the file
+        if store.row_bytes != (store.bits + 7) // 8:
             raise IntegrityError(f"mask store {path} has an inconsistent header; {fix}")
         store.path, store._tmp, store.readonly = path, None, True
         store._hash, store._hashed, store.changed = None, 0, float("nan")

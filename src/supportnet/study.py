@@ -36,6 +36,7 @@ from .compare import method_config
 from .config import Config, from_dict
 from .errors import ConfigError, DivergenceError
 from .io import atomic_write_text
+from .runfolder import claim_run_folder, releases_run_folders
 
 #: The method that every ratio is taken against.
 BASELINE = "sgd"
@@ -45,13 +46,17 @@ def _slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
 
 
-def _fit_job(cfg_dict: dict) -> dict:
+#: What a study's folder may hold when the same study runs again (its finished runs are reused).
+STUDY_REUSE = ("study.json", "table.md", "curves.png", "ratio.png", "seed*", "tune")
+
+
+def _fit_job(cfg_dict: dict, overwrite: bool = False) -> dict:
     """Train one config (in this process or a worker) and return its summary, or the divergence."""
     from .train import fit
 
     cfg = from_dict(cfg_dict)
     try:
-        run = fit(cfg)
+        run = fit(cfg, overwrite=overwrite)
     except DivergenceError as e:
         return {"error": f"diverged: {e}", "out": cfg.out}
     s = json.loads((Path(run) / "summary.json").read_text())
@@ -59,35 +64,48 @@ def _fit_job(cfg_dict: dict) -> dict:
     return s
 
 
-def _run_all(cfgs: list[Config], jobs: int, log) -> list[dict]:
+def _same_config(c: Config) -> bool:
+    """Whether ``c.out`` holds a run started with the config ``c`` (fields added since: defaults)."""
+    same = Path(c.out) / "config.yaml"
+    if not same.is_file():
+        return False
+    from .config import load_config
+
+    try:
+        return _resolved(load_config(same)).to_dict() == _resolved(c).to_dict()
+    except ConfigError:
+        return False
+
+
+def _run_all(cfgs: list[Config], jobs: int, log, overwrite: bool = False) -> list[dict]:
     """Run independent configs, ``jobs`` at a time (spawned workers); results in input order.
 
-    A run whose folder already holds a ``summary.json`` for the same config is reused, so an
-    interrupted study continues where it stopped.
+    A run whose folder already holds a ``summary.json`` for the same config is reused, and one
+    that holds an unfinished run of the same config is run again, so an interrupted study
+    continues where it stopped. A folder holding a run of another config is refused, before
+    anything is trained, unless ``overwrite`` (:mod:`supportnet.runfolder`).
     """
-    results: list[dict | None] = [None] * len(cfgs)
-    todo = []
-    for i, c in enumerate(cfgs):
-        done = Path(c.out) / "summary.json"
-        same = Path(c.out) / "config.yaml"
-        if done.exists() and same.exists():
-            import yaml
+    from .runfolder import check_run_folder
 
-            # the same config, fields added since the run was written taking their defaults
-            if _resolved(from_dict(yaml.safe_load(same.read_text()))).to_dict() == _resolved(c).to_dict():
-                results[i] = json.loads(done.read_text()) | {"out": c.out}
-                log(f"  reuse {c.out}")
-                continue
-        todo.append(i)
+    results: list[dict | None] = [None] * len(cfgs)
+    todo: list[tuple[int, bool]] = []  # (index, overwrite its folder)
+    for i, c in enumerate(cfgs):
+        same = _same_config(c)
+        if same and (Path(c.out) / "summary.json").is_file():
+            results[i] = json.loads((Path(c.out) / "summary.json").read_text()) | {"out": c.out}
+            log(f"  reuse {c.out}")
+            continue
+        check_run_folder(c.out, overwrite=overwrite or same, resumable=False)
+        todo.append((i, overwrite or same))
     if jobs <= 1:
-        for i in todo:
+        for i, ow in todo:
             log(f"  run {cfgs[i].out}")
-            results[i] = _fit_job(cfgs[i].to_dict())
+            results[i] = _fit_job(cfgs[i].to_dict(), ow)
     else:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-            futs = {i: ex.submit(_fit_job, cfgs[i].to_dict()) for i in todo}
+            futs = {i: ex.submit(_fit_job, cfgs[i].to_dict(), ow) for i, ow in todo}
             for i, f in futs.items():
                 results[i] = f.result()
                 log(f"  done {cfgs[i].out}")
@@ -183,7 +201,15 @@ def summarize(runs: dict[str, dict[int, dict]], targets: list[float]) -> dict:
 
 
 def tune_lr(
-    base: Config, methods: list[str], grid: list[float], epochs: int, val: int, out: Path, jobs: int = 1, log=print
+    base: Config,
+    methods: list[str],
+    grid: list[float],
+    epochs: int,
+    val: int,
+    out: Path,
+    jobs: int = 1,
+    log=print,
+    overwrite: bool = False,
 ) -> dict[str, dict]:
     """Pick each method's learning rate from ``grid`` by final validation accuracy (same budget)."""
     if val <= 0:
@@ -197,7 +223,7 @@ def tune_lr(
             c.out = str(out / "tune" / f"{_slug(m)}-lr{lr:g}")
             cfgs.append(c), keys.append((m, lr))
     log(f"tuning: {len(methods)} methods x {len(grid)} learning rates, {epochs} epochs, val {val}")
-    res = _run_all(cfgs, jobs, log)
+    res = _run_all(cfgs, jobs, log, overwrite)
     chosen: dict[str, dict] = {}
     for (m, lr), r in zip(keys, res):
         acc = r["curve"][-1].get("val_acc") if "error" not in r else None
@@ -211,6 +237,7 @@ def tune_lr(
     return chosen
 
 
+@releases_run_folders
 def run_study(
     base: Config,
     methods: list[str],
@@ -223,8 +250,13 @@ def run_study(
     jobs: int = 1,
     log=print,
     footer: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """The whole protocol (module docstring); returns the summary written to ``out/study.json``."""
+    """The whole protocol (module docstring); returns the summary written to ``out/study.json``.
+
+    ``out`` may hold this study's earlier runs (reused, :data:`STUDY_REUSE`); another run's files
+    are refused unless ``overwrite`` (:mod:`supportnet.runfolder`).
+    """
     out = Path(out)
     if BASELINE not in [m.split("[")[0] for m in methods]:
         raise ConfigError(f"the study measures against SGD; add '{BASELINE}' to --methods")
@@ -232,11 +264,13 @@ def run_study(
         raise ConfigError("no seeds given; e.g. --seeds 0,1,2")
     for m in methods:
         method_config(base, m)  # validate every spec before any training
+    _check_study_numbers(base, seeds, lr_grid, tune_epochs, tune_val)
+    claim_run_folder(out, overwrite=overwrite, reuse=STUDY_REUSE, resumable=False)
     t0 = time.time()
     tuning = None
     lrs = {m: base.train.lr for m in methods}
     if lr_grid:
-        tuning = tune_lr(base, methods, lr_grid, tune_epochs or base.train.epochs, tune_val, out, jobs, log)
+        tuning = tune_lr(base, methods, lr_grid, tune_epochs or base.train.epochs, tune_val, out, jobs, log, overwrite)
         lrs = {m: tuning[m]["lr"] for m in methods}
         log("chosen learning rates: " + ", ".join(f"{m} {lr:g}" for m, lr in lrs.items()))
     cfgs, keys = [], []
@@ -247,7 +281,7 @@ def run_study(
             c.out = str(out / f"seed{s}" / _slug(m))
             cfgs.append(c), keys.append((m, s))
     log(f"runs: {len(methods)} methods x {len(seeds)} seeds, {base.train.epochs} epochs")
-    res = _run_all(cfgs, jobs, log)
+    res = _run_all(cfgs, jobs, log, overwrite)
     runs: dict[str, dict[int, dict]] = {}
     for (m, s), r in zip(keys, res):
         r["lr"] = lrs[m]
@@ -278,12 +312,31 @@ def run_study(
             for m, by in runs.items()
         },
     }
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "study.json", json.dumps(summary, indent=1))
     atomic_write_text(out / "table.md", study_table(summary))
     plot_study_curves(summary, out / "curves.png", footer)
     plot_ratios(summary, out / "ratio.png", footer)
     return summary
+
+
+def _check_study_numbers(base: Config, seeds, lr_grid, tune_epochs, tune_val) -> None:
+    """The seeds, learning rates, tuning epochs and hold-out go into configs: the config's ranges apply."""
+    from .config import validate
+
+    for flag, key, values in (
+        ("--seeds", "train.seed", seeds),
+        ("--lr-grid", "train.lr", lr_grid or []),
+        ("--tune-epochs", "train.epochs", [tune_epochs] if lr_grid and tune_epochs is not None else []),
+        ("--tune-val", "data.val", [tune_val] if lr_grid else []),
+    ):
+        for v in values:
+            c = base.copy()
+            sec, name = key.split(".")
+            setattr(getattr(c, sec), name, v)
+            try:
+                validate(c)
+            except ConfigError as e:
+                raise ConfigError(f"{flag} {v}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- reporting

@@ -57,6 +57,7 @@ from .io import atomic_write_text, save_checkpoint
 from .layers import collect_stats, configure, layer_mode, support_penalty, threshold_layers
 from .loggers import Loggers
 from .models import count_params, create_model
+from .runfolder import claim_run_folder, releases_run_folders
 
 log = logging.getLogger("supportnet")
 
@@ -290,6 +291,12 @@ def check_model_fits(model: nn.Module, cfg: Config, data: DataBundle) -> None:
             f"model {cfg.model.name!r} gives {out.shape[-1]} outputs but {data.name} has "
             f"{data.num_classes} classes; drop the num_classes override"
         )
+    # the support config against the model, here and not when the schedule starts: before the run folder is written
+    n, tau = len(threshold_layers(model)), cfg.support.tau
+    if isinstance(tau, list) and len(tau) != n:
+        raise ConfigError(
+            f"support.tau has {len(tau)} values but the model has {n} threshold layers; give one value or one per layer"
+        )
 
 
 def start_run(
@@ -300,10 +307,13 @@ def start_run(
     step_hook: Callable | None = None,
     resume: str | Path | None = None,
     strict: bool = False,
+    overwrite: bool = False,
 ) -> Run:
     """Set a run up: the config resolved and checked, the process group, the data and the
     (seeded) model on the device, the run folder, optimizer, divergence guard, schedule, the
-    DDP / compiled wrappers, and, with ``resume``, everything the checkpoint holds."""
+    DDP / compiled wrappers, and, with ``resume``, everything the checkpoint holds. The run
+    folder is claimed (locked; another run's folder refused unless ``overwrite``) only after
+    the config, the data and the model have been checked (:mod:`supportnet.runfolder`)."""
     rs = None
     if resume is not None:
         rs = _load_resume(Path(resume), cfg)
@@ -318,9 +328,10 @@ def start_run(
     device = torch.device(f"cuda:{info.local_rank}" if info.active and t.device.startswith("cuda") else t.device)
     data, model = _data_and_model(cfg, data, model, device)
     out = Path(cfg.out) if cfg.out else _default_out(cfg)
-    if info.is_main and rs is None:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    if info.is_main:  # the folder is this run's (locked) until fit returns
+        claim_run_folder(out, resume=rs is not None, overwrite=overwrite)
+        if rs is None:
+            atomic_write_text(out / "config.yaml", cfg.to_yaml())
     lazy = lazy_default(device)
     opt = torch.optim.SGD(
         model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, fused=True if lazy else None
@@ -610,6 +621,7 @@ def finish_run(run: Run) -> Path:
     return run.out
 
 
+@releases_run_folders
 def fit(
     cfg: Config,
     data: DataBundle | None = None,
@@ -620,6 +632,7 @@ def fit(
     step_hook: Callable | None = None,
     resume: str | Path | None = None,
     strict: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Train as ``cfg`` says and return the run folder (see the module docstring).
 
@@ -632,12 +645,14 @@ def fit(
     ``resume``: a run folder; training continues from its ``checkpoint.pt`` (which may
     be mid-epoch) and ends with the weights an uninterrupted run would have, bit for bit
     on CPU. ``strict``: a damaged mask store is an error instead of a re-estimation.
+    ``overwrite``: a new run may replace another run's files in ``cfg.out`` (else refused;
+    :mod:`supportnet.runfolder`).
     """
     if train is not None:
         if test is None:
             raise ConfigError("fit(train=...) also needs test=...: the run evaluates on it after every epoch")
         data = from_datasets(train, test, workers=cfg.data.workers if cfg.data.stream else 0)
-    run = start_run(cfg, data, model, step_hook=step_hook, resume=resume, strict=strict)
+    run = start_run(cfg, data, model, step_hook=step_hook, resume=resume, strict=strict, overwrite=overwrite)
     try:
         for epoch in range(run.state.epoch, run.cfg.train.epochs):
             ev = run.start_epoch(epoch)  # warm-up, or alternation: a new round re-estimates the supports

@@ -27,9 +27,15 @@ def download(url: str, dest: str | Path, md5: str | None = None, quiet: bool = F
     once it verifies; a failed download or checksum leaves any existing
     ``dest`` untouched and removes only the temporary file.
     """
+    from ..io import new_file_mode, write_error
+
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=str(dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=str(dest.parent))
+        os.fchmod(fd, new_file_mode())  # the umask, as a plain open() would; not mkstemp's 0600
+    except OSError as e:
+        raise write_error(dest, e) from None
     try:
         with os.fdopen(fd, "wb") as out:
             try:
@@ -42,7 +48,14 @@ def download(url: str, dest: str | Path, md5: str | None = None, quiet: bool = F
             from tqdm import tqdm
 
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=quiet) as bar:
-                for block in iter(lambda: resp.read(1 << 16), b""):
+
+                def read() -> bytes:
+                    try:
+                        return resp.read(1 << 16)
+                    except OSError as e:  # the network, not the disk
+                        raise DataError(f"download of {url} was interrupted ({e}); retry") from None
+
+                for block in iter(read, b""):
                     out.write(block)
                     bar.update(len(block))
             out.flush()
@@ -55,6 +68,8 @@ def download(url: str, dest: str | Path, md5: str | None = None, quiet: bool = F
                     f"retry, or fetch the file by hand and place it at {dest}"
                 )
         os.replace(tmp, dest)
+    except OSError as e:  # a full disk or a vanished folder while writing: one line, the temporary removed
+        raise write_error(dest, e) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

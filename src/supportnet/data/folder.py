@@ -37,7 +37,9 @@ def scan(split_dir: Path, classes: list[str] | None = None) -> tuple[list[str], 
             f"image folder split {split_dir} does not exist; arrange the data as train/ and val/ "
             f"folders of class folders"
         )
-    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    from .formats import imagefolder_classes
+
+    found = imagefolder_classes(split_dir, require_images=classes is None)
     classes = classes or found
     index = {c: i for i, c in enumerate(classes)}
     paths, labels = [], []
@@ -75,15 +77,9 @@ class FolderStream(torch.utils.data.Dataset):
         return _Images(self)
 
     def _decode(self, i: int):
-        from PIL import Image, UnidentifiedImageError
+        from .formats import open_image
 
-        try:
-            with Image.open(self.paths[i]) as im:
-                return im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(
-                f"image {self.paths[i]} is truncated or not an image ({type(e).__name__}); remove or replace it"
-            ) from None
+        return open_image(self.paths[i])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         from PIL import Image

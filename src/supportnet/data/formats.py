@@ -93,6 +93,10 @@ CIFAR = {
 }
 
 
+#: The largest archive member read (CIFAR-100's training batch is 155 MB).
+MAX_CIFAR_MEMBER = 256 << 20
+
+
 def cifar_present(root: Path, name: str) -> bool:
     c = CIFAR[name]
     folder = root / c["folder"]
@@ -104,6 +108,9 @@ def _cifar_members(root: Path, name: str) -> dict[str, bytes]:
     folder = root / c["folder"]
     wanted = c["train"] + c["test"]
     if all((folder / f).is_file() for f in wanted):
+        for f in wanted:
+            if (folder / f).stat().st_size > MAX_CIFAR_MEMBER:
+                raise DataError(f"{folder / f} is larger than a CIFAR batch; " + _FIX.format(name=name))
         return {f: (folder / f).read_bytes() for f in wanted}
     arch = root / c["archive"]
     out = {}
@@ -116,6 +123,11 @@ def _cifar_members(root: Path, name: str) -> dict[str, bytes]:
                     raise DataError(f"{arch} has no member {c['folder']}/{f}; " + _FIX.format(name=name)) from None
                 if not m.isfile():
                     raise DataError(f"{arch}: {m.name} is not a regular file; " + _FIX.format(name=name))
+                if m.size > MAX_CIFAR_MEMBER:  # a batch is about 31 MB; a bigger one is not CIFAR
+                    raise DataError(
+                        f"{arch}: {m.name} declares {m.size:,} bytes, more than a CIFAR batch "
+                        f"({MAX_CIFAR_MEMBER:,}); " + _FIX.format(name=name)
+                    )
                 out[f] = tar.extractfile(m).read()  # type: ignore[union-attr]
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataError(f"{arch} is truncated or corrupt ({type(e).__name__}); " + _FIX.format(name=name)) from None
@@ -130,11 +142,15 @@ def load_cifar(root: Path, name: str):
         xs, ys = [], []
         for f in files:
             d = safe_unpickle(members[f], f"{name} batch {f}", name)
-            try:
-                x = np.asarray(d["data"], dtype=np.uint8)
-                y = np.asarray(d[c["label"]], dtype=np.int64)
+            try:  # no casts here: check_arrays refuses float, string or out-of-range labels
+                x, y = np.asarray(d["data"]), np.asarray(d[c["label"]])
             except KeyError as e:
                 raise DataError(f"{name} batch {f} lacks {e}; " + _FIX.format(name=name)) from None
+            if x.dtype != np.uint8 or y.ndim != 1:
+                raise DataError(
+                    f"{name} batch {f} has data of type {x.dtype} and labels of shape {y.shape}, expected "
+                    f"uint8 data and one label per image; " + _FIX.format(name=name)
+                )
             if x.ndim != 2 or x.shape[1] != 3072 or x.shape[0] != y.shape[0]:
                 raise DataError(
                     f"{name} batch {f} has data {x.shape} and {y.shape[0]} labels, expected "
@@ -187,16 +203,48 @@ def load_svhn(root: Path, use_extra: bool = False):
 
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".gif", ".webp"}
+#: The largest image decoded: 64 megapixels (a 192 MB RGB array). Pillow's own guard warns at
+#: 89 MP and stops at 179 MP; a header that claims more than this is refused before decoding.
+MAX_IMAGE_PIXELS = 64 << 20
 
 
-def imagefolder_classes(split_dir: Path) -> list[str]:
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+def open_image(p: Path):
+    """Decode the image at ``p`` as RGB, refusing one whose header claims more than
+    :data:`MAX_IMAGE_PIXELS` before any pixel is decoded; a corrupt file is one DataError."""
+    Image = require("PIL.Image")
+    import warnings
+
+    from PIL import UnidentifiedImageError
+
+    too_large = f"more than the {MAX_IMAGE_PIXELS:,} pixels allowed (a decompression bomb?); shrink or remove it"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's own guard: one line
+            with Image.open(p) as im:  # reads the header only
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise DataError(f"image {p} is too large: it claims {w}x{h} pixels, {too_large}")
+                return im.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"image {p} is too large: {too_large}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"image {p} is truncated or not an image ({type(e).__name__}); remove or replace it") from None
+
+
+def imagefolder_classes(split_dir: Path, require_images: bool = False) -> list[str]:
+    """The class folders of ``split_dir`` (sorted). ``require_images``: a class folder without
+    an image is an error (it would be a class no example has, and shift every later label)."""
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if require_images:
+        for c in classes:
+            if not any(q.suffix.lower() in IMAGE_EXT for q in (split_dir / c).iterdir()):
+                raise DataError(f"class folder {split_dir / c} holds no images; add images to it or remove it")
+    return classes
 
 
 def load_imagefolder(root: Path, size: int | None = None):
     """``root/train/<class>/*`` and ``root/val/<class>/*`` (or ``test``) into uint8 tensors."""
     Image = require("PIL.Image")
-    from PIL import UnidentifiedImageError
 
     test_dir = root / "val" if (root / "val").is_dir() else root / "test"
     if not (root / "train").is_dir() or not test_dir.is_dir():
@@ -204,7 +252,7 @@ def load_imagefolder(root: Path, size: int | None = None):
             f"image folder {root} needs train/ and val/ (or test/) subfolders of class folders; "
             f"arrange it as ImageNet is"
         )
-    classes = imagefolder_classes(root / "train")
+    classes = imagefolder_classes(root / "train", require_images=True)
     if not classes:
         raise DataError(f"image folder {root}/train has no class folders; add one folder per class")
     index = {c: i for i, c in enumerate(classes)}
@@ -217,17 +265,10 @@ def load_imagefolder(root: Path, size: int | None = None):
             for p in sorted(split_dir.joinpath(c).iterdir()):
                 if p.suffix.lower() not in IMAGE_EXT:
                     continue
-                try:
-                    with Image.open(p) as im:
-                        im = im.convert("RGB")
-                        if size is not None:
-                            im = im.resize((size, size), Image.BILINEAR)
-                        arr = np.asarray(im, dtype=np.uint8)
-                except (UnidentifiedImageError, OSError) as e:
-                    raise DataError(
-                        f"image {p} is truncated or not an image ({type(e).__name__}); remove or replace it"
-                    ) from None
-                xs.append(arr.transpose(2, 0, 1))
+                im = open_image(p)
+                if size is not None:
+                    im = im.resize((size, size), Image.BILINEAR)
+                xs.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
                 ys.append(index[c])
         if not xs:
             raise DataError(f"no images found under {split_dir}; add .png or .jpg files to the class folders")

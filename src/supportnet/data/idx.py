@@ -8,6 +8,7 @@ the payload is exactly as long as the header says.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -26,27 +27,60 @@ _TYPES = {
 }
 
 
+#: A gzip IDX file may expand at most this many times (MNIST-family files: under 10x); a
+#: header that declares more is refused before anything is decompressed (a gzip bomb).
+MAX_GZIP_RATIO = 200
+
+
+def _read_exact(f, n: int) -> bytes:
+    """Up to ``n`` bytes of ``f`` (fewer only at its end)."""
+    chunks, got = [], 0
+    while got < n:
+        b = f.read(min(n - got, 1 << 24))
+        if not b:
+            break
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
+
+
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (raw or ``.gz``) into a numpy array, verifying its length."""
+    """Read an IDX file (raw or ``.gz``) into a numpy array, verifying its length.
+
+    The header is read first; the data it declares is checked against the file's size
+    (times :data:`MAX_GZIP_RATIO` for gzip) before it is read, and no more than the
+    declared length plus one byte is ever decompressed, so a hostile file costs at most
+    what its size allows.
+    """
     path = Path(path)
     fix = "delete it and fetch it again (supportnet data fetch NAME)"
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        size = path.stat().st_size
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            f = gzip.GzipFile(fileobj=raw) if gz else raw
+            head = _read_exact(f, 4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _TYPES:
+                raise DataError(f"{path} is not an IDX file (bad magic number); {fix}")
+            ndim = head[3]
+            shape = _read_exact(f, 4 * ndim)
+            if ndim == 0 or len(shape) < 4 * ndim:
+                raise DataError(f"IDX file {path} has a truncated header; {fix}")
+            dims = struct.unpack(f">{ndim}I", shape)
+            dtype = np.dtype(_TYPES[head[2]])
+            expected = math.prod(dims) * dtype.itemsize  # a Python int: no int64 overflow
+            room = size * MAX_GZIP_RATIO if gz else size
+            if expected > room:
+                kind = f"more than a {size:,}-byte gzip file can hold" if gz else "more than the file holds"
+                raise DataError(
+                    f"IDX file {path} declares {expected:,} data bytes (dimensions {list(dims)}), {kind}; {fix}"
+                )
+            body = _read_exact(f, expected + 1)
     except FileNotFoundError:
         raise DataError(f"IDX file {path} does not exist; fetch the data set (supportnet data fetch NAME)") from None
     except (OSError, EOFError, zlib.error):
         raise DataError(f"IDX file {path} is a truncated or corrupt gzip file; {fix}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _TYPES:
-        raise DataError(f"{path} is not an IDX file (bad magic number); {fix}")
-    ndim = raw[3]
-    if ndim == 0 or len(raw) < 4 + 4 * ndim:
-        raise DataError(f"IDX file {path} has a truncated header; {fix}")
-    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    dtype = np.dtype(_TYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    body = raw[4 + 4 * ndim :]
     if len(body) != expected:
         kind = "truncated" if len(body) < expected else "longer than its header says"
         raise DataError(f"IDX file {path} is {kind} ({len(body)} data bytes, header says {expected}); {fix}")

@@ -61,6 +61,44 @@ def _synthetic(seed: int = 0, n_train: int = 1024, n_test: int = 256, shape=(1, 
     return xtr, ytr, xte, yte
 
 
+def check_arrays(name: str, num_classes: int, xtr, ytr, xte, yte) -> None:
+    """What every loader must return, checked once for all formats: images ``(N, C, H, W)`` of
+    numbers (finite, if floats), at least one example per split, train and test images of one
+    size, and integer labels, one per image, in ``0 .. num_classes - 1`` (``num_classes`` 0:
+    the set's own count, an image folder's classes). Anything else is one :class:`DataError`."""
+    fix = f"fetch the data set again (supportnet data fetch {name}) or fix its files"
+    for split, x, y in (("training", xtr, ytr), ("test", xte, yte)):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.ndim != 4 or x.dtype.kind not in "uif":
+            raise DataError(f"{name} {split} images are {x.dtype} of shape {x.shape}, not (N, C, H, W) numbers; {fix}")
+        if x.shape[0] == 0:
+            raise DataError(f"{name} {split} split holds no examples; {fix}")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise DataError(f"{name} {split} images hold NaN or infinite values; {fix}")
+        if y.dtype.kind not in "iu":
+            what = "floats" if y.dtype.kind == "f" else f"{y.dtype} values"
+            raise DataError(f"{name} {split} labels are {what}, not integers; {fix}")
+        if y.shape != (x.shape[0],):
+            raise DataError(f"{name} {split} split has {x.shape[0]} images but labels of shape {y.shape}; {fix}")
+        if y.min() < 0 or (num_classes and y.max() >= num_classes):
+            hi = num_classes - 1 if num_classes else "the number of classes"
+            raise DataError(f"{name} {split} labels fall outside 0..{hi} (found {y.min()}..{y.max()}); {fix}")
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise DataError(
+            f"{name} test images are {'x'.join(map(str, xte.shape[1:]))} but training images are "
+            f"{'x'.join(map(str, xtr.shape[1:]))}; give both splits one size (image folders: set data.image_size)"
+        )
+
+
+def _check_pad_fits(pad: int, xtr, xte, val_split) -> None:
+    """The padded splits (float32) must fit in the memory available: one line, not an allocation failure."""
+    from ..limits import check_memory
+
+    n_all = xtr.shape[0] + xte.shape[0] + (val_split[0].shape[0] if val_split else 0)
+    c, h, w = xtr.shape[1:]
+    check_memory(4 * n_all * c * (h + 2 * pad) * (w + 2 * pad), f"data.pad={pad}", "use a smaller data.pad")
+
+
 def _to_float(x: np.ndarray) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(x))
     if t.dtype == torch.uint8:
@@ -112,6 +150,7 @@ def load_data(
         xtr_np, ytr_np, xte_np, yte_np = spec.loader(
             root, _resolve_files(root, spec), image_size=image_size, extra=extra
         )
+        check_arrays(name, spec.num_classes, xtr_np, ytr_np, xte_np, yte_np)
         xtr, xte = _to_float(xtr_np), _to_float(xte_np)
         ytr, yte = torch.from_numpy(ytr_np.astype(np.int64)), torch.from_numpy(yte_np.astype(np.int64))
     g = torch.Generator().manual_seed(seed)
@@ -134,6 +173,7 @@ def load_data(
         tidx = _test_index(xte.shape[0], test_subset)
         xte, yte = xte[tidx], yte[tidx]
     if pad:
+        _check_pad_fits(pad, xtr, xte, val_split)
         p = [pad] * 4
         pad_fn = torch.nn.functional.pad
         xtr, xte = pad_fn(xtr, p), pad_fn(xte, p)

@@ -1,9 +1,11 @@
 """Where a data set lives on disk, whether its files verify, and fetching it.
 
-A data set is looked up in this order: ``--data-dir``, ``$SUPPORTNET_DATA``,
+Without ``--data-dir`` a data set is looked up in this order: ``$SUPPORTNET_DATA``,
 ``~/.cache/supportnet``, ``/usr/share/datasets/<name>`` (where Debian's
 ``dataset-fashion-mnist`` puts its files). In each place both ``DIR`` and
-``DIR/<name>`` are tried.
+``DIR/<name>`` are tried. An explicit ``--data-dir`` is the only place looked in:
+the set is used from there or refused with what is missing, never silently taken
+from another folder.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from .registry import DatasetSpec, get_spec
 
 
 def search_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
-    """Candidate folders for data set ``name``, in lookup order."""
-    bases: list[Path] = []
+    """Candidate folders for data set ``name``, in lookup order (only ``data_dir``'s when given)."""
     if data_dir is not None:
-        bases.append(Path(data_dir).expanduser())
+        b = Path(data_dir).expanduser()
+        return [b, b / name]
+    bases: list[Path] = []
     if os.environ.get("SUPPORTNET_DATA"):
         bases.append(Path(os.environ["SUPPORTNET_DATA"]).expanduser())
     bases.append(Path("~/.cache/supportnet").expanduser())
@@ -48,14 +51,21 @@ def _find_file(d: Path, fname: str) -> Path | None:
 def find_root(name: str, data_dir: str | Path | None = None) -> Path:
     """The first folder that holds every file of ``name`` (see the module docstring)."""
     spec = get_spec(name)
-    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise DataError(
-            f"data directory {data_dir} does not exist; create it and run "
-            f"'supportnet data fetch {name} --root {data_dir}', or drop --data-dir"
-        )
+    if data_dir is not None:
+        d = Path(data_dir).expanduser()
+        if not d.is_dir():
+            what = "is not a folder" if d.exists() else "does not exist"
+            if os.path.islink(d) and not d.exists():
+                what = "is a broken symlink or a symlink loop"
+            raise DataError(
+                f"data directory {data_dir} {what}; create it and run "
+                f"'supportnet data fetch {name} --root {data_dir}', or drop --data-dir"
+            )
     for d in search_dirs(name, data_dir):
         if _has_files(d, spec):
             return d
+    if data_dir is not None:
+        raise DataError(f"data directory {data_dir} {_what_is_missing(Path(data_dir).expanduser(), name, spec)}")
     if not spec.urls and name != "synthetic":  # nothing to fetch: say what the folder needs
         raise DataError(
             f"data set {name!r} not found (looked in {', '.join(str(d) for d in search_dirs(name, data_dir))}); "
@@ -66,6 +76,24 @@ def find_root(name: str, data_dir: str | Path | None = None) -> Path:
         f"data set {name!r} not found (looked in {', '.join(str(d) for d in search_dirs(name, data_dir))}); "
         f"{hint}run 'supportnet data fetch {name}'"
     )
+
+
+def _what_is_missing(d: Path, name: str, spec: DatasetSpec) -> str:
+    """Why an explicit data folder does not hold ``name``: the files it lacks, and the fix."""
+    fix = f"put the missing files there, run 'supportnet data fetch {name} --root {d}', or drop --data-dir"
+    if spec.present is not None or not spec.files:
+        what = ", ".join(spec.files.values()) or "train/ and val/ (or test/) folders of class folders"
+        if not spec.urls:
+            fix = "arrange it as ImageNet is, or drop --data-dir"
+        return f"does not hold the {name} data set ({what}), nor does {d / name}; {fix}"
+    base = max((d, d / name), key=lambda b: sum(_find_file(b, f) is not None for f in spec.files.values()))
+    needed = [f for r, f in spec.files.items() if r not in spec.optional]
+    missing = [f for f in needed if _find_file(base, f) is None]
+    bad = [f for f in missing if os.path.lexists(base / f) or os.path.lexists(base / f.removesuffix(".gz"))]
+    what = f"holds {len(needed) - len(missing)} of the {len(needed)} files of {name}: missing {', '.join(missing)}" + (
+        f" ({', '.join(bad)}: a broken symlink, a symlink loop or not a file)" if bad else ""
+    )
+    return f"{what}; {fix}"
 
 
 def _resolve_files(root: Path, spec: DatasetSpec) -> DatasetSpec:
@@ -160,7 +188,10 @@ def fetch_dataset(name: str, root: str | Path | None = None, quiet: bool = False
     if not spec.urls:
         raise DataError(f"data set {name!r} cannot be downloaded ({spec.note or 'no public URL'})")
     dest = Path(root).expanduser() if root else Path("~/.cache/supportnet").expanduser() / name
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot make the data folder {dest} ({e.strerror or e}); choose another --root") from None
     for role, fname in spec.files.items():
         if role in spec.optional:
             continue

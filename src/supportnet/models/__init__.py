@@ -40,15 +40,53 @@ def model_note(name: str) -> str:
 
 def create_model(name: str, in_shape=(1, 28, 28), num_classes: int = 10, **kwargs) -> nn.Module:
     """Build the registered model ``name`` for inputs of shape ``in_shape`` (C, H, W) and
-    ``num_classes`` outputs; ``kwargs`` go to its constructor (e.g. ``width``, ``act_layer``)."""
+    ``num_classes`` outputs; ``kwargs`` go to its constructor (``model.kwargs``: ``width``,
+    ``act_layer``, ...).
+
+    A model that cannot be built from ``kwargs`` (an unknown or negative width, a string
+    where a number belongs) is one :class:`ConfigError` line, and one too large for the
+    memory available is refused before its weights are allocated: it is built on torch's
+    ``meta`` device first, which allocates nothing and draws no random numbers.
+    """
+    import torch
+
+    from ..errors import SupportnetError
+    from ..limits import check_memory, human
+
     if name not in _REGISTRY:
         raise ConfigError(
             f"unknown model {name!r}; choose one of: {', '.join(list_models())} (see 'supportnet models')"
         )
+    fn = _REGISTRY[name]
+    shown = str(kwargs) if len(str(kwargs)) <= 80 else str(kwargs)[:77] + "..."
     try:
-        return _REGISTRY[name](in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
-    except TypeError as e:
-        raise ConfigError(f"model {name!r} does not accept these options ({e}); check model.kwargs") from None
+        import warnings
+
+        rng = torch.get_rng_state()
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Initializing zero-element tensors": refused below
+                probe = fn(in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
+        finally:
+            torch.set_rng_state(rng)
+        empty = next((p for p, t in probe.named_parameters() if t.numel() == 0), None)
+        if empty is not None:
+            raise ConfigError(
+                f"model {name!r} with model.kwargs {shown} has a layer of size 0 ({empty}); check model.kwargs"
+            )
+        n = count_params(probe)
+        # float32 weights, their gradients and the optimizer's momentum, and a copy (the I-alt snapshot)
+        if torch.empty(()).device.type != "meta":  # (under on_meta() nothing is allocated)
+            check_memory(16 * n, f"model {name!r} ({n:,} parameters, {human(4 * n)})", "make it smaller (model.kwargs)")
+        return fn(in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
+    except SupportnetError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure to build from the user's kwargs is their error
+        why = str(e).splitlines()[0][:100] if str(e) else ""
+        raise ConfigError(
+            f"model {name!r} cannot be built with model.kwargs {shown} ({type(e).__name__}: {why}); "
+            f"check model.kwargs (e.g. {{width: 16}})"
+        ) from None
 
 
 def count_params(model: nn.Module) -> int:

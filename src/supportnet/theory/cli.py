@@ -20,7 +20,9 @@ from ..errors import ConfigError
 from ..io import atomic_write_text
 
 
-def add_parser(sub) -> None:
+def add_parser(sub, add_overwrite=None) -> None:
+    """The ``theory`` command and its actions; ``add_overwrite(parser)`` adds ``--overwrite`` to
+    the actions that write a folder."""
     t = sub.add_parser("theory", help="Section 3: lifting, recovery given support, Theorem 1, planted teachers")
     t.set_defaults(func=run)
     ts = t.add_subparsers(dest="theory_cmd", metavar="ACTION", parser_class=type(t))
@@ -40,6 +42,8 @@ def add_parser(sub) -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--max-steps", type=int, default=3000, help="gradient steps per start")
         p.add_argument("--out", help="folder for JSON, table and plot (default runs/theory-<action>)")
+        if add_overwrite:
+            add_overwrite(p)
         if name == "planted":
             p.add_argument("--widths", help="grid of hidden widths, e.g. 5,10,20 (sweep)")
             p.add_argument("--samples", help="grid of sample counts, e.g. 100,250,500 (sweep)")
@@ -50,10 +54,43 @@ def add_parser(sub) -> None:
     cr.add_argument("--n", type=int, default=256, help="examples stacked into U")
     cr.add_argument("--seed", type=int, default=0)
     cr.add_argument("--out", help="folder for the JSON result")
+    if add_overwrite:
+        add_overwrite(cr)
     tl = ts.add_parser("three-layer", help="oracle-support descent on a planted three-layer teacher")
     tl.add_argument("--starts", type=int, default=20)
     tl.add_argument("--seed", type=int, default=0)
     tl.add_argument("--out")
+    if add_overwrite:
+        add_overwrite(tl)
+
+
+#: The range of every integer option of the theory actions: enough for every experiment in
+#: docs/theory.md, small enough that a typo cannot ask for terabytes (``--widths 100000000``).
+LIMITS = {
+    "d": (1, 1000),
+    "h": (1, 1000),
+    "o": (1, 1000),
+    "n": (1, 100_000),
+    "starts": (1, 10_000),
+    "max_steps": (1, 10_000_000),
+    "seed": (0, 2**62),
+    "widths": (1, 1000),
+    "samples": (1, 100_000),
+}
+#: check-rip stacks N examples' patches and masks in float64: N x 9 x H x W x (1 + channels).
+CHECK_RIP_MAX_N = 4096
+#: The largest two-layer problem: h*d unknowns per output (the Gram matrix of the design is (h*d)^2).
+MAX_UNKNOWNS = 4096
+
+
+def _flag(k: str) -> str:
+    return "--" + k.replace("_", "-")
+
+
+def _in_range(k: str, v: int) -> None:
+    lo, hi = LIMITS[k]
+    if not lo <= v <= hi:
+        raise ConfigError(f"{_flag(k)} must be between {lo} and {hi:,}, got {v}; fix the value")
 
 
 def _ints(s: str | None, name: str) -> list[int] | None:
@@ -65,17 +102,48 @@ def _ints(s: str | None, name: str) -> list[int] | None:
         raise ConfigError(f"--{name} must be comma-separated integers, got {s!r}; e.g. --{name} 5,10,20") from None
     if not vals or min(vals) <= 0:
         raise ConfigError(f"--{name} needs positive integers, got {s!r}; e.g. --{name} 5,10,20")
+    for v in vals:
+        _in_range(name, v)
     return vals
 
 
 def _check_sizes(a) -> None:
-    for k in ("d", "h", "o", "n", "starts", "max_steps"):
+    """Every integer option within :data:`LIMITS`, and the two-layer problem within :data:`MAX_UNKNOWNS`."""
+    import math
+
+    if getattr(a, "tau", None) is not None and not math.isfinite(a.tau):
+        raise ConfigError(f"--tau must be a finite number, got {a.tau}; e.g. --tau 0.1")
+    for k in ("d", "h", "o", "n", "starts", "max_steps", "seed"):
         v = getattr(a, k, None)
-        if v is not None and v <= 0:
-            raise ConfigError(f"--{k.replace('_', '-')} must be positive, got {v}; fix the value")
+        if v is None:
+            continue
+        if v <= 0 and k != "seed":
+            raise ConfigError(f"{_flag(k)} must be positive, got {v}; fix the value")
+        if k == "n" and a.theory_cmd == "check-rip":
+            if v > CHECK_RIP_MAX_N:
+                raise ConfigError(f"--n must be at most {CHECK_RIP_MAX_N} for check-rip, got {v}; e.g. --n 256")
+            continue
+        _in_range(k, v)
+    widths = _ints(getattr(a, "widths", None), "widths") or ([a.h] if getattr(a, "h", None) else [])
+    if widths and getattr(a, "d", None):
+        _ints(getattr(a, "samples", None), "samples")
+        if max(widths) * a.d > MAX_UNKNOWNS:
+            raise ConfigError(
+                f"a planted problem of width {max(widths)} on d={a.d} inputs has {max(widths) * a.d:,} unknowns "
+                f"per output, more than the {MAX_UNKNOWNS:,} these experiments handle; use smaller --widths/--h or --d"
+            )
+
+
+def _claim(a, out: Path):
+    """The output folder of a theory action, claimed once its results are ready to write."""
+    from ..runfolder import claim_run_folder
+
+    return claim_run_folder(out, overwrite=getattr(a, "overwrite", False), resumable=False)
 
 
 def run(a) -> int:
+    from ..runfolder import check_run_folder
+
     torch.set_num_threads(1)  # tiny float64 problems: one thread avoids oversubscription overhead
     cmd = a.theory_cmd
     if cmd is None:
@@ -84,6 +152,7 @@ def run(a) -> int:
     out = Path(a.out) if getattr(a, "out", None) else Path("runs") / f"theory-{cmd}"
     if cmd == "lift-check":
         return lift_check(a.seed)
+    check_run_folder(out, overwrite=a.overwrite, resumable=False)  # refuse a taken folder before computing
     if cmd == "planted":
         return planted(a, out)
     if cmd == "solvers":
@@ -187,10 +256,10 @@ def planted(a, out: Path) -> int:
         )
     table = "\n".join(lines) + "\n"
     secs = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "planted.json", json.dumps({"results": results, "seconds": secs}, indent=2))
-    atomic_write_text(out / "planted.md", table)
-    _plot_planted(results, out / "planted.png")
+    with _claim(a, out):
+        atomic_write_text(out / "planted.json", json.dumps({"results": results, "seconds": secs}, indent=2))
+        atomic_write_text(out / "planted.md", table)
+        _plot_planted(results, out / "planted.png")
     print(table, end="")
     print(
         f"success: relative loss < 1e-8 or per-unit products within 1e-6 of the teacher; "
@@ -266,15 +335,32 @@ def solvers(a, out: Path) -> int:
             f"| {_fmt(r['seconds_to_tol'], '.3f')} | {r['seconds']:.3f} | {_fmt(r['distance_to_teacher'], '.2e')} |"
         )
     table = "\n".join(lines) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "solvers.json", json.dumps(rows, indent=2))
-    atomic_write_text(out / "solvers.md", table)
+    with _claim(a, out):
+        atomic_write_text(out / "solvers.json", json.dumps(rows, indent=2))
+        atomic_write_text(out / "solvers.md", table)
     print(table, end="")
     print(
         "distance: relative Frobenius distance between per-unit products W2[:, j] W1[j, :] "
         "(invariant to the per-unit scaling symmetry)"
     )
     return 0
+
+
+def _rip_model(path: str, data, fix: str):
+    """The model of a run's ``final.pt``; a checkpoint of another model, or another file's dict,
+    is one line, not a KeyError."""
+    from ..io import load_checkpoint
+    from ..models import create_model
+
+    ck = load_checkpoint(path)
+    try:
+        mc = ck["config"]["model"]
+        model = create_model(mc["name"], in_shape=data.in_shape, num_classes=data.num_classes, **mc.get("kwargs", {}))
+        model.load_state_dict(ck["state_dict"])
+        model.features[0].kernel_size  # noqa: B018 - the layer the theorem is checked on
+    except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as e:
+        raise ConfigError(f"{path} is not a convnet-s final.pt ({type(e).__name__}); {fix}") from None
+    return model
 
 
 def check_rip(a, out: Path) -> int:
@@ -287,38 +373,33 @@ def check_rip(a, out: Path) -> int:
     from ..io import load_checkpoint
     from ..layers import record_masks
     from ..models import create_model
+    from ..paths import check_input_file
     from ..train import fit
     from .recovery import theorem1_from_gram_eigs
 
-    if a.n <= 0:
-        raise ConfigError(f"--n must be positive, got {a.n}")
-    data = load_data(a.data, a.data_dir, seed=a.seed)
+    fix = "pass the final.pt of a 'supportnet train' run of convnet-s"
     if a.checkpoint:
-        ck = load_checkpoint(a.checkpoint)
-        if "state_dict" not in ck:
-            raise ConfigError(f"{a.checkpoint} holds no 'state_dict'; pass a run's final.pt")
-        model = create_model(
-            ck["config"]["model"]["name"],
-            in_shape=data.in_shape,
-            num_classes=data.num_classes,
-            **ck["config"]["model"].get("kwargs", {}),
-        )
-        model.load_state_dict(ck["state_dict"])
+        check_input_file(a.checkpoint, "checkpoint", fix)
+    data = load_data(a.data, a.data_dir, seed=a.seed)
+    if a.n > len(data.train):
+        raise ConfigError(f"--n {a.n} is more than the {len(data.train)} training examples of {a.data}; lower --n")
+    if a.checkpoint:
+        model = _rip_model(a.checkpoint, data, fix)
         source = f"checkpoint {a.checkpoint}"
     else:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = load_config(
                 None,
                 [
-                    f"data.name={a.data}",
-                    "data.subset=10000",
-                    "train.epochs=1",
-                    "quiet=true",
-                    f"out={tmp}",
-                    f"train.seed={a.seed}",
-                    "train.train_eval_size=0",
+                    ("data.name", a.data),
+                    ("data.subset", 10000),
+                    ("train.epochs", 1),
+                    ("quiet", True),
+                    ("out", tmp),
+                    ("train.seed", a.seed),
+                    ("train.train_eval_size", 0),
                 ]
-                + ([f"data.data_dir={a.data_dir}"] if a.data_dir else []),
+                + ([("data.data_dir", a.data_dir)] if a.data_dir else []),
             )
             run = fit(cfg, data=data)
             model = create_model("convnet-s", in_shape=data.in_shape, num_classes=data.num_classes)
@@ -346,8 +427,8 @@ def check_rip(a, out: Path) -> int:
         bias_included=has_bias,
         active_fraction=mflat.mean().item(),
     )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "check-rip.json", json.dumps(res, indent=2))
+    with _claim(a, out):
+        atomic_write_text(out / "check-rip.json", json.dumps(res, indent=2))
     print(f"Theorem 1 (Eq. 29) for U = [U_1; ...; U_N], U_n = M_n J(x_n): first layer of {source}")
     print(
         f"  rows m = {m:,} (N={a.n} x {C} channels x {patches.shape[2]} positions), columns = {res['columns']} "
@@ -367,8 +448,8 @@ def three_layer(a, out: Path) -> int:
     from .planted import run_three_layer
 
     r = run_three_layer(starts=a.starts, seed=a.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "three-layer.json", json.dumps(r, indent=2))
+    with _claim(a, out):
+        atomic_write_text(out / "three-layer.json", json.dumps(r, indent=2))
     p = r["problem"]
     print(f"planted three-layer teacher d={p['d']} h1={p['h1']} h2={p['h2']} o={p['o']} N={p['n']}, {a.starts} starts")
     print("| method | successes | median iterations | median final relative loss | seconds |")
