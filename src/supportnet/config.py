@@ -62,6 +62,7 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints (0: only the final one)
     checkpoint_steps: int = 0  # also checkpoint every N optimizer steps, mid-epoch (0: off)
     evals_per_epoch: int = 1  # test evaluations per epoch for the convergence trace (time-to-target)
+    trace_train_loss: bool = False  # also put the free-mode train loss/accuracy (train_eval_size examples) in the trace
     # GPU fast path (docs/performance.md); all off by default
     amp: str = "off"  # off | bf16 (autocast of the forward pass and loss)
     channels_last: bool = False  # NHWC memory format for model and inputs

@@ -462,6 +462,10 @@ def fit(
                         "test_acc": ta,
                     }
                 )
+                if t.trace_train_loss and eval_train is not None:  # free-mode loss on the train_eval_size subset
+                    trace[-1]["train_loss"], trace[-1]["train_acc"] = evaluate(
+                        model, eval_train, t.eval_batch_size, device
+                    )
                 eval_seconds += time.perf_counter() - te
                 tracking = None
             if lazy_guard and (st.step % 20 == 0 or (t.checkpoint_steps and st.step % t.checkpoint_steps == 0)):
@@ -532,6 +536,8 @@ def fit(
                 "test_acc": test_acc,
             }
         )
+        if t.trace_train_loss and "train_loss" in row:  # the end-of-epoch train evaluation, already done
+            trace[-1]["train_loss"], trace[-1]["train_acc"] = row["train_loss"], row["train_acc"]
         if t.maskt:
             row["maskt_acc"] = evaluate(model, data.test, t.eval_batch_size, device, mode="binary")[1]
         row.update(
