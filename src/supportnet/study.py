@@ -49,6 +49,9 @@ from .io import atomic_write_text
 
 #: The method that every ratio is taken against.
 BASELINE = "sgd"
+#: Set by ``run_study(collect_only=True)``: summarise the finished runs, train nothing.
+_COLLECT = {"on": False}
+UNFINISHED = "unfinished: no summary.json (collected without training)"
 
 
 def _slug(spec: str) -> str:
@@ -89,6 +92,10 @@ def _run_all(cfgs: list[Config], jobs: int, log) -> list[dict]:
                 log(f"  reuse {c.out}")
                 continue
         todo.append(i)
+    if _COLLECT["on"]:
+        for i in todo:
+            results[i] = {"error": UNFINISHED, "out": cfgs[i].out}
+        return results  # type: ignore[return-value]
     if jobs <= 1:
         for i in todo:
             log(f"  run {cfgs[i].out}")
@@ -227,7 +234,8 @@ def summarize(runs: dict[str, dict[int, dict]], targets: list[float], k: int = 1
         per_seed = {s: _per_seed(r, k) for s, r in ok.items()}
         row: dict = {
             "seeds": sorted(by_seed),
-            "diverged": sorted(s for s in by_seed if s not in ok),
+            "diverged": sorted(s for s in by_seed if s not in ok and by_seed[s]["error"] != UNFINISHED),
+            "unfinished": sorted(s for s in by_seed if s not in ok and by_seed[s]["error"] == UNFINISHED),
             "lr": next(iter(by_seed.values())).get("lr"),
             "spec": next(iter(by_seed.values())).get("spec", m),
             "final_acc": _ms([r["test_acc"] for r in ok.values()]),
@@ -360,7 +368,8 @@ def unit_energy_profile(cfg: Config, state_dict: dict, n_batches: int = 20, quan
 
     data, model = build(cfg)
     model.load_state_dict(state_dict)
-    model.train()
+    device = _device(cfg)
+    model.to(device).train()
     got: dict[str, list] = {n: [] for n, _ in threshold_layers(model)}
     hooks = [
         lay.register_forward_hook(lambda mod, i, o, n=n: got[n].append(unit_energy(o.detach()).flatten()))
@@ -372,11 +381,11 @@ def unit_energy_profile(cfg: Config, state_dict: dict, n_batches: int = 20, quan
             for b, (x, _, _) in enumerate(batches(data.train, cfg.train.batch_size, order)):
                 if b >= n_batches:
                     break
-                model(x)
+                model(x.to(device))
     finally:
         for h in hooks:
             h.remove()
-    per = {n: torch.cat(v).double() for n, v in got.items()}
+    per = {n: torch.cat(v).double().cpu() for n, v in got.items()}
     pooled = torch.cat([v[v > 0] for v in per.values()])
     qs = torch.quantile(pooled.float(), torch.tensor(list(quantiles), dtype=torch.float32)).tolist()
     grid = sorted({float(f"{q:.2g}") for q in qs})
@@ -471,9 +480,19 @@ def maskt_of_run(run_dir: str | Path, data=None) -> dict:
     cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     data, model = build(cfg, data)
     model.load_state_dict(load_checkpoint(run_dir / "final.pt")["state_dict"])
-    free = evaluate(model, data.test, cfg.train.eval_batch_size)[1]
-    binary = evaluate(model, data.test, cfg.train.eval_batch_size, mode="binary")[1]
+    device = _device(cfg)
+    model.to(device)
+    free = evaluate(model, data.test, cfg.train.eval_batch_size, device)[1]
+    binary = evaluate(model, data.test, cfg.train.eval_batch_size, device, mode="binary")[1]
     return {"free_acc": free, "maskt_acc": binary}
+
+
+def _device(cfg: Config):
+    """The run's device where it exists here, else the CPU (a study summarised on another machine)."""
+    import torch
+
+    want = cfg.train.device
+    return torch.device(want if not want.startswith("cuda") or torch.cuda.is_available() else "cpu")
 
 
 # ----------------------------------------------------------------------------- the study
@@ -498,6 +517,7 @@ def run_study(
     maskt: bool = False,
     method_overrides: dict[str, list[str]] | None = None,
     runs_root: str | Path | None = None,
+    collect_only: bool = False,
 ) -> dict:
     """The whole protocol (module docstring); returns the summary written to ``out/study.json``.
 
@@ -506,8 +526,24 @@ def run_study(
     e.g. ``model.kwargs={bias: false}``. ``beta_search`` adds one method,
     ``beta_search['label']``, whose beta is chosen by :func:`search_beta` after the learning
     rates. ``runs_root``: where the run folders go (default ``out``); studies sharing it reuse
-    each other's identical runs."""
-    out = Path(out)
+    each other's identical runs. ``collect_only``: train nothing; summarise the runs that
+    finished (e.g. after a time limit stopped the study); the others are ``unfinished``."""
+    _COLLECT["on"] = collect_only
+    try:
+        return _run_study(
+            base, methods, seeds, Path(out), lr_grid, tune_epochs, tune_val, targets, jobs, log, footer, smooth_k,
+            paired, tune_overrides, beta_search, maskt, method_overrides, runs_root,
+        )  # fmt: skip
+    finally:
+        _COLLECT["on"] = False
+
+
+def _run_study(
+    base, methods, seeds, out, lr_grid, tune_epochs, tune_val, targets, jobs, log, footer, smooth_k, paired,
+    tune_overrides, beta_search, maskt, method_overrides, runs_root,
+) -> dict:  # fmt: skip
+    """:func:`run_study`'s body (its arguments, positionally). Over 80 lines: the protocol's
+    steps in order (validate, tune, beta search, runs, MaskT, summary, files), kept in one place."""
     root = Path(runs_root) if runs_root is not None else out
     specs = dict(methods) if isinstance(methods, dict) else {m: m for m in methods}
     extra = {m: list((method_overrides or {}).get(m, [])) for m in specs}
@@ -533,10 +569,16 @@ def run_study(
         log("chosen learning rates: " + ", ".join(f"{m} {lr:g}" for m, lr in lrs.items()))
     if beta_search:
         tune = {"epochs": tune_epochs or base.train.epochs, "val": tune_val, "overrides": tune_overrides}
-        beta = search_beta(base, beta_search, lrs, seeds[0], tune, root, jobs, log)
-        label = beta_search["label"]
-        specs[label], lrs[label], extra[label] = beta["spec"], beta["lr"], []
-        log(f"chosen beta: {beta['beta']:g} ({beta['spec']} at lr {beta['lr']:g})")
+        try:
+            beta = search_beta(base, beta_search, lrs, seeds[0], tune, root, jobs, log)
+        except DivergenceError as e:
+            if not _COLLECT["on"]:
+                raise
+            log(f"beta search not finished ({e}); {beta_search['label']} left out")
+        if beta is not None:
+            label = beta_search["label"]
+            specs[label], lrs[label], extra[label] = beta["spec"], beta["lr"], []
+            log(f"chosen beta: {beta['beta']:g} ({beta['spec']} at lr {beta['lr']:g})")
     cfgs, keys = [], []
     for s in seeds:
         for m, spec in specs.items():
