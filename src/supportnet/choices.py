@@ -27,8 +27,9 @@ PREPROCESS = ("standard", "gcn-zca", "none")
 #: Mixed precision (``train.amp``) and where the training set lives (``train.loader``).
 AMP = ("off", "bf16")
 LOADERS = ("host", "device")
-#: DSD's Sparse step (``dsd.prune``).
-PRUNE = ("magnitude", "support-b", "support-i")
+#: DSD's Sparse step (``dsd.prune``): DSD's magnitude rule, support pruning (B- or I-alternation's
+#: supports), and a structured baseline by filter L2 norm.
+PRUNE = ("magnitude", "support-b", "support-i", "channel-l2")
 
 #: ``supportnet compare`` presets: every method by its name, and named variants (support overrides).
 PRESETS: dict[str, dict] = {

@@ -100,8 +100,8 @@ class DSDConfig:
     dense_epochs: int = 3  # E_d: dense training (SGD)
     sparse_epochs: int = 2  # E_s: sparse retraining with the pruned weights held at zero
     redense_epochs: int = 1  # E_r: the pruned weights restart at zero and train again
-    prune: str = "support-b"  # magnitude (DSD's baseline) | support-b | support-i
-    sparsity: float = 0.3  # magnitude: fraction of each layer's weights pruned (DSD used 30% for CNNs)
+    prune: str = "support-b"  # magnitude (DSD's baseline) | support-b | support-i | channel-l2
+    sparsity: float = 0.3  # magnitude: fraction of each layer's weights pruned; channel-l2: of its units
     eps: float = 0.01  # support-*: a unit on in at most this fraction of batches / examples is pruned
     sparse_lr: float | None = None  # None: train.lr
     redense_lr: float | None = None  # None: 0.1 x train.lr, as DSD recommends
