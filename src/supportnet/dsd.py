@@ -287,7 +287,7 @@ def pruned_counts(pruning: Pruning) -> dict:
     """What ``pruning`` removes: weights per weight tensor (``weights``) and units per layer (``units``),
     the counts a pruning at equal sparsity must match."""
     return {
-        "weights": {n: int((~m).sum()) for n, m in pruning.keep.items() if m.dim() > 1},
+        "weights": {n: int((~m).sum()) for n, m in pruning.keep.items() if m.dim() > 1 and not m.all()},
         "units": {k: len(v) for k, v in pruning.units.items()},
     }
 
