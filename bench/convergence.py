@@ -137,7 +137,7 @@ LEVERS = {
 #: Relative drop of the I-alternation objective (the epoch's mean training loss under the fixed
 #: support) below which an epoch counts as a plateau. Chosen from measured epoch-to-epoch changes
 #: (docs/results.md, "Plateau tolerance"); every run's drops are in the result JSON (obj_rel_drop).
-PLATEAU_TOL = 0.02
+PLATEAU_TOL = 0.04
 #: Centred running mean over this many evaluations for every target (2 per epoch: +-1 epoch).
 SMOOTH_K = 5
 PAPER_SCHEDULE = [
@@ -184,7 +184,7 @@ PAPER_KW = dict(
 PAPER = {
     "fmnist-convnet-s-paper": (
         PAPER_SCHEDULE + ["train.train_eval_size=5000"],
-        dict(PAPER_KW, targets=[0.90, 0.91], tune_overrides=["data.subset=20000"]),
+        dict(PAPER_KW, targets=[0.88, 0.90], tune_overrides=["data.subset=20000"]),
     ),
 }
 ALLCNN_CPU_MODEL = ["model.name=allcnn-c", "model.kwargs={width: [32, 64]}", "data.pad=2"]
@@ -538,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     _, _, jobs, seeds = REGIMES[regime]
     a.jobs = a.jobs or jobs
     a.seeds = a.seeds or ("0" if a.smoke else seeds)
-    a.threads = a.threads or (1 if a.jobs > 1 else 2)
+    a.threads = a.threads or (1 if a.jobs > 1 or a.smoke else 2)
     if a.plan:
         plan(regime, a)
         return 0
