@@ -174,3 +174,11 @@ def test_check_numbers_cli_exit_code(tmp_path):
     )
     assert p.returncode == 1 and "3.14159 has no label" in p.stdout
     assert shutil.which("bash")
+
+
+def test_preactivations_prints_one_row_per_threshold_layer(capsys):
+    import preactivations
+
+    assert preactivations.main(["--data", "synthetic", "--n", "64"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| features.") == 3 and "| classifier.3 |" in out
