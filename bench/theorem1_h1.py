@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         r = run_planted(cfg)
         for m in r["methods"].values():
             m.pop("curves", None)  # the per-step histories: large, and not needed for the table
+        r["theorem1"]["rip2_delta_rescaled"] = rescaled_delta(r)
         results.append(r)
         print(row(r), flush=True)
     head = (
