@@ -143,6 +143,42 @@ def compare(per_seed: dict[int, dict], ref: str, other: str) -> dict:
     return out
 
 
+def render(per_seed: dict[int, dict], verdicts: dict, a, seeds: list[int]) -> tuple[str, dict, list[float]]:
+    """The Markdown table and paired verdicts; the per-row values over seeds; the dense model's errors."""
+    names = list(next(iter(per_seed.values()))["rows"])
+    table = {
+        name: {k: [r["rows"][name][k] for r in per_seed.values()] for k in ("test_err", "sparse_err", "weights_pruned")}
+        for name in names
+    }
+    dense_err = [100 * (1 - r["dense"]["test_acc"]) for r in per_seed.values()]
+    lines = [
+        f"{a.model} on {'synthetic' if a.smoke else 'Fashion-MNIST'} (subset {a.subset}), dense {a.dense_epochs} "
+        f"epochs, then Sparse {a.es} + re-Dense {a.er} epochs from it; seeds {seeds}",
+        "",
+        "| row | test error (%) | error after the Sparse step (%) | weights pruned (%) | units pruned "
+        "| compact params |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| dense model ({a.dense_epochs} epochs), the start of every row | {ms(dense_err)} | – | 0 | 0 | "
+        f"{statistics.fmean(r['dense']['params'] for r in per_seed.values()):,.0f} |",
+    ]
+    for name in names:
+        rs = [r["rows"][name] for r in per_seed.values()]
+        lines.append(
+            f"| {name} | {ms(table[name]['test_err'])} | {ms(table[name]['sparse_err'])} | "
+            f"{ms(table[name]['weights_pruned'])} | {statistics.fmean(x['units_pruned'] for x in rs):.0f} | "
+            f"{statistics.fmean(x['compact_params'] for x in rs):,.0f} |"
+        )
+    lines += ["", "Paired by seed (error of support pruning minus the other; negative: support pruning better):", ""]
+    for k, v in verdicts.items():
+        for key, d in v.items():
+            lines.append(
+                f"- {k}, {'after re-Dense' if key == 'test_err' else 'after the Sparse step'}: "
+                f"{d['mean']:+.2f} ± {d['std']:.2f} points, better in "
+                f"{d['seeds_ref_better']}/{len(d['diff_per_seed'])} seeds: {d['verdict']}"
+            )
+    return "\n".join(lines) + "\n", table, dense_err
+
+
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE))
     from convergence import git_commit, machine
@@ -178,44 +214,14 @@ def main(argv: list[str] | None = None) -> int:
             per_seed = {s: f.result() for s, f in futs.items()}
     else:
         per_seed = {s: seed_job(vars(a), s) for s in seeds}
-    names = list(next(iter(per_seed.values()))["rows"])
     refs = ["DSD, support-b"] + (["DSD, support-i"] if a.support_i else [])
     verdicts = {
         f"{ref} vs {other}": compare(per_seed, ref, other)
         for ref in refs
         for other in (f"DSD, magnitude at {ref[5:]}'s sparsity", f"DSD, channel-L2 at {ref[5:]}'s sparsity")
     }
-    table = {
-        name: {k: [r["rows"][name][k] for r in per_seed.values()] for k in ("test_err", "sparse_err", "weights_pruned")}
-        for name in names
-    }
-    dense_err = [100 * (1 - r["dense"]["test_acc"]) for r in per_seed.values()]
-    lines = [
-        f"{a.model} on {'synthetic' if a.smoke else 'Fashion-MNIST'} (subset {a.subset}), dense {a.dense_epochs} "
-        f"epochs, then Sparse {a.es} + re-Dense {a.er} epochs from it; seeds {seeds}",
-        "",
-        "| row | test error (%) | error after the Sparse step (%) | weights pruned (%) | units pruned "
-        "| compact params |",
-        "|---|---:|---:|---:|---:|---:|",
-        f"| dense model ({a.dense_epochs} epochs), the start of every row | {ms(dense_err)} | – | 0 | 0 | "
-        f"{statistics.fmean(r['dense']['params'] for r in per_seed.values()):,.0f} |",
-    ]
-    for name in names:
-        rs = [r["rows"][name] for r in per_seed.values()]
-        lines.append(
-            f"| {name} | {ms(table[name]['test_err'])} | {ms(table[name]['sparse_err'])} | "
-            f"{ms(table[name]['weights_pruned'])} | {statistics.fmean(x['units_pruned'] for x in rs):.0f} | "
-            f"{statistics.fmean(x['compact_params'] for x in rs):,.0f} |"
-        )
-    lines += ["", "Paired by seed (error of support pruning minus the other; negative: support pruning better):", ""]
-    for k, v in verdicts.items():
-        for key, d in v.items():
-            lines.append(
-                f"- {k}, {'after re-Dense' if key == 'test_err' else 'after the Sparse step'}: "
-                f"{d['mean']:+.2f} ± {d['std']:.2f} points, better in "
-                f"{d['seeds_ref_better']}/{len(d['diff_per_seed'])} seeds: {d['verdict']}"
-            )
-    md = "\n".join(lines) + "\n"
+    md, table, dense_err = render(per_seed, verdicts, a, seeds)
+
     res = {
         "command": command.strip(),
         **git_commit(),
