@@ -6,8 +6,9 @@
 #   bash bench/paper_regime_gpu.sh OUT_DIR               # on the GPU machine (H100 / H200)
 #   bash bench/paper_regime_gpu.sh --cpu-smoke OUT_DIR   # the same script, tiny, on the CPU (< 1 minute)
 #
-# Needs Fashion-MNIST's four .gz files in ./data/fashion-mnist (carry `data` to the machine; see
-# bench/gpu_env.sh) or anywhere supportnet looks. Writes bench/results/convergence-allcnn-gpu.{json,md}
+# Needs Fashion-MNIST's four .gz files in ./data/fashion-mnist (ignored by git) or anywhere supportnet
+# looks; on the development machine: `mkdir -p data && cp -r /usr/share/datasets/fashion-mnist data/`,
+# then call the device tool with carry=["data"] and a timeout_s of about 560 (BUDGET_S + start-up). Writes bench/results/convergence-allcnn-gpu.{json,md}
 # and its figures, and copies them, with the log, into OUT_DIR (what the device tool brings back).
 #
 # Budget (estimated, not yet measured on a GPU): the H100's ALL-CNN-C training throughput at batch 256,
