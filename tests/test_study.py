@@ -174,6 +174,7 @@ def test_paired_targets_are_each_seeds_own_sgd_best():
     assert t["sgd_best-0.2"]["iter_ratio_to_sgd"]["mean"] == pytest.approx(2.5)
     assert t["sgd_best-0.2"]["seconds_ratio_to_sgd"]["mean"] == pytest.approx(2.5)
     assert s["methods"]["sgd"]["to_target"]["60%"]["reached"] == 2
+    assert s["methods"]["alt"]["final_acc_diff_to_sgd"]["mean"] == pytest.approx(0.0)  # same final accuracies
     assert "seed 1: 69.80%" in study_table(dict(s, model="m", data="d", subset=None, epochs=3, seeds=[0, 1]))
 
 

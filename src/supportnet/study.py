@@ -246,6 +246,9 @@ def summarize(runs: dict[str, dict[int, dict]], targets: list[float], k: int = 1
             "seconds": _ms([r["seconds"] for r in ok.values()]),
             "iterations": _ms([r["iterations"] for r in ok.values()]),
             "per_seed": {str(s): p for s, p in per_seed.items()},
+            "final_acc_diff_to_sgd": _ms(
+                [r["test_acc"] - base[s]["test_acc"] for s, r in ok.items() if s in base and "error" not in base[s]]
+            ),  # paired by seed
             "to_target": {},
         }
         for sp in specs:
