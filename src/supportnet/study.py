@@ -545,8 +545,8 @@ def _run_study(
     base, methods, seeds, out, lr_grid, tune_epochs, tune_val, targets, jobs, log, footer, smooth_k, paired,
     tune_overrides, beta_search, maskt, method_overrides, runs_root,
 ) -> dict:  # fmt: skip
-    """:func:`run_study`'s body (its arguments, positionally). Over 80 lines: the protocol's
-    steps in order (validate, tune, beta search, runs, MaskT, summary, files), kept in one place."""
+    """:func:`run_study`'s body (its arguments, positionally): the protocol's steps in order
+    (validate, tune, beta search, runs, MaskT, summary, files)."""
     root = Path(runs_root) if runs_root is not None else out
     specs = dict(methods) if isinstance(methods, dict) else {m: m for m in methods}
     extra = {m: list((method_overrides or {}).get(m, [])) for m in specs}
