@@ -81,3 +81,22 @@ def test_allcnn_c_one_epoch_on_tiny_cifar_file(cli, tmp_path, method):
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert rows[0]["phase"] == {"sgd": "sgd", "b-alt": "b-alt", "i-alt": "i-alt"}[method]
     assert float(rows[0]["obj_loss"]) == float(rows[0]["obj_loss"])  # finite, not NaN
+
+
+def test_make_configs_reproduces_every_committed_config(tmp_path):
+    """scripts/make_configs.py writes exactly the committed configs/: the same files, byte for byte."""
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_configs.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    made = {f.name: f.read_bytes() for f in tmp_path.glob("*.yaml")}
+    committed = {f.name: f.read_bytes() for f in CONFIGS}
+    assert sorted(made) == sorted(committed)
+    differ = [n for n in committed if made[n] != committed[n]]
+    assert not differ, f"regenerated configs differ from the committed ones: {differ}"

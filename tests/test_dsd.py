@@ -7,11 +7,13 @@ from conftest import assert_user_error
 from supportnet.config import load_config
 from supportnet.dsd import (
     Enforcer,
+    channel_norm_pruning,
     compact,
     dsd,
     export_compact,
     find_units,
     magnitude_pruning,
+    pruned_counts,
     revive,
     support_census,
     unit_pruning,
@@ -158,3 +160,56 @@ def test_dsd_bad_inputs(cli, tmp_path):
     assert_user_error(cli("dsd", "--data", "synthetic", "--set", "dsd.sparsity=1.5", "--out", tmp_path), "dsd")
     assert_user_error(cli("export", "--compact", tmp_path / "missing.pt", "-o", tmp_path / "x.pt"))
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_magnitude_pruning_with_counts_removes_exactly_that_many_smallest_weights():
+    torch.manual_seed(0)
+    model = create_model("convnet-s", (1, 28, 28), 10, width=8, hidden=32)
+    counts = {"features.2.weight": 100, "classifier.4.weight": 7}
+    pr = magnitude_pruning(model, 0.3, counts=counts)
+    assert pruned_counts(pr)["weights"] == counts  # layers not named keep every weight
+    w = dict(model.named_parameters())["features.2.weight"].detach().abs()
+    keep = pr.keep["features.2.weight"]
+    assert w[~keep].max() <= w[keep].min()  # the smallest magnitudes went
+
+
+def test_channel_norm_pruning_takes_the_smallest_filters_and_matches_unit_counts():
+    torch.manual_seed(0)
+    model = create_model("convnet-s", (1, 28, 28), 10, width=8, hidden=32)
+    units, _ = find_units(model)
+    with torch.no_grad():
+        model.features[0].weight[3].mul_(1e-3)  # channel 3 of the first layer: by far the smallest filter
+        model.features[0].bias[3] = 0.0
+    pr = channel_norm_pruning(model, units, counts={"features.1": 1, "classifier.3": 5})
+    assert pr.units["features.1"] == [3] and len(pr.units["classifier.3"]) == 5
+    assert pruned_counts(pr)["units"] == {"features.1": 1, "classifier.3": 5}
+    assert not pr.keep["features.0.weight"][3].any() and not pr.keep["features.2.weight"][:, 3].any()
+    # without counts: the fraction of each layer's units, never a whole layer
+    frac = channel_norm_pruning(model, units, fraction=0.5)
+    assert {k: len(v) for k, v in frac.units.items()} == {u.act: u.channels // 2 for u in units}
+    assert all(
+        len(v) < u.channels
+        for u in units
+        for k, v in channel_norm_pruning(model, units, fraction=1.0).units.items()
+        if k == u.act
+    )
+
+
+def test_dsd_from_a_given_dense_model_at_matched_sparsity(synthetic, tmp_path):
+    from supportnet.train import build
+
+    cfg = _cfg(tmp_path, "dsd.prune=support-b", "dsd.eps=0.2", "dsd.redense_epochs=0")
+    _, dense = build(cfg, synthetic)
+    start = {k: v.clone() for k, v in dense.state_dict().items()}
+    ref = dsd(cfg, tmp_path / "sb", data=synthetic, log=lambda *_: None, start=start)
+    assert ref["phases"]["dense"]["epochs"] == 0 and not (tmp_path / "sb" / "dense").exists()  # no dense phase
+    counts = ref["pruned_counts"]
+    assert counts["units"] and counts["weights"]
+    mag = dsd(_cfg(tmp_path, "dsd.prune=magnitude", "dsd.redense_epochs=0"), tmp_path / "m", data=synthetic,
+              log=lambda *_: None, start=start, match=counts)  # fmt: skip
+    ch = dsd(_cfg(tmp_path, "dsd.prune=channel-l2", "dsd.redense_epochs=0"), tmp_path / "c", data=synthetic,
+             log=lambda *_: None, start=start, match=counts)  # fmt: skip
+    assert mag["pruned_counts"]["weights"] == counts["weights"] and not mag["pruned_counts"]["units"]
+    assert ch["pruned_counts"] == counts  # same units per layer, hence the same weights per tensor
+    assert mag["sparsity"]["weights"] == pytest.approx(ref["sparsity"]["weights"])
+    assert ch["params"]["compact"] == ref["params"]["compact"] < ref["params"]["dense"]

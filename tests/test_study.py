@@ -5,7 +5,7 @@ from conftest import assert_user_error
 
 from supportnet.config import load_config
 from supportnet.errors import ConfigError
-from supportnet.study import error_auc, run_study, summarize, time_to_target
+from supportnet.study import error_auc, run_study, study_table, summarize, time_to_target
 
 TRACE = [
     {"epoch": 0.5, "iterations": 10, "seconds": 1.0, "test_acc": 0.5},
@@ -109,3 +109,112 @@ def test_cli_rejects_bad_seeds(cli, tmp_path):
         cli("compare", "--data", "synthetic", "--seeds", "0", "--lr-grid", "0.1,-1", "--out", tmp_path / "o"),
         "--lr-grid",
     )
+
+
+# ----------------------------------------------------------------------------- the paper's regime (issue 16)
+
+
+def test_smooth_is_a_centred_running_mean_cut_at_the_ends():
+    from supportnet.study import smooth
+
+    assert smooth([1, 2, 3, 4, 5], 1) == [1, 2, 3, 4, 5]
+    assert smooth([0, 3, 0, 3, 0], 3) == pytest.approx([1.5, 1.0, 2.0, 1.0, 1.5])
+    assert smooth([1.0, 2.0, 3.0, 4.0], 5) == pytest.approx([2.0, 2.5, 2.5, 3.0])
+
+
+def test_smoothed_target_ignores_a_single_swing():
+    swing = [
+        {"epoch": 0.5 * (i + 1), "iterations": 10 * (i + 1), "seconds": float(i + 1), "test_acc": a}
+        for i, a in enumerate([0.80, 0.90, 0.81, 0.82, 0.84, 0.86, 0.88])
+    ]
+    assert time_to_target(swing, 0.89)[0] == pytest.approx(19.0)  # raw: the swing at the second point counts
+    hit = time_to_target(swing, 0.855, k=3)
+    assert hit is not None and hit[0] > 40  # smoothed: reached on the way up, not at the swing
+    assert time_to_target(swing, 0.89, k=3) is None
+
+
+def test_time_to_target_on_a_loss_is_lower_is_better():
+    tr = [
+        {"iterations": 10, "seconds": 1.0, "train_loss": 1.0},
+        {"iterations": 20, "seconds": 2.0, "train_loss": 0.5},
+        {"iterations": 30, "seconds": 3.0, "train_loss": 0.4},
+    ]
+    assert time_to_target(tr, 0.75, key="train_loss", higher=False) == pytest.approx((15.0, 1.5))
+    assert time_to_target(tr, 1.5, key="train_loss", higher=False) == (10, 1.0)  # met at the first point
+    assert time_to_target(tr, 0.1, key="train_loss", higher=False) is None
+
+
+def _run(accs, losses, scale=1):
+    tr = [
+        {
+            "epoch": i + 1,
+            "iterations": scale * 10 * (i + 1),
+            "seconds": scale * (i + 1.0),
+            "test_acc": a,
+            "train_loss": loss,
+        }
+        for i, (a, loss) in enumerate(zip(accs, losses))
+    ]
+    return {"test_acc": accs[-1], "seconds": tr[-1]["seconds"], "iterations": tr[-1]["iterations"], "trace": tr}
+
+
+def test_paired_targets_are_each_seeds_own_sgd_best():
+    runs = {
+        "sgd": {0: _run([0.5, 0.8, 0.9], [1.0, 0.5, 0.3]), 1: _run([0.5, 0.6, 0.7], [1.0, 0.8, 0.6])},
+        "alt": {0: _run([0.5, 0.8, 0.9], [1.0, 0.5, 0.3], scale=2), 1: _run([0.5, 0.6, 0.7], [1.0, 0.8, 0.6], scale=3)},
+    }
+    s = summarize(runs, [0.6], k=1, paired=True)
+    specs = {sp["name"]: sp for sp in s["target_specs"]}
+    assert specs["sgd_best_train_loss"]["by_seed"] == {0: 0.3, 1: 0.6}
+    assert specs["sgd_best-0.2"]["by_seed"] == pytest.approx({0: 0.898, 1: 0.698})
+    t = s["methods"]["alt"]["to_target"]
+    # the same curves, stretched 2x (seed 0) and 3x (seed 1): ratios paired by seed, against each seed's own target
+    assert t["sgd_best_train_loss"]["per_seed"]["0"]["iter_ratio_to_sgd"] == pytest.approx(2.0)
+    assert t["sgd_best_train_loss"]["per_seed"]["1"]["iter_ratio_to_sgd"] == pytest.approx(3.0)
+    assert t["sgd_best-0.2"]["iter_ratio_to_sgd"]["mean"] == pytest.approx(2.5)
+    assert t["sgd_best-0.2"]["seconds_ratio_to_sgd"]["mean"] == pytest.approx(2.5)
+    assert s["methods"]["sgd"]["to_target"]["60%"]["reached"] == 2
+    assert s["methods"]["alt"]["final_acc_diff_to_sgd"]["mean"] == pytest.approx(0.0)  # same final accuracies
+    assert "seed 1: 69.80%" in study_table(dict(s, model="m", data="d", subset=None, epochs=3, seeds=[0, 1]))
+
+
+def test_unit_energy_profile_grid_and_off_fractions(synthetic):
+    from supportnet.study import unit_energy_profile
+    from supportnet.train import build
+
+    cfg = load_config(None, ["data.name=synthetic", "model.kwargs={width: 8, hidden: 32}", "support.warmup=1"])
+    _, model = build(cfg)
+    prof = unit_energy_profile(cfg, model.state_dict(), n_batches=3, quantiles=(0.1, 0.5, 0.9))
+    grid = prof["grid"]
+    assert len(grid) == 3 and grid == sorted(grid) and grid[0] > 0
+    assert set(prof["layers"]) == {"features.1", "features.3", "features.5", "classifier.3"}
+    assert prof["layers"]["features.1"]["units"] == 8 * 16 * 16  # channels x positions of a 16x16 input
+    # a larger beta switches off more of the active (unit, batch) pairs, in every layer
+    for layer in prof["layers"]:
+        offs = [prof["off_fraction_of_active"][f"{b:g}"][layer] for b in grid]
+        assert offs == sorted(offs)
+    pooled = [prof["off_fraction_of_active"][f"{b:g}"] for b in grid]
+    assert all(0.0 <= v <= 1.0 for d in pooled for v in d.values())
+
+
+def test_maskt_of_run_evaluates_the_binary_masks(tmp_path):
+    from supportnet.study import maskt_of_run
+    from supportnet.train import fit
+
+    cfg = load_config(
+        None,
+        [
+            "data.name=synthetic",
+            "data.subset=256",
+            "train.epochs=1",
+            "quiet=true",
+            "model.kwargs={width: 8, hidden: 32}",
+            "train.train_eval_size=0",
+            "train.checkpoint_every=0",
+            f"out={tmp_path}",
+        ],  # fmt: skip
+    )
+    run = fit(cfg)
+    m = maskt_of_run(run)
+    assert m["free_acc"] == pytest.approx(json.loads((run / "summary.json").read_text())["test_acc"])
+    assert 0.0 <= m["maskt_acc"] <= 1.0 and m["maskt_acc"] != m["free_acc"]

@@ -183,3 +183,16 @@ def test_gpu_guard_on_cuda(synthetic, tmp_path):
     ):
         fit(cfg, data=data, model=model)
     assert all(torch.equal(v.detach(), before[k]) for k, v in model.named_parameters())
+
+
+def test_trace_train_loss_adds_the_free_mode_train_loss_to_every_trace_point(synthetic, tmp_path):
+    on = fit(
+        _cfg(tmp_path / "on", "train.evals_per_epoch=2", "train.trace_train_loss=true", "train.train_eval_size=100"),
+        data=synthetic,
+    )
+    s = json.loads((on / "summary.json").read_text())
+    assert len(s["trace"]) == 4 and all(0 < p["train_loss"] and 0 <= p["train_acc"] <= 1 for p in s["trace"])
+    # the end-of-epoch points carry the epoch's own train evaluation (the same numbers as metrics.csv)
+    assert [p["train_loss"] for p in s["trace"] if p["epoch"] in (1.0, 2.0)] == [c["train_loss"] for c in s["curve"]]
+    off = fit(_cfg(tmp_path / "off", "train.evals_per_epoch=2", "train.train_eval_size=100"), data=synthetic)
+    assert not any("train_loss" in p for p in json.loads((off / "summary.json").read_text())["trace"])

@@ -29,8 +29,9 @@ AMP = ("off", "bf16")
 #: Where a run trains (``train.device``): the CPU, the current GPU, or GPU number N.
 DEVICES = ("cpu", "cuda", "cuda:N")
 LOADERS = ("host", "device")
-#: DSD's Sparse step (``dsd.prune``).
-PRUNE = ("magnitude", "support-b", "support-i")
+#: DSD's Sparse step (``dsd.prune``): DSD's magnitude rule, support pruning (B- or I-alternation's
+#: supports), and a structured baseline by filter L2 norm.
+PRUNE = ("magnitude", "support-b", "support-i", "channel-l2")
 #: ``supportnet export --format``: a checkpoint of the weights, safetensors, TorchScript, ONNX.
 EXPORT_FORMATS = ("state_dict", "safetensors", "torchscript", "onnx")
 

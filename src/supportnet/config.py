@@ -69,6 +69,7 @@ class TrainConfig:
     evals_per_epoch: int = 1  # test evaluations per epoch for the convergence trace (time-to-target)
     loggers: list = field(default_factory=lambda: ["csv"])  # csv (metrics.csv, always) | jsonl | tensorboard
     log_every: int = 20  # optimizer steps between step scalars (loss, lr, active fraction) for jsonl/tensorboard
+    trace_train_loss: bool = False  # also put the free-mode train loss/accuracy (train_eval_size examples) in the trace
     # GPU fast path (docs/performance.md); all off by default
     amp: str = "off"  # off | bf16 (autocast of the forward pass and loss)
     channels_last: bool = False  # NHWC memory format for model and inputs
@@ -107,8 +108,8 @@ class DSDConfig:
     dense_epochs: int = 3  # E_d: dense training (SGD)
     sparse_epochs: int = 2  # E_s: sparse retraining with the pruned weights held at zero
     redense_epochs: int = 1  # E_r: the pruned weights restart at zero and train again
-    prune: str = "support-b"  # magnitude (DSD's baseline) | support-b | support-i
-    sparsity: float = 0.3  # magnitude: fraction of each layer's weights pruned (DSD used 30% for CNNs)
+    prune: str = "support-b"  # magnitude (DSD's baseline) | support-b | support-i | channel-l2
+    sparsity: float = 0.3  # magnitude: fraction of each layer's weights pruned; channel-l2: of its units
     eps: float = 0.01  # support-*: a unit on in at most this fraction of batches / examples is pruned
     sparse_lr: float | None = None  # None: train.lr
     redense_lr: float | None = None  # None: 0.1 x train.lr, as DSD recommends

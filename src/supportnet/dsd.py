@@ -19,6 +19,15 @@ schedule, on one model:
      B-alternation. The sparsity is an output.
    * ``support-i``: the same with per-example supports (a unit on for at most
      ``eps`` of the examples); the sparse step trains with I-alternation.
+   * ``channel-l2`` (a structured baseline, Li et al. 2017 with the L2 norm): per prunable
+     threshold layer, the units whose producer filters have the smallest L2 norm, with the
+     weights in and out of them as for support pruning; the sparse step trains with SGD.
+
+   Equal sparsity (issue 16): ``dsd(..., match=pruning)`` makes ``magnitude`` prune, in
+   every weight tensor, exactly as many weights as ``pruning`` (e.g. support pruning's)
+   zeroed there, and ``channel-l2`` exactly as many units per layer; without ``match``
+   they prune the ``dsd.sparsity`` fraction (of weights, of units). ``dsd(..., start=
+   state_dict)`` skips the dense phase and starts from a given (converged) dense model.
 
 3. ``redense``: the pruned weights restart at zero and everything trains with SGD
    for ``dsd.redense_epochs`` at ``dsd.redense_lr`` (default 0.1x, as DSD advises).
@@ -43,7 +52,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import Config, eval_batch_for
+from .config import Config
 from .data import batches, epoch_order
 from .errors import ConfigError
 from .export import arch_of, plain_state_dict, taus_of
@@ -153,12 +162,15 @@ def find_units(model: nn.Module) -> tuple[list[Unit], list[str]]:
 # ----------------------------------------------------------------------------- pruning rules
 
 
-def magnitude_pruning(model: nn.Module, sparsity: float) -> Pruning:
+def magnitude_pruning(model: nn.Module, sparsity: float, counts: dict[str, int] | None = None) -> Pruning:
+    """DSD's rule: per Conv/Linear layer, the ``sparsity`` fraction of smallest-magnitude weights,
+    or exactly ``counts[param name]`` of them where ``counts`` is given (layers it omits: none).
+    Ties at the threshold are kept, so a layer can lose slightly fewer than asked."""
     pr = Pruning()
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
             w = mod.weight.detach()
-            k = int(sparsity * w.numel())
+            k = int(sparsity * w.numel()) if counts is None else int(counts.get(f"{name}.weight", 0))
             keep = torch.ones_like(w, dtype=torch.bool)
             if k:
                 thr = w.abs().flatten().kthvalue(k).values
@@ -217,14 +229,44 @@ def support_census(
 
 def unit_pruning(model: nn.Module, units: list[Unit], census: dict, eps: float) -> Pruning:
     """Prune every unit on in at most ``eps`` of the census, with the weights in and out of it."""
-    mods = dict(model.named_modules())
-    pr = Pruning(keep={n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()})
+    dead_by = {}
     for u in units:
         on, total = census[u.act]
         dead = (on.double() <= eps * total).nonzero().flatten()
         if dead.numel() == u.channels:  # never remove a whole layer: keep its most active unit
             dead = dead[dead != int(on.argmax())]
-        if not dead.numel():
+        dead_by[u.act] = dead
+    return prune_units(model, units, dead_by)
+
+
+def channel_norm_pruning(
+    model: nn.Module, units: list[Unit], counts: dict[str, int] | None = None, fraction: float = 0.3
+) -> Pruning:
+    """Prune, per threshold layer, the units whose producer filter (weights into the unit, bias
+    included) has the smallest L2 norm: ``counts[layer]`` of them, or the ``fraction`` of the
+    layer's units; never a whole layer. Weights in and out go as in :func:`unit_pruning`."""
+    mods = dict(model.named_modules())
+    dead_by = {}
+    for u in units:
+        k = int(counts.get(u.act, 0)) if counts is not None else int(fraction * u.channels)
+        k = min(k, u.channels - 1)
+        if k <= 0:
+            continue
+        p = mods[u.producer]
+        w = p.weight.detach().reshape(u.channels, -1)
+        sq = (w**2).sum(1) + (p.bias.detach() ** 2 if p.bias is not None else 0.0)
+        dead_by[u.act] = torch.argsort(sq, stable=True)[:k].sort().values
+    return prune_units(model, units, dead_by)
+
+
+def prune_units(model: nn.Module, units: list[Unit], dead_by: dict[str, torch.Tensor]) -> Pruning:
+    """The :class:`Pruning` that removes the channels ``dead_by[layer]`` of each unit layer, with the
+    weights that feed them (producer rows, bias, batch norm) and the weights they feed (consumer columns)."""
+    mods = dict(model.named_modules())
+    pr = Pruning(keep={n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()})
+    for u in units:
+        dead = dead_by.get(u.act)
+        if dead is None or not dead.numel():
             continue
         pr.units[u.act] = dead.tolist()
         pr.keep[f"{u.producer}.weight"][dead] = False
@@ -241,6 +283,15 @@ def unit_pruning(model: nn.Module, units: list[Unit], census: dict, eps: float) 
             cw[:, cols] = False
     pr.keep = {n: m for n, m in pr.keep.items() if not m.all()}
     return pr
+
+
+def pruned_counts(pruning: Pruning) -> dict:
+    """What ``pruning`` removes: weights per weight tensor (``weights``) and units per layer (``units``),
+    the counts a pruning at equal sparsity must match."""
+    return {
+        "weights": {n: int((~m).sum()) for n, m in pruning.keep.items() if m.dim() > 1 and not m.all()},
+        "units": {k: len(v) for k, v in pruning.units.items()},
+    }
 
 
 class Enforcer:
@@ -424,6 +475,8 @@ def dsd(
     log=print,
     resume: bool = False,
     overwrite: bool = False,
+    start: dict | None = None,
+    match: dict | None = None,
 ) -> dict:
     """Run the three phases (module docstring); write ``out/dsd.json`` and ``out/sparse.pt``.
 
@@ -433,6 +486,10 @@ def dsd(
     ``out`` is claimed for this run once the config, data and model are valid, and its config
     written to ``out/dsd-config.yaml`` (what ``--resume`` reads); a folder holding another
     run's files is refused unless ``overwrite`` (:mod:`supportnet.runfolder`).
+    ``start``: a dense model's state dict; the dense phase is skipped and DSD starts from it.
+    ``match``: the :func:`pruned_counts` of another pruning (e.g. ``res["pruned_counts"]`` of a
+    support-pruning run) that ``magnitude`` and ``channel-l2`` reproduce exactly (weights per
+    tensor, units per layer). Over 80 lines: the three phases in order.
     """
     from .models import count_params
     from .train import build, evaluate, fit
@@ -473,7 +530,13 @@ def dsd(
         record(name, fit(pcfg, data, model, step_hook=hook, resume=run if again else None, overwrite=ow))
         return False
 
-    phase("dense", _phase_cfg(cfg, "dense", ds.dense_epochs, cfg.train.lr, "sgd", out))
+    if start is None:
+        phase("dense", _phase_cfg(cfg, "dense", ds.dense_epochs, cfg.train.lr, "sgd", out))
+    else:  # a given dense model (e.g. trained to convergence once, shared by every pruning rule)
+        model.load_state_dict(start)
+        model.to(device)
+        loss, acc = evaluate(model, data.test, cfg.train.eval_batch_size, device)
+        res["phases"]["dense"] = {"test_acc": acc, "test_loss": loss, "epochs": 0, "run": "given (start=)"}
 
     units, skipped = find_units(model) if ds.prune != "magnitude" else ([], [])
     saved = out / "pruning.pt"
@@ -482,13 +545,15 @@ def dsd(
         pruning = Pruning(keep=pk["keep"], units={k: list(v) for k, v in pk["units"].items()})
         res["census"] = pk.get("census")
     elif ds.prune == "magnitude":
-        pruning = magnitude_pruning(model, ds.sparsity)
+        pruning = magnitude_pruning(model, ds.sparsity, match["weights"] if match else None)
+    elif not units:
+        raise ConfigError(
+            f"no threshold layer of {cfg.model.name} can be pruned by units ({ds.prune}) "
+            f"({'; '.join(skipped) or 'none found'}); use dsd.prune=magnitude"
+        )
+    elif ds.prune == "channel-l2":
+        pruning = channel_norm_pruning(model, units, match["units"] if match else None, ds.sparsity)
     else:
-        if not units:
-            raise ConfigError(
-                f"no threshold layer of {cfg.model.name} can be pruned by its support "
-                f"({'; '.join(skipped) or 'none found'}); use dsd.prune=magnitude"
-            )
         census = support_census(
             model,
             units,
@@ -506,7 +571,7 @@ def dsd(
         save_checkpoint(
             saved, {"keep": pruning.keep, "units": pruning.units, "census": res.get("census")}, kind="pruning"
         )
-    method = {"magnitude": "sgd", "support-b": "b-alt", "support-i": "i-alt"}[ds.prune]
+    method = {"magnitude": "sgd", "channel-l2": "sgd", "support-b": "b-alt", "support-i": "i-alt"}[ds.prune]
     pruning.left_alone = skipped
     enforce = Enforcer(pruning)
     sparse_lr = ds.sparse_lr or cfg.train.lr
@@ -514,6 +579,7 @@ def dsd(
     enforce.release()
     res["sparsity"] = pruning.sparsity(model)
     res["pruned_units"] = pruning.units
+    res["pruned_counts"] = pruned_counts(pruning)
     res["left_alone"] = skipped
     small = compact(model, units, pruning)
     res["params"] = {"dense": count_params(model), "compact": count_params(small)}
@@ -539,7 +605,7 @@ def dsd(
         if not (resume and (Path(rcfg.out) / "checkpoint.pt").is_file()):
             res["revived"] = revive(model, units, pruning, cfg.train.seed)
         phase("redense", rcfg)
-    res["final_test_acc"] = evaluate(model, data.test, eval_batch_for(cfg.train.eval_batch_size, device), device)[1]
+    res["final_test_acc"] = evaluate(model, data.test, cfg.train.eval_batch_size, device)[1]
     atomic_write_text(out / "dsd.json", json.dumps(res, indent=1))
     return res
 

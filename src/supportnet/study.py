@@ -18,6 +18,16 @@ A time-to-target protocol in the spirit of MLCommons AlgoPerf:
 ``run_study`` writes ``study.json``, ``table.md``, ``curves.png`` (the paper's
 Fig. 1/3 style: loss and error against epochs, one line per method, support
 re-estimations marked) and ``ratio.png`` (iterations to target / SGD's).
+
+The paper's regime (issue 16; ``paired=True``, ``smooth_k > 1``): targets are taken on a
+*smoothed* trace (a centred running mean of ``smooth_k`` evaluations, because a constant
+rate makes test accuracy swing by about 0.5 point between evaluations) and *paired by
+seed*: for seed ``s``, SGD's best smoothed free-mode training loss and SGD's best smoothed
+test accuracy − 0.2 point, both of SGD's own run with seed ``s``; fixed accuracy targets
+beside them. ``beta_search`` tunes Eq. 41's absolute beta on the validation split from a
+grid derived from the per-unit energies of the warmed-up network
+(:func:`unit_energy_profile`), and ``maskt=True`` adds each final model's test accuracy
+with the binary masks as activations (the paper's Table 2 MaskT).
 """
 
 from __future__ import annotations
@@ -40,6 +50,9 @@ from .runfolder import claim_run_folder, releases_run_folders
 
 #: The method that every ratio is taken against.
 BASELINE = "sgd"
+#: Set by ``run_study(collect_only=True)``: summarise the finished runs, train nothing.
+_COLLECT = {"on": False}
+UNFINISHED = "unfinished: no summary.json (collected without training)"
 
 
 def _slug(spec: str) -> str:
@@ -47,7 +60,7 @@ def _slug(spec: str) -> str:
 
 
 #: What a study's folder may hold when the same study runs again (its finished runs are reused).
-STUDY_REUSE = ("study.json", "table.md", "curves.png", "ratio.png", "seed*", "tune")
+STUDY_REUSE = ("study.json", "table.md", "curves.png", "ratio.png", "trace.png", "seed*", "tune")
 
 
 def _fit_job(cfg_dict: dict, overwrite: bool = False) -> dict:
@@ -83,7 +96,8 @@ def _run_all(cfgs: list[Config], jobs: int, log, overwrite: bool = False) -> lis
     A run whose folder already holds a ``summary.json`` for the same config is reused, and one
     that holds an unfinished run of the same config is run again, so an interrupted study
     continues where it stopped. A folder holding a run of another config is refused, before
-    anything is trained, unless ``overwrite`` (:mod:`supportnet.runfolder`).
+    anything is trained, unless ``overwrite`` (:mod:`supportnet.runfolder`). With
+    ``--collect`` nothing is trained: the runs not finished are marked ``unfinished``.
     """
     from .runfolder import check_run_folder
 
@@ -94,6 +108,9 @@ def _run_all(cfgs: list[Config], jobs: int, log, overwrite: bool = False) -> lis
         if same and (Path(c.out) / "summary.json").is_file():
             results[i] = json.loads((Path(c.out) / "summary.json").read_text()) | {"out": c.out}
             log(f"  reuse {c.out}")
+            continue
+        if _COLLECT["on"]:
+            results[i] = {"error": UNFINISHED, "out": c.out}
             continue
         check_run_folder(c.out, overwrite=overwrite or same, resumable=False)
         todo.append((i, overwrite or same))
@@ -121,19 +138,33 @@ def _resolved(c: Config) -> Config:
 # ----------------------------------------------------------------------------- metrics
 
 
-def time_to_target(trace: list[dict], target: float) -> tuple[float, float] | None:
-    """(iterations, seconds) at which the test accuracy first reaches ``target``, interpolated
-    linearly between trace points; None if it never does."""
-    prev = {"iterations": 0, "seconds": 0.0, "test_acc": 0.0}
-    for p in trace:
-        if p["test_acc"] >= target:
-            span = p["test_acc"] - prev["test_acc"]
-            f = 1.0 if span <= 0 else (target - prev["test_acc"]) / span
-            return (
-                prev["iterations"] + f * (p["iterations"] - prev["iterations"]),
-                prev["seconds"] + f * (p["seconds"] - prev["seconds"]),
-            )
-        prev = p
+def smooth(values: list[float], k: int) -> list[float]:
+    """Centred running mean over ``k`` points (``k`` odd); the window is cut at both ends, so
+    the first and last points average fewer (and one-sided) neighbours. ``k <= 1``: unchanged."""
+    if k <= 1:
+        return list(values)
+    h = k // 2
+    return [statistics.fmean(values[max(0, i - h) : i + h + 1]) for i in range(len(values))]
+
+
+def time_to_target(
+    trace: list[dict], target: float, key: str = "test_acc", k: int = 1, higher: bool = True
+) -> tuple[float, float] | None:
+    """(iterations, seconds) at which ``key`` first reaches ``target`` (``>=`` if ``higher``,
+    else ``<=``) on the trace smoothed over ``k`` points (:func:`smooth`), interpolated linearly
+    between trace points; None if it never does. Test accuracy starts from (0 steps, 0); other
+    keys have no value before the first point, which then counts as reached where it is."""
+    pts = [p for p in trace if isinstance(p.get(key), (int, float)) and math.isfinite(p[key])]
+    vals = smooth([p[key] for p in pts], k)
+    prev = (0, 0.0, 0.0) if key == "test_acc" and higher else None
+    for p, v in zip(pts, vals):
+        if (v >= target) if higher else (v <= target):
+            if prev is None:
+                return p["iterations"], p["seconds"]
+            span = v - prev[2]
+            f = 1.0 if span == 0 else min(1.0, max(0.0, (target - prev[2]) / span))
+            return prev[0] + f * (p["iterations"] - prev[0]), prev[1] + f * (p["seconds"] - prev[1])
+        prev = (p["iterations"], p["seconds"], v)
     return None
 
 
@@ -154,44 +185,114 @@ def _ms(values: list[float]) -> dict:
     return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
 
 
-def summarize(runs: dict[str, dict[int, dict]], targets: list[float]) -> dict:
-    """Per-method metrics over seeds. ``runs[method][seed]`` is a run summary (with ``trace``)."""
+def _series(r: dict, key: str) -> list[float]:
+    return [p[key] for p in r.get("trace", []) if isinstance(p.get(key), (int, float)) and math.isfinite(p[key])]
+
+
+def target_specs(runs: dict[str, dict[int, dict]], targets: list[float], k: int = 1, paired: bool = False) -> list:
+    """The targets of a study. ``paired``: per seed, SGD's best smoothed free-mode training loss
+    (when traced) and SGD's best smoothed test accuracy − 0.2 point; otherwise one value, SGD's
+    mean final accuracy − 0.2 point. Then the fixed accuracy ``targets``."""
+    base = {s: r for s, r in runs.get(BASELINE, {}).items() if "error" not in r}
+    specs: list[dict] = []
+    if paired:
+        loss = {s: min(smooth(_series(r, "train_loss"), k)) for s, r in base.items() if _series(r, "train_loss")}
+        if loss:
+            specs.append({"name": "sgd_best_train_loss", "key": "train_loss", "higher": False, "by_seed": loss})
+        acc = {s: max(smooth(_series(r, "test_acc"), k)) - 0.002 for s, r in base.items() if _series(r, "test_acc")}
+        if acc:
+            specs.append({"name": "sgd_best-0.2", "key": "test_acc", "higher": True, "by_seed": acc})
+    elif base:
+        v = statistics.fmean(r["test_acc"] for r in base.values()) - 0.002
+        specs.append({"name": "sgd_final-0.2", "key": "test_acc", "higher": True, "value": v})
+    specs += [{"name": f"{100 * t:g}%", "key": "test_acc", "higher": True, "value": t} for t in targets]
+    return specs
+
+
+def _target_for(spec: dict, seed) -> float | None:
+    return spec["by_seed"].get(seed) if "by_seed" in spec else spec["value"]
+
+
+def _hit(r: dict | None, spec: dict, seed, k: int):
+    t = _target_for(spec, seed)
+    if r is None or "error" in r or t is None:
+        return None
+    return time_to_target(r["trace"], t, spec["key"], k, spec["higher"])
+
+
+def _per_seed(r: dict, k: int) -> dict:
+    """One run's figures: final and best smoothed accuracy, final free-mode training loss,
+    the epochs at which supports were re-estimated, the objective's relative drop per epoch."""
+    acc, loss = smooth(_series(r, "test_acc"), k), smooth(_series(r, "train_loss"), k)
+    obj = [c["obj_loss"] for c in r.get("curve", [])]
+    return {
+        "final_acc": r["test_acc"],
+        "best_smoothed_acc": max(acc) if acc else None,
+        "final_smoothed_acc": acc[-1] if acc else None,
+        "final_train_loss": loss[-1] if loss else None,
+        "best_smoothed_train_loss": min(loss) if loss else None,
+        "reestimated_at_epoch": [c["epoch"] - 1 for c in r.get("curve", []) if c.get("reestimated")],
+        "obj_rel_drop": [(a - b) / abs(a) if a else None for a, b in zip(obj, obj[1:])],
+        "maskt_acc": r.get("maskt_acc"),
+    }
+
+
+def summarize(runs: dict[str, dict[int, dict]], targets: list[float], k: int = 1, paired: bool = False) -> dict:
+    """Per-method metrics over seeds. ``runs[method][seed]`` is a run summary (with ``trace``).
+
+    Targets are :func:`target_specs`; iterations and seconds to each are read off the trace
+    smoothed over ``k`` points, and their ratios to SGD's are paired by seed (same seed, same
+    target value)."""
+    specs = target_specs(runs, targets, k, paired)
+    named = {sp["name"]: sp["value"] if "value" in sp else statistics.fmean(sp["by_seed"].values()) for sp in specs}
+    out: dict = {"targets": named, "target_specs": specs, "smooth_k": k, "paired": paired, "methods": {}}
     base = runs.get(BASELINE, {})
-    base_final = [r["test_acc"] for r in base.values() if "error" not in r]
-    all_targets = []
-    if base_final:
-        all_targets.append(("sgd_final-0.2", statistics.fmean(base_final) - 0.002))
-    all_targets += [(f"{100 * t:g}%", t) for t in targets]
-    out: dict[str, dict] = {"targets": {k: v for k, v in all_targets}, "methods": {}}
     for m, by_seed in runs.items():
         ok = {s: r for s, r in by_seed.items() if "error" not in r}
+        per_seed = {s: _per_seed(r, k) for s, r in ok.items()}
         row: dict = {
             "seeds": sorted(by_seed),
-            "diverged": sorted(s for s in by_seed if s not in ok),
+            "diverged": sorted(s for s in by_seed if s not in ok and by_seed[s]["error"] != UNFINISHED),
+            "unfinished": sorted(s for s in by_seed if s not in ok and by_seed[s]["error"] == UNFINISHED),
             "lr": next(iter(by_seed.values())).get("lr"),
+            "spec": next(iter(by_seed.values())).get("spec", m),
             "final_acc": _ms([r["test_acc"] for r in ok.values()]),
+            "best_smoothed_acc": _ms([p["best_smoothed_acc"] for p in per_seed.values()]),
+            "final_train_loss": _ms([p["final_train_loss"] for p in per_seed.values()]),
+            "maskt_acc": _ms([p["maskt_acc"] for p in per_seed.values()]),
             "error_auc": _ms([error_auc(r["trace"]) for r in ok.values()]),
             "seconds": _ms([r["seconds"] for r in ok.values()]),
             "iterations": _ms([r["iterations"] for r in ok.values()]),
+            "per_seed": {str(s): p for s, p in per_seed.items()},
+            "final_acc_diff_to_sgd": _ms(
+                [r["test_acc"] - base[s]["test_acc"] for s, r in ok.items() if s in base and "error" not in base[s]]
+            ),  # paired by seed
             "to_target": {},
         }
-        for name, t in all_targets:
-            hits = {s: time_to_target(r["trace"], t) for s, r in ok.items()}
-            ratio_it, ratio_s = [], []
+        for sp in specs:
+            hits = {s: _hit(r, sp, s, k) for s, r in ok.items()}
+            ratio_it, ratio_s, seeds_out = [], [], {}
             for s, h in hits.items():
-                b = base.get(s)
-                bh = time_to_target(b["trace"], t) if b and "error" not in b else None
-                if h and bh:
-                    ratio_it.append(h[0] / bh[0])
-                    ratio_s.append(h[1] / bh[1])
-            row["to_target"][name] = {
-                "target": t,
+                bh = _hit(base.get(s), sp, s, k)
+                ri = h[0] / bh[0] if h and bh and bh[0] > 0 else None
+                rs = h[1] / bh[1] if h and bh and bh[1] > 0 else None
+                ratio_it.append(ri), ratio_s.append(rs)
+                seeds_out[str(s)] = {
+                    "target": _target_for(sp, s),
+                    "iterations": h[0] if h else None,
+                    "seconds": h[1] if h else None,
+                    "iter_ratio_to_sgd": ri,
+                    "seconds_ratio_to_sgd": rs,
+                }
+            row["to_target"][sp["name"]] = {
+                "target": named[sp["name"]],
                 "reached": sum(1 for h in hits.values() if h),
                 "of": len(by_seed),
                 "iterations": _ms([h[0] for h in hits.values() if h]),
                 "seconds": _ms([h[1] for h in hits.values() if h]),
                 "iter_ratio_to_sgd": _ms(ratio_it),
                 "seconds_ratio_to_sgd": _ms(ratio_s),
+                "per_seed": seeds_out,
             }
         out["methods"][m] = row
     return out
@@ -202,27 +303,35 @@ def summarize(runs: dict[str, dict[int, dict]], targets: list[float]) -> dict:
 
 def tune_lr(
     base: Config,
-    methods: list[str],
+    methods: list[str] | dict[str, str],
     grid: list[float],
     epochs: int,
     val: int,
     out: Path,
     jobs: int = 1,
     log=print,
+    overrides: list[str] | None = None,
+    strict: bool = True,
+    method_overrides: dict[str, list[str]] | None = None,
     overwrite: bool = False,
 ) -> dict[str, dict]:
-    """Pick each method's learning rate from ``grid`` by final validation accuracy (same budget)."""
+    """Pick each method's learning rate from ``grid`` by final validation accuracy (same budget).
+
+    ``methods``: specs, or labels mapped to specs. ``overrides`` (``section.key=value``) apply
+    to the tuning runs only (e.g. a smaller ``data.subset``); ``method_overrides[label]`` to
+    that method's runs. A method that diverges at every rate raises, unless ``strict=False``:
+    then it keeps the smallest rate and is marked ``diverged_everywhere``."""
     if val <= 0:
         raise ConfigError("tuning needs a validation split; pass --tune-val N (e.g. 5000)")
+    labels = methods if isinstance(methods, dict) else {m: m for m in methods}
     cfgs, keys = [], []
-    for m in methods:
+    for m, spec in labels.items():
+        extra = (method_overrides or {}).get(m, [])
         for lr in grid:
-            c = method_config(base, m)
-            c.train.lr, c.train.epochs, c.data.val = lr, epochs, val
-            c.train.evals_per_epoch, c.train.train_eval_size = 1, 0
+            c = _tuning_config(base, spec, lr, epochs, val, extra + list(overrides or []))
             c.out = str(out / "tune" / f"{_slug(m)}-lr{lr:g}")
             cfgs.append(c), keys.append((m, lr))
-    log(f"tuning: {len(methods)} methods x {len(grid)} learning rates, {epochs} epochs, val {val}")
+    log(f"tuning: {len(labels)} methods x {len(grid)} learning rates, {epochs} epochs, val {val}")
     res = _run_all(cfgs, jobs, log, overwrite)
     chosen: dict[str, dict] = {}
     for (m, lr), r in zip(keys, res):
@@ -232,15 +341,190 @@ def tune_lr(
     for m, d in chosen.items():
         scored = [(a, -float(lr)) for lr, a in d["val_acc"].items() if a is not None]
         if not scored:
-            raise DivergenceError(f"{m} diverged at every learning rate of the grid {grid}; add smaller rates")
+            if strict:
+                raise DivergenceError(f"{m} diverged at every learning rate of the grid {grid}; add smaller rates")
+            d["lr"], d["diverged_everywhere"] = min(grid), True
+            log(f"  {m} diverged at every rate of {grid}; it keeps {min(grid):g} and is reported as diverged")
+            continue
         d["lr"] = -max(scored)[1]  # best validation accuracy; ties go to the smaller rate
     return chosen
+
+
+def _method_cfg(base: Config, spec: str, overrides: list[str] | None = None) -> Config:
+    """``base`` with the method ``spec`` and then ``overrides`` (``section.key=value``) applied."""
+    from .config import apply_override
+
+    d = method_config(base, spec).to_dict()
+    for item in overrides or []:
+        apply_override(d, item)
+    return from_dict(d)
+
+
+def _tuning_config(base: Config, spec: str, lr: float, epochs: int, val: int, overrides: list[str] | None) -> Config:
+    c = _method_cfg(base, spec, overrides)
+    c.train.lr, c.train.epochs, c.data.val = lr, epochs, val
+    c.train.evals_per_epoch, c.train.train_eval_size, c.train.trace_train_loss = 1, 0, False
+    return c
+
+
+# ----------------------------------------------------------------------------- Eq. 41's absolute beta
+
+
+def unit_energy_profile(cfg: Config, state_dict: dict, n_batches: int = 20, quantiles=(0.03, 0.1, 0.3)) -> dict:
+    """Per-unit batch energies ``sum_n relu_tau(q)^2`` (Eq. 40) of a trained network, and a beta grid.
+
+    The network (``state_dict``, e.g. the end of the warm-up) runs in free mode, in training
+    mode (dropout as the B-alternation step sees it), on ``n_batches`` batches of
+    ``cfg.train.batch_size`` in the order of the first alternation epoch. For each threshold
+    layer: the units, their mean batch energy, the fraction of (unit, batch) pairs with zero
+    energy, and quantiles. The grid is the ``quantiles`` of the positive energies pooled over
+    every layer and batch, to two significant digits: with that beta, Eq. 41 switches off that
+    fraction of the (unit, batch) pairs that are on. Eq. 41 has one beta for every layer, so
+    the fraction switched off per layer (``off_fraction``) differs; it is recorded too.
+    """
+    import torch
+
+    from .data import batches, epoch_order
+    from .layers import layer_mode, threshold_layers, unit_energy
+    from .train import build
+
+    data, model = build(cfg)
+    model.load_state_dict(state_dict)
+    device = _device(cfg)
+    model.to(device).train()
+    got: dict[str, list] = {n: [] for n, _ in threshold_layers(model)}
+    hooks = [
+        lay.register_forward_hook(lambda mod, i, o, n=n: got[n].append(unit_energy(o.detach()).flatten()))
+        for n, lay in threshold_layers(model)
+    ]
+    order = epoch_order(len(data.train), cfg.train.seed, cfg.support.warmup)
+    try:
+        with torch.no_grad(), layer_mode(model, "free"):
+            for b, (x, _, _) in enumerate(batches(data.train, cfg.train.batch_size, order)):
+                if b >= n_batches:
+                    break
+                model(x.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+    per = {n: torch.cat(v).double().cpu() for n, v in got.items()}
+    pooled = torch.cat([v[v > 0] for v in per.values()])
+    qs = torch.quantile(pooled.float(), torch.tensor(list(quantiles), dtype=torch.float32)).tolist()
+    grid = sorted({float(f"{q:.2g}") for q in qs})
+    layers = {
+        n: {
+            "units": v.numel() // max(1, min(n_batches, len(got[n]))),
+            "mean_energy": v.mean().item(),
+            "zero_fraction": (v == 0).double().mean().item(),
+            "quantiles": dict(
+                zip(["0.1", "0.5", "0.9"], torch.quantile(v.float(), torch.tensor([0.1, 0.5, 0.9])).tolist())
+            ),
+        }
+        for n, v in per.items()
+    }
+    off = {
+        f"{b:g}": {n: ((v > 0) & (v <= b)).double().sum().item() / max(1, (v > 0).sum().item()) for n, v in per.items()}
+        for b in grid
+    }
+    return {
+        "batches": min(n_batches, len(next(iter(got.values())))),
+        "batch_size": cfg.train.batch_size,
+        "quantiles": list(quantiles),
+        "pooled_positive_quantiles": dict(zip([f"{q:g}" for q in quantiles], qs)),
+        "grid": grid,
+        "layers": layers,
+        "off_fraction_of_active": off,
+    }
+
+
+def search_beta(
+    base: Config,
+    search: dict,
+    lrs: dict[str, float],
+    seed: int,
+    tune: dict,
+    out: Path,
+    jobs: int,
+    log,
+    overwrite: bool = False,
+) -> dict:
+    """Eq. 41's absolute beta, chosen on the validation split (``search``: ``label``, ``spec``,
+    ``lr_from``, optional ``quantiles``, ``batches``).
+
+    1. The warm-up of the runs: SGD for ``support.warmup`` epochs at the rate chosen for
+       ``lr_from``, seed ``seed``, on the training set of the runs.
+    2. :func:`unit_energy_profile` of that network gives the grid.
+    3. One tuning run per grid value (the tuning budget and split of ``tune``), at that rate;
+       the best final validation accuracy wins (ties: the smaller beta)."""
+    lr = lrs[search["lr_from"]]
+    w = method_config(base, "sgd")
+    w.train.lr, w.train.epochs, w.train.seed = lr, max(1, base.support.warmup), seed
+    w.train.evals_per_epoch, w.train.train_eval_size, w.train.trace_train_loss = 1, 0, False
+    w.out = str(out / "tune" / f"warmup-probe-lr{lr:g}-seed{seed}")
+    log(f"beta search: warm-up probe ({w.train.epochs} epochs of SGD at lr {lr:g})")
+    (r,) = _run_all([w], 1, log, overwrite)
+    if "error" in r:
+        raise DivergenceError(f"the warm-up probe for the beta search diverged at lr {lr:g}: {r['error']}")
+    from .io import load_checkpoint
+
+    state = load_checkpoint(Path(w.out) / "final.pt")["state_dict"]
+    prof = unit_energy_profile(w, state, search.get("batches", 20), tuple(search.get("quantiles", (0.03, 0.1, 0.3))))
+    log(
+        "beta grid (absolute, from the warmed-up network's per-unit energies): "
+        + ", ".join(f"{b:g}" for b in prof["grid"])
+    )
+    specs = [f"{search['spec']}[beta={b:g}]" for b in prof["grid"]]
+    cfgs = []
+    for sp in specs:
+        c = _tuning_config(base, sp, lr, tune["epochs"], tune["val"], tune.get("overrides"))
+        c.out = str(out / "tune" / f"{_slug(sp)}-lr{lr:g}")
+        cfgs.append(c)
+    res = _run_all(cfgs, jobs, log, overwrite)
+    val = {f"{b:g}": (r["curve"][-1].get("val_acc") if "error" not in r else None) for b, r in zip(prof["grid"], res)}
+    scored = [(a, -b) for b, a in zip(prof["grid"], val.values()) if a is not None]
+    if not scored:
+        raise DivergenceError(f"{search['spec']} diverged at every beta of {prof['grid']}; lower the rate")
+    beta = -max(scored)[1]
+    return {"lr": lr, "beta": beta, "spec": f"{search['spec']}[beta={beta:g}]", "val_acc": val, "profile": prof}
+
+
+# ----------------------------------------------------------------------------- MaskT
+
+
+def maskt_of_run(run_dir: str | Path, data=None) -> dict:
+    """Test accuracy of a finished run's final weights in free mode and with the binary masks
+    as activations (``binary`` mode: the paper's Table 2 MaskT)."""
+    import yaml
+
+    from .io import load_checkpoint
+    from .train import build, evaluate
+
+    run_dir = Path(run_dir)
+    cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    data, model = build(cfg, data)
+    model.load_state_dict(load_checkpoint(run_dir / "final.pt")["state_dict"])
+    device = _device(cfg)
+    model.to(device)
+    free = evaluate(model, data.test, cfg.train.eval_batch_size, device)[1]
+    binary = evaluate(model, data.test, cfg.train.eval_batch_size, device, mode="binary")[1]
+    return {"free_acc": free, "maskt_acc": binary}
+
+
+def _device(cfg: Config):
+    """The run's device where it exists here, else the CPU (a study summarised on another machine)."""
+    import torch
+
+    want = cfg.train.device
+    return torch.device(want if not want.startswith("cuda") or torch.cuda.is_available() else "cpu")
+
+
+# ----------------------------------------------------------------------------- the study
 
 
 @releases_run_folders
 def run_study(
     base: Config,
-    methods: list[str],
+    methods: list[str] | dict[str, str],
     seeds: list[int],
     out: str | Path,
     lr_grid: list[float] | None = None,
@@ -250,72 +534,105 @@ def run_study(
     jobs: int = 1,
     log=print,
     footer: str | None = None,
+    smooth_k: int = 1,
+    paired: bool = False,
+    tune_overrides: list[str] | None = None,
+    beta_search: dict | None = None,
+    maskt: bool = False,
+    method_overrides: dict[str, list[str]] | None = None,
+    runs_root: str | Path | None = None,
+    collect_only: bool = False,
     overwrite: bool = False,
 ) -> dict:
     """The whole protocol (module docstring); returns the summary written to ``out/study.json``.
 
+    ``methods``: specs (``sgd``, ``i-alt[max_gap=2]``), or labels mapped to specs;
+    ``method_overrides[label]``: further config overrides for that method (tuning and runs),
+    e.g. ``model.kwargs={bias: false}``. ``beta_search`` adds one method,
+    ``beta_search['label']``, whose beta is chosen by :func:`search_beta` after the learning
+    rates. ``runs_root``: where the run folders go (default ``out``); studies sharing it reuse
+    each other's identical runs. ``collect_only``: train nothing; summarise the runs that
+    finished (e.g. after a time limit stopped the study); the others are ``unfinished``.
     ``out`` may hold this study's earlier runs (reused, :data:`STUDY_REUSE`); another run's files
-    are refused unless ``overwrite`` (:mod:`supportnet.runfolder`).
-    """
-    out = Path(out)
-    if BASELINE not in [m.split("[")[0] for m in methods]:
+    are refused unless ``overwrite`` (:mod:`supportnet.runfolder`)."""
+    _COLLECT["on"] = collect_only
+    try:
+        return _run_study(
+            base, methods, seeds, Path(out), lr_grid, tune_epochs, tune_val, targets, jobs, log, footer, smooth_k,
+            paired, tune_overrides, beta_search, maskt, method_overrides, runs_root, overwrite,
+        )  # fmt: skip
+    finally:
+        _COLLECT["on"] = False
+
+
+def _run_study(
+    base, methods, seeds, out, lr_grid, tune_epochs, tune_val, targets, jobs, log, footer, smooth_k, paired,
+    tune_overrides, beta_search, maskt, method_overrides, runs_root, overwrite,
+) -> dict:  # fmt: skip
+    """:func:`run_study`'s body (its arguments, positionally): the protocol's steps in order
+    (validate, tune, beta search, runs, MaskT, summary, files)."""
+    root = Path(runs_root) if runs_root is not None else out
+    specs = dict(methods) if isinstance(methods, dict) else {m: m for m in methods}
+    extra = {m: list((method_overrides or {}).get(m, [])) for m in specs}
+    if BASELINE not in specs:
         raise ConfigError(f"the study measures against SGD; add '{BASELINE}' to --methods")
     if len(seeds) < 1:
         raise ConfigError("no seeds given; e.g. --seeds 0,1,2")
-    for m in methods:
-        method_config(base, m)  # validate every spec before any training
+    for m, spec in specs.items():
+        _method_cfg(base, spec, extra[m])  # validate every spec before any training
+    if beta_search:
+        method_config(base, beta_search["spec"])
+        if beta_search["lr_from"] not in specs:
+            raise ConfigError(f"beta_search lr_from {beta_search['lr_from']!r} is not one of the methods")
     _check_study_numbers(base, seeds, lr_grid, tune_epochs, tune_val)
     claim_run_folder(out, overwrite=overwrite, reuse=STUDY_REUSE, resumable=False)
     t0 = time.time()
-    tuning = None
-    lrs = {m: base.train.lr for m in methods}
+    tuning, beta = None, None
+    lrs = {m: base.train.lr for m in specs}
     if lr_grid:
-        tuning = tune_lr(base, methods, lr_grid, tune_epochs or base.train.epochs, tune_val, out, jobs, log, overwrite)
-        lrs = {m: tuning[m]["lr"] for m in methods}
+        tuning = tune_lr(
+            base, specs, lr_grid, tune_epochs or base.train.epochs, tune_val, root, jobs, log, tune_overrides,
+            strict=not paired, method_overrides=extra, overwrite=overwrite,
+        )  # fmt: skip
+        lrs = {m: tuning[m]["lr"] for m in specs}
         log("chosen learning rates: " + ", ".join(f"{m} {lr:g}" for m, lr in lrs.items()))
+    if beta_search:
+        tune = {"epochs": tune_epochs or base.train.epochs, "val": tune_val, "overrides": tune_overrides}
+        try:
+            beta = search_beta(base, beta_search, lrs, seeds[0], tune, root, jobs, log, overwrite)
+        except DivergenceError as e:
+            if not _COLLECT["on"]:
+                raise
+            log(f"beta search not finished ({e}); {beta_search['label']} left out")
+        if beta is not None:
+            label = beta_search["label"]
+            specs[label], lrs[label], extra[label] = beta["spec"], beta["lr"], []
+            log(f"chosen beta: {beta['beta']:g} ({beta['spec']} at lr {beta['lr']:g})")
     cfgs, keys = [], []
     for s in seeds:
-        for m in methods:
-            c = method_config(base, m)
+        for m, spec in specs.items():
+            c = _method_cfg(base, spec, extra[m])
             c.train.seed, c.train.lr = s, lrs[m]
-            c.out = str(out / f"seed{s}" / _slug(m))
+            c.out = str(root / f"seed{s}" / _slug(m))
             cfgs.append(c), keys.append((m, s))
-    log(f"runs: {len(methods)} methods x {len(seeds)} seeds, {base.train.epochs} epochs")
+    log(f"runs: {len(specs)} methods x {len(seeds)} seeds, {base.train.epochs} epochs")
     res = _run_all(cfgs, jobs, log, overwrite)
     runs: dict[str, dict[int, dict]] = {}
     for (m, s), r in zip(keys, res):
-        r["lr"] = lrs[m]
+        r["lr"], r["spec"], r["overrides"] = lrs[m], specs[m], extra[m]
+        if maskt and "error" not in r:
+            r.update(maskt_of_run(r["out"]))
         runs.setdefault(m, {})[s] = r
-    summary = {
-        "data": base.data.name,
-        "model": base.model.name,
-        "model_kwargs": base.model.kwargs,
-        "subset": base.data.subset,
-        "epochs": base.train.epochs,
-        "batch_size": base.train.batch_size,
-        "schedule": base.train.schedule,
-        "evals_per_epoch": base.train.evals_per_epoch,
-        "seeds": list(seeds),
-        "lr_grid": lr_grid,
-        "tune_epochs": tune_epochs,
-        "tune_val": tune_val,
-        "tuning": tuning,
-        "jobs": jobs,
-        "threads": base.train.threads,
-        "wall_seconds": time.time() - t0,
-        **summarize(runs, list(targets)),
-        "runs": {
-            m: {
-                str(s): {k: r.get(k) for k in ("test_acc", "iterations", "seconds", "curve", "trace", "error", "out")}
-                for s, r in by.items()
-            }
-            for m, by in runs.items()
-        },
-    }
+    summary = _study_summary(base, runs, seeds, lr_grid, tune_epochs, tune_val, tuning, beta, jobs, t0)
+    summary.update(summarize(runs, list(targets), smooth_k, paired))
+    keep = ("test_acc", "iterations", "seconds", "curve", "trace", "error", "out", "maskt_acc", "free_acc")
+    summary["runs"] = {m: {str(s): {k: r.get(k) for k in keep} for s, r in by.items()} for m, by in runs.items()}
     atomic_write_text(out / "study.json", json.dumps(summary, indent=1))
     atomic_write_text(out / "table.md", study_table(summary))
     plot_study_curves(summary, out / "curves.png", footer)
     plot_ratios(summary, out / "ratio.png", footer)
+    if paired:
+        plot_trace_curves(summary, out / "trace.png", footer)
     return summary
 
 
@@ -339,6 +656,41 @@ def _check_study_numbers(base: Config, seeds, lr_grid, tune_epochs, tune_val) ->
                 raise ConfigError(f"{flag} {v}: {e}") from None
 
 
+def _study_summary(base, runs, seeds, lr_grid, tune_epochs, tune_val, tuning, beta, jobs, t0) -> dict:
+    return {
+        "data": base.data.name,
+        "model": base.model.name,
+        "model_kwargs": base.model.kwargs,
+        "subset": base.data.subset,
+        "test_subset": base.data.test_subset,
+        "pad": base.data.pad,
+        "epochs": base.train.epochs,
+        "batch_size": base.train.batch_size,
+        "schedule": base.train.schedule,
+        "milestones": base.train.milestones,
+        "gamma": base.train.gamma,
+        "momentum": base.train.momentum,
+        "weight_decay": base.train.weight_decay,
+        "evals_per_epoch": base.train.evals_per_epoch,
+        "train_eval_size": base.train.train_eval_size,
+        "support": {
+            k: getattr(base.support, k) for k in ("warmup", "min_gap", "max_gap", "plateau_tol", "patience", "tau")
+        },
+        "seeds": list(seeds),
+        "lr_grid": lr_grid,
+        "tune_epochs": tune_epochs,
+        "tune_val": tune_val,
+        "tuning": tuning,
+        "beta_search": beta,
+        "lrs": {m: next(iter(by.values())).get("lr") for m, by in runs.items()},
+        "specs": {m: next(iter(by.values())).get("spec") for m, by in runs.items()},
+        "method_overrides": {m: next(iter(by.values())).get("overrides") for m, by in runs.items()},
+        "jobs": jobs,
+        "threads": base.train.threads,
+        "wall_seconds": time.time() - t0,
+    }
+
+
 # ----------------------------------------------------------------------------- reporting
 
 
@@ -348,35 +700,50 @@ def _fmt(ms: dict, scale: float = 1.0, digits: int = 2) -> str:
     return f"{scale * ms['mean']:.{digits}f} ± {scale * ms['std']:.{digits}f}"
 
 
+def _target_text(sp: dict) -> str:
+    fmt = (lambda v: f"{100 * v:.2f}%") if sp["key"] == "test_acc" else (lambda v: f"{v:.4f}")
+    if "value" in sp:
+        return f"{sp['name']} = {fmt(sp['value'])}"
+    per = ", ".join(f"seed {s}: {fmt(v)}" for s, v in sp["by_seed"].items())
+    return f"{sp['name']} ({sp['key']}, per seed: {per})"
+
+
 def study_table(s: dict) -> str:
-    """Markdown: final accuracy, error AUC, time and per-target iterations (ratio to SGD)."""
+    """Markdown: final accuracy, error AUC, time and per-target iterations (ratio to SGD);
+    paired studies add the smoothed best accuracy, the free-mode training loss, MaskT and the
+    wall-time ratio to each target."""
     names = list(s["targets"])
-    head = ["method", "lr", "final acc (%)", "error AUC (%)", "train s"]
+    paired = s.get("paired", False)
+    head = ["method", "lr", "final acc (%)"]
+    head += ["best smoothed acc (%)", "final train loss", "MaskT acc (%)"] if paired else []
+    head += ["error AUC (%)", "train s"]
     for n in names:
-        head += [f"iters to {n}", f"÷ SGD ({n})"]
+        head += [f"iters to {n}", f"÷ SGD ({n})"] + ([f"seconds ÷ SGD ({n})"] if paired else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, r in s["methods"].items():
-        cells = [
-            m,
-            f"{r['lr']:g}" if r["lr"] is not None else "–",
-            _fmt(r["final_acc"], 100),
-            _fmt(r["error_auc"], 100),
-            _fmt(r["seconds"], 1, 0),
-        ]
+        cells = [m, f"{r['lr']:g}" if r["lr"] is not None else "–", _fmt(r["final_acc"], 100)]
+        if paired:
+            cells += [_fmt(r["best_smoothed_acc"], 100), _fmt(r["final_train_loss"], 1, 4), _fmt(r["maskt_acc"], 100)]
+        cells += [_fmt(r["error_auc"], 100), _fmt(r["seconds"], 1, 0)]
         for n in names:
             t = r["to_target"][n]
             it = _fmt(t["iterations"], 1, 0)
             if t["reached"] < t["of"]:
                 it += f" ({t['reached']}/{t['of']} reached)"
             cells += [it, _fmt(t["iter_ratio_to_sgd"], 1, 2)]
+            cells += [_fmt(t["seconds_ratio_to_sgd"], 1, 2)] if paired else []
         if r["diverged"]:
             cells[0] += f" (diverged: seeds {r['diverged']})"
         lines.append("| " + " | ".join(cells) + " |")
-    tt = ", ".join(f"{n} = {100 * v:.2f}%" for n, v in s["targets"].items())
+    specs = s.get("target_specs") or [{"name": n, "key": "test_acc", "value": v} for n, v in s["targets"].items()]
+    tt = "; ".join(_target_text(sp) for sp in specs)
+    smooth_note = (
+        f", targets on a centred running mean of {s['smooth_k']} evaluations" if s.get("smooth_k", 1) > 1 else ""
+    )
     return (
         f"{s['model']} on {s['data']}"
         + (f" (subset {s['subset']})" if s["subset"] else "")
-        + f", {s['epochs']} epochs, seeds {s['seeds']}; targets: {tt}\n\n"
+        + f", {s['epochs']} epochs, seeds {s['seeds']}{smooth_note}; targets: {tt}\n\n"
         + "\n".join(lines)
         + "\n"
     )
@@ -461,3 +828,60 @@ def plot_ratios(s: dict, path: Path, footer: str | None = None) -> None:
 
 def default_jobs() -> int:
     return max(1, min(2, (os.cpu_count() or 1)))
+
+
+@plot
+def plot_trace_curves(s: dict, path: Path, footer: str | None = None) -> None:
+    """The paper's Fig. 1/3 on the trace: free-mode training loss and smoothed test error against
+    iterations (mean over seeds; raw test error faint), support re-estimations dotted (every
+    seed), learning-rate decays dashed."""
+    from .report import _save, plt
+
+    k = s.get("smooth_k", 1)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    per_epoch = None
+    for i, (m, by_seed) in enumerate(s["runs"].items()):
+        c = colors[i % len(colors)]
+        ok = [r for r in by_seed.values() if r.get("trace")]
+        if not ok:
+            continue
+        n = min(len(r["trace"]) for r in ok)
+        its = [ok[0]["trace"][j]["iterations"] for j in range(n)]
+        per_epoch = per_epoch or (ok[0]["curve"][0]["iterations"] if ok[0].get("curve") else None)
+        loss = [[r["trace"][j].get("train_loss") for r in ok] for j in range(n)]
+        if all(v is not None for row in loss for v in row):
+            a.plot(its, [statistics.fmean(row) for row in loss], "-", color=c, lw=1.2, label=m)
+        raw = [statistics.fmean(100 * (1 - r["trace"][j]["test_acc"]) for r in ok) for j in range(n)]
+        sm = [
+            statistics.fmean(v)
+            for v in zip(*[smooth([100 * (1 - p["test_acc"]) for p in r["trace"][:n]], k) for r in ok])
+        ]
+        b.plot(its, raw, "-", color=c, lw=0.6, alpha=0.3)
+        b.plot(its, sm, "-", color=c, lw=1.4, label=m)
+        for r in ok:
+            for p in r.get("curve", []):
+                if p.get("reestimated"):
+                    x = p["iterations"] - (per_epoch or 0)
+                    for ax in (a, b):
+                        ax.axvline(x, color=c, ls=":", lw=0.8, alpha=0.5)
+    for mstone in s.get("milestones") or []:
+        if per_epoch and s.get("schedule") == "step":
+            for ax in (a, b):
+                ax.axvline(mstone * per_epoch, color="k", ls="--", lw=0.8)
+    base = s["runs"].get(BASELINE, {})
+    accs = [p["test_acc"] for r in base.values() for p in r.get("trace", [])]
+    if accs:  # keep SGD's scale: a collapsed method is clipped (its numbers are in the table)
+        b.set_ylim(0, min(100.0, 3 * 100 * (1 - max(accs))))
+    a.set_yscale("log")
+    a.set_ylabel("free-mode training loss (train_eval_size subset)")
+    b.set_ylabel(f"test error (%), running mean of {k} (faint: raw)")
+    for ax in (a, b):
+        ax.set_xlabel("iterations"), ax.grid(alpha=0.3)
+    b.legend(fontsize=7)
+    fig.suptitle(
+        f"{s['model']} on {s['data']}, seeds {s['seeds']}, mean over seeds "
+        f"(dotted: support re-estimated; dashed: lr x{s.get('gamma', 0.1):g})" + (f"\n{footer}" if footer else ""),
+        fontsize=8,
+    )
+    _save(fig, path)

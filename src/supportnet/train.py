@@ -46,7 +46,7 @@ from torch import nn
 
 from . import distributed, faults
 from .alternation import EpochEvent, IAlternation, Schedule, make_schedule
-from .config import Config, resolve_method_defaults
+from .config import Config, eval_batch_for, resolve_method_defaults
 from .data import DataBundle, Split, batches, epoch_order, load_data, num_batches
 from .data.adapters import as_split, from_datasets
 from .data.augment import crop_flip
@@ -103,15 +103,19 @@ def lr_at(cfg: Config, step: int, steps_per_epoch: int) -> float:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, split: Split, batch_size: int = 128, device=None, mode: str = "free"
+    model: nn.Module, split: Split, batch_size: int | None = None, device=None, mode: str = "free"
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``split`` with every layer in ``mode``.
 
     ``split``: a :class:`~supportnet.data.Split`, a ``(x, y)`` pair of tensors or a map-style
-    ``Dataset`` of ``(x, y)``."""
+    ``Dataset`` of ``(x, y)``. ``batch_size``: default, the device's (128 on the CPU, 1024 on CUDA).
+    ``device``: default, where the model's parameters are."""
     from .distributed import all_reduce_sum, world_size
 
     split = as_split(split)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    batch_size = eval_batch_for(batch_size, device)
     was_training = model.training
     model.eval()
     total_loss, correct, n = 0.0, 0, 0
@@ -532,6 +536,10 @@ def _after_step(run: Run, epoch: int, ep: _Epoch, bar, loss: torch.Tensor) -> No
         seconds = round(st.seconds + te - run.epoch_t0 - ep.eval_seconds, 3)
         st.trace.append({"epoch": epoch + ep.steps / run.steps_per_epoch, "iterations": st.step,
                          "seconds": seconds, "test_loss": tl, "test_acc": ta})  # fmt: skip
+        if t.trace_train_loss and run.eval_train is not None:  # free-mode loss on the train_eval_size subset
+            st.trace[-1]["train_loss"], st.trace[-1]["train_acc"] = evaluate(
+                run.model, run.eval_train, t.eval_batch_size, run.device
+            )
         ep.eval_seconds += time.perf_counter() - te
         ep.tracking = None
     ckpt = bool(t.checkpoint_steps) and st.step % t.checkpoint_steps == 0
@@ -577,6 +585,8 @@ def evaluate_epoch(run: Run, epoch: int, ev: EpochEvent, obj_loss: float) -> dic
     row.update(test_loss=test_loss, test_acc=test_acc, test_err=1.0 - test_acc)
     st.trace.append({"epoch": float(st.epoch), "iterations": st.step, "seconds": round(st.seconds, 3),
                      "test_loss": test_loss, "test_acc": test_acc})  # fmt: skip
+    if t.trace_train_loss and "train_loss" in row:  # the end-of-epoch train evaluation, already done
+        st.trace[-1]["train_loss"], st.trace[-1]["train_acc"] = row["train_loss"], row["train_acc"]
     if t.maskt:
         row["maskt_acc"] = evaluate(model, run.data.test, t.eval_batch_size, run.device, mode="binary")[1]
     row.update(reestimated=int(ev.reestimated), mask_change=ev.mask_change, est_seconds=round(ev.est_seconds, 3))

@@ -180,6 +180,7 @@ def run_planted(cfg: PlantedConfig, progress=None) -> dict:
         "full": th["full"],
         "identifiable": th["identifiable"],
         "rip2_delta_hat": th["rip2"]["delta_hat"],
+        "rip2_ratio": {k: th["rip2"][k] for k in ("ratio_min", "ratio_max")},
     }
     return out
 
