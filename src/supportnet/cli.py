@@ -89,12 +89,28 @@ def _add_export(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``supportnet`` parser: one sub-parser per command, each dispatching to its ``cmd_*``."""
     from . import __version__
+    from .theory.cli import add_parser as add_theory
 
     p = _Parser(prog="supportnet", description="CNN training by weight/support alternation (Huang, Kong, Lucey 2017).")
     p.add_argument("--version", action="version", version=f"supportnet {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+    _add_train(sub)
+    _add_compare(sub)
+    _add_dsd(sub)
+    _add_export(sub)
+    vf = sub.add_parser("verify", help="check a checkpoint (.pt) or mask store (.smask): format version and checksum")
+    vf.add_argument("path")
+    vf.set_defaults(func=cmd_verify)
+    models = sub.add_parser("models", help="list the registered models with their parameter counts")
+    models.set_defaults(func=cmd_models)
+    _add_data(sub)
+    add_theory(sub, _add_overwrite)
+    return p
 
+
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train one model (defaults: convnet-s on Fashion-MNIST, SGD)")
     t.add_argument("--config", help="YAML config file (see configs/)")
     t.add_argument("--method", help="support.method: sgd | b-alt | i-alt")
@@ -114,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(t)
     t.set_defaults(func=cmd_train)
 
+
+def _add_compare(sub) -> None:
     c = sub.add_parser("compare", help="train several methods from the same start; table and plot")
     c.add_argument("--config", help="base YAML config")
     c.add_argument("--data", help="data set name")
@@ -142,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(c)
     c.set_defaults(func=cmd_compare)
 
+
+def _add_dsd(sub) -> None:
     ds = sub.add_parser("dsd", help="Dense-Sparse-Dense training with magnitude or support pruning (Table 8)")
     ds.add_argument("--config", help="YAML config with a dsd: section (see configs/t8-*-dsd-*.yaml)")
     ds.add_argument("--model", help="model name")
@@ -152,16 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(ds)
     ds.set_defaults(func=cmd_dsd)
 
-    _add_export(sub)
 
-    vf = sub.add_parser("verify", help="check a checkpoint (.pt) or mask store (.smask): format version and checksum")
-    vf.add_argument("path")
-    vf.set_defaults(func=cmd_verify)
-
-    sub.add_parser("models", help="list the registered models with their parameter counts").set_defaults(
-        func=cmd_models
-    )
-
+def _add_data(sub) -> None:
     d = sub.add_parser("data", help="list, check or fetch data sets")
     dsub = d.add_subparsers(dest="data_cmd", metavar="ACTION", parser_class=_Parser)
     d.set_defaults(func=cmd_data_list)  # 'supportnet data' alone lists them
@@ -176,10 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--quiet", action="store_true")
     df.add_argument("--extract", action="store_true", help="also unpack tarballs (safely) beside them")
     df.set_defaults(func=cmd_data_fetch)
-    from .theory.cli import add_parser as add_theory
-
-    add_theory(sub, _add_overwrite)
-    return p
 
 
 def _split_methods(s: str) -> list[str]:

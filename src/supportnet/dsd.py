@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,8 @@ from .export import arch_of, plain_state_dict, taus_of
 from .io import atomic_write_text, load_checkpoint, save_checkpoint
 from .layers import HardThreshold, batch_support, configure
 from .runfolder import claim_run_folder, releases_run_folders
+
+_log = logging.getLogger("supportnet")
 
 CHANNELWISE = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity, nn.Flatten)
 
@@ -467,12 +470,41 @@ def _phase_cfg(cfg: Config, phase: str, epochs: int, lr: float, method: str, out
     return c
 
 
+class _Phases:
+    """Runs, finishes (after a resume) or loads each DSD phase, recording it in ``res``."""
+
+    def __init__(self, model, data, res: dict, log, resume: bool, overwrite: bool):
+        self.model, self.data, self.res, self.log = model, data, res, log
+        self.resume, self.overwrite = resume, overwrite
+
+    def record(self, phase: str, run: Path) -> None:
+        s = json.loads((run / "summary.json").read_text())
+        self.res["phases"][phase] = {"test_acc": s["test_acc"], "test_loss": s["test_loss"],
+                                     "epochs": len(s["curve"]), "run": str(run)}  # fmt: skip
+        self.log(f"{phase}: test accuracy {100 * s['test_acc']:.2f}%")
+
+    def run(self, name: str, pcfg: Config, hook=None) -> bool:
+        """Run (or finish, or load) one phase; True if it had already finished."""
+        from .train import fit
+
+        run = Path(pcfg.out)
+        if self.resume and (run / "summary.json").is_file() and (run / "final.pt").is_file():
+            self.model.load_state_dict(load_checkpoint(run / "final.pt", kind="final")["state_dict"])
+            self.record(name, run)
+            return True
+        again = self.resume and (run / "checkpoint.pt").is_file()
+        # under a resume, a phase folder without a checkpoint holds this run's own start: redone
+        ow = self.overwrite or self.resume
+        self.record(name, fit(pcfg, self.data, self.model, step_hook=hook, resume=run if again else None, overwrite=ow))
+        return False
+
+
 @releases_run_folders
 def dsd(
     cfg: Config,
     out: str | Path | None = None,
     data=None,
-    log=print,
+    log=None,
     resume: bool = False,
     overwrite: bool = False,
     start: dict | None = None,
@@ -489,11 +521,11 @@ def dsd(
     ``start``: a dense model's state dict; the dense phase is skipped and DSD starts from it.
     ``match``: the :func:`pruned_counts` of another pruning (e.g. ``res["pruned_counts"]`` of a
     support-pruning run) that ``magnitude`` and ``channel-l2`` reproduce exactly (weights per
-    tensor, units per layer). Over 80 lines: the three phases in order.
+    tensor, units per layer).
     """
-    from .models import count_params
-    from .train import build, evaluate, fit
+    from .train import build, evaluate
 
+    log = log or _log.info  # a library logs; the command line shows it
     ds = cfg.dsd
     if min(ds.dense_epochs, ds.sparse_epochs) < 1:
         raise ConfigError("dsd needs dense_epochs >= 1 and sparse_epochs >= 1; fix the values")
@@ -506,45 +538,49 @@ def dsd(
         atomic_write_text(out / "dsd-config.yaml", cfg.to_yaml())
     device = torch.device(cfg.train.device)
     res: dict = {"prune": ds.prune, "config": cfg.to_dict(), "phases": {}}
-
-    def record(phase: str, run: Path) -> None:
-        s = json.loads((run / "summary.json").read_text())
-        res["phases"][phase] = {
-            "test_acc": s["test_acc"],
-            "test_loss": s["test_loss"],
-            "epochs": len(s["curve"]),
-            "run": str(run),
-        }
-        log(f"{phase}: test accuracy {100 * s['test_acc']:.2f}%")
-
-    def phase(name: str, pcfg: Config, hook=None) -> bool:
-        """Run (or finish, or load) one phase; True if it had already finished."""
-        run = Path(pcfg.out)
-        if resume and (run / "summary.json").is_file() and (run / "final.pt").is_file():
-            model.load_state_dict(load_checkpoint(run / "final.pt", kind="final")["state_dict"])
-            record(name, run)
-            return True
-        again = resume and (run / "checkpoint.pt").is_file()
-        # under a resume, a phase folder without a checkpoint holds this run's own start: redone
-        ow = overwrite or resume
-        record(name, fit(pcfg, data, model, step_hook=hook, resume=run if again else None, overwrite=ow))
-        return False
-
+    phases = _Phases(model, data, res, log, resume, overwrite)
+    # Dense: plain SGD (or a given dense model, e.g. trained to convergence once for every rule)
     if start is None:
-        phase("dense", _phase_cfg(cfg, "dense", ds.dense_epochs, cfg.train.lr, "sgd", out))
-    else:  # a given dense model (e.g. trained to convergence once, shared by every pruning rule)
+        phases.run("dense", _phase_cfg(cfg, "dense", ds.dense_epochs, cfg.train.lr, "sgd", out))
+    else:
         model.load_state_dict(start)
         model.to(device)
         loss, acc = evaluate(model, data.test, cfg.train.eval_batch_size, device)
         res["phases"]["dense"] = {"test_acc": acc, "test_loss": loss, "epochs": 0, "run": "given (start=)"}
-
+    # Sparse: prune (by magnitude, filter norm, or the learned support), retrain with the pruned weights at zero
     units, skipped = find_units(model) if ds.prune != "magnitude" else ([], [])
-    saved = out / "pruning.pt"
+    pruning = _pruning(cfg, model, data, units, skipped, match, res, out / "pruning.pt", resume, device)
+    method = {"magnitude": "sgd", "channel-l2": "sgd", "support-b": "b-alt", "support-i": "i-alt"}[ds.prune]
+    enforce = Enforcer(pruning)
+    phases.run("sparse", _phase_cfg(cfg, "sparse", ds.sparse_epochs, ds.sparse_lr or cfg.train.lr, method, out),
+               hook=enforce)  # fmt: skip
+    enforce.release()
+    _save_sparse(cfg, model, data, units, pruning, skipped, res, out)
+    log(
+        f"sparse: {100 * res['sparsity']['weights']:.1f}% of weights pruned; compact model "
+        f"{res['params']['compact']:,} parameters (dense {res['params']['dense']:,})"
+    )
+    # Re-dense: the pruned weights restart at zero, at a lower rate
+    if ds.redense_epochs:
+        rcfg = _phase_cfg(cfg, "redense", ds.redense_epochs, ds.redense_lr or 0.1 * cfg.train.lr, "sgd", out)
+        if not (resume and (Path(rcfg.out) / "checkpoint.pt").is_file()):
+            res["revived"] = revive(model, units, pruning, cfg.train.seed)
+        phases.run("redense", rcfg)
+    res["final_test_acc"] = evaluate(model, data.test, cfg.train.eval_batch_size, device)[1]
+    atomic_write_text(out / "dsd.json", json.dumps(res, indent=1))
+    return res
+
+
+def _pruning(cfg: Config, model, data, units, skipped, match, res: dict, saved: Path, resume: bool, device):
+    """The Sparse step's pruning: loaded after a resume, else chosen by ``dsd.prune`` (and saved)."""
+    ds = cfg.dsd
     if resume and saved.is_file():
         pk = load_checkpoint(saved, kind="pruning")
-        pruning = Pruning(keep=pk["keep"], units={k: list(v) for k, v in pk["units"].items()})
         res["census"] = pk.get("census")
-    elif ds.prune == "magnitude":
+        pruning = Pruning(keep=pk["keep"], units={k: list(v) for k, v in pk["units"].items()})
+        pruning.left_alone = skipped
+        return pruning
+    if ds.prune == "magnitude":
         pruning = magnitude_pruning(model, ds.sparsity, match["weights"] if match else None)
     elif not units:
         raise ConfigError(
@@ -554,29 +590,19 @@ def dsd(
     elif ds.prune == "channel-l2":
         pruning = channel_norm_pruning(model, units, match["units"] if match else None, ds.sparsity)
     else:
-        census = support_census(
-            model,
-            units,
-            data.train,
-            cfg.train.batch_size,
-            ds.prune[-1],
-            cfg.train.seed,
-            cfg.support.rule,
-            cfg.support.beta,
-            device,
-        )
+        t, s = cfg.train, cfg.support
+        census = support_census(model, units, data.train, t.batch_size, ds.prune[-1], t.seed, s.rule, s.beta, device)
         pruning = unit_pruning(model, units, census, ds.eps)
         res["census"] = {k: {"on": v.tolist(), "of": n} for k, (v, n) in census.items()}
-    if not (resume and saved.is_file()):
-        save_checkpoint(
-            saved, {"keep": pruning.keep, "units": pruning.units, "census": res.get("census")}, kind="pruning"
-        )
-    method = {"magnitude": "sgd", "channel-l2": "sgd", "support-b": "b-alt", "support-i": "i-alt"}[ds.prune]
+    save_checkpoint(saved, {"keep": pruning.keep, "units": pruning.units, "census": res.get("census")}, kind="pruning")
     pruning.left_alone = skipped
-    enforce = Enforcer(pruning)
-    sparse_lr = ds.sparse_lr or cfg.train.lr
-    phase("sparse", _phase_cfg(cfg, "sparse", ds.sparse_epochs, sparse_lr, method, out), hook=enforce)
-    enforce.release()
+    return pruning
+
+
+def _save_sparse(cfg: Config, model, data, units, pruning, skipped, res: dict, out: Path) -> None:
+    """The Sparse step's figures (sparsity, compact size and FLOPs) into ``res``, and ``out/sparse.pt``."""
+    from .models import count_params
+
     res["sparsity"] = pruning.sparsity(model)
     res["pruned_units"] = pruning.units
     res["pruned_counts"] = pruned_counts(pruning)
@@ -596,18 +622,6 @@ def dsd(
         },
         kind="sparse",
     )
-    log(
-        f"sparse: {100 * res['sparsity']['weights']:.1f}% of weights pruned; compact model "
-        f"{res['params']['compact']:,} parameters (dense {res['params']['dense']:,})"
-    )
-    if ds.redense_epochs:
-        rcfg = _phase_cfg(cfg, "redense", ds.redense_epochs, ds.redense_lr or 0.1 * cfg.train.lr, "sgd", out)
-        if not (resume and (Path(rcfg.out) / "checkpoint.pt").is_file()):
-            res["revived"] = revive(model, units, pruning, cfg.train.seed)
-        phase("redense", rcfg)
-    res["final_test_acc"] = evaluate(model, data.test, cfg.train.eval_batch_size, device)[1]
-    atomic_write_text(out / "dsd.json", json.dumps(res, indent=1))
-    return res
 
 
 def export_compact(sparse_ckpt: str | Path, dest: str | Path) -> dict:

@@ -45,7 +45,10 @@ RUN_FILES = (
     "curves.png",
     "checkpoint.pt",
     "final.pt",
+    "model.safetensors",
     "summary.json",
+    "metrics.jsonl",
+    "trace.png",
     "masks-round*.smask",
     "table.md",
     "study.json",
@@ -62,6 +65,9 @@ RUN_FILES = (
     "check-rip.json",
     "three-layer.json",
 )
+#: Folders a run writes (``train.loggers=[tensorboard]``); ``overwrite=True`` removes these too, so
+#: a new run's events never mix with an old run's.
+RUN_DIRS = ("tensorboard",)
 #: A temporary of :func:`supportnet.io.atomic_write` or of a mask store (``tempfile.mkstemp`` names).
 _TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
@@ -143,7 +149,7 @@ def _entries(path: Path) -> list[str]:
 
 def _taken_message(path: Path, names: list[str], resumable: bool) -> str:
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-    ours = any(fnmatch.fnmatchcase(n, p) for n in names for p in RUN_FILES)
+    ours = any(fnmatch.fnmatchcase(n, p) for n in names for p in RUN_FILES + RUN_DIRS)
     cont = f"continue that run with --resume {path}, " if resumable and ours else ""
     what = "another run's files" if ours else "files"
     how = "replace them" if ours else "write beside them"
@@ -282,13 +288,22 @@ def _remove_stale_temporaries(path: Path) -> None:
 
 
 def _remove_run_files(path: Path) -> None:
-    """``--overwrite``: remove the files a previous run wrote here (:data:`RUN_FILES`, no folders)."""
+    """``--overwrite``: remove the files (:data:`RUN_FILES`) and folders (:data:`RUN_DIRS`) a previous
+    run wrote here; nothing else."""
+    import shutil
+
     for name in os.listdir(path):
         p = path / name
-        if any(fnmatch.fnmatchcase(name, pat) for pat in RUN_FILES) and (p.is_file() or p.is_symlink()):
-            try:
+        is_file = any(fnmatch.fnmatchcase(name, pat) for pat in RUN_FILES) and (p.is_file() or p.is_symlink())
+        is_dir = name in RUN_DIRS and p.is_dir() and not p.is_symlink()
+        if not (is_file or is_dir):
+            continue
+        try:
+            if is_dir:
+                shutil.rmtree(p)
+            else:
                 p.unlink()
-            except OSError as e:
-                raise RunFolderError(
-                    f"--overwrite could not remove {p} ({e.strerror or e}); remove it or choose another --out"
-                ) from None
+        except OSError as e:
+            raise RunFolderError(
+                f"--overwrite could not remove {p} ({e.strerror or e}); remove it or choose another --out"
+            ) from None

@@ -33,6 +33,7 @@ with the binary masks as activations (the paper's Table 2 MaskT).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -47,6 +48,8 @@ from .config import Config, from_dict
 from .errors import ConfigError, DivergenceError
 from .io import atomic_write_text
 from .runfolder import claim_run_folder, releases_run_folders
+
+_log = logging.getLogger("supportnet")
 
 #: The method that every ratio is taken against.
 BASELINE = "sgd"
@@ -309,7 +312,7 @@ def tune_lr(
     val: int,
     out: Path,
     jobs: int = 1,
-    log=print,
+    log=None,
     overrides: list[str] | None = None,
     strict: bool = True,
     method_overrides: dict[str, list[str]] | None = None,
@@ -321,6 +324,7 @@ def tune_lr(
     to the tuning runs only (e.g. a smaller ``data.subset``); ``method_overrides[label]`` to
     that method's runs. A method that diverges at every rate raises, unless ``strict=False``:
     then it keeps the smallest rate and is marked ``diverged_everywhere``."""
+    log = log or _log.info
     if val <= 0:
         raise ConfigError("tuning needs a validation split; pass --tune-val N (e.g. 5000)")
     labels = methods if isinstance(methods, dict) else {m: m for m in methods}
@@ -532,7 +536,7 @@ def run_study(
     tune_val: int = 5000,
     targets: list[float] = (),
     jobs: int = 1,
-    log=print,
+    log=None,
     footer: str | None = None,
     smooth_k: int = 1,
     paired: bool = False,
@@ -555,6 +559,7 @@ def run_study(
     finished (e.g. after a time limit stopped the study); the others are ``unfinished``.
     ``out`` may hold this study's earlier runs (reused, :data:`STUDY_REUSE`); another run's files
     are refused unless ``overwrite`` (:mod:`supportnet.runfolder`)."""
+    log = log or _log.info  # a library logs; the command line shows it
     _COLLECT["on"] = collect_only
     try:
         return _run_study(

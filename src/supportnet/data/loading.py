@@ -141,18 +141,41 @@ def load_data(
         if test_subset is not None and test_subset < len(b.test):
             b.test = b.test.take(_test_index(len(b.test), test_subset))
         return b
+    xtr, ytr, xte, yte, root = _read_arrays(name, spec, data_dir, image_size, extra)
+    xtr, ytr, val_split = _hold_out(xtr, ytr, subset, val, seed)
+    if test_subset is not None and test_subset < xte.shape[0]:
+        tidx = _test_index(xte.shape[0], test_subset)
+        xte, yte = xte[tidx], yte[tidx]
+    num_classes = spec.num_classes or int(max(ytr.max().item(), yte.max().item()) + 1)
+    xtr, xte, val_split = _transform(xtr, xte, val_split, pad, preprocess, do_normalize)
+    return DataBundle(
+        name=name,
+        train=Split(xtr.contiguous(), ytr),
+        test=Split(xte.contiguous(), yte),
+        num_classes=num_classes,
+        in_shape=tuple(xtr.shape[1:]),  # type: ignore[arg-type]
+        val=Split(*val_split) if val_split else None,
+        root=str(root) if root else None,
+    )
+
+
+def _read_arrays(name: str, spec, data_dir, image_size, extra):
+    """The official files as tensors (images float in [0, 1], labels int64), checked."""
     if name == "synthetic":
         xtr, ytr, xte, yte = _synthetic(seed=0)
-        root = None
-    else:
-        root = find_root(name, data_dir)
-        assert spec.loader is not None
-        xtr_np, ytr_np, xte_np, yte_np = spec.loader(
-            root, _resolve_files(root, spec), image_size=image_size, extra=extra
-        )
-        check_arrays(name, spec.num_classes, xtr_np, ytr_np, xte_np, yte_np)
-        xtr, xte = _to_float(xtr_np), _to_float(xte_np)
-        ytr, yte = torch.from_numpy(ytr_np.astype(np.int64)), torch.from_numpy(yte_np.astype(np.int64))
+        return xtr, ytr, xte, yte, None
+    root = find_root(name, data_dir)
+    assert spec.loader is not None
+    xtr_np, ytr_np, xte_np, yte_np = spec.loader(root, _resolve_files(root, spec), image_size=image_size, extra=extra)
+    check_arrays(name, spec.num_classes, xtr_np, ytr_np, xte_np, yte_np)
+    xtr, xte = _to_float(xtr_np), _to_float(xte_np)
+    ytr, yte = torch.from_numpy(ytr_np.astype(np.int64)), torch.from_numpy(yte_np.astype(np.int64))
+    return xtr, ytr, xte, yte, root
+
+
+def _hold_out(xtr, ytr, subset, val, seed):
+    """A seeded validation hold-out of ``val`` examples and a seeded ``subset`` of the rest (kept in
+    storage order); returns the training tensors and the validation pair (or None)."""
     g = torch.Generator().manual_seed(seed)
     n = xtr.shape[0]
     if val < 0 or (subset is not None and subset <= 0):
@@ -169,9 +192,11 @@ def load_data(
     if subset is not None or val:
         idx = perm.sort().values
         xtr, ytr = xtr[idx], ytr[idx]
-    if test_subset is not None and test_subset < xte.shape[0]:
-        tidx = _test_index(xte.shape[0], test_subset)
-        xte, yte = xte[tidx], yte[tidx]
+    return xtr, ytr, val_split
+
+
+def _transform(xtr, xte, val_split, pad, preprocess, do_normalize):
+    """Zero padding, then GCN + ZCA or per-channel standardisation (statistics from the training split)."""
     if pad:
         _check_pad_fits(pad, xtr, xte, val_split)
         p = [pad] * 4
@@ -179,25 +204,15 @@ def load_data(
         xtr, xte = pad_fn(xtr, p), pad_fn(xte, p)
         if val_split is not None:
             val_split = (pad_fn(val_split[0], p), val_split[1])
-    num_classes = spec.num_classes or int(max(ytr.max().item(), yte.max().item()) + 1)
     if preprocess == "gcn-zca":
         from .preprocess import gcn_zca
 
         parts = gcn_zca(xtr, xte, *([val_split[0]] if val_split else []))
-        xtr, xte = parts[0], parts[1]
-        if val_split is not None:
-            val_split = (parts[2], val_split[1])
     elif do_normalize and preprocess == "standard":
         parts = normalize(xtr, xte, *([val_split[0]] if val_split else []))
-        xtr, xte = parts[0], parts[1]
-        if val_split is not None:
-            val_split = (parts[2], val_split[1])
-    return DataBundle(
-        name=name,
-        train=Split(xtr.contiguous(), ytr),
-        test=Split(xte.contiguous(), yte),
-        num_classes=num_classes,
-        in_shape=tuple(xtr.shape[1:]),  # type: ignore[arg-type]
-        val=Split(*val_split) if val_split else None,
-        root=str(root) if root else None,
-    )
+    else:
+        return xtr, xte, val_split
+    xtr, xte = parts[0], parts[1]
+    if val_split is not None:
+        val_split = (parts[2], val_split[1])
+    return xtr, xte, val_split
