@@ -15,8 +15,15 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 def test_needs_cuda():
     from supportnet.cuda_graphs import GraphedStep
 
-    with pytest.raises(ConfigError, match="cuda_graphs=false"):
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
         GraphedStep(lambda x: x)
+
+
+def test_fit_refuses_cuda_graphs_until_it_captures_its_step():
+    from supportnet.config import load_config
+
+    with pytest.raises(ConfigError, match="GraphedStep"):
+        load_config(None, ["train.cuda_graphs=true"])
 
 
 def _setup(method: str):

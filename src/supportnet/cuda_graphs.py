@@ -3,7 +3,8 @@
 A training step of a small network on a GPU is mostly kernel launches (convnet-s at batch 128
 on an H100: about 1.8 ms a step, most of it the host queuing kernels; docs/performance.md). A
 CUDA graph records the step's kernels once and replays them with one launch. This module holds
-the mechanism; the training loop wires it in behind ``train.cuda_graphs`` (config.py). It is
+the mechanism, for a user's own loop; ``fit()`` does not use it yet (``train.cuda_graphs=true`` is
+refused: the captured loop was never run on a GPU here). It is
 about speed only: the step computed is the one of paper Sec. 4 (Eq. 39-41 for B-alternation,
 a fixed support for I-alternation) whatever runs it.
 
@@ -54,7 +55,7 @@ class GraphedStep:
 
     def __init__(self, step: Callable[..., object], warmup: int = 3, max_graphs: int = 2):
         if not torch.cuda.is_available():
-            raise ConfigError("train.cuda_graphs=true needs a CUDA device; set train.cuda_graphs=false")
+            raise ConfigError("a CUDA graph needs a CUDA device, and none is available; run the step eagerly")
         if warmup < 1:
             raise ValueError("a CUDA graph needs at least one eager warm-up step (optimizer state, cuDNN plans)")
         self.step, self.warmup, self.max_graphs = step, warmup, max_graphs
