@@ -18,7 +18,8 @@ interleaved and the median over repeats kept:
     the steps (what the steps themselves need). On CUDA, torch.cuda.max_memory_allocated over
     each method's steps. The stored back end's MaskStore and the snapshot back end's second
     model are resident before the steps; their sizes are reported beside.
-Writes bench/out/overhead[-cuda].json and prints a Markdown table.
+Writes bench/out/overhead[-cuda].json (``--out`` another folder), with the command and the commit,
+and prints a Markdown table.
 A benchmark, not a test: run it alone on the machine; only ratios measured in one run are reported.
 
 The training step is the library's :func:`~supportnet.train.train_step`, the supports handed to the layers by each
@@ -33,6 +34,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -42,6 +44,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from convergence import git_commit  # bench/ is the script's folder, first on sys.path
 from torch import nn
 
 from supportnet.alternation import make_schedule
@@ -214,7 +217,7 @@ def framework_tax(a, bench: Bench) -> float:
         )
         taxes = []
         for _ in range(max(1, a.repeats // 2)):
-            run_dir = fit(cfg, data=data)
+            run_dir = fit(cfg, data=data, overwrite=True)  # the same folder every repeat
             fit_s = json.loads((run_dir / "summary.json").read_text())["seconds"]
             torch.manual_seed(0)
             hand = create_model("convnet-s", data.in_shape, data.num_classes, act_layer=nn.ReLU).to(dev)
@@ -245,6 +248,7 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     ap.add_argument("--no-tax", action="store_true", help="skip the framework tax (two fit() runs or more)")
     ap.add_argument("--memory-only", action="store_true", help="only the peak memory per method (CPU)")
+    ap.add_argument("--out", type=Path, default=OUT, help="folder for the JSON (default bench/out)")
     ap.add_argument("--memory-child", choices=KINDS, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.quick:
@@ -253,8 +257,8 @@ def main() -> None:
         return memory_child(a)
     if a.memory_only and a.device == "cpu":
         mem = cpu_memory(a)
-        OUT.mkdir(exist_ok=True)
-        (OUT / "overhead-memory.json").write_text(json.dumps(mem, indent=2))
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "overhead-memory.json").write_text(json.dumps(mem, indent=2))
         return print_memory(mem)
     bench = Bench(a.data, a.subset, a.batch_size, a.steps, a.device)
     dev = bench.dev
@@ -278,10 +282,12 @@ def main() -> None:
     machine = (
         f"{torch.cuda.get_device_name(dev)} torch {torch.__version__}"
         if dev.type == "cuda"
-        else f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__} "
-        f"threads {torch.get_num_threads()}".strip()
+        else " ".join(filter(None, [platform.machine(), platform.processor(), f"torch {torch.__version__}"]))
+        + f" threads {torch.get_num_threads()}"
     )
     res = {
+        "command": "python " + shlex.join(["bench/overhead.py", *sys.argv[1:]]),
+        **git_commit(),
         "machine": machine,
         "device": a.device,
         "data": a.data,
@@ -298,9 +304,9 @@ def main() -> None:
         "framework_tax": tax,
         "memory": memory,
     }
-    OUT.mkdir(exist_ok=True)
+    a.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if dev.type == "cpu" else f"-{dev.type}"
-    (OUT / f"overhead{suffix}.json").write_text(json.dumps(res, indent=2))
+    (a.out / f"overhead{suffix}.json").write_text(json.dumps(res, indent=2))
     col = 0 if dev.type == "cpu" else 1
     names = {
         "b_alt_step_over_sgd": "B-alt step / SGD step",

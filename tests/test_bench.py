@@ -2,6 +2,7 @@
 the long runs take, end to end, and the number-provenance check of the docs."""
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -182,3 +183,18 @@ def test_preactivations_prints_one_row_per_threshold_layer(capsys):
     assert preactivations.main(["--data", "synthetic", "--n", "64"]) == 0
     out = capsys.readouterr().out
     assert out.count("| features.") == 3 and "| classifier.3 |" in out
+
+
+def test_overhead_bench_runs_every_figure_with_repeated_fits(tmp_path):
+    """bench/overhead.py end to end on a tiny synthetic set, with two fit() runs for the tax (the
+    second into the first one's folder), writing its JSON with the command and the commit."""
+    cmd = [sys.executable, "bench/overhead.py", "--data", "synthetic", "--subset", "256", "--steps", "1"]
+    cmd += ["--repeats", "4", "--no-memory", "--out", str(tmp_path)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp_path / "overhead.json").read_text())
+    assert res["command"].startswith("python bench/overhead.py --data synthetic") and res["repeats"] == 4
+    for key in ("b_alt_step_over_sgd", "i_alt_stored_step_over_sgd", "estimation_pass_over_epoch"):
+        assert 0 < res[key] < 100, (key, res[key])
+    assert math.isfinite(res["framework_tax"]) and res["maskstore_bits_per_activation"] < 1.01
+    assert "| B-alt step / SGD step |" in p.stdout
