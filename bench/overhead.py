@@ -216,7 +216,7 @@ def framework_tax(a, bench: Bench) -> float:
             ],
         )
         taxes = []
-        for _ in range(max(1, a.repeats // 2)):
+        for _ in range(a.tax_repeats):
             run_dir = fit(cfg, data=data, overwrite=True)  # the same folder every repeat
             fit_s = json.loads((run_dir / "summary.json").read_text())["seconds"]
             torch.manual_seed(0)
@@ -247,12 +247,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smoke run: subset 1280, 2 steps, 3 repeats")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     ap.add_argument("--no-tax", action="store_true", help="skip the framework tax (two fit() runs or more)")
+    ap.add_argument("--tax-repeats", type=int, default=5, help="fit() runs against hand loops for the tax (median)")
     ap.add_argument("--memory-only", action="store_true", help="only the peak memory per method (CPU)")
     ap.add_argument("--out", type=Path, default=OUT, help="folder for the JSON (default bench/out)")
     ap.add_argument("--memory-child", choices=KINDS, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.quick:
-        a.subset, a.steps, a.repeats = 1280, 2, 3
+        a.subset, a.steps, a.repeats, a.tax_repeats = 1280, 2, 3, 1
     if a.memory_child:
         return memory_child(a)
     if a.memory_only and a.device == "cpu":
@@ -295,6 +296,7 @@ def main() -> None:
         "batch_size": a.batch_size,
         "steps": a.steps,
         "repeats": a.repeats,
+        "tax_repeats": a.tax_repeats,
         "seconds_per_step": med,
         "b_alt_step_over_sgd": med["b-alt"] / med["sgd"],
         "i_alt_stored_step_over_sgd": med["i-alt-stored"] / med["sgd"],
