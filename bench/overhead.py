@@ -236,6 +236,37 @@ def framework_tax(a, bench: Bench) -> float:
     return statistics.median(taxes) - 1.0
 
 
+class OtherLoad:
+    """How much CPU the rest of the machine used while the bench ran: the busy time of every core
+    (``/proc/stat``) less this process's and its children's CPU time, as a share of the wall
+    time x cores. A bench on a shared machine is only worth its ratios when this is near 0."""
+
+    def __init__(self):
+        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), self._own()
+
+    @staticmethod
+    def _busy() -> float | None:
+        try:
+            f = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except OSError:
+            return None
+        idle = int(f[3]) + int(f[4])  # idle + iowait
+        return (sum(int(v) for v in f[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own() -> float:
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    def share(self) -> float | None:
+        busy = self._busy()
+        if busy is None or self.busy0 is None:
+            return None
+        wall = time.perf_counter() - self.t0
+        others = (busy - self.busy0) - (self._own() - self.own0)
+        return max(0.0, others) / (wall * (os.cpu_count() or 1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="fashion-mnist")
@@ -261,6 +292,7 @@ def main() -> None:
         a.out.mkdir(parents=True, exist_ok=True)
         (a.out / "overhead-memory.json").write_text(json.dumps(mem, indent=2))
         return print_memory(mem)
+    load = OtherLoad()
     bench = Bench(a.data, a.subset, a.batch_size, a.steps, a.device)
     dev = bench.dev
     est_times = []
@@ -305,6 +337,7 @@ def main() -> None:
         "maskstore_bits_per_activation": bench.scheds["i-alt-stored"].store.bits_per_activation(),
         "framework_tax": tax,
         "memory": memory,
+        "other_processes_cpu_share": load.share(),
     }
     a.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if dev.type == "cpu" else f"-{dev.type}"
@@ -324,6 +357,13 @@ def main() -> None:
         print(f"| {name} | {res[key]:.3f} | {TARGETS[key][col]} |")
     if memory:
         print_memory(memory)
+    other = res["other_processes_cpu_share"]
+    if other is not None and other > 0.05:
+        print(
+            f"warning: other processes used {other:.0%} of the CPU during the bench; the ratios are not "
+            "worth much: rerun it alone",
+            file=sys.stderr,
+        )
 
 
 def print_memory(memory: dict) -> None:
