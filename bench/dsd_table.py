@@ -143,6 +143,21 @@ def compare(per_seed: dict[int, dict], ref: str, other: str) -> dict:
     return out
 
 
+def summary(per_seed: dict, table: dict, dense_err: list[float]) -> dict:
+    """Mean and std over seeds of every figure of the table (what the docs quote), from the per-seed values."""
+
+    def mstd(v: list[float]) -> dict:
+        return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
+
+    out = {"dense model": {"test_err": mstd(dense_err)}}
+    for name, cols in table.items():
+        rs = [r["rows"][name] for r in per_seed.values()]
+        out[name] = {k: mstd(v) for k, v in cols.items()}
+        out[name]["units_pruned_mean"] = statistics.fmean(x["units_pruned"] for x in rs)
+        out[name]["compact_params_mean"] = statistics.fmean(x["compact_params"] for x in rs)
+    return out
+
+
 def render(per_seed: dict[int, dict], verdicts: dict, a, seeds: list[int]) -> tuple[str, dict, list[float]]:
     """The Markdown table and paired verdicts; the per-row values over seeds; the dense model's errors."""
     names = list(next(iter(per_seed.values()))["rows"])
@@ -240,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "per_seed": {str(s): r for s, r in per_seed.items()},
         "table": table,
         "dense_err": dense_err,
+        "summary": summary(per_seed, table, dense_err),
         "paired": verdicts,
         "wall_seconds": time.time() - t0,
     }
