@@ -36,11 +36,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def ms(v: list[float]) -> str:
+def mean_std(v: list[float]) -> dict | None:
+    """Mean and sample std of the values that are not None (None when there are none)."""
     v = [x for x in v if x is not None]
     if not v:
-        return "–"
-    return f"{statistics.fmean(v):.2f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.2f}"
+        return None
+    return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
+
+
+def ms(v: list[float]) -> str:
+    m = mean_std(v)
+    return "–" if m is None else f"{m['mean']:.2f} ± {m['std']:.2f}"
 
 
 def base_sets(a) -> list[str]:
@@ -145,14 +151,10 @@ def compare(per_seed: dict[int, dict], ref: str, other: str) -> dict:
 
 def summary(per_seed: dict, table: dict, dense_err: list[float]) -> dict:
     """Mean and std over seeds of every figure of the table (what the docs quote), from the per-seed values."""
-
-    def mstd(v: list[float]) -> dict:
-        return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
-
-    out = {"dense model": {"test_err": mstd(dense_err)}}
+    out = {"dense model": {"test_err": mean_std(dense_err)}}
     for name, cols in table.items():
         rs = [r["rows"][name] for r in per_seed.values()]
-        out[name] = {k: mstd(v) for k, v in cols.items()}
+        out[name] = {k: mean_std(v) for k, v in cols.items()}
         out[name]["units_pruned_mean"] = statistics.fmean(x["units_pruned"] for x in rs)
         out[name]["compact_params_mean"] = statistics.fmean(x["compact_params"] for x in rs)
     return out

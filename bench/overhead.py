@@ -32,7 +32,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import shlex
 import statistics
@@ -45,6 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from convergence import git_commit  # bench/ is the script's folder, first on sys.path
+from convergence import machine as bench_machine
 from torch import nn
 
 from supportnet.alternation import make_schedule
@@ -312,12 +312,7 @@ def main() -> None:
     epoch = med["sgd"] * -(-len(bench.train) // a.batch_size)  # one epoch of free SGD steps
     memory = None if a.no_memory else (cuda_memory(bench) if dev.type == "cuda" else cpu_memory(a))
     tax = float("nan") if a.no_tax else framework_tax(a, bench)
-    machine = (
-        f"{torch.cuda.get_device_name(dev)} torch {torch.__version__}"
-        if dev.type == "cuda"
-        else " ".join(filter(None, [platform.machine(), platform.processor(), f"torch {torch.__version__}"]))
-        + f" threads {torch.get_num_threads()}"
-    )
+    machine = f"{bench_machine()}, threads {torch.get_num_threads()}"
     res = {
         "command": "python " + shlex.join(["bench/overhead.py", *sys.argv[1:]]),
         **git_commit(),
