@@ -283,13 +283,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT, help="folder for the JSON (default bench/out)")
     ap.add_argument("--memory-child", choices=KINDS, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    for name in ("subset", "steps", "repeats", "tax_repeats", "batch_size"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
+    try:  # before minutes of measuring, not after
+        a.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        ap.error(f"--out {a.out} cannot be made ({e.strerror or e}); choose another folder")
     if a.quick:
         a.subset, a.steps, a.repeats, a.tax_repeats = 1280, 2, 3, 1
     if a.memory_child:
         return memory_child(a)
     if a.memory_only and a.device == "cpu":
         mem = cpu_memory(a)
-        a.out.mkdir(parents=True, exist_ok=True)
         (a.out / "overhead-memory.json").write_text(json.dumps(mem, indent=2))
         return print_memory(mem)
     load = OtherLoad()
@@ -334,7 +340,6 @@ def main() -> None:
         "memory": memory,
         "other_processes_cpu_share": load.share(),
     }
-    a.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if dev.type == "cpu" else f"-{dev.type}"
     (a.out / f"overhead{suffix}.json").write_text(json.dumps(res, indent=2))
     col = 0 if dev.type == "cpu" else 1

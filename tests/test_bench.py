@@ -198,3 +198,11 @@ def test_overhead_bench_runs_every_figure_with_repeated_fits(tmp_path):
         assert 0 < res[key] < 100, (key, res[key])
     assert math.isfinite(res["framework_tax"]) and res["maskstore_bits_per_activation"] < 1.01
     assert "| B-alt step / SGD step |" in p.stdout and 0 <= res["other_processes_cpu_share"] <= 1
+
+
+@pytest.mark.parametrize("args", [["--tax-repeats", "0"], ["--repeats", "-1"], ["--out", "/proc/x"]])
+def test_overhead_bench_refuses_bad_options_before_measuring(args):
+    cmd = [sys.executable, "bench/overhead.py", *args]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1].startswith("overhead.py: error: --")
