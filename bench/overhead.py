@@ -305,7 +305,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smoke run: subset 1280, 2 steps, 3 repeats")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     ap.add_argument("--no-tax", action="store_true", help="skip the framework tax (two fit() runs or more)")
-    ap.add_argument("--tax-repeats", type=int, default=10, help="fit()/hand-loop pairs for the tax (median; order flipped every pair)")
+    ap.add_argument("--tax-repeats", type=int, default=10, help="fit()/hand pairs for the tax (median)")
     ap.add_argument("--memory-only", action="store_true", help="only the peak memory per method (CPU)")
     ap.add_argument("--out", type=Path, default=OUT, help="folder for the JSON (default bench/out)")
     ap.add_argument("--memory-child", choices=KINDS, help=argparse.SUPPRESS)
