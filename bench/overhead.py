@@ -47,6 +47,7 @@ from convergence import git_commit  # bench/ is the script's folder, first on sy
 from convergence import machine as bench_machine
 from torch import nn
 
+from supportnet.allocator import tune_allocator
 from supportnet.alternation import make_schedule
 from supportnet.config import METHOD_DEFAULTS, SupportConfig, load_config
 from supportnet.data import batches, epoch_order, load_data
@@ -85,6 +86,7 @@ class Bench:
     (the I-alternation ones with their supports estimated once from the initial weights)."""
 
     def __init__(self, data: str, subset: int, batch_size: int, steps: int, device: str, kinds=KINDS):
+        tune_allocator()  # as fit() and supportnet.alternation() do
         self.dev = torch.device(device)
         self.sync = torch.cuda.synchronize if self.dev.type == "cuda" else (lambda: None)
         torch.manual_seed(0)

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from . import faults, kernels
+from .allocator import tune_allocator
 from .choices import METHODS
 from .config import METHOD_DEFAULTS, SupportConfig, eval_batch_for
 from .data import Split, batches
@@ -534,4 +535,5 @@ def alternation(
             raise ConfigError("i-alt needs the training set (its supports are per example); pass train=...")
         train = Split(torch.zeros(0), torch.zeros(0, dtype=torch.long))
     run_dir = Path(run_dir) if run_dir is not None else None
+    tune_allocator()  # as fit() does (supportnet.allocator)
     return make_schedule(cfg, model, train, torch.device(device), run_dir, eval_batch_size)

@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .allocator import tune_allocator
 from .choices import EXPORT_FORMATS, PRUNE
 from .errors import SupportnetError
 
@@ -446,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _setup_logging(bool(getattr(a, "quiet", False)))
+    tune_allocator()  # every command trains or evaluates (supportnet.allocator)
     try:
         return a.func(a)
     except SupportnetError as e:

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed, faults
+from .allocator import tune_allocator
 from .alternation import EpochEvent, IAlternation, Schedule, make_schedule
 from .config import Config, eval_batch_for, resolve_method_defaults
 from .data import DataBundle, Split, batches, epoch_order, load_data, num_batches
@@ -327,6 +328,7 @@ def start_run(
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
+    tune_allocator()  # no page faults for the same activations every step (supportnet.allocator)
     info = distributed.setup(t.device)
     distributed.check_batch(t.batch_size, info)
     device = torch.device(f"cuda:{info.local_rank}" if info.active and t.device.startswith("cuda") else t.device)
