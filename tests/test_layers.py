@@ -319,3 +319,22 @@ def test_mask_multiplier_is_exact():
     for x in (q, q.bfloat16(), torch.relu(q)):
         a, b = x * m, x * _factor(m)
         assert a.dtype == b.dtype and torch.equal(a.view(-1)[1:], b.view(-1)[1:]) and b.view(-1)[0].isnan()
+
+
+@pytest.mark.parametrize("shape", [(128, 32, 28, 28), (6, 5), (7, 3, 4), (2, 9)])
+def test_unit_energy_matches_the_plain_sum_and_not_the_thread_count(shape):
+    """The CPU's half-batch bmm (layers.unit_energy) is sum_n x_n^2 to float32 rounding, and
+    the same bits whatever the thread count (an odd or tiny batch takes sum(0) itself)."""
+    from supportnet.layers import unit_energy
+
+    x = torch.relu(torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+    e = unit_energy(x)
+    assert e.shape == x.shape[1:] and e.dtype == torch.float32
+    torch.testing.assert_close(e, (x.double() ** 2).sum(0).float(), rtol=1e-5, atol=1e-6)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = unit_energy(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, e)
