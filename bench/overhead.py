@@ -329,7 +329,15 @@ def main() -> None:
         return print_memory(mem)
     load = OtherLoad()
     bench = Bench(a.data, a.subset, a.batch_size, a.steps, a.device)
-    dev = bench.dev
+    est_times, med = measure_steps(a, bench)
+    memory = None if a.no_memory else (cuda_memory(bench) if bench.dev.type == "cuda" else cpu_memory(a))
+    tax = {"tax": float("nan"), "tax_of_minimums": float("nan"), "pairs": []} if a.no_tax else framework_tax(a, bench)
+    report(a, bench, med, est_times, memory, tax, load)
+
+
+def measure_steps(a, bench: Bench) -> tuple[list[float], dict[str, float]]:
+    """Seconds of three estimation passes, and each method's median seconds per step over
+    ``a.repeats`` interleaved blocks."""
     est_times = []
     for _ in range(3):  # the median of three passes (the first estimation, in Bench, warmed up)
         bench.sync()
@@ -343,15 +351,31 @@ def main() -> None:
     for _ in range(a.repeats):
         for k in KINDS:  # interleaved, so drift in machine load hits every method alike
             times[k].append(bench.run(k))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    return est_times, {k: statistics.median(v) for k, v in times.items()}
+
+
+NAMES = {
+    "b_alt_step_over_sgd": "B-alt step / SGD step",
+    "i_alt_stored_step_over_sgd": "I-alt (stored, with its penalty) step / SGD step",
+    "i_alt_snapshot_step_over_sgd": "I-alt (snapshot, with its penalty) step / SGD step",
+    "estimation_pass_over_epoch": "estimation pass / epoch",
+    "maskstore_bits_per_activation": "MaskStore bits per activation",
+    "framework_tax": "framework tax (fit / hand loop − 1, median of pairs)",
+    "framework_tax_of_minimums": "framework tax (fastest fit / fastest hand loop − 1)",
+}
+
+
+def report(a, bench: Bench, med: dict, est_times: list, memory, tax: dict, load: OtherLoad) -> None:
+    """Write overhead[-cuda].json and print the Markdown tables."""
+    dev = bench.dev
     epoch = med["sgd"] * -(-len(bench.train) // a.batch_size)  # one epoch of free SGD steps
-    memory = None if a.no_memory else (cuda_memory(bench) if dev.type == "cuda" else cpu_memory(a))
-    tax = {"tax": float("nan"), "tax_of_minimums": float("nan"), "pairs": []} if a.no_tax else framework_tax(a, bench)
     machine = f"{bench_machine()}, threads {torch.get_num_threads()}"
+    me = resource.getrusage(resource.RUSAGE_SELF)
     res = {
         "command": "python " + shlex.join(["bench/overhead.py", *sys.argv[1:]]),
         **git_commit(),
         "machine": machine,
+        "allocator": tune_allocator(),  # "tuned", or why not (SUPPORTNET_MALLOC=default, ...)
         "device": a.device,
         "data": a.data,
         "subset": a.subset,
@@ -370,22 +394,16 @@ def main() -> None:
         "framework_tax_pairs": tax["pairs"],
         "memory": memory,
         "other_processes_cpu_share": load.share(),
+        "process_cpu_seconds": {"user": me.ru_utime, "system": me.ru_stime},  # this process, not the children
     }
     suffix = "" if dev.type == "cpu" else f"-{dev.type}"
     (a.out / f"overhead{suffix}.json").write_text(json.dumps(res, indent=2))
     col = 0 if dev.type == "cpu" else 1
-    names = {
-        "b_alt_step_over_sgd": "B-alt step / SGD step",
-        "i_alt_stored_step_over_sgd": "I-alt (stored, with its penalty) step / SGD step",
-        "i_alt_snapshot_step_over_sgd": "I-alt (snapshot, with its penalty) step / SGD step",
-        "estimation_pass_over_epoch": "estimation pass / epoch",
-        "maskstore_bits_per_activation": "MaskStore bits per activation",
-        "framework_tax": "framework tax (fit / hand loop − 1, median of pairs)",
-        "framework_tax_of_minimums": "framework tax (fastest fit / fastest hand loop − 1)",
-    }
     print(f"machine: {machine}; {a.data} subset {a.subset}, batch {a.batch_size}, median of {a.repeats}")
+    cpu = f"user {me.ru_utime:.1f}, system {me.ru_stime:.1f}"
+    print(f"allocator: {res['allocator']}; this process's CPU seconds: {cpu}")
     print("| figure | measured | target |\n|---|---:|---|")
-    for key, name in names.items():
+    for key, name in NAMES.items():
         print(f"| {name} | {res[key]:.3f} | {TARGETS[key][col]} |")
     if memory:
         print_memory(memory)

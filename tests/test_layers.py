@@ -338,3 +338,10 @@ def test_unit_energy_matches_the_plain_sum_and_not_the_thread_count(shape):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, e)
+
+
+def test_unit_energy_channels_last():
+    from supportnet.layers import unit_energy
+
+    x = torch.relu(torch.randn(8, 3, 4, 5)).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(unit_energy(x), (x.double() ** 2).sum(0).float(), rtol=1e-5, atol=1e-6)

@@ -5,18 +5,17 @@ masks) every step. With glibc's defaults, freed memory at the top of the heap be
 ``M_TRIM_THRESHOLD`` is returned to the kernel and buffers over ``M_MMAP_THRESHOLD`` get
 mappings of their own, so the next step page-faults the same megabytes back in, zeroed by
 the kernel. Which steps pay depends on the heap's history, so the cost comes and goes: on the
-project's 2-core VM, after a few hundred steps of the four methods in one process,
-``bench/overhead.py`` spent 32 s of system time (0.8 s tuned), the I-alt stored step took
-1.69x an SGD step (1.21x tuned) and ``fit()`` 36% more than a hand loop (2% tuned)
-(docs/performance.md, "The allocator").
+project's 2-core VM, after a few hundred steps of the four methods in one process, an I-alt
+stored step cost 1.69x an SGD step and ``fit()`` 36% more than a hand loop, against 1.21x and
+2% with these thresholds (docs/performance.md, "The allocator", for the commands and files).
 
 :func:`tune_allocator` sets the three thresholds once per process (``mallopt``): buffers up
-to 32 MiB come from the heap, and the heap is not trimmed. The process keeps its peak heap
-instead of returning it between steps; the peak itself does not change. ``fit()``,
-:func:`supportnet.alternation` and the command line call it. Nothing is done where the C
-library is not glibc, where a ``MALLOC_*`` tunable of these three is set in the environment,
-where another allocator is preloaded (jemalloc, tcmalloc, mimalloc), or with
-``SUPPORTNET_MALLOC=default``.
+to 32 MiB come from the heap, and the heap is not trimmed. The process keeps the heap it has
+used instead of handing it back between steps (its resident set stays near its peak).
+``fit()``, :func:`supportnet.alternation` and the command line call it. Nothing is done where
+the C library is not glibc, where the user chose malloc's settings (a ``MALLOC_*`` tunable of
+these three or ``glibc.malloc.*`` in ``GLIBC_TUNABLES``), where another allocator is preloaded
+(jemalloc, tcmalloc, mimalloc), or with ``SUPPORTNET_MALLOC=default``.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import platform
 import sys
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,10 @@ def _why_not() -> str | None:
         return "SUPPORTNET_MALLOC=default"
     if not sys.platform.startswith("linux"):
         return f"platform {sys.platform}"
-    if any(k in os.environ for k in ENV_TUNABLES):
-        return "MALLOC_* tunables set in the environment"
+    if platform.libc_ver()[0] != "glibc":
+        return "the C library is not glibc"
+    if any(k in os.environ for k in ENV_TUNABLES) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return "malloc's settings chosen in the environment (MALLOC_* or GLIBC_TUNABLES)"
     preload = os.environ.get("LD_PRELOAD", "")
     if any(a in preload for a in OTHER_ALLOCATORS):
         return f"another allocator preloaded ({preload})"
@@ -68,15 +70,9 @@ def tune_allocator() -> str:
             why = "no mallopt in the C library (not glibc)"
         else:
             mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            ok = all(
-                mallopt(param, value) == 1
-                for param, value in (
-                    (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-                    (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-                    (M_TOP_PAD, TOP_PAD),
-                )  # fmt: skip
-            )
-            why = None if ok else "mallopt refused a value"
+            settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD))
+            refused = [param for param, value in settings if mallopt(param, value) != 1]  # every one tried
+            why = f"mallopt refused parameter(s) {refused} (the others are set)" if refused else None
     _state["result"] = "tuned" if why is None else f"left: {why}"
     log.debug("malloc %s", _state["result"])
     return _state["result"]

@@ -142,14 +142,14 @@ def unit_energy(x: torch.Tensor) -> torch.Tensor:
     sum each half of the batch with a batched matrix product (``bmm`` of a row of ones) and add
     the halves: the threads that wrote the squares (each a contiguous half of the batch) read
     their own half back. ``sum(0)`` splits the work by unit instead, so every thread reads
-    lines the other core has just written: 0.68 ms against 0.21 ms for 128x32x28x28 on the
-    2-core VM (docs/performance.md, "Where the threads meet"). The result does not depend on
-    the thread count; it differs from ``sum(0)`` in float32 rounding only. An odd batch takes
-    ``sum(0)``."""
+    lines the other core has just written (``python bench/energy_passes.py``; docs/performance.md,
+    "Where the threads meet"). The result does not depend on the thread count; it differs from
+    ``sum(0)`` in float32 rounding only. An odd or tiny batch, or a layout other than contiguous
+    (channels_last, where the halves would need a copy), takes ``sum(0)``."""
     if x.device.type == "cuda":
         return torch.linalg.vector_norm(x, 2, dim=0, dtype=torch.float32).square()
     b = x.shape[0]
-    if b % 2 or b < 4:
+    if b % 2 or b < 4 or not x.is_contiguous():
         return (x.float() ** 2).sum(0)
     sq = x.float().square().reshape(2, b // 2, -1)
     return torch.bmm(sq.new_ones(2, 1, b // 2), sq).sum(0).view(x.shape[1:])
