@@ -47,3 +47,35 @@ def test_allcnn_c_output_map_is_6x6_before_pooling():
 def test_unknown_model_is_config_error():
     with pytest.raises(Exception, match="unknown model"):
         create_model("resnet-9000")
+
+
+def test_the_listed_table_is_the_registrys():
+    """`supportnet models` prints supportnet.model_table.TABLE without importing torch; it must
+    equal what the registry computes (after a model change: python -m supportnet.model_table --write)."""
+    from supportnet.model_table import TABLE, live_table
+
+    assert TABLE == live_table()
+
+
+def test_cheap_commands_do_not_import_torch():
+    """`import supportnet`, `supportnet models`, `--version` and the parser leave torch unimported
+    (importing it costs 1-2 s); the public names still resolve on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, contextlib, io\n"
+        "import supportnet\n"
+        "from supportnet.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    main(['models'])\n"
+        "assert 'vgg16' in out.getvalue()\n"
+        "print('torch' in sys.modules)\n"
+        "print(supportnet.alternation.__name__, supportnet.convert.__name__, type(supportnet.HardThreshold).__name__)\n"
+        "import supportnet.alternation, supportnet.convert\n"
+        "print(callable(supportnet.alternation), callable(supportnet.convert))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "False"
+    assert out[1] == "alternation convert type"
+    assert out[2] == "True True"

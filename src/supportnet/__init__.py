@@ -11,49 +11,74 @@ and the theory of Section 3 (:mod:`supportnet.theory`).
 The public API is what this module exports; nothing runs at import time.
 """
 
-from .alternation import BAlternation, EpochEvent, IAlternation, Schedule, alternation
-from .config import Config, load_config
-from .convert import ConversionReport, conversion_report, convert
-from .data.adapters import from_datasets, with_indices
-from .errors import ConfigError, DataError, DivergenceError, IntegrityError, SupportnetError
-from .export import load_model
-from .layers import HardThreshold, configure, record_masks, support_penalty, threshold_layers
-from .masks import MaskStore
-from .models import count_params, create_model, list_models, register_model
-from .train import evaluate, fit, train_step
+import importlib
+import sys
+import types
 
 __version__ = "0.2.0"
 
-__all__ = [
-    "BAlternation",
-    "Config",
-    "ConfigError",
-    "ConversionReport",
-    "DataError",
-    "DivergenceError",
-    "EpochEvent",
-    "HardThreshold",
-    "IAlternation",
-    "IntegrityError",
-    "MaskStore",
-    "Schedule",
-    "SupportnetError",
-    "alternation",
-    "configure",
-    "conversion_report",
-    "convert",
-    "count_params",
-    "create_model",
-    "evaluate",
-    "fit",
-    "from_datasets",
-    "list_models",
-    "load_config",
-    "load_model",
-    "record_masks",
-    "register_model",
-    "support_penalty",
-    "threshold_layers",
-    "train_step",
-    "with_indices",
-]
+# name -> the submodule that defines it. Imported on first use (PEP 562), so that
+# ``import supportnet`` and the command line's cheap commands (``supportnet models``,
+# ``--version``, ``--help``) do not pay for importing torch (about 1-2 s).
+_EXPORTS = {
+    "BAlternation": "alternation",
+    "EpochEvent": "alternation",
+    "IAlternation": "alternation",
+    "Schedule": "alternation",
+    "alternation": "alternation",
+    "Config": "config",
+    "load_config": "config",
+    "ConversionReport": "convert",
+    "conversion_report": "convert",
+    "convert": "convert",
+    "from_datasets": "data.adapters",
+    "with_indices": "data.adapters",
+    "ConfigError": "errors",
+    "DataError": "errors",
+    "DivergenceError": "errors",
+    "IntegrityError": "errors",
+    "SupportnetError": "errors",
+    "load_model": "export",
+    "HardThreshold": "layers",
+    "configure": "layers",
+    "record_masks": "layers",
+    "support_penalty": "layers",
+    "threshold_layers": "layers",
+    "MaskStore": "masks",
+    "count_params": "models",
+    "create_model": "models",
+    "list_models": "models",
+    "register_model": "models",
+    "evaluate": "train",
+    "fit": "train",
+    "train_step": "train",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'supportnet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """Two public functions share their name with the submodule that defines them
+    (``alternation``, ``convert``). Importing a submodule binds it on the package; here the
+    function keeps the name (the submodule stays in ``sys.modules``), as it did when this
+    module imported everything eagerly."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -354,20 +354,12 @@ def cmd_verify(a) -> int:
 
 
 def cmd_models(a) -> int:
-    from .models import default_input, list_models, model_note, param_count
+    from .model_table import TABLE  # the built-in models, counted without importing torch
 
     print(f"{'name':14s} {'input':>10s} {'params':>12s}  note")
-    for name in list_models():
-        shape = default_input(name)
-        n = param_count(name, in_shape=shape, num_classes=default_classes(name))
-        print(f"{name:14s} {'x'.join(map(str, shape)):>10s} {n:12,d}  {model_note(name)}")
+    for name, shape, n, note in TABLE:
+        print(f"{name:14s} {'x'.join(map(str, shape)):>10s} {n:12,d}  {note}")
     return 0
-
-
-def default_classes(name: str) -> int:
-    from .models import default_input
-
-    return 1000 if default_input(name)[1] >= 128 else 10  # listed at ImageNet size: ImageNet's classes
 
 
 def cmd_data_list(a) -> int:

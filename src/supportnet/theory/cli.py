@@ -13,11 +13,15 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from .._optional import plot
 from ..errors import ConfigError
-from ..io import atomic_write_text
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`supportnet.io.atomic_write_text`, imported when first used (it imports torch)."""
+    from ..io import atomic_write_text as write
+
+    write(path, text)
 
 
 def add_parser(sub, add_overwrite=None) -> None:
@@ -142,6 +146,8 @@ def _claim(a, out: Path):
 
 
 def run(a) -> int:
+    import torch  # here, not at the top: building the command line must not import torch
+
     from ..runfolder import check_run_folder
 
     torch.set_num_threads(1)  # tiny float64 problems: one thread avoids oversubscription overhead
@@ -165,6 +171,7 @@ def run(a) -> int:
 
 
 def lift_check(seed: int) -> int:
+    import torch
     from torch import nn
 
     from ..layers import HardThreshold
@@ -366,6 +373,7 @@ def _rip_model(path: str, data, fix: str):
 def check_rip(a, out: Path) -> int:
     import tempfile
 
+    import torch
     import torch.nn.functional as F
 
     from ..config import load_config
