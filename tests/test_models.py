@@ -74,8 +74,10 @@ def test_cheap_commands_do_not_import_torch():
         "print(supportnet.alternation.__name__, supportnet.convert.__name__, type(supportnet.HardThreshold).__name__)\n"
         "import supportnet.alternation, supportnet.convert\n"
         "print(callable(supportnet.alternation), callable(supportnet.convert))\n"
+        "print(supportnet.data.__name__, supportnet.theory.planted.__name__, hasattr(supportnet, 'nope'))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "False"
     assert out[1] == "alternation convert type"
     assert out[2] == "True True"
+    assert out[3] == "supportnet.data supportnet.theory.planted False"  # submodules as attributes, as before

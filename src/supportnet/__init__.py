@@ -12,6 +12,7 @@ The public API is what this module exports; nothing runs at import time.
 """
 
 import importlib
+import importlib.util
 import sys
 import types
 
@@ -58,8 +59,10 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'supportnet' has no attribute {name!r}")
+    if module is None:  # a submodule, as ``sn.data`` was when everything was imported eagerly
+        if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module 'supportnet' has no attribute {name!r}")
+        return importlib.import_module(f".{name}", __name__)
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value

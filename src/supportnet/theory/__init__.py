@@ -3,6 +3,7 @@ weights given the support (P1-P3, Eq. 22-28), the Theorem 1 condition (Eq. 29) a
 planted-teacher experiments. See ``docs/theory.md``."""
 
 import importlib
+import importlib.util
 
 # name -> the submodule that defines it, imported on first use (PEP 562): building the
 # command line imports supportnet.theory.cli, which must not import torch.
@@ -28,8 +29,10 @@ _EXPORTS = {
 
 def __getattr__(name: str):
     module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'supportnet.theory' has no attribute {name!r}")
+    if module is None:  # a submodule (supportnet.theory.planted, ...)
+        if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module 'supportnet.theory' has no attribute {name!r}")
+        return importlib.import_module(f".{name}", __name__)
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
