@@ -38,7 +38,7 @@ API_MODULES := supportnet supportnet.layers supportnet.train supportnet.guard \
 	supportnet.choices supportnet.data supportnet.models supportnet.io supportnet.errors supportnet.dsd \
 	supportnet.compare supportnet.study supportnet.distributed supportnet.theory
 docs: $(STAMP)
-	$(VENV)/bin/pdoc --docformat restructuredtext -o docs/api $(API_MODULES)
+	$(VENV)/bin/python scripts/build_api_docs.py docs/api $(API_MODULES)
 	@echo "API reference: docs/api/index.html"
 
 # Two workers, one test file each at a time (--dist loadfile): 394 s against 520 s serially on the

@@ -75,9 +75,11 @@ def test_cheap_commands_do_not_import_torch():
         "import supportnet.alternation, supportnet.convert\n"
         "print(callable(supportnet.alternation), callable(supportnet.convert))\n"
         "print(supportnet.data.__name__, supportnet.theory.planted.__name__, hasattr(supportnet, 'nope'))\n"
+        "print(hasattr(supportnet, 'lightning'), hasattr(supportnet, 'foo.bar'), 'layers' in dir(supportnet))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "False"
     assert out[1] == "alternation convert type"
     assert out[2] == "True True"
     assert out[3] == "supportnet.data supportnet.theory.planted False"  # submodules as attributes, as before
+    assert out[4] == "False False True"  # hasattr never raises; dir() lists the submodules

@@ -11,10 +11,10 @@ and the theory of Section 3 (:mod:`supportnet.theory`).
 The public API is what this module exports; nothing runs at import time.
 """
 
-import importlib
-import importlib.util
-import sys
-import types
+import importlib as _importlib
+import sys as _sys
+import types as _types
+from typing import TYPE_CHECKING
 
 __version__ = "0.2.0"
 
@@ -55,33 +55,71 @@ _EXPORTS = {
     "train_step": "train",
 }
 __all__ = sorted(_EXPORTS)
+# Submodules reachable as attributes (``sn.data``), as they were when this module imported
+# everything eagerly; any other name is an AttributeError (so ``hasattr`` stays safe).
+_SUBMODULES = frozenset(
+    (
+        "checkpoint",
+        "choices",
+        "config",
+        "data",
+        "distributed",
+        "errors",
+        "export",
+        "faults",
+        "guard",
+        "io",
+        "kernels",
+        "layers",
+        "loggers",
+        "masks",
+        "models",
+        "paths",
+        "runfolder",
+        "theory",
+        "train",
+    )  # fmt: skip
+)
+
+if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_docs.py holds them equal)
+    from .alternation import BAlternation, EpochEvent, IAlternation, Schedule, alternation  # noqa: F401
+    from .config import Config, load_config  # noqa: F401
+    from .convert import ConversionReport, conversion_report, convert  # noqa: F401
+    from .data.adapters import from_datasets, with_indices  # noqa: F401
+    from .errors import ConfigError, DataError, DivergenceError, IntegrityError, SupportnetError  # noqa: F401
+    from .export import load_model  # noqa: F401
+    from .layers import HardThreshold, configure, record_masks, support_penalty, threshold_layers  # noqa: F401
+    from .masks import MaskStore  # noqa: F401
+    from .models import count_params, create_model, list_models, register_model  # noqa: F401
+    from .train import evaluate, fit, train_step  # noqa: F401
 
 
 def __getattr__(name: str):
     module = _EXPORTS.get(name)
-    if module is None:  # a submodule, as ``sn.data`` was when everything was imported eagerly
-        if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is None:
+    if module is None:
+        if name not in _SUBMODULES:
             raise AttributeError(f"module 'supportnet' has no attribute {name!r}")
-        return importlib.import_module(f".{name}", __name__)
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+        return _importlib.import_module(f".{name}", __name__)
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    public = {n for n in globals() if not n.startswith("_") and n != "TYPE_CHECKING"}
+    return sorted(public | set(_EXPORTS) | _SUBMODULES | {"__version__"})
 
 
-class _Package(types.ModuleType):
+class _Package(_types.ModuleType):
     """Two public functions share their name with the submodule that defines them
     (``alternation``, ``convert``). Importing a submodule binds it on the package; here the
     function keeps the name (the submodule stays in ``sys.modules``), as it did when this
     module imported everything eagerly."""
 
     def __setattr__(self, name: str, value) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+        if isinstance(value, _types.ModuleType) and _EXPORTS.get(name) == name:
             return
         super().__setattr__(name, value)
 
 
-sys.modules[__name__].__class__ = _Package
+_sys.modules[__name__].__class__ = _Package

@@ -3,7 +3,7 @@ weights given the support (P1-P3, Eq. 22-28), the Theorem 1 condition (Eq. 29) a
 planted-teacher experiments. See ``docs/theory.md``."""
 
 import importlib
-import importlib.util
+from typing import TYPE_CHECKING
 
 # name -> the submodule that defines it, imported on first use (PEP 562): building the
 # command line imports supportnet.theory.cli, which must not import torch.
@@ -27,10 +27,26 @@ _EXPORTS = {
 }
 
 
+if TYPE_CHECKING:  # the same names, for type checkers and IDEs
+    from .lifting import check_lifting, conv_matrix, lifted_U, lifted_v  # noqa: F401
+    from .planted import PlantedConfig, make_teacher, run_planted, run_three_layer, solver_times  # noqa: F401
+    from .recovery import (  # noqa: F401
+        TwoLayerProblem,
+        als,
+        lifted_operator,
+        lifted_svd,
+        local_descent,
+        rip2_estimate,
+        svp,
+        theorem1,
+        theorem1_two_layer,
+    )
+
+
 def __getattr__(name: str):
     module = _EXPORTS.get(name)
-    if module is None:  # a submodule (supportnet.theory.planted, ...)
-        if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is None:
+    if module is None:  # a submodule, as the eager imports bound them (hasattr stays safe)
+        if name not in ("lifting", "planted", "recovery"):
             raise AttributeError(f"module 'supportnet.theory' has no attribute {name!r}")
         return importlib.import_module(f".{name}", __name__)
     value = getattr(importlib.import_module(f".{module}", __name__), name)
@@ -39,7 +55,8 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    public = {n for n in globals() if not n.startswith("_") and n not in ("TYPE_CHECKING", "importlib")}
+    return sorted(public | set(_EXPORTS) | {"lifting", "planted", "recovery"})
 
 
 __all__ = [
