@@ -90,3 +90,16 @@ def test_alternation_tunes_the_allocator():
     )
     out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "tuned"
+
+
+def test_unknown_choice_is_one_line_exit_2(tmp_path):
+    """A misspelt SUPPORTNET_MALLOC is refused before the command does anything."""
+    out = subprocess.run(
+        [sys.executable, "-m", "supportnet", "train", "--set", f"out={tmp_path / 'run'}"],
+        env=_env(SUPPORTNET_MALLOC="defualt"),
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "SUPPORTNET_MALLOC='defualt' is not a choice" in out.stderr
+    assert not (tmp_path / "run").exists()

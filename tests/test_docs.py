@@ -24,17 +24,19 @@ def test_public_name_has_a_docstring(name):
         assert not missing, f"supportnet.{name} methods without a docstring: {missing}"
 
 
-def test_static_names_equal_the_lazy_table():
-    """supportnet imports its public names on first use; its ``if TYPE_CHECKING:`` block, which
-    type checkers and IDEs read, must name the same objects from the same submodules."""
+@pytest.mark.parametrize("package", ["supportnet", "supportnet.theory"])
+def test_static_names_equal_the_lazy_table(package):
+    """supportnet and supportnet.theory import their public names on first use; the
+    ``if TYPE_CHECKING:`` block, which type checkers and IDEs read, must name the same objects
+    from the same submodules."""
     import ast
+    import importlib
     from pathlib import Path
 
-    import supportnet
-
-    tree = ast.parse(Path(supportnet.__file__).read_text())
+    mod = importlib.import_module(package)
+    tree = ast.parse(Path(mod.__file__).read_text())
     block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
     static = {a.name: node.module for node in block.body for a in node.names}
-    assert static == supportnet._EXPORTS
+    assert static == mod._EXPORTS and sorted(static) == sorted(mod.__all__)
     for name, module in static.items():
-        assert getattr(supportnet, name).__module__.startswith(f"supportnet.{module.split('.')[0]}")
+        assert getattr(mod, name).__module__ == f"{package}.{module}"

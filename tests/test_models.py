@@ -83,3 +83,11 @@ def test_cheap_commands_do_not_import_torch():
     assert out[2] == "True True"
     assert out[3] == "supportnet.data supportnet.theory.planted False"  # submodules as attributes, as before
     assert out[4] == "False False True"  # hasattr never raises; dir() lists the submodules
+
+
+def test_model_table_writer_refuses_unknown_arguments():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "supportnet.model_table", "--writ"], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--write" in out.stderr

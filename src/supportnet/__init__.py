@@ -11,10 +11,11 @@ and the theory of Section 3 (:mod:`supportnet.theory`).
 The public API is what this module exports; nothing runs at import time.
 """
 
-import importlib as _importlib
 import sys as _sys
 import types as _types
 from typing import TYPE_CHECKING
+
+from ._lazy import lazy_names as _lazy_names
 
 __version__ = "0.2.0"
 
@@ -94,20 +95,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_docs
     from .train import evaluate, fit, train_step  # noqa: F401
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        if name not in _SUBMODULES:
-            raise AttributeError(f"module 'supportnet' has no attribute {name!r}")
-        return _importlib.import_module(f".{name}", __name__)
-    value = getattr(_importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    public = {n for n in globals() if not n.startswith("_") and n != "TYPE_CHECKING"}
-    return sorted(public | set(_EXPORTS) | _SUBMODULES | {"__version__"})
+__getattr__, __dir__ = _lazy_names(__name__, _EXPORTS, _SUBMODULES)
 
 
 class _Package(_types.ModuleType):

@@ -27,6 +27,8 @@ import os
 import platform
 import sys
 
+from .errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h
@@ -35,13 +37,20 @@ TRIM_THRESHOLD = 2**31 - 1  # 2 GiB, mallopt's largest int: in effect, never tri
 TOP_PAD = 64 << 20  # grow the heap 64 MiB at a time (address space only until touched)
 ENV_TUNABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
 OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
+MALLOC_CHOICES = ("", "tuned", "default")  # SUPPORTNET_MALLOC
 
 _state: dict[str, str] = {}
 
 
 def _why_not() -> str | None:
     """Why the allocator is left as it is, or None to tune it."""
-    if os.environ.get("SUPPORTNET_MALLOC", "").lower() == "default":
+    choice = os.environ.get("SUPPORTNET_MALLOC", "")
+    if choice.lower() not in MALLOC_CHOICES:
+        raise ConfigError(
+            f"SUPPORTNET_MALLOC={choice!r} is not a choice; set it to 'default' (leave malloc alone) "
+            "or 'tuned', or unset it"
+        )
+    if choice.lower() == "default":
         return "SUPPORTNET_MALLOC=default"
     if not sys.platform.startswith("linux"):
         return f"platform {sys.platform}"
@@ -58,7 +67,8 @@ def _why_not() -> str | None:
 def tune_allocator() -> str:
     """Set glibc's malloc thresholds for training (see the module docstring), once per process.
 
-    Returns what was done: ``"tuned"``, or ``"left: <why>"``. Safe to call many times."""
+    Returns what was done: ``"tuned"``, or ``"left: <why>"``. Safe to call many times. An
+    unknown ``SUPPORTNET_MALLOC`` value is a :class:`~supportnet.errors.ConfigError`."""
     if "result" in _state:
         return _state["result"]
     why = _why_not()

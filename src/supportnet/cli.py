@@ -439,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _setup_logging(bool(getattr(a, "quiet", False)))
-    tune_allocator()  # every command trains or evaluates (supportnet.allocator)
     try:
+        tune_allocator()  # every command trains or evaluates (supportnet.allocator)
         return a.func(a)
     except SupportnetError as e:
         print(f"supportnet: error: {one_line(str(e))}", file=sys.stderr)

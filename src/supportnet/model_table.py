@@ -61,5 +61,7 @@ def write() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
-        raise SystemExit("usage: python -m supportnet.model_table --write")
+        print(f"model_table: error: unknown arguments {sys.argv[1:]}; run: python -m supportnet.model_table --write",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
     write()

@@ -2,8 +2,9 @@
 weights given the support (P1-P3, Eq. 22-28), the Theorem 1 condition (Eq. 29) and
 planted-teacher experiments. See ``docs/theory.md``."""
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names as _lazy_names
 
 # name -> the submodule that defines it, imported on first use (PEP 562): building the
 # command line imports supportnet.theory.cli, which must not import torch.
@@ -43,39 +44,5 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     )
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:  # a submodule, as the eager imports bound them (hasattr stays safe)
-        if name not in ("lifting", "planted", "recovery"):
-            raise AttributeError(f"module 'supportnet.theory' has no attribute {name!r}")
-        return importlib.import_module(f".{name}", __name__)
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    public = {n for n in globals() if not n.startswith("_") and n not in ("TYPE_CHECKING", "importlib")}
-    return sorted(public | set(_EXPORTS) | {"lifting", "planted", "recovery"})
-
-
-__all__ = [
-    "check_lifting",
-    "conv_matrix",
-    "lifted_U",
-    "lifted_v",
-    "PlantedConfig",
-    "make_teacher",
-    "run_planted",
-    "run_three_layer",
-    "solver_times",
-    "TwoLayerProblem",
-    "als",
-    "lifted_operator",
-    "lifted_svd",
-    "local_descent",
-    "rip2_estimate",
-    "svp",
-    "theorem1",
-    "theorem1_two_layer",
-]
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = _lazy_names(__name__, _EXPORTS, ("lifting", "planted", "recovery"))
