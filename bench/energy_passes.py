@@ -30,15 +30,11 @@ def variants(q: torch.Tensor) -> dict:
     """name -> a call computing the energy of relu(q) (or a part of it, for reference)."""
     b = q.shape[0]
     stale = torch.relu(q) ** 2
-    ones = torch.ones(2, 1, b // 2)
     return {
         "relu alone (reference)": lambda: torch.relu(q),
         "square, sum(0)": lambda: (torch.relu(q) ** 2).sum(0),
         "sum(0), stale (reference)": lambda: stale.sum(0),
-        "square, bmm of halves (layers.unit_energy)": lambda: torch.bmm(
-            ones, (torch.relu(q) ** 2).reshape(2, b // 2, -1)
-        ).sum(0),
-        "unit_energy": lambda: unit_energy(torch.relu(q)),
+        "unit_energy (square, bmm of the batch's halves)": lambda: unit_energy(torch.relu(q)),
         "vector_norm(dim=0)^2": lambda: torch.linalg.vector_norm(torch.relu(q), 2, dim=0).square(),
         "var_mean(dim=0)": lambda: torch.var_mean(torch.relu(q), 0, correction=0),
         "einsum bu,bu->u": lambda: torch.einsum("bu,bu->u", *[torch.relu(q).reshape(b, -1)] * 2),

@@ -15,13 +15,7 @@ from pathlib import Path
 
 from .._optional import plot
 from ..errors import ConfigError
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """:func:`supportnet.io.atomic_write_text`, imported when first used (it imports torch)."""
-    from ..io import atomic_write_text as write
-
-    write(path, text)
+from ..io import atomic_write_text
 
 
 def add_parser(sub, add_overwrite=None) -> None:
