@@ -189,8 +189,10 @@ def test_layers_and_schedules_take_the_kernels(device, method, monkeypatch):
         f = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, f=f, name=name: calls.append(name) or f(*a))
     results = {}
+    monkeypatch.setenv(kernels.ENV, "0")  # the C kernels of the CPU off: the reference is the torch code
     for on in (False, True):
         monkeypatch.setattr(kernels, "enabled", lambda d, on=on: on)
+        monkeypatch.setattr(kernels, "packed_supports", lambda d, on=on: on)
         configure(model, consistency=1.0 if method == "i-alt" else 0.0)
         sched.before_step(x, torch.arange(6))
         if method == "i-alt":

@@ -58,8 +58,8 @@ from .data import Split, batches
 from .data.adapters import as_split, first_input
 from .data.augment import crop_flip
 from .errors import ConfigError
-from .layers import configure, record_masks, set_instance_masks, support_penalty, threshold_layers
-from .masks import MaskStore, RowWriter, _popcount, pack_masks
+from .layers import configure, record_masks, record_rows, set_instance_masks, support_penalty, threshold_layers
+from .masks import MaskStore, PackedMasks, RowWriter, _popcount, pack_masks
 
 PROBE_SIZE = 4096  # examples used to measure support change for the snapshot back end
 
@@ -287,11 +287,16 @@ class IAlternation(Schedule):
         n_batches = -(-(len(self.train) if mine is None else len(mine)) // self.eval_batch_size)
         same = previous is not None and (previous.n, previous.shapes) == (store.n, store.shapes)
         writer = RowWriter(store, self.device, previous if same else None)
+        packed = self._record_packed()
         try:
             for b, (x, idx) in enumerate(self._estimation_batches(mine)):
                 if self.augment_seed is not None:  # the exact view training will see this round
                     x = crop_flip(x, idx, self.augment_seed, self.view_key(-1))
-                writer.put(idx // w, record_masks(model, x.to(self.device, non_blocking=True)))
+                x = x.to(self.device, non_blocking=True)
+                if packed:
+                    writer.put_rows(idx // w, record_rows(model, x, shapes).numpy())
+                else:
+                    writer.put(idx // w, record_masks(model, x))
                 if b == n_batches // 2:
                     faults.hit("estimate")
             writer.close()
@@ -320,7 +325,12 @@ class IAlternation(Schedule):
         model.eval()
         out = []
         for x, _, _ in batches(self.train, self.eval_batch_size, torch.arange(n)):
-            out.append(pack_masks(record_masks(model, x.to(self.device))))
+            x = x.to(self.device)
+            out.append(
+                record_rows(model, x, self._layer_shapes()).numpy()
+                if self._record_packed()
+                else pack_masks(record_masks(model, x))
+            )
         return np.concatenate(out)
 
     def reestimate(self) -> dict:
@@ -375,18 +385,25 @@ class IAlternation(Schedule):
 
     def masks_for(self, x: torch.Tensor | None, index: torch.Tensor | None):
         """The fixed supports of the batch ``x`` with example indices ``index``: bool masks
-        ``(B, *unit)``, one per threshold layer, or on CUDA with the fused kernels the stored back
-        end's packed rows (:class:`~supportnet.masks.PackedMasks`)."""
+        ``(B, *unit)``, one per threshold layer, or, where the fused kernels read them packed
+        (:func:`supportnet.kernels.packed_supports`), packed rows (:class:`~supportnet.masks.PackedMasks`):
+        the stored back end's on CUDA and the CPU, the snapshot's on the CPU."""
         if self.cfg.backend == "stored":
             assert self.store is not None
             if index is None:
                 raise ConfigError("I-alternation with stored supports needs the batch's example indices: alt.step(idx)")
-            packed = kernels.enabled(self.device)
+            packed = kernels.packed_supports(self.device)
             return self.store.read(index // self.shard_world, device=self.device, packed=packed)
         assert self.snapshot is not None
         if x is None:
             raise ConfigError("I-alternation with the snapshot back end needs the batch: alt.step(idx, x)")
+        if self._record_packed():
+            return PackedMasks(record_rows(self.snapshot, x, self._layer_shapes()), self._layer_shapes())
         return record_masks(self.snapshot, x)
+
+    def _record_packed(self) -> bool:
+        """Whether supports are recorded straight into packed rows (the CPU kernels)."""
+        return torch.device(self.device).type == "cpu" and kernels.packed_supports(self.device)
 
     def before_step(self, x: torch.Tensor, index: torch.Tensor) -> None:
         if self.phase == "i-alt":

@@ -40,6 +40,7 @@ Batch rules (the ``x`` of Eq. 39-41 is the layer's free output ``relu_tau(q)``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -49,7 +50,8 @@ from torch import nn
 from . import kernels
 from .choices import APPLY, MODES, RULES
 from .errors import ConfigError
-from .masks import LayerBits
+from .kernels import cpu as cpu_kernels
+from .masks import LayerBits, PackedMasks, put_bits
 
 
 def _factor(m: torch.Tensor) -> torch.Tensor:
@@ -117,6 +119,23 @@ class _GatedInstance(torch.autograd.Function):
         if over is not None and grad_pen is not None:
             g = g.addcmul_(over, grad_pen * (2.0 / ctx.numel))
         return g, None, None, None
+
+
+def _batch_kernels(q: torch.Tensor):
+    """The module of fused kernels for a local batch support of ``q`` (Triton on CUDA, C on the
+    CPU), or None for the torch node."""
+    if kernels.usable(q):
+        return kernels
+    return cpu_kernels if cpu_kernels.usable(q) else None
+
+
+def _packed_instance(q: torch.Tensor, bits: LayerBits):
+    """The module of fused kernels that reads ``bits`` for ``q`` straight from the packed rows, or None."""
+    if kernels.usable(q):
+        return kernels
+    if bits.rows.device.type == "cpu" and cpu_kernels.usable(q, contiguous=True):
+        return cpu_kernels
+    return None
 
 
 class _BinaryStraightThrough(torch.autograd.Function):
@@ -251,6 +270,7 @@ class HardThreshold(nn.Module):
         self.beta = 0.1
         self.instance_mask = None  # (B, *unit) bool, or LayerBits (packed rows), set by the loop
         self.last_mask = None  # (B, *unit) bool, record mode
+        self.record_bits = None  # LayerBits: record mode writes the support there, packed (record_rows)
         self.batch_mask = None  # (*unit) bool, last batch support
         self.given_batch_mask = None  # (*unit) bool: batch mode uses it instead of the rule
         self.sync_inline = False  # batch mode: all-reduce this layer's statistics inside the forward
@@ -259,6 +279,19 @@ class HardThreshold(nn.Module):
         self.stats = torch.zeros(4, dtype=torch.float64)  # active, total, drift, drift_total
         self.consistency = 0.0  # weight of the support-consistency penalty (0: not computed)
         self.penalty = None  # last forward's penalty, read by the training loop
+
+    # Plain attributes are set straight into __dict__: nn.Module.__setattr__ checks every value
+    # against parameters, buffers and submodules (about 4 us), and the loops set these every batch.
+    _PLAIN = frozenset(
+        ("tau", "mode", "application", "rule", "beta", "instance_mask", "last_mask", "record_bits", "batch_mask",
+         "given_batch_mask", "sync_inline", "probe_stats", "track", "stats", "consistency", "penalty")
+    )  # fmt: skip
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in HardThreshold._PLAIN and "_parameters" in self.__dict__:
+            self.__dict__[name] = value
+        else:
+            super().__setattr__(name, value)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, mode={self.mode}, apply={self.application}"
@@ -286,6 +319,24 @@ class HardThreshold(nn.Module):
         if self.track:
             self._track_support(q, m, linear=self.application == "linear")
         return out
+
+    def _record(self, q: torch.Tensor) -> torch.Tensor:
+        """``record`` mode: the free output, and the support ``1[q > tau]`` written packed into
+        ``record_bits`` by the CPU kernel where it runs (:func:`record_rows`), else kept as a bool
+        mask in ``last_mask``."""
+        bits = self.record_bits
+        if (
+            bits is not None
+            and bits.rows.device.type == "cpu"
+            and not (q.requires_grad and torch.is_grad_enabled())
+            and cpu_kernels.usable(q, contiguous=True)
+        ):
+            if bits.shape != q.shape:
+                raise RuntimeError(f"record rows for {tuple(bits.shape)} do not match activations {tuple(q.shape)}")
+            self.record_bits = None  # written (record_rows packs the layers whose bits are left)
+            return cpu_kernels.record(q, self.tau, bits.rows, bits.offset)
+        self.last_mask = (q > self.tau).detach()
+        return self._free(q)
 
     @torch.no_grad()
     def _track_support(self, q: torch.Tensor, m: torch.Tensor, linear: bool = False) -> None:
@@ -328,9 +379,7 @@ class HardThreshold(nn.Module):
     def _forward_mode(self, q: torch.Tensor) -> torch.Tensor:
         mode = self.mode
         if mode == "free" or mode == "record":
-            out = self._free(q)
-            if mode == "record":
-                self.last_mask = (q > self.tau).detach()
+            out = self._record(q) if mode == "record" else self._free(q)
             if self.track:
                 with torch.no_grad():
                     self._count((q > self.tau).sum(), q.numel(), 0, 0)
@@ -341,14 +390,15 @@ class HardThreshold(nn.Module):
                 raise RuntimeError("HardThreshold in 'instance' mode has no mask; set instance_mask first")
             if m.shape != q.shape:
                 raise RuntimeError(f"instance mask shape {tuple(m.shape)} does not match activations {tuple(q.shape)}")
-            if self.application == "gated" and self.tau >= 0 and isinstance(m, LayerBits) and kernels.usable(q):
-                # CUDA: one Triton kernel reads the packed bits (and sums the penalty), no unpacking
-                out, pen = kernels.gated_instance(q, m, self.tau, self.consistency > 0)
-                if self.consistency > 0:
-                    self.penalty = pen
-                if self.track:
-                    self._track_support(q, m.unpack())
-                return out
+            if self.application == "gated" and self.tau >= 0 and isinstance(m, LayerBits):
+                fused = _packed_instance(q, m)
+                if fused is not None:  # one fused kernel reads the packed bits (and sums the penalty)
+                    out, pen = fused.gated_instance(q, m, self.tau, self.consistency > 0)
+                    if self.consistency > 0:
+                        self.penalty = pen
+                    if self.track:
+                        self._track_support(q, m.unpack())
+                    return out
             if isinstance(m, LayerBits):  # packed rows where the kernels cannot run: unpack them
                 m = m.unpack()
             if self.application == "gated" and self.tau >= 0:
@@ -368,10 +418,10 @@ class HardThreshold(nn.Module):
         if mode == "batch":
             if self.application == "gated" and self.tau >= 0 and self.consistency == 0:
                 # fused: one saved tensor, one backward pass (same values and gradient as below);
-                # on CUDA the rule's own statistics in Triton (two passes over q, supportnet.kernels)
-                local = self.given_batch_mask is None and not self.sync_inline
-                if local and kernels.usable(q):
-                    out, m = kernels.gated_batch(q, self.tau, self.rule, self.beta)
+                # the rule's own statistics in the kernels of supportnet.kernels (Triton on CUDA, C on the CPU)
+                fused = _batch_kernels(q) if self.given_batch_mask is None and not self.sync_inline else None
+                if fused is not None:
+                    out, m = fused.gated_batch(q, self.tau, self.rule, self.beta)
                 else:
                     out, m = _GatedBatch.apply(q, self.tau, self._batch_rule)
                 self.batch_mask = m
@@ -402,7 +452,7 @@ def require_layers(model: nn.Module, what: str) -> list[tuple[str, HardThreshold
     if not layers:
         raise ConfigError(
             f"{what}: {type(model).__name__} has no HardThreshold layers, so there is no support to "
-            f"{'record' if what == 'record_masks' else 'set'}; convert it first: model = supportnet.convert(model)"
+            f"{'record' if what.startswith('record') else 'set'}; convert it first: model = supportnet.convert(model)"
         )
     return layers
 
@@ -432,6 +482,11 @@ def configure(
     if rule is not None and rule not in RULES:
         raise ConfigError(f"unknown support.rule {rule!r}; use one of {', '.join(RULES)}")
     layers = require_layers(model, "configure") if strict else threshold_layers(model)
+    _set_layers(layers, mode=mode, apply=apply, rule=rule, beta=beta, tau=tau, track=track, consistency=consistency)
+
+
+def _set_layers(layers, *, mode=None, apply=None, rule=None, beta=None, tau=None, track=None, consistency=None) -> None:
+    """:func:`configure` on a list of ``(name, layer)`` pairs, the choices already checked."""
     taus = None
     if tau is not None:
         taus = list(tau) if isinstance(tau, (list, tuple)) else [tau] * len(layers)
@@ -462,11 +517,14 @@ def configure(
 
 
 @contextmanager
-def layer_mode(model: nn.Module, mode: str) -> Iterator[None]:
-    """Temporarily put every threshold layer in ``mode`` (restores the previous modes)."""
-    layers = threshold_layers(model)
+def layer_mode(model: nn.Module, mode: str, layers=None) -> Iterator[None]:
+    """Temporarily put every threshold layer in ``mode`` (restores the previous modes).
+    ``layers``: the model's :func:`threshold_layers`, when the caller has them (saves a walk)."""
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    layers = threshold_layers(model) if layers is None else layers
     saved = [(lay.mode, lay.track) for _, lay in layers]
-    configure(model, mode=mode, track=False, strict=False)
+    _set_layers(layers, mode=mode, track=False)
     try:
         yield
     finally:
@@ -491,12 +549,39 @@ def record_masks(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """Run ``model`` on ``x`` in ``record`` mode and return every layer's support: one bool
     tensor ``(B, *unit)`` per threshold layer, in :func:`threshold_layers` order."""
     layers = require_layers(model, "record_masks")
-    with layer_mode(model, "record"):
+    with layer_mode(model, "record", layers):
         model(x)
         masks = [lay.last_mask for _, lay in layers]
         for _, lay in layers:
             lay.last_mask = None
     return masks  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def record_rows(model: nn.Module, x: torch.Tensor, shapes) -> torch.Tensor:
+    """Every layer's support ``1[q > tau]`` for the batch ``x``, packed: ``(B, row_bytes)`` uint8
+    in the :class:`~supportnet.masks.MaskStore` row layout for the unit ``shapes`` (one per layer).
+    On the CPU the kernels write each layer's bits as its free output is computed; a layer they do
+    not take keeps a bool mask, packed afterwards. Same bytes as ``pack_masks(record_masks(...))``."""
+    layers = require_layers(model, "record_rows")
+    if len(shapes) != len(layers):
+        raise RuntimeError(f"{len(shapes)} layer shapes for {len(layers)} threshold layers")
+    bits = sum(math.prod(s) for s in shapes)
+    packed = PackedMasks(torch.zeros((x.shape[0], (bits + 7) // 8), dtype=torch.uint8, device=x.device), shapes)
+    try:
+        with layer_mode(model, "record", layers):
+            for (_, lay), lb in zip(layers, packed):
+                lay.record_bits, lay.last_mask = lb, None
+            model(x)
+        for (name, lay), lb in zip(layers, packed):
+            if lay.last_mask is not None:
+                put_bits(lb, lay.last_mask)
+            elif lay.record_bits is not None:
+                raise RuntimeError(f"threshold layer {name!r} did not run in the forward pass; no support to record")
+    finally:
+        for _, lay in layers:
+            lay.record_bits = lay.last_mask = None
+    return packed.rows
 
 
 def support_penalty(model: nn.Module) -> torch.Tensor | float:

@@ -75,6 +75,18 @@ def _popcount(x: np.ndarray) -> int:
     return int(_POPCOUNT[x].sum(dtype=np.int64))
 
 
+def _changed_bits(rows: np.ndarray, payload: np.ndarray, idx: np.ndarray) -> int:
+    """Bits that differ between ``rows`` and the rows ``idx`` of ``payload`` (a consecutive run of
+    rows is read in place, not gathered; the CPU kernel counts in one pass where it is built)."""
+    from .kernels import cpu
+
+    k = len(idx)
+    run = k > 0 and idx[-1] - idx[0] == k - 1 and (k == 1 or bool((np.diff(idx) == 1).all()))
+    old = payload[idx[0] : idx[0] + k] if run else payload[idx]
+    n = cpu.xor_popcount(rows, old)
+    return n if n is not None else _popcount(np.bitwise_xor(rows, old))
+
+
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits' default (big-endian) bit order
 _SHIFTS = (7, 6, 5, 4, 3, 2, 1, 0)
 _CONST: dict[tuple[str, str], torch.Tensor] = {}
@@ -165,6 +177,11 @@ class RowWriter:
         self._drain()
         self._pending = (self.store._check_index(index), buf, done)
 
+    def put_rows(self, index, rows: np.ndarray) -> None:
+        """Write already packed rows ``(B, row_bytes)`` (the CPU kernels record them packed)."""
+        self._drain()
+        self._commit(self.store._check_index(index), rows)
+
     def _drain(self) -> None:
         if self._pending is not None:
             idx, buf, done = self._pending
@@ -174,7 +191,7 @@ class RowWriter:
 
     def _commit(self, idx: np.ndarray, rows: np.ndarray) -> None:
         if self.previous is not None:  # the pad bits at each row's end are zero in both
-            self.diff += _popcount(np.bitwise_xor(rows, self.previous.payload[idx]))
+            self.diff += _changed_bits(rows, self.previous.payload, idx)
         self.store.write_rows(idx, rows)
 
     def close(self) -> None:
@@ -207,6 +224,19 @@ class LayerBits:
         flat = unpack_rows(self.rows[:, first:last], 8 * (last - first))
         lo = self.offset - 8 * first
         return flat[:, lo : lo + k].reshape(self.shape)
+
+
+def put_bits(bits: LayerBits, mask: torch.Tensor) -> None:
+    """OR the bool ``mask`` ``(B, *unit_shape)`` into its place in ``bits.rows`` (a CPU tensor
+    whose bits there are zero): what the CPU record kernel writes, for a layer it does not take."""
+    b, pad = mask.shape[0], bits.offset % 8
+    flat = mask.reshape(b, -1).cpu().numpy().astype(np.bool_, copy=False)
+    if pad:
+        flat = np.concatenate([np.zeros((b, pad), dtype=np.bool_), flat], axis=1)
+    packed = np.packbits(flat, axis=1)
+    first = bits.offset // 8
+    rows = bits.rows.numpy()
+    rows[:, first : first + packed.shape[1]] |= packed
 
 
 class PackedMasks:

@@ -14,10 +14,10 @@ device and ``triton`` is importable (``pip install 'supportnet[gpu]'``):
   same pass. Backward recomputes the mask from the bits and adds the penalty's term in the
   same pass; it saves ``q`` and the rows (without the penalty, ``out`` only, like ``relu``).
 
-On the CPU nothing here runs: the layers keep their torch code, bit for bit. The kernels run
-on CPU tensors only under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests
-check them against the torch reference on a machine without a GPU. ``SUPPORTNET_KERNELS=0``
-switches them off on CUDA too.
+On the CPU the same two nodes, and the estimation pass's packing, are C with OpenMP
+(:mod:`supportnet.kernels.cpu`, built on first use). The Triton kernels run on CPU tensors only
+under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests check them against the
+torch reference on a machine without a GPU. ``SUPPORTNET_KERNELS=0`` switches both off.
 
 The activations may be any dense layout (contiguous or channels_last, 2-D to 4-D); others,
 and code traced by ``torch.compile``, take the torch path.
@@ -55,6 +55,16 @@ def enabled(device) -> bool:
     """Whether the layers use the fused kernels for activations on ``device``: a CUDA device
     with ``triton`` importable, unless ``SUPPORTNET_KERNELS=0``."""
     return torch.device(device).type == "cuda" and os.environ.get(ENV, "1") != "0" and triton_available()
+
+
+def packed_supports(device) -> bool:
+    """Whether the layers on ``device`` read stored supports packed (:class:`~supportnet.masks.PackedMasks`):
+    on CUDA with the Triton kernels, on the CPU with the C kernels of :mod:`supportnet.kernels.cpu`."""
+    if torch.device(device).type == "cpu":
+        from . import cpu
+
+        return cpu.enabled()
+    return enabled(device)
 
 
 class Geometry(NamedTuple):

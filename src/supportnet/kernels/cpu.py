@@ -1,0 +1,308 @@
+"""Fused support kernels for the CPU: ``cpu.c``, compiled on first use, called through ctypes.
+
+What the Triton kernels do on CUDA, these do on the CPU (paper Eq. 9, 13 and 39-41), each in
+one OpenMP pass over a layer's activations per direction where torch needs several:
+
+* :func:`gated_batch`: B-alternation's batch support. The rule's statistic is summed as the
+  activations are read, the support decided, and ``out = relu_tau(q) * m`` written; backward is
+  torch's ``threshold_backward`` on ``out`` (what relu's backward is).
+* :func:`gated_instance`: I-alternation's stored support, read from the packed
+  :class:`~supportnet.masks.MaskStore` rows (never unpacked to a bool tensor), with the
+  consistency penalty summed in the same pass; backward reads ``q``, the bits and the incoming
+  gradient once.
+* :func:`record`: the estimation pass's free output and the packed support, written straight
+  into the store's row layout.
+
+Masks and outputs are exactly the torch code's (``layers._GatedBatch``, ``_GatedInstance`` and
+``record`` mode), gradients too; the sums (the batch rule's energy, the penalty) are taken in
+another order, so they differ in float32 rounding, and a unit whose energy ties the rule's
+threshold to the last bit may be decided the other way. The results do not depend on the
+thread count.
+
+Built with the C compiler (``$CC``, else ``cc``) into ``$SUPPORTNET_CACHE/kernels`` (default
+``~/.cache/supportnet/kernels``) under a hash of the source, the flags, the compiler and the
+CPU, once per machine (about 0.3 s); written atomically and checked (SHA-256, ABI number) when
+loaded. Without a compiler, or with ``SUPPORTNET_KERNELS=0``, the layers run their torch code.
+OpenMP comes from the ``libgomp`` torch itself loaded, so the kernels share torch's threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+ENV = "SUPPORTNET_KERNELS"  # "0": never use the kernels (shared with the Triton ones)
+SOURCE = Path(__file__).with_name("cpu.c")
+ABI = 1  # cpu.c's SN_ABI
+FLAGS = ("-O3", "-march=native", "-std=c11", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
+GROUP = 16  # examples summed together (float32) by the batch rule before the groups are added
+RULE_CODES = {"energy-rel": 0, "energy": 1, "vote": 2}
+_lock = threading.Lock()
+_status: dict[str, str] = {}
+
+_P, _I64, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+_SIGNATURES = {
+    "sn_batch_fwd": [_P, _P, _P, _P, _I64, _I64, _I64, _F, _F, _INT, _INT],
+    "sn_inst_fwd": [_P, _P, _P, _I64, _I64, _I64, _I64, _F, _P, _INT],
+    "sn_inst_bwd": [_P, _P, _P, _I64, _I64, _I64, _I64, _F, _F, _P, _INT],
+    "sn_record": [_P, _P, _P, _I64, _I64, _I64, _I64, _F, _INT],
+    "sn_xor_popcount": [_P, _P, _I64],
+}
+_RESTYPES = {"sn_xor_popcount": ctypes.c_int64}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SUPPORTNET_CACHE", "~/.cache/supportnet")).expanduser() / "kernels"
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC") or "cc"
+    return shutil.which(cc)
+
+
+def _cpu_id() -> str:
+    """What ``-march=native`` depends on: the CPU's model and flags (Linux), else the platform."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f.read(1 << 16).splitlines() if ln.startswith(("model name", "flags"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
+def _key(cc: str) -> str:
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), version.encode(), _cpu_id().encode()):
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:20]
+
+
+def _build(cc: str, lib: Path) -> None:
+    """Compile ``cpu.c`` into ``lib`` (atomically) and record its SHA-256 beside it."""
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{lib.name}.", suffix=".tmp", dir=lib.parent)
+    os.close(fd)
+    try:
+        r = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            raise OSError(f"{cc} failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+        Path(tmp + ".sha256").write_text(digest)
+        os.replace(tmp + ".sha256", str(lib) + ".sha256")
+        os.replace(tmp, lib)
+    finally:
+        for p in (tmp, tmp + ".sha256"):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+def _load(lib: Path) -> ctypes.CDLL | None:
+    """The built library, if its SHA-256 matches the record and its ABI number is ours."""
+    try:
+        want = Path(str(lib) + ".sha256").read_text().strip()
+        if hashlib.sha256(lib.read_bytes()).hexdigest() != want:
+            return None
+        dll = ctypes.CDLL(str(lib))
+    except OSError:
+        return None
+    if dll.sn_abi() != ABI:
+        return None
+    for name, args in _SIGNATURES.items():
+        fn = getattr(dll, name)
+        fn.argtypes, fn.restype = args, _RESTYPES.get(name)
+    return dll
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels (built on first use, then loaded from the cache), or None where they
+    cannot be built; :func:`status` says why."""
+    with _lock:
+        cc = _compiler()
+        if cc is None:
+            _status["state"] = f"no C compiler ({os.environ.get('CC') or 'cc'} not found): torch code"
+            return None
+        lib = cache_dir() / f"cpu-{_key(cc)}.so"
+        dll = _load(lib) if lib.exists() else None
+        if dll is None:
+            try:
+                _build(cc, lib)
+            except (OSError, subprocess.SubprocessError) as e:
+                _status["state"] = f"build failed ({e}): torch code"
+                log.warning("supportnet: CPU support kernels not built (%s); the layers run their torch code", e)
+                return None
+            dll = _load(lib)
+        _status["state"] = f"loaded {lib}" if dll is not None else f"{lib} did not load: torch code"
+        return dll
+
+
+def status() -> str:
+    """Whether the CPU kernels are in use, and why not (for benchmarks' records)."""
+    if os.environ.get(ENV, "1") == "0":
+        return f"{ENV}=0: torch code"
+    library()
+    return _status.get("state", "not built")
+
+
+def enabled() -> bool:
+    """Whether the layers use the CPU kernels (builds them on the first call)."""
+    return os.environ.get(ENV, "1") != "0" and library() is not None
+
+
+def usable(q: torch.Tensor, contiguous: bool = False) -> bool:
+    """Whether these CPU activations take the kernels: float32, dense rows of one example each
+    (``contiguous``: in C order, as the packed supports are), not being traced."""
+    if q.device.type != "cpu" or q.dtype != torch.float32 or q.dim() < 2 or q.numel() == 0:
+        return False
+    if not q.is_contiguous():
+        if contiguous:
+            return False
+        from . import geometry
+
+        if geometry(q) is None:
+            return False
+    return not torch.compiler.is_compiling() and enabled()
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+def _rows_of(q: torch.Tensor) -> tuple[int, int]:
+    return q.shape[0], q[0].numel()
+
+
+def batch_forward(q: torch.Tensor, tau: float, rule: str, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, m)``: the batch support ``m`` (bool, ``q.shape[1:]``, laid out as ``q``'s units) and
+    ``out = relu_tau(q) * m``, in one OpenMP region. No autograd (see :func:`gated_batch`)."""
+    b, u = _rows_of(q)
+    out = torch.empty_like(q)
+    m = torch.empty_strided(q.shape[1:], q.stride()[1:], dtype=torch.uint8)
+    part = torch.empty((-(-b // GROUP), u), dtype=torch.float32)
+    library().sn_batch_fwd(  # type: ignore[union-attr]
+        q.data_ptr(), out.data_ptr(), m.data_ptr(), part.data_ptr(), b, u, GROUP, tau, beta, RULE_CODES[rule],
+        _threads(),
+    )  # fmt: skip
+    return out, m.view(torch.bool)
+
+
+def instance_forward(
+    q: torch.Tensor, rows: torch.Tensor, bit_off: int, tau: float, penalty: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, pen)``: ``out = relu_tau(q) * m`` with ``m`` read from the packed ``rows`` from bit
+    ``bit_off``; ``pen`` the consistency penalty ``mean(where(m, 0, relu(q - tau))^2)`` (float32; a
+    zero without ``penalty``). ``q`` in C order. No autograd."""
+    b, u = _rows_of(q)
+    out = torch.empty_like(q)
+    sums = torch.empty(b, dtype=torch.float64) if penalty else None
+    library().sn_inst_fwd(  # type: ignore[union-attr]
+        q.data_ptr(), out.data_ptr(), rows.data_ptr(), rows.stride(0), int(bit_off), b, u, tau,
+        sums.data_ptr() if sums is not None else None, _threads(),
+    )  # fmt: skip
+    pen = (sums.sum() / q.numel()).float() if sums is not None else torch.zeros((), dtype=torch.float32)
+    return out, pen
+
+
+def instance_backward(
+    grad: torch.Tensor, q: torch.Tensor, rows: torch.Tensor, bit_off: int, tau: float, scale: float
+) -> torch.Tensor:
+    """The gradient with respect to ``q`` of :func:`instance_forward` with the penalty: ``grad``
+    where ``m`` and ``q > tau``, ``(q - tau) * scale`` where ``q > tau`` off the support."""
+    b, u = _rows_of(q)
+    grad = grad.contiguous()
+    gin = torch.empty_like(q)
+    library().sn_inst_bwd(  # type: ignore[union-attr]
+        grad.data_ptr(), q.data_ptr(), rows.data_ptr(), rows.stride(0), int(bit_off), b, u, tau, scale,
+        gin.data_ptr(), _threads(),
+    )  # fmt: skip
+    return gin
+
+
+def record(q: torch.Tensor, tau: float, rows: torch.Tensor, bit_off: int) -> torch.Tensor:
+    """``relu_tau(q)``, and ``1[q > tau]`` written into the packed ``rows`` (``(B, row_bytes)``
+    uint8, C-contiguous, zero where this layer's bits go) from bit ``bit_off``. ``q`` in C order."""
+    b, u = _rows_of(q)
+    out = torch.empty_like(q)
+    library().sn_record(  # type: ignore[union-attr]
+        q.data_ptr(), out.data_ptr(), rows.data_ptr(), rows.stride(0), int(bit_off), b, u, tau, _threads()
+    )
+    return out
+
+
+def xor_popcount(a: np.ndarray, b: np.ndarray) -> int | None:
+    """The number of bits that differ between two uint8 arrays of one shape, in one pass (numpy
+    takes two and a temporary); None where the kernels are not in use."""
+    if not enabled():
+        return None
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    if a.shape != b.shape or a.dtype != np.uint8 or b.dtype != np.uint8:
+        raise ValueError(f"xor_popcount of {a.shape} {a.dtype} and {b.shape} {b.dtype}")
+    return int(library().sn_xor_popcount(a.ctypes.data, b.ctypes.data, a.size))  # type: ignore[union-attr]
+
+
+class GatedBatch(torch.autograd.Function):
+    """``(out, m)`` of :func:`batch_forward` as an autograd node; saves ``out`` only."""
+
+    @staticmethod
+    def forward(ctx, q, tau, rule, beta):  # type: ignore[override]
+        out, m = batch_forward(q, tau, rule, beta)
+        ctx.save_for_backward(out)
+        ctx.mark_non_differentiable(m)
+        return out, m
+
+    @staticmethod
+    def backward(ctx, grad, _grad_m):  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, out, 0.0), None, None, None
+
+
+class GatedInstance(torch.autograd.Function):
+    """``(out, pen)`` of :func:`instance_forward` as an autograd node. With the penalty it saves
+    ``q`` and the rows (the penalty's gradient needs ``q`` where the support is off, where ``out``
+    is zero); without, ``out`` only, as relu does."""
+
+    @staticmethod
+    def forward(ctx, q, rows, bit_off, tau, penalty):  # type: ignore[override]
+        out, pen = instance_forward(q, rows, bit_off, tau, penalty)
+        ctx.save_for_backward(*((q, rows) if penalty else (out,)))
+        ctx.bit_off, ctx.tau, ctx.penalty, ctx.numel = bit_off, tau, penalty, q.numel()
+        return out, pen
+
+    @staticmethod
+    def backward(ctx, grad, grad_pen):  # type: ignore[override]
+        if not ctx.penalty:  # the gradient passes where out > 0, i.e. where m and q > tau
+            (out,) = ctx.saved_tensors
+            return torch.ops.aten.threshold_backward(grad, out, 0.0), None, None, None, None
+        q, rows = ctx.saved_tensors
+        # the penalty term's factor as the torch node forms it (a float32 product), so the same bits
+        scale = 0.0 if grad_pen is None else float(grad_pen * (2.0 / ctx.numel))
+        return instance_backward(grad, q, rows, ctx.bit_off, ctx.tau, scale), None, None, None, None
+
+
+def gated_batch(q: torch.Tensor, tau: float, rule: str, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """B-alternation's fused support on the CPU: ``(relu_tau(q) * m, m)``."""
+    return GatedBatch.apply(q, tau, rule, beta)
+
+
+def gated_instance(q: torch.Tensor, bits, tau: float, penalty: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """I-alternation's fused stored support on the CPU: ``(relu_tau(q) * m, pen)`` with ``m`` read
+    from ``bits`` (a :class:`~supportnet.masks.LayerBits` on the CPU)."""
+    return GatedInstance.apply(q, bits.rows, bits.offset, tau, penalty)
