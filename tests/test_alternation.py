@@ -8,8 +8,8 @@ from supportnet.config import SupportConfig, load_config
 from supportnet.data import batches, epoch_order
 from supportnet.io import load_checkpoint
 from supportnet.layers import record_masks, threshold_layers
-from supportnet.models import create_model
 from supportnet.masks import PackedMasks
+from supportnet.models import create_model
 from supportnet.train import fit
 
 
