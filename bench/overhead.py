@@ -51,6 +51,7 @@ from supportnet.allocator import tune_allocator
 from supportnet.alternation import make_schedule
 from supportnet.config import METHOD_DEFAULTS, SupportConfig, load_config
 from supportnet.data import batches, epoch_order, load_data
+from supportnet.kernels import cpu as cpu_kernels
 from supportnet.layers import configure
 from supportnet.models import create_model
 from supportnet.train import fit, train_step
@@ -376,6 +377,7 @@ def report(a, bench: Bench, med: dict, est_times: list, memory, tax: dict, load:
         **git_commit(),
         "machine": machine,
         "allocator": tune_allocator(),  # "tuned", or why not (SUPPORTNET_MALLOC=default, ...)
+        "cpu_kernels": cpu_kernels.status(),  # "loaded <path>", or why the layers ran the torch code
         "device": a.device,
         "data": a.data,
         "subset": a.subset,
@@ -401,7 +403,7 @@ def report(a, bench: Bench, med: dict, est_times: list, memory, tax: dict, load:
     col = 0 if dev.type == "cpu" else 1
     print(f"machine: {machine}; {a.data} subset {a.subset}, batch {a.batch_size}, median of {a.repeats}")
     cpu = f"user {me.ru_utime:.1f}, system {me.ru_stime:.1f}"
-    print(f"allocator: {res['allocator']}; this process's CPU seconds: {cpu}")
+    print(f"allocator: {res['allocator']}; CPU kernels: {res['cpu_kernels']}; this process's CPU seconds: {cpu}")
     print("| figure | measured | target |\n|---|---:|---|")
     for key, name in NAMES.items():
         print(f"| {name} | {res[key]:.3f} | {TARGETS[key][col]} |")

@@ -238,3 +238,14 @@ def test_cache_is_verified_and_rebuilt(tmp_path):
 def test_no_compiler_falls_back_to_torch_code(tmp_path):
     out = _child({"SUPPORTNET_CACHE": str(tmp_path), "CC": "no-such-compiler-xyz"}, PROBE)
     assert not out["on"] and "no C compiler" in out["status"]
+
+
+def test_count_above_matches_torch():
+    q = _q((7, 3, 50, 50), seed=9).detach()
+    for tau in (0.0, 0.4, -0.2):
+        assert cpu.count_above(q, tau) == int((q > tau).sum())
+    assert cpu.count_above(q.contiguous(memory_format=torch.channels_last), 0.1) == int((q > 0.1).sum())
+    lay = HardThreshold(0.1)
+    lay.track = True
+    lay(q)
+    assert lay.stats[:2].tolist() == [float((q > 0.1).sum()), float(q.numel())]

@@ -346,9 +346,9 @@ class HardThreshold(nn.Module):
         on = m if linear else (m & free)
         self._count(on.expand_as(q).sum(), q.numel(), (free != m).sum(), q.numel())
 
-    def _count(self, active: torch.Tensor, total: int, drift, drift_total: int) -> None:
+    def _count(self, active: torch.Tensor | int, total: int, drift, drift_total: int) -> None:
         # accumulated where the activations live, so counting never waits for the device
-        if self.stats.device != active.device:
+        if isinstance(active, torch.Tensor) and self.stats.device != active.device:
             self.stats = self.stats.to(active.device)
         self.stats[0].add_(active)
         self.stats[1].add_(float(total))
@@ -382,7 +382,7 @@ class HardThreshold(nn.Module):
             out = self._record(q) if mode == "record" else self._free(q)
             if self.track:
                 with torch.no_grad():
-                    self._count((q > self.tau).sum(), q.numel(), 0, 0)
+                    self._count(cpu_kernels.count_above(q.detach(), self.tau), q.numel(), 0, 0)
             return out
         if mode == "instance":
             m = self.instance_mask

@@ -235,3 +235,19 @@ int64_t sn_xor_popcount(const uint8_t *a, const uint8_t *b, int64_t n)
     for (; i < n; i++) count += __builtin_popcount((unsigned)(a[i] ^ b[i]));
     return count;
 }
+
+/* ---- the active fraction's count ------------------------------------------------------------- */
+
+/* the number of the n activations above tau (an integer sum: the same whatever the thread count) */
+int64_t sn_count_above(const f32 *q, int64_t n, f32 tau, int nt)
+{
+    int64_t count = 0;
+    #pragma omp parallel for schedule(static) reduction(+ : count) num_threads(threads(1, n, nt))
+    for (int64_t i = 0; i < n; i += CHUNK) {
+        int64_t end = i + CHUNK < n ? i + CHUNK : n;
+        int32_t c = 0;
+        for (int64_t j = i; j < end; j++) c += q[j] > tau;
+        count += c;
+    }
+    return count;
+}

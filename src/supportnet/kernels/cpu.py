@@ -61,8 +61,9 @@ _SIGNATURES = {
     "sn_inst_bwd": [_P, _P, _P, _I64, _I64, _I64, _I64, _F, _F, _P, _INT],
     "sn_record": [_P, _P, _P, _I64, _I64, _I64, _I64, _F, _INT],
     "sn_xor_popcount": [_P, _P, _I64],
+    "sn_count_above": [_P, _I64, _F, _INT],
 }
-_RESTYPES = {"sn_xor_popcount": ctypes.c_int64}
+_RESTYPES = {"sn_xor_popcount": ctypes.c_int64, "sn_count_above": ctypes.c_int64}
 
 
 def cache_dir() -> Path:
@@ -245,6 +246,14 @@ def record(q: torch.Tensor, tau: float, rows: torch.Tensor, bit_off: int) -> tor
         q.data_ptr(), out.data_ptr(), rows.data_ptr(), rows.stride(0), int(bit_off), b, u, tau, _threads()
     )
     return out
+
+
+def count_above(q: torch.Tensor, tau: float) -> int | torch.Tensor:
+    """The number of activations ``q > tau``: one pass in C where the kernels take ``q`` (a Python
+    int), else torch's ``(q > tau).sum()`` (a tensor, on ``q``'s device)."""
+    if usable(q):
+        return int(library().sn_count_above(q.data_ptr(), q.numel(), tau, _threads()))  # type: ignore[union-attr]
+    return (q > tau).sum()
 
 
 def xor_popcount(a: np.ndarray, b: np.ndarray) -> int | None:
