@@ -289,17 +289,19 @@ class IAlternation(Schedule):
         writer = RowWriter(store, self.device, previous if same else None)
         packed = self._record_packed()
         try:
-            for b, (x, idx) in enumerate(self._estimation_batches(mine)):
-                if self.augment_seed is not None:  # the exact view training will see this round
-                    x = crop_flip(x, idx, self.augment_seed, self.view_key(-1))
-                x = x.to(self.device, non_blocking=True)
-                if packed:
-                    writer.put_rows(idx // w, record_rows(model, x, shapes).numpy())
-                else:
-                    writer.put(idx // w, record_masks(model, x))
-                if b == n_batches // 2:
-                    faults.hit("estimate")
-            writer.close()
+            with torch.inference_mode():  # (no autograd bookkeeping at all: 4% of the pass on the 2-core CPU)
+                for b, (x, idx) in enumerate(self._estimation_batches(mine)):
+                    if self.augment_seed is not None:  # the exact view training will see this round
+                        x = crop_flip(x, idx, self.augment_seed, self.view_key(-1))
+                    x = x.to(self.device, non_blocking=True)
+                    rows_idx = idx // w if w > 1 else idx
+                    if packed:
+                        writer.put_rows(rows_idx, record_rows(model, x, shapes).numpy())
+                    else:
+                        writer.put(rows_idx, record_masks(model, x))
+                    if b == n_batches // 2:
+                        faults.hit("estimate")
+                writer.close()
         except BaseException:
             store.discard()
             raise
