@@ -93,6 +93,18 @@ def test_gated_instance_matches_reference(shape, cl, tau, penalty):
     assert torch.equal(q.grad, q_ref.grad)
 
 
+def test_penalty_terms_are_the_switched_off_part():
+    q = _q((9, 3, 11, 7), seed=10).detach()
+    m = torch.rand(q.shape, generator=torch.Generator().manual_seed(11)) < 0.7
+    bits = _packed(m, 6)
+    out, _, terms = cpu.instance_forward(q, bits.rows, bits.offset, 0.2, True)
+    on = ~m & (q > 0.2)
+    assert torch.equal(terms.over, (q - 0.2)[on])  # C order, example after example
+    assert terms.offsets.tolist() == [0, *on.flatten(1).sum(1).cumsum(0)[:-1].tolist()]
+    word_bits = torch.stack([(terms.words >> j) & 1 for j in range(64)], -1).flatten(1)[:, : on[0].numel()]
+    assert torch.equal(word_bits.bool(), on.flatten(1))
+
+
 def test_gated_instance_penalty_unused_in_the_loss():
     q = _q((6, 40), seed=3)
     m = torch.rand(6, 40, generator=torch.Generator().manual_seed(4)) < 0.5
@@ -111,8 +123,8 @@ def test_results_do_not_depend_on_the_thread_count():
         for n in (1, 2, 3):
             torch.set_num_threads(n)
             out, bm = cpu.batch_forward(q, 0.0, "energy-rel", 0.3)
-            iout, pen = cpu.instance_forward(q, bits.rows, bits.offset, 0.1, True)
-            results.append((out, bm, iout, pen))
+            iout, pen, terms = cpu.instance_forward(q, bits.rows, bits.offset, 0.1, True)
+            results.append((out, bm, iout, pen, *terms))
     finally:
         torch.set_num_threads(threads)
     for r in results[1:]:

@@ -16,7 +16,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define SN_ABI 1
+#define SN_ABI 3
 #define CHUNK 1024 /* units per stack chunk of unpacked bits */
 #define SERIAL 65536 /* below this many activations, one thread */
 
@@ -111,7 +111,7 @@ static const uint8_t *unpack(const uint8_t *r, int64_t b0, int64_t len, uint8_t 
 
 /* ---- I-alternation, stored: a fixed per-example support read from the packed bits ---------- */
 
-/* out = relu_tau(q) * m; returns sum of where(m, 0, relu(q - tau))^2 (16 float32 lanes) */
+/* out = relu_tau(q) * m; returns the sum of squares of where(m, 0, relu(q - tau)) (16 float32 lanes) */
 static f32 chunk_inst_fwd(const f32 *restrict q, const uint8_t *restrict m, f32 *restrict o, int64_t len, f32 tau)
 {
     f32 acc[16] = {0};
@@ -136,46 +136,89 @@ static f32 chunk_inst_fwd(const f32 *restrict q, const uint8_t *restrict m, f32 
     return t;
 }
 
-/* pen_rows (may be NULL): per example, the penalty's sum of squares (float32 chunks, summed in double) */
-void sn_inst_fwd(const f32 *q, f32 *out, const uint8_t *rows, int64_t row_stride, int64_t off, int64_t B,
-                 int64_t U, f32 tau, double *pen_rows, int nt)
+/* need = 1 where the penalty's term is on: the support off and q > tau */
+static void chunk_need(const f32 *restrict q, const uint8_t *restrict m, uint8_t *restrict need, int64_t len, f32 tau)
 {
+    for (int64_t u = 0; u < len; u++) need[u] = (uint8_t)((q[u] > tau) & (m[u] == 0));
+}
+
+/* the positions where need is set, as 64-bit words (bit j of word w: unit 64 w + j), and q - tau there,
+ * in order, into over; returns how many */
+static int64_t chunk_compact(const f32 *q, const uint8_t *need, int64_t len, f32 tau, uint64_t *words, f32 *over)
+{
+    int64_t k = 0;
+    for (int64_t w = 0; 64 * w < len; w++) {
+        int64_t end = len - 64 * w < 64 ? len - 64 * w : 64;
+        uint64_t word = 0;
+        if (end == 64) {
+            for (int g = 0; g < 8; g++) { /* 8 flags 0/1 -> 8 bits, the first the lowest */
+                uint64_t x;
+                memcpy(&x, need + 64 * w + 8 * g, 8);
+                word |= ((x * 0x0102040810204080ULL) >> 56) << (8 * g);
+            }
+        } else {
+            for (int64_t j = 0; j < end; j++) word |= (uint64_t)need[64 * w + j] << j;
+        }
+        words[w] = word;
+        while (word) {
+            int j = __builtin_ctzll(word);
+            over[k++] = q[64 * w + j] - tau;
+            word &= word - 1;
+        }
+    }
+    return k;
+}
+
+/* I-alternation's stored support, forward. pen_rows (may be NULL): per example, the consistency
+ * penalty's sum of squares (float32 chunks, summed in double). With words (else NULL): what backward
+ * needs for the penalty's gradient, instead of q: per example, the positions of its terms (W = ceil(U / 64)
+ * words a row), their q - tau packed at the start of the example's U floats of over, and their count. */
+void sn_inst_fwd(const f32 *q, f32 *out, const uint8_t *rows, int64_t row_stride, int64_t off, int64_t B,
+                 int64_t U, f32 tau, double *pen_rows, uint64_t *words, f32 *over, int64_t *counts, int nt)
+{
+    int64_t W = (U + 63) / 64;
     #pragma omp parallel for schedule(static) num_threads(threads(B, U, nt))
     for (int64_t n = 0; n < B; n++) {
-        uint8_t buf[CHUNK + 16];
+        uint8_t buf[CHUNK + 16], need[CHUNK];
         const uint8_t *r = rows + n * row_stride;
+        const f32 *qr = q + n * U;
         double t = 0.0;
+        int64_t k = 0;
         for (int64_t u = 0; u < U; u += CHUNK) {
             int64_t len = U - u < CHUNK ? U - u : CHUNK;
-            t += chunk_inst_fwd(q + n * U + u, unpack(r, off + u, len, buf), out + n * U + u, len, tau);
+            const uint8_t *m = unpack(r, off + u, len, buf);
+            t += chunk_inst_fwd(qr + u, m, out + n * U + u, len, tau);
+            if (words) {
+                chunk_need(qr + u, m, need, len, tau);
+                k += chunk_compact(qr + u, need, len, tau, words + n * W + u / 64, over + n * U + k);
+            }
         }
         if (pen_rows) pen_rows[n] = t;
+        if (counts) counts[n] = k;
     }
 }
 
-/* gin = grad where m and q > tau; (q - tau) * scale where not m and q > tau; else 0 */
-static void chunk_inst_bwd(const f32 *restrict q, const f32 *restrict g, const uint8_t *restrict m,
-                           f32 *restrict o, int64_t len, f32 tau, f32 scale)
-{
-    for (int64_t u = 0; u < len; u++) {
-        f32 x = q[u];
-        uint32_t on = 0u - (uint32_t)m[u];
-        o[u] = bitsf(((fbits(g[u]) & on) | (fbits((x - tau) * scale) & ~on)) & all(x > tau));
-    }
-}
-
-void sn_inst_bwd(const f32 *grad, const f32 *q, const uint8_t *rows, int64_t row_stride, int64_t off, int64_t B,
-                 int64_t U, f32 tau, f32 scale, f32 *gin, int nt)
+/* over's rows, each counts[n] long from n * U, one after the other into dst (from offsets[n]) */
+void sn_gather_rows(const f32 *over, int64_t U, const int64_t *counts, const int64_t *offsets, int64_t B, f32 *dst,
+                    int nt)
 {
     #pragma omp parallel for schedule(static) num_threads(threads(B, U, nt))
+    for (int64_t n = 0; n < B; n++) memcpy(dst + offsets[n], over + n * U, sizeof(f32) * (size_t)counts[n]);
+}
+
+/* the penalty's part of the gradient: gin = over * scale at its terms (where gin, threshold_backward's
+ * grad * 1[out > 0], is zero); the other entries are left as they are */
+void sn_inst_terms_bwd(f32 *gin, const uint64_t *words, const f32 *over, const int64_t *offsets, int64_t B,
+                       int64_t U, f32 scale, int nt)
+{
+    int64_t W = (U + 63) / 64;
+    #pragma omp parallel for schedule(static) num_threads(threads(B, U, nt))
     for (int64_t n = 0; n < B; n++) {
-        uint8_t buf[CHUNK + 16];
-        const uint8_t *r = rows + n * row_stride;
-        for (int64_t u = 0; u < U; u += CHUNK) {
-            int64_t len = U - u < CHUNK ? U - u : CHUNK;
-            chunk_inst_bwd(q + n * U + u, grad + n * U + u, unpack(r, off + u, len, buf), gin + n * U + u, len, tau,
-                           scale);
-        }
+        const f32 *ov = over + offsets[n];
+        int64_t k = 0;
+        for (int64_t w = 0; w < W; w++)
+            for (uint64_t word = words[n * W + w]; word; word &= word - 1)
+                gin[n * U + 64 * w + __builtin_ctzll(word)] = ov[k++] * scale;
     }
 }
 

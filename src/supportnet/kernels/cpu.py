@@ -8,8 +8,10 @@ one OpenMP pass over a layer's activations per direction where torch needs sever
   torch's ``threshold_backward`` on ``out`` (what relu's backward is).
 * :func:`gated_instance`: I-alternation's stored support, read from the packed
   :class:`~supportnet.masks.MaskStore` rows (never unpacked to a bool tensor), with the
-  consistency penalty summed in the same pass; backward reads ``q``, the bits and the incoming
-  gradient once.
+  consistency penalty summed in the same pass. For the penalty's gradient it keeps only the
+  positions where the stored support is off and ``q > tau`` and ``q - tau`` there
+  (:class:`PenaltyTerms`), not ``q``: backward is ``threshold_backward`` on ``out`` plus those
+  few terms, one pass over what the next layer's backward has just read.
 * :func:`record`: the estimation pass's free output and the packed support, written straight
   into the store's row layout.
 
@@ -39,6 +41,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -47,7 +50,7 @@ log = logging.getLogger(__name__)
 
 ENV = "SUPPORTNET_KERNELS"  # "0": never use the kernels (shared with the Triton ones)
 SOURCE = Path(__file__).with_name("cpu.c")
-ABI = 1  # cpu.c's SN_ABI
+ABI = 3  # cpu.c's SN_ABI
 FLAGS = ("-O3", "-march=native", "-std=c11", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
 GROUP = 16  # examples summed together (float32) by the batch rule before the groups are added
 RULE_CODES = {"energy-rel": 0, "energy": 1, "vote": 2}
@@ -57,8 +60,9 @@ _status: dict[str, str] = {}
 _P, _I64, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 _SIGNATURES = {
     "sn_batch_fwd": [_P, _P, _P, _P, _I64, _I64, _I64, _F, _F, _INT, _INT],
-    "sn_inst_fwd": [_P, _P, _P, _I64, _I64, _I64, _I64, _F, _P, _INT],
-    "sn_inst_bwd": [_P, _P, _P, _I64, _I64, _I64, _I64, _F, _F, _P, _INT],
+    "sn_inst_fwd": [_P, _P, _P, _I64, _I64, _I64, _I64, _F, _P, _P, _P, _P, _INT],
+    "sn_gather_rows": [_P, _I64, _P, _P, _I64, _P, _INT],
+    "sn_inst_terms_bwd": [_P, _P, _P, _P, _I64, _I64, _F, _INT],
     "sn_record": [_P, _P, _P, _I64, _I64, _I64, _I64, _F, _INT],
     "sn_xor_popcount": [_P, _P, _I64],
     "sn_count_above": [_P, _I64, _F, _INT],
@@ -188,7 +192,7 @@ def _threads() -> int:
 
 
 def _rows_of(q: torch.Tensor) -> tuple[int, int]:
-    return q.shape[0], q[0].numel()
+    return q.shape[0], q.numel() // q.shape[0]
 
 
 def batch_forward(q: torch.Tensor, tau: float, rule: str, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,34 +209,72 @@ def batch_forward(q: torch.Tensor, tau: float, rule: str, beta: float) -> tuple[
     return out, m.view(torch.bool)
 
 
+_local = threading.local()
+
+
+def _scratch(n: int) -> torch.Tensor:
+    """A float32 buffer of at least ``n`` entries, kept per thread (the penalty's terms are written
+    there first, one example per row, then gathered; a fresh one a call cost page faults)."""
+    buf = getattr(_local, "scratch", None)
+    if buf is None or buf.numel() < n:
+        buf = _local.scratch = torch.empty(n, dtype=torch.float32)
+    return buf
+
+
+class PenaltyTerms(NamedTuple):
+    """What the penalty's gradient needs from the forward pass, instead of ``q``: per example, the
+    positions where its term is on (the support off, ``q > tau``) as 64-bit words (``(B, ceil(U/64))``
+    int64), their ``q - tau`` one example after the other (``over``, float32), and where each
+    example's values start (``offsets``, ``B`` int64). Such positions are where the stored support
+    disagrees with the current activations: few, so this is much less than ``q``."""
+
+    words: torch.Tensor
+    over: torch.Tensor
+    offsets: torch.Tensor
+
+
 def instance_forward(
     q: torch.Tensor, rows: torch.Tensor, bit_off: int, tau: float, penalty: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(out, pen)``: ``out = relu_tau(q) * m`` with ``m`` read from the packed ``rows`` from bit
-    ``bit_off``; ``pen`` the consistency penalty ``mean(where(m, 0, relu(q - tau))^2)`` (float32; a
-    zero without ``penalty``). ``q`` in C order. No autograd."""
-    b, u = _rows_of(q)
+) -> tuple[torch.Tensor, torch.Tensor, PenaltyTerms | None]:
+    """``(out, pen, terms)``: ``out = relu_tau(q) * m`` with ``m`` read from the packed ``rows`` from
+    bit ``bit_off``; with ``penalty``, ``pen`` the consistency penalty ``mean(where(m, 0, relu(q - tau))^2)``
+    (float32) and ``terms`` what its gradient needs (:class:`PenaltyTerms`); else a zero and None.
+    ``q`` in C order. No autograd."""
+    b, u = q.shape[0], q.numel() // q.shape[0]
     out = torch.empty_like(q)
-    sums = torch.empty(b, dtype=torch.float64) if penalty else None
+    if not penalty:
+        library().sn_inst_fwd(  # type: ignore[union-attr]
+            q.data_ptr(), out.data_ptr(), rows.data_ptr(), rows.stride(0), int(bit_off), b, u, tau,
+            None, None, None, None, _threads(),
+        )  # fmt: skip
+        return out, torch.zeros((), dtype=torch.float32), None
+    sums = torch.empty(b, dtype=torch.float64)
+    words = torch.empty((b, -(-u // 64)), dtype=torch.int64)
+    scratch = _scratch(b * u)  # each example's values from its row start, gathered below
+    counts = torch.empty(b, dtype=torch.int64)
     library().sn_inst_fwd(  # type: ignore[union-attr]
         q.data_ptr(), out.data_ptr(), rows.data_ptr(), rows.stride(0), int(bit_off), b, u, tau,
-        sums.data_ptr() if sums is not None else None, _threads(),
+        sums.data_ptr(), words.data_ptr(), scratch.data_ptr(), counts.data_ptr(), _threads(),
     )  # fmt: skip
-    pen = (sums.sum() / q.numel()).float() if sums is not None else torch.zeros((), dtype=torch.float32)
-    return out, pen
+    ends = counts.cumsum(0)
+    offsets = ends - counts
+    over = torch.empty(int(ends[-1]), dtype=torch.float32)
+    library().sn_gather_rows(  # type: ignore[union-attr]
+        scratch.data_ptr(), u, counts.data_ptr(), offsets.data_ptr(), b, over.data_ptr(), _threads()
+    )
+    pen = (sums.sum() / q.numel()).float()
+    return out, pen, PenaltyTerms(words, over, offsets)
 
 
-def instance_backward(
-    grad: torch.Tensor, q: torch.Tensor, rows: torch.Tensor, bit_off: int, tau: float, scale: float
-) -> torch.Tensor:
+def instance_backward(grad: torch.Tensor, out: torch.Tensor, terms: PenaltyTerms, scale: float) -> torch.Tensor:
     """The gradient with respect to ``q`` of :func:`instance_forward` with the penalty: ``grad``
-    where ``m`` and ``q > tau``, ``(q - tau) * scale`` where ``q > tau`` off the support."""
-    b, u = _rows_of(q)
-    grad = grad.contiguous()
-    gin = torch.empty_like(q)
-    library().sn_inst_bwd(  # type: ignore[union-attr]
-        grad.data_ptr(), q.data_ptr(), rows.data_ptr(), rows.stride(0), int(bit_off), b, u, tau, scale,
-        gin.data_ptr(), _threads(),
+    where ``out > 0`` (``m`` and ``q > tau``: torch's ``threshold_backward``), then ``(q - tau) * scale``
+    written at the penalty's few terms (where that is zero)."""
+    b, u = out.shape[0], out.numel() // out.shape[0]
+    gin = torch.ops.aten.threshold_backward(grad, out, 0.0).contiguous()
+    library().sn_inst_terms_bwd(  # type: ignore[union-attr]
+        gin.data_ptr(), terms.words.data_ptr(), terms.over.data_ptr(), terms.offsets.data_ptr(), b, u, scale,
+        _threads(),
     )  # fmt: skip
     return gin
 
@@ -284,26 +326,25 @@ class GatedBatch(torch.autograd.Function):
 
 
 class GatedInstance(torch.autograd.Function):
-    """``(out, pen)`` of :func:`instance_forward` as an autograd node. With the penalty it saves
-    ``q`` and the rows (the penalty's gradient needs ``q`` where the support is off, where ``out``
-    is zero); without, ``out`` only, as relu does."""
+    """``(out, pen)`` of :func:`instance_forward` as an autograd node. It saves ``out`` (which the
+    next layer keeps anyway) and, with the penalty, its :class:`PenaltyTerms`, not ``q``: backward
+    then reads what is still warm instead of the whole cold pre-activation."""
 
     @staticmethod
     def forward(ctx, q, rows, bit_off, tau, penalty):  # type: ignore[override]
-        out, pen = instance_forward(q, rows, bit_off, tau, penalty)
-        ctx.save_for_backward(*((q, rows) if penalty else (out,)))
-        ctx.bit_off, ctx.tau, ctx.penalty, ctx.numel = bit_off, tau, penalty, q.numel()
+        out, pen, terms = instance_forward(q, rows, bit_off, tau, penalty)
+        ctx.save_for_backward(out, *(terms or ()))
+        ctx.numel = q.numel()
         return out, pen
 
     @staticmethod
     def backward(ctx, grad, grad_pen):  # type: ignore[override]
-        if not ctx.penalty:  # the gradient passes where out > 0, i.e. where m and q > tau
-            (out,) = ctx.saved_tensors
+        out, *terms = ctx.saved_tensors
+        if not terms:  # no penalty: the gradient passes where out > 0, i.e. where m and q > tau
             return torch.ops.aten.threshold_backward(grad, out, 0.0), None, None, None, None
-        q, rows = ctx.saved_tensors
         # the penalty term's factor as the torch node forms it (a float32 product), so the same bits
         scale = 0.0 if grad_pen is None else float(grad_pen * (2.0 / ctx.numel))
-        return instance_backward(grad, q, rows, ctx.bit_off, ctx.tau, scale), None, None, None, None
+        return instance_backward(grad, out, PenaltyTerms(*terms), scale), None, None, None, None
 
 
 def gated_batch(q: torch.Tensor, tau: float, rule: str, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
