@@ -261,3 +261,26 @@ def test_count_above_matches_torch():
     lay.track = True
     lay(q)
     assert lay.stats[:2].tolist() == [float((q > 0.1).sum()), float(q.numel())]
+
+
+def test_portable_build_gives_the_same_results(tmp_path, monkeypatch):
+    """The library built without -march=native (no AVX-512 mask code: the portable loops) gives the
+    same outputs, penalty and terms as the one in use."""
+    q = _q((21, 5, 13, 9), seed=12).detach()
+    m = torch.rand(q.shape, generator=torch.Generator().manual_seed(13)) < 0.6
+    bits = _packed(m, 3)
+
+    def run():
+        out, pen, terms = cpu.instance_forward(q, bits.rows, bits.offset, 0.1, True)
+        bout, bm = cpu.batch_forward(q, 0.0, "energy-rel", 0.4)
+        return out, pen, *terms, bout, bm, torch.tensor(cpu.count_above(q, 0.2))
+
+    native = run()
+    monkeypatch.setattr(cpu, "FLAGS", tuple("-march=x86-64-v2" if f == "-march=native" else f for f in cpu.FLAGS))
+    lib = tmp_path / "portable.so"
+    cpu._build(cpu._compiler(), lib)
+    portable = cpu._load(lib)
+    assert portable is not None
+    monkeypatch.setattr(cpu, "library", lambda: portable)
+    for a, b in zip(run(), native):
+        assert torch.equal(a, b)

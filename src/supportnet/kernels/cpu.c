@@ -15,8 +15,12 @@
  */
 #include <stdint.h>
 #include <string.h>
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define SN_AVX512 1 /* the instance kernel's terms by mask compares and compress-stores */
+#endif
 
-#define SN_ABI 3
+#define SN_ABI 5
 #define CHUNK 1024 /* units per stack chunk of unpacked bits */
 #define SERIAL 65536 /* below this many activations, one thread */
 
@@ -136,50 +140,71 @@ static f32 chunk_inst_fwd(const f32 *restrict q, const uint8_t *restrict m, f32 
     return t;
 }
 
-/* need = 1 where the penalty's term is on: the support off and q > tau */
-static void chunk_need(const f32 *restrict q, const uint8_t *restrict m, uint8_t *restrict need, int64_t len, f32 tau)
+/* chunk_inst_fwd, and the penalty's terms (the support off, q > tau) of the chunk: their positions
+ * as 64-bit words (bit j of word w: unit 64 w + j) and q - tau there, in order, from over[0]; returns
+ * how many. The sum of squares goes into acc's 16 lanes exactly as chunk_inst_fwd adds it. */
+static int64_t chunk_inst_fwd_terms(const f32 *restrict q, const uint8_t *restrict m, f32 *restrict o, int64_t len,
+                                    f32 tau, f32 *restrict acc, uint64_t *restrict words, f32 *restrict over)
 {
-    for (int64_t u = 0; u < len; u++) need[u] = (uint8_t)((q[u] > tau) & (m[u] == 0));
-}
-
-/* the positions where need is set, as 64-bit words (bit j of word w: unit 64 w + j), and q - tau there,
- * in order, into over; returns how many */
-static int64_t chunk_compact(const f32 *q, const uint8_t *need, int64_t len, f32 tau, uint64_t *words, f32 *over)
-{
-    int64_t k = 0;
-    for (int64_t w = 0; 64 * w < len; w++) {
-        int64_t end = len - 64 * w < 64 ? len - 64 * w : 64;
-        uint64_t word = 0;
-        if (end == 64) {
-            for (int g = 0; g < 8; g++) { /* 8 flags 0/1 -> 8 bits, the first the lowest */
-                uint64_t x;
-                memcpy(&x, need + 64 * w + 8 * g, 8);
-                word |= ((x * 0x0102040810204080ULL) >> 56) << (8 * g);
-            }
-        } else {
-            for (int64_t j = 0; j < end; j++) word |= (uint64_t)need[64 * w + j] << j;
+    int64_t k = 0, u = 0;
+    for (int64_t w = 0; 64 * w < len; w++) words[w] = 0;
+#ifdef SN_AVX512 /* compare into bit masks, compress-store the terms */
+    __m512 vt = _mm512_set1_ps(tau), vacc = _mm512_loadu_ps(acc);
+    for (; u + 16 <= len; u += 16) {
+        __m512 x = _mm512_loadu_ps(q + u);
+        __m128i mb = _mm_loadu_si128((const __m128i *)(m + u));
+        __mmask16 gt = _mm512_cmp_ps_mask(x, vt, _CMP_GT_OQ), on = _mm_test_epi8_mask(mb, mb);
+        __mmask16 term = gt & (__mmask16)~on;
+        _mm512_storeu_ps(o + u, _mm512_maskz_mov_ps(gt & on, x));
+        __m512 over_v = _mm512_maskz_sub_ps(term, x, vt);
+        vacc = _mm512_add_ps(vacc, _mm512_mul_ps(over_v, over_v));
+        _mm512_mask_compressstoreu_ps(over + k, term, over_v);
+        k += __builtin_popcount((unsigned)term);
+        words[u / 64] |= (uint64_t)term << (u % 64);
+    }
+    _mm512_storeu_ps(acc, vacc);
+#else
+    for (; u + 16 <= len; u += 16) {
+        uint32_t term = 0;
+        for (int j = 0; j < 16; j++) {
+            f32 x = q[u + j];
+            uint32_t on = 0u - (uint32_t)m[u + j], gt = all(x > tau);
+            o[u + j] = bitsf(fbits(x) & on & gt);
+            f32 over_j = bitsf(fbits(x - tau) & ~on & gt);
+            acc[j] += over_j * over_j;
+            term |= (~on & gt & 1u) << j;
         }
-        words[w] = word;
-        while (word) {
-            int j = __builtin_ctzll(word);
-            over[k++] = q[64 * w + j] - tau;
-            word &= word - 1;
+        words[u / 64] |= (uint64_t)term << (u % 64);
+        for (; term; term &= term - 1) over[k++] = q[u + __builtin_ctz(term)] - tau;
+    }
+#endif
+    for (; u < len; u++) {
+        f32 x = q[u];
+        uint32_t on = 0u - (uint32_t)m[u], gt = all(x > tau);
+        o[u] = bitsf(fbits(x) & on & gt);
+        f32 over_u = bitsf(fbits(x - tau) & ~on & gt);
+        acc[0] += over_u * over_u;
+        if (~on & gt & 1u) {
+            words[u / 64] |= (uint64_t)1 << (u % 64);
+            over[k++] = x - tau;
         }
     }
     return k;
 }
 
 /* I-alternation's stored support, forward. pen_rows (may be NULL): per example, the consistency
- * penalty's sum of squares (float32 chunks, summed in double). With words (else NULL): what backward
- * needs for the penalty's gradient, instead of q: per example, the positions of its terms (W = ceil(U / 64)
- * words a row), their q - tau packed at the start of the example's U floats of over, and their count. */
-void sn_inst_fwd(const f32 *q, f32 *out, const uint8_t *rows, int64_t row_stride, int64_t off, int64_t B,
-                 int64_t U, f32 tau, double *pen_rows, uint64_t *words, f32 *over, int64_t *counts, int nt)
+ * penalty's sum of squares (float32 chunks, summed in double), and their sum in *pen. With words (else
+ * NULL): what backward needs for the penalty's gradient, instead of q: per example, the positions of its
+ * terms (W = ceil(U / 64) words a row), their q - tau packed at the start of the example's U floats of
+ * over, their count and where they will start once gathered (offsets); returns the total count. */
+int64_t sn_inst_fwd(const f32 *q, f32 *out, const uint8_t *rows, int64_t row_stride, int64_t off, int64_t B,
+                    int64_t U, f32 tau, double *pen_rows, double *pen, uint64_t *words, f32 *over, int64_t *counts,
+                    int64_t *offsets, int nt)
 {
     int64_t W = (U + 63) / 64;
     #pragma omp parallel for schedule(static) num_threads(threads(B, U, nt))
     for (int64_t n = 0; n < B; n++) {
-        uint8_t buf[CHUNK + 16], need[CHUNK];
+        uint8_t buf[CHUNK + 16];
         const uint8_t *r = rows + n * row_stride;
         const f32 *qr = q + n * U;
         double t = 0.0;
@@ -187,15 +212,32 @@ void sn_inst_fwd(const f32 *q, f32 *out, const uint8_t *rows, int64_t row_stride
         for (int64_t u = 0; u < U; u += CHUNK) {
             int64_t len = U - u < CHUNK ? U - u : CHUNK;
             const uint8_t *m = unpack(r, off + u, len, buf);
-            t += chunk_inst_fwd(qr + u, m, out + n * U + u, len, tau);
             if (words) {
-                chunk_need(qr + u, m, need, len, tau);
-                k += chunk_compact(qr + u, need, len, tau, words + n * W + u / 64, over + n * U + k);
+                f32 acc[16] = {0};
+                k += chunk_inst_fwd_terms(qr + u, m, out + n * U + u, len, tau, acc, words + n * W + u / 64,
+                                          over + n * U + k);
+                f32 c = 0.0f;
+                for (int j = 0; j < 16; j++) c += acc[j];
+                t += c;
+            } else {
+                t += chunk_inst_fwd(qr + u, m, out + n * U + u, len, tau);
             }
         }
         if (pen_rows) pen_rows[n] = t;
         if (counts) counts[n] = k;
     }
+    int64_t total = 0;
+    if (pen_rows) { /* the examples' sums in order, and where each example's terms will start */
+        double p = 0.0;
+        for (int64_t n = 0; n < B; n++) p += pen_rows[n];
+        *pen = p;
+    }
+    if (counts)
+        for (int64_t n = 0; n < B; n++) {
+            offsets[n] = total;
+            total += counts[n];
+        }
+    return total;
 }
 
 /* over's rows, each counts[n] long from n * U, one after the other into dst (from offsets[n]) */

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 ENV = "SUPPORTNET_KERNELS"  # "0": never use the kernels (shared with the Triton ones)
 SOURCE = Path(__file__).with_name("cpu.c")
-ABI = 3  # cpu.c's SN_ABI
+ABI = 5  # cpu.c's SN_ABI
 FLAGS = ("-O3", "-march=native", "-std=c11", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
 GROUP = 16  # examples summed together (float32) by the batch rule before the groups are added
 RULE_CODES = {"energy-rel": 0, "energy": 1, "vote": 2}
@@ -60,14 +60,14 @@ _status: dict[str, str] = {}
 _P, _I64, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 _SIGNATURES = {
     "sn_batch_fwd": [_P, _P, _P, _P, _I64, _I64, _I64, _F, _F, _INT, _INT],
-    "sn_inst_fwd": [_P, _P, _P, _I64, _I64, _I64, _I64, _F, _P, _P, _P, _P, _INT],
+    "sn_inst_fwd": [_P, _P, _P, _I64, _I64, _I64, _I64, _F, _P, _P, _P, _P, _P, _P, _INT],
     "sn_gather_rows": [_P, _I64, _P, _P, _I64, _P, _INT],
     "sn_inst_terms_bwd": [_P, _P, _P, _P, _I64, _I64, _F, _INT],
     "sn_record": [_P, _P, _P, _I64, _I64, _I64, _I64, _F, _INT],
     "sn_xor_popcount": [_P, _P, _I64],
     "sn_count_above": [_P, _I64, _F, _INT],
 }
-_RESTYPES = {"sn_xor_popcount": ctypes.c_int64, "sn_count_above": ctypes.c_int64}
+_RESTYPES = {"sn_xor_popcount": ctypes.c_int64, "sn_count_above": ctypes.c_int64, "sn_inst_fwd": ctypes.c_int64}
 
 
 def cache_dir() -> Path:
@@ -195,20 +195,6 @@ def _rows_of(q: torch.Tensor) -> tuple[int, int]:
     return q.shape[0], q.numel() // q.shape[0]
 
 
-def batch_forward(q: torch.Tensor, tau: float, rule: str, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(out, m)``: the batch support ``m`` (bool, ``q.shape[1:]``, laid out as ``q``'s units) and
-    ``out = relu_tau(q) * m``, in one OpenMP region. No autograd (see :func:`gated_batch`)."""
-    b, u = _rows_of(q)
-    out = torch.empty_like(q)
-    m = torch.empty_strided(q.shape[1:], q.stride()[1:], dtype=torch.uint8)
-    part = torch.empty((-(-b // GROUP), u), dtype=torch.float32)
-    library().sn_batch_fwd(  # type: ignore[union-attr]
-        q.data_ptr(), out.data_ptr(), m.data_ptr(), part.data_ptr(), b, u, GROUP, tau, beta, RULE_CODES[rule],
-        _threads(),
-    )  # fmt: skip
-    return out, m.view(torch.bool)
-
-
 _local = threading.local()
 
 
@@ -219,6 +205,20 @@ def _scratch(n: int) -> torch.Tensor:
     if buf is None or buf.numel() < n:
         buf = _local.scratch = torch.empty(n, dtype=torch.float32)
     return buf
+
+
+def batch_forward(q: torch.Tensor, tau: float, rule: str, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, m)``: the batch support ``m`` (bool, ``q.shape[1:]``, laid out as ``q``'s units) and
+    ``out = relu_tau(q) * m``, in one OpenMP region. No autograd (see :func:`gated_batch`)."""
+    b, u = _rows_of(q)
+    out = torch.empty_like(q)
+    m = torch.empty_strided(q.shape[1:], q.stride()[1:], dtype=torch.uint8)
+    part = _scratch(-(-b // GROUP) * u)  # the groups' sums
+    library().sn_batch_fwd(  # type: ignore[union-attr]
+        q.data_ptr(), out.data_ptr(), m.data_ptr(), part.data_ptr(), b, u, GROUP, tau, beta, RULE_CODES[rule],
+        _threads(),
+    )  # fmt: skip
+    return out, m.view(torch.bool)
 
 
 class PenaltyTerms(NamedTuple):
@@ -242,27 +242,26 @@ def instance_forward(
     ``q`` in C order. No autograd."""
     b, u = q.shape[0], q.numel() // q.shape[0]
     out = torch.empty_like(q)
+    lib = library()
+    assert lib is not None
     if not penalty:
-        library().sn_inst_fwd(  # type: ignore[union-attr]
+        lib.sn_inst_fwd(
             q.data_ptr(), out.data_ptr(), rows.data_ptr(), rows.stride(0), int(bit_off), b, u, tau,
-            None, None, None, None, _threads(),
+            None, None, None, None, None, None, _threads(),
         )  # fmt: skip
         return out, torch.zeros((), dtype=torch.float32), None
-    sums = torch.empty(b, dtype=torch.float64)
+    sums, total = torch.empty(b, dtype=torch.float64), ctypes.c_double()
     words = torch.empty((b, -(-u // 64)), dtype=torch.int64)
+    counts, offsets = torch.empty(b, dtype=torch.int64), torch.empty(b, dtype=torch.int64)
     scratch = _scratch(b * u)  # each example's values from its row start, gathered below
-    counts = torch.empty(b, dtype=torch.int64)
-    library().sn_inst_fwd(  # type: ignore[union-attr]
+    n_terms = lib.sn_inst_fwd(
         q.data_ptr(), out.data_ptr(), rows.data_ptr(), rows.stride(0), int(bit_off), b, u, tau,
-        sums.data_ptr(), words.data_ptr(), scratch.data_ptr(), counts.data_ptr(), _threads(),
+        sums.data_ptr(), ctypes.addressof(total), words.data_ptr(), scratch.data_ptr(), counts.data_ptr(),
+        offsets.data_ptr(), _threads(),
     )  # fmt: skip
-    ends = counts.cumsum(0)
-    offsets = ends - counts
-    over = torch.empty(int(ends[-1]), dtype=torch.float32)
-    library().sn_gather_rows(  # type: ignore[union-attr]
-        scratch.data_ptr(), u, counts.data_ptr(), offsets.data_ptr(), b, over.data_ptr(), _threads()
-    )
-    pen = (sums.sum() / q.numel()).float()
+    over = torch.empty(n_terms, dtype=torch.float32)
+    lib.sn_gather_rows(scratch.data_ptr(), u, counts.data_ptr(), offsets.data_ptr(), b, over.data_ptr(), _threads())
+    pen = torch.tensor(total.value / q.numel(), dtype=torch.float32)
     return out, pen, PenaltyTerms(words, over, offsets)
 
 
