@@ -245,6 +245,7 @@ class IAlternation(Schedule):
         self.shard_rank, self.shard_world = 0, 1  # stored back end under torchrun: examples i % world == rank
         self.round_start: dict | None = None  # weights the current supports were estimated from (for resume)
         self.strict = False  # resume: a damaged mask store is an error, not a re-estimation
+        self._rows_buf: torch.Tensor | None = None  # CPU: the packed supports of the step (_rows_buffer)
 
     def set_shard(self, rank: int, world: int) -> None:
         """Keep only this rank's masks: examples ``i`` with ``i % world == rank`` (row ``i // world``)."""
@@ -395,13 +396,25 @@ class IAlternation(Schedule):
             if index is None:
                 raise ConfigError("I-alternation with stored supports needs the batch's example indices: alt.step(idx)")
             packed = kernels.packed_supports(self.device)
-            return self.store.read(index // self.shard_world, device=self.device, packed=packed)
+            out = self._rows_buffer(len(index), self.store.row_bytes).numpy() if self._record_packed() else None
+            return self.store.read(index // self.shard_world, device=self.device, packed=packed, out=out)
         assert self.snapshot is not None
         if x is None:
             raise ConfigError("I-alternation with the snapshot back end needs the batch: alt.step(idx, x)")
         if self._record_packed():
-            return PackedMasks(record_rows(self.snapshot, x, self._layer_shapes()), self._layer_shapes())
+            shapes = self._layer_shapes()
+            rows = self._rows_buffer(x.shape[0], (sum(math.prod(s) for s in shapes) + 7) // 8)
+            return PackedMasks(record_rows(self.snapshot, x, shapes, out=rows), shapes)
         return record_masks(self.snapshot, x)
+
+    def _rows_buffer(self, n: int, row_bytes: int) -> torch.Tensor:
+        """The CPU buffer each step's packed supports go into: one, reused, because a new one each step
+        that lives until the next step moves the large activation buffers around the heap (docs/performance.md).
+        The layers hold the previous step's rows until they get these; nothing reads them by then."""
+        buf = self._rows_buf
+        if buf is None or buf.shape[0] < n or buf.shape[1] != row_bytes:
+            buf = self._rows_buf = torch.empty((n, row_bytes), dtype=torch.uint8)
+        return buf[:n]
 
     def _record_packed(self) -> bool:
         """Whether supports are recorded straight into packed rows (the CPU kernels)."""

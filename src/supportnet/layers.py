@@ -271,7 +271,8 @@ class HardThreshold(nn.Module):
         self.instance_mask = None  # (B, *unit) bool, or LayerBits (packed rows), set by the loop
         self.last_mask = None  # (B, *unit) bool, record mode
         self.record_bits = None  # LayerBits: record mode writes the support there, packed (record_rows)
-        self.batch_mask = None  # (*unit) bool, last batch support
+        self.batch_mask = None  # (*unit) bool, last batch support (the CPU kernels overwrite it next batch)
+        self._mask_buf = None  # uint8: where the CPU kernels write the batch support
         self.given_batch_mask = None  # (*unit) bool: batch mode uses it instead of the rule
         self.sync_inline = False  # batch mode: all-reduce this layer's statistics inside the forward
         self.probe_stats = None  # probe mode: the rule's statistic, n
@@ -284,7 +285,7 @@ class HardThreshold(nn.Module):
     # against parameters, buffers and submodules (about 4 us), and the loops set these every batch.
     _PLAIN = frozenset(
         ("tau", "mode", "application", "rule", "beta", "instance_mask", "last_mask", "record_bits", "batch_mask",
-         "given_batch_mask", "sync_inline", "probe_stats", "track", "stats", "consistency", "penalty")
+         "_mask_buf", "given_batch_mask", "sync_inline", "probe_stats", "track", "stats", "consistency", "penalty")
     )  # fmt: skip
 
     def __setattr__(self, name: str, value) -> None:
@@ -420,7 +421,10 @@ class HardThreshold(nn.Module):
                 # fused: one saved tensor, one backward pass (same values and gradient as below);
                 # the rule's own statistics in the kernels of supportnet.kernels (Triton on CUDA, C on the CPU)
                 fused = _batch_kernels(q) if self.given_batch_mask is None and not self.sync_inline else None
-                if fused is not None:
+                if fused is cpu_kernels:  # the support written into this layer's own buffer, step after step
+                    self._mask_buf = cpu_kernels.mask_buffer(q, self._mask_buf)
+                    out, m = cpu_kernels.gated_batch(q, self.tau, self.rule, self.beta, self._mask_buf)
+                elif fused is not None:
                     out, m = fused.gated_batch(q, self.tau, self.rule, self.beta)
                 else:
                     out, m = _GatedBatch.apply(q, self.tau, self._batch_rule)
@@ -558,16 +562,21 @@ def record_masks(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def record_rows(model: nn.Module, x: torch.Tensor, shapes) -> torch.Tensor:
+def record_rows(model: nn.Module, x: torch.Tensor, shapes, out: torch.Tensor | None = None) -> torch.Tensor:
     """Every layer's support ``1[q > tau]`` for the batch ``x``, packed: ``(B, row_bytes)`` uint8
     in the :class:`~supportnet.masks.MaskStore` row layout for the unit ``shapes`` (one per layer).
     On the CPU the kernels write each layer's bits as its free output is computed; a layer they do
-    not take keeps a bool mask, packed afterwards. Same bytes as ``pack_masks(record_masks(...))``."""
+    not take keeps a bool mask, packed afterwards. Same bytes as ``pack_masks(record_masks(...))``.
+    ``out``: a ``(B, row_bytes)`` uint8 tensor on ``x``'s device to write the rows into (zeroed first)."""
     layers = require_layers(model, "record_rows")
     if len(shapes) != len(layers):
         raise RuntimeError(f"{len(shapes)} layer shapes for {len(layers)} threshold layers")
     bits = sum(math.prod(s) for s in shapes)
-    packed = PackedMasks(torch.zeros((x.shape[0], (bits + 7) // 8), dtype=torch.uint8, device=x.device), shapes)
+    shape = (x.shape[0], (bits + 7) // 8)
+    if out is not None and (tuple(out.shape) != shape or out.dtype != torch.uint8 or not out.is_contiguous()):
+        raise ValueError(f"record_rows: out must be a contiguous uint8 tensor of shape {shape}")
+    rows = out.zero_() if out is not None else torch.zeros(shape, dtype=torch.uint8, device=x.device)
+    packed = PackedMasks(rows, shapes)
     try:
         with layer_mode(model, "record", layers):
             for (_, lay), lb in zip(layers, packed):

@@ -405,11 +405,18 @@ class MaskStore:
             elif k:
                 self._hash = None
 
-    def read(self, index, device=None, packed: bool = False) -> list[torch.Tensor] | PackedMasks:
+    def read(
+        self, index, device=None, packed: bool = False, out: np.ndarray | None = None
+    ) -> list[torch.Tensor] | PackedMasks:
         """The supports of the examples ``index``: one ``(B, *shape)`` bool tensor per layer, or
         with ``packed`` the rows themselves on ``device`` (:class:`PackedMasks`, 1 bit per
-        activation; the fused kernels of :mod:`supportnet.kernels` read them there)."""
-        rows = np.ascontiguousarray(self.payload[self._check_index(index)])
+        activation; the fused kernels of :mod:`supportnet.kernels` read them there). ``out``: a
+        ``(B, row_bytes)`` uint8 array the rows are gathered into (reused step after step)."""
+        idx = self._check_index(index)
+        if out is not None:
+            rows = np.take(self.payload, idx, axis=0, out=out, mode="clip")  # (checked: "raise" copies twice)
+        else:
+            rows = np.ascontiguousarray(self.payload[idx])
         if packed:
             return PackedMasks(_to_device(rows, device), self.shapes)
         return unpack_masks(rows, self.shapes, device=device)
