@@ -23,7 +23,7 @@ thread count.
 
 Built with the C compiler (``$CC``, else ``cc``) into ``$SUPPORTNET_CACHE/kernels`` (default
 ``~/.cache/supportnet/kernels``) under a hash of the source, the flags, the compiler and the
-CPU, once per machine (about 0.3 s); written atomically and checked (SHA-256, ABI number) when
+CPU, once per machine (about 0.4 s); written atomically and checked (SHA-256, ABI number) when
 loaded. Without a compiler, or with ``SUPPORTNET_KERNELS=0``, the layers run their torch code.
 OpenMP comes from the ``libgomp`` torch itself loaded, so the kernels share torch's threads.
 """
