@@ -199,19 +199,20 @@ def test_layers_take_the_kernels_and_the_switch_turns_them_off(monkeypatch):
 
 
 def test_training_steps_match_the_torch_code(synthetic, monkeypatch):
-    """convnet-s, one B-alt step and one I-alt stored step (penalised, the schedule handing packed
-    rows) with the kernels and with SUPPORTNET_KERNELS=0: the same weights, bit for bit."""
+    """convnet-s, one B-alt step and one I-alt step of each back end (penalised, the schedule handing
+    packed rows) with the kernels and with SUPPORTNET_KERNELS=0: the same gradients, bit for bit."""
     from supportnet.alternation import make_schedule
     from supportnet.config import SupportConfig
     from supportnet.models import create_model
 
     x, y, idx = synthetic.train.x[:64], synthetic.train.y[:64], torch.arange(64)
 
-    def train(method, switch):
+    def train(method, backend, switch):
         monkeypatch.setenv(cpu.ENV, switch)
         torch.manual_seed(0)
         model = create_model("convnet-s", synthetic.in_shape, synthetic.num_classes)
-        sched = make_schedule(SupportConfig(method=method, warmup=0), model, synthetic.train, torch.device("cpu"))
+        cfg = SupportConfig(method=method, backend=backend, warmup=0)
+        sched = make_schedule(cfg, model, synthetic.train, torch.device("cpu"))
         sched.start_epoch(0)
         if method == "i-alt":
             configure(model, consistency=1.0)
@@ -220,9 +221,9 @@ def test_training_steps_match_the_torch_code(synthetic, monkeypatch):
         loss.backward()
         return [p.grad.clone() for p in model.parameters()]
 
-    for method in ("b-alt", "i-alt"):
-        fused, plain = train(method, "1"), train(method, "0")
-        assert all(torch.equal(a, b) for a, b in zip(fused, plain)), method
+    for method, backend in (("b-alt", "stored"), ("i-alt", "stored"), ("i-alt", "snapshot")):
+        fused, plain = train(method, backend, "1"), train(method, backend, "0")
+        assert all(torch.equal(a, b) for a, b in zip(fused, plain)), (method, backend)
 
 
 def _child(env: dict, code: str) -> dict:
@@ -284,3 +285,74 @@ def test_portable_build_gives_the_same_results(tmp_path, monkeypatch):
     monkeypatch.setattr(cpu, "library", lambda: portable)
     for a, b in zip(run(), native):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.3])
+def test_nan_activations_as_the_torch_code(tau):
+    """With tau 0 the torch code's relu passes NaN on (and NaN x 0 is NaN), so a diverged activation
+    reaches the loss; with tau > 0 its where(q > tau, q, 0) drops it. The kernels do the same."""
+    q = _q((20, 3, 6, 6), seed=14).detach()
+    q[3, 1, 2, 2] = q[7, 0, 0, 5] = float("nan")
+    same = dict(rtol=0, atol=0, equal_nan=True)
+    out, m = cpu.batch_forward(q, tau, "energy-rel", 0.3)
+    ref_out, ref_m = _GatedBatch.apply(q.clone(), tau, lambda a, x: batch_support(a, tau, "energy-rel", 0.3, x=x))
+    torch.testing.assert_close(out, ref_out, **same)
+    assert torch.equal(m, ref_m)
+    mask = torch.rand(q.shape, generator=torch.Generator().manual_seed(15)) < 0.5
+    iout, pen, _ = cpu.instance_forward(q, _packed(mask, 5).rows, 5, tau, True)
+    ref_iout, ref_pen = _GatedInstance.apply(q.clone(), mask, tau, True)
+    torch.testing.assert_close(iout, ref_iout, **same)
+    assert pen.isnan().item() == ref_pen.isnan().item() == (tau == 0.0)
+    lay = HardThreshold(tau)
+    torch.testing.assert_close(cpu.record(q, tau, torch.zeros(20, 14, dtype=torch.uint8), 0), lay(q), **same)
+
+
+def test_record_rows_with_a_layer_called_twice_keeps_the_last_call():
+    model = _Odd().eval()
+    model.forward = lambda x: model.a2(model.fc2(model.a1(model.fc1(model.a0(model.a0(model.conv(x))).flatten(1)))))
+    x = torch.randn(6, 1, 5, 5, generator=torch.Generator().manual_seed(16))
+    masks = record_masks(model, x)
+    rows = record_rows(model, x, [tuple(m.shape[1:]) for m in masks])
+    assert np.array_equal(rows.numpy(), pack_masks(masks))
+
+
+def test_rows_that_do_not_fit_are_refused():
+    q = _q((2, 4096), seed=17).detach()
+    short = torch.zeros(2, 1, dtype=torch.uint8)
+    assert not cpu.rows_fit(q, short, 0) and cpu.rows_fit(q, torch.zeros(2, 512, dtype=torch.uint8), 0)
+    assert not cpu.rows_fit(q, torch.zeros(2, 513, dtype=torch.uint8), 9)  # 9 + 4096 bits > 513 * 8
+    with pytest.raises(ValueError, match="do not hold"):
+        cpu.instance_forward(q, short, 0, 0.0, True)
+    with pytest.raises(ValueError, match="do not hold"):
+        cpu.record(q, 0.0, short, 0)
+    lay = HardThreshold()
+    lay.mode, lay.instance_mask = "instance", PackedMasks(short, [(4096,)])[0]
+    with pytest.raises(RuntimeError):  # the torch path unpacks the rows, which checks them
+        lay(q)
+
+
+def test_masks_for_gives_fresh_rows_unless_reused(synthetic):
+    from supportnet.alternation import make_schedule
+    from supportnet.config import SupportConfig
+    from supportnet.models import create_model
+
+    model = create_model("convnet-s", synthetic.in_shape, synthetic.num_classes)
+    for backend in ("stored", "snapshot"):
+        s = make_schedule(SupportConfig(method="i-alt", backend=backend, warmup=0), model, synthetic.train, "cpu")
+        s.start_epoch(0)
+        x, idx = synthetic.train.x[:8], torch.arange(8)
+        a = s.masks_for(x, idx)
+        b = s.masks_for(synthetic.train.x[8:16], idx + 8)
+        assert a.rows.data_ptr() != b.rows.data_ptr()
+        r1 = s.masks_for(x, idx, reuse=True).rows
+        r2 = s.masks_for(x, idx, reuse=True).rows
+        assert r1.data_ptr() == r2.data_ptr() and torch.equal(r1, a.rows)
+
+
+def test_second_derivative_through_the_penalty_is_refused():
+    q = _q((4, 40), seed=18)
+    m = torch.rand(4, 40, generator=torch.Generator().manual_seed(19)) < 0.5
+    out, pen = cpu.gated_instance(q, _packed(m, 2), 0.0, True)
+    (g,) = torch.autograd.grad((out * out).sum() + 2 * pen, q, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+        g.sum().backward()

@@ -386,31 +386,35 @@ class IAlternation(Schedule):
             return 1_000_000 + self.round
         return epoch
 
-    def masks_for(self, x: torch.Tensor | None, index: torch.Tensor | None):
+    def masks_for(self, x: torch.Tensor | None, index: torch.Tensor | None, reuse: bool = False):
         """The fixed supports of the batch ``x`` with example indices ``index``: bool masks
         ``(B, *unit)``, one per threshold layer, or, where the fused kernels read them packed
         (:func:`supportnet.kernels.packed_supports`), packed rows (:class:`~supportnet.masks.PackedMasks`):
-        the stored back end's on CUDA and the CPU, the snapshot's on the CPU."""
+        the stored back end's on CUDA and the CPU, the snapshot's on the CPU. ``reuse`` (what
+        :meth:`before_step` passes): CPU packed rows go into one buffer that the next such call
+        overwrites, instead of new memory each step."""
         if self.cfg.backend == "stored":
             assert self.store is not None
             if index is None:
                 raise ConfigError("I-alternation with stored supports needs the batch's example indices: alt.step(idx)")
             packed = kernels.packed_supports(self.device)
-            out = self._rows_buffer(len(index), self.store.row_bytes).numpy() if self._record_packed() else None
+            reused = reuse and self._record_packed()
+            out = self._rows_buffer(len(index), self.store.row_bytes).numpy() if reused else None
             return self.store.read(index // self.shard_world, device=self.device, packed=packed, out=out)
         assert self.snapshot is not None
         if x is None:
             raise ConfigError("I-alternation with the snapshot back end needs the batch: alt.step(idx, x)")
         if self._record_packed():
             shapes = self._layer_shapes()
-            rows = self._rows_buffer(x.shape[0], (sum(math.prod(s) for s in shapes) + 7) // 8)
+            rows = self._rows_buffer(x.shape[0], (sum(math.prod(s) for s in shapes) + 7) // 8) if reuse else None
             return PackedMasks(record_rows(self.snapshot, x, shapes, out=rows), shapes)
         return record_masks(self.snapshot, x)
 
     def _rows_buffer(self, n: int, row_bytes: int) -> torch.Tensor:
-        """The CPU buffer each step's packed supports go into: one, reused, because a new one each step
-        that lives until the next step moves the large activation buffers around the heap (docs/performance.md).
-        The layers hold the previous step's rows until they get these; nothing reads them by then."""
+        """The CPU buffer each step's packed supports go into (:meth:`before_step`): one, reused, because
+        a new one each step that lives until the next step moves the large activation buffers around the
+        heap (docs/performance.md). The layers hold the previous step's rows until they get these;
+        nothing reads them by then (the CPU kernels do not save the rows for backward)."""
         buf = self._rows_buf
         if buf is None or buf.shape[0] < n or buf.shape[1] != row_bytes:
             buf = self._rows_buf = torch.empty((n, row_bytes), dtype=torch.uint8)
@@ -422,7 +426,7 @@ class IAlternation(Schedule):
 
     def before_step(self, x: torch.Tensor, index: torch.Tensor) -> None:
         if self.phase == "i-alt":
-            set_instance_masks(self.model, self.masks_for(x, index))
+            set_instance_masks(self.model, self.masks_for(x, index, reuse=True))
 
     def end_epoch(self, obj_loss: float) -> None:
         if self.phase == "i-alt":

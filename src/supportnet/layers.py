@@ -130,10 +130,11 @@ def _batch_kernels(q: torch.Tensor):
 
 
 def _packed_instance(q: torch.Tensor, bits: LayerBits):
-    """The module of fused kernels that reads ``bits`` for ``q`` straight from the packed rows, or None."""
+    """The module of fused kernels that reads ``bits`` for ``q`` straight from the packed rows, or None
+    (the rows are then unpacked, which checks them)."""
     if kernels.usable(q):
         return kernels
-    if bits.rows.device.type == "cpu" and cpu_kernels.usable(q, contiguous=True):
+    if cpu_kernels.usable(q, contiguous=True) and cpu_kernels.rows_fit(q, bits.rows, bits.offset):
         return cpu_kernels
     return None
 
@@ -271,6 +272,7 @@ class HardThreshold(nn.Module):
         self.instance_mask = None  # (B, *unit) bool, or LayerBits (packed rows), set by the loop
         self.last_mask = None  # (B, *unit) bool, record mode
         self.record_bits = None  # LayerBits: record mode writes the support there, packed (record_rows)
+        self.record_done = False  # record_rows: the kernel has written this layer's bits
         self.batch_mask = None  # (*unit) bool, last batch support (the CPU kernels overwrite it next batch)
         self._mask_buf = None  # uint8: where the CPU kernels write the batch support
         self.given_batch_mask = None  # (*unit) bool: batch mode uses it instead of the rule
@@ -284,8 +286,9 @@ class HardThreshold(nn.Module):
     # Plain attributes are set straight into __dict__: nn.Module.__setattr__ checks every value
     # against parameters, buffers and submodules (about 4 us), and the loops set these every batch.
     _PLAIN = frozenset(
-        ("tau", "mode", "application", "rule", "beta", "instance_mask", "last_mask", "record_bits", "batch_mask",
-         "_mask_buf", "given_batch_mask", "sync_inline", "probe_stats", "track", "stats", "consistency", "penalty")
+        ("tau", "mode", "application", "rule", "beta", "instance_mask", "last_mask", "record_bits", "record_done",
+         "batch_mask", "_mask_buf", "given_batch_mask", "sync_inline", "probe_stats", "track", "stats", "consistency",
+         "penalty")
     )  # fmt: skip
 
     def __setattr__(self, name: str, value) -> None:
@@ -326,15 +329,16 @@ class HardThreshold(nn.Module):
         ``record_bits`` by the CPU kernel where it runs (:func:`record_rows`), else kept as a bool
         mask in ``last_mask``."""
         bits = self.record_bits
+        if bits is not None and bits.shape != q.shape:
+            raise RuntimeError(f"record rows for {tuple(bits.shape)} do not match activations {tuple(q.shape)}")
         if (
             bits is not None
-            and bits.rows.device.type == "cpu"
+            and not self.record_done  # a layer called twice: the last call's support, as record_masks
             and not (q.requires_grad and torch.is_grad_enabled())
             and cpu_kernels.usable(q, contiguous=True)
+            and cpu_kernels.rows_fit(q, bits.rows, bits.offset)
         ):
-            if bits.shape != q.shape:
-                raise RuntimeError(f"record rows for {tuple(bits.shape)} do not match activations {tuple(q.shape)}")
-            self.record_bits = None  # written (record_rows packs the layers whose bits are left)
+            self.record_done = True  # written (record_rows packs the layers whose bits are left)
             return cpu_kernels.record(q, self.tau, bits.rows, bits.offset)
         self.last_mask = (q > self.tau).detach()
         return self._free(q)
@@ -580,16 +584,16 @@ def record_rows(model: nn.Module, x: torch.Tensor, shapes, out: torch.Tensor | N
     try:
         with layer_mode(model, "record", layers):
             for (_, lay), lb in zip(layers, packed):
-                lay.record_bits, lay.last_mask = lb, None
+                lay.record_bits, lay.last_mask, lay.record_done = lb, None, False
             model(x)
         for (name, lay), lb in zip(layers, packed):
-            if lay.last_mask is not None:
-                put_bits(lb, lay.last_mask)
-            elif lay.record_bits is not None:
+            if lay.last_mask is not None:  # (over the kernel's bits if an earlier call wrote them)
+                put_bits(lb, lay.last_mask, replace=lay.record_done)
+            elif not lay.record_done:
                 raise RuntimeError(f"threshold layer {name!r} did not run in the forward pass; no support to record")
     finally:
         for _, lay in layers:
-            lay.record_bits = lay.last_mask = None
+            lay.record_bits, lay.last_mask, lay.record_done = None, None, False
     return packed.rows
 
 

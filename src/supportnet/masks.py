@@ -226,17 +226,22 @@ class LayerBits:
         return flat[:, lo : lo + k].reshape(self.shape)
 
 
-def put_bits(bits: LayerBits, mask: torch.Tensor) -> None:
-    """OR the bool ``mask`` ``(B, *unit_shape)`` into its place in ``bits.rows`` (a CPU tensor
-    whose bits there are zero): what the CPU record kernel writes, for a layer it does not take."""
+def put_bits(bits: LayerBits, mask: torch.Tensor, replace: bool = False) -> None:
+    """Write the bool ``mask`` ``(B, *unit_shape)`` into its place in ``bits.rows`` (a CPU tensor):
+    what the CPU record kernel writes, for a layer it does not take. The bits there are OR-ed into
+    (they must be zero), or with ``replace`` cleared first."""
     b, pad = mask.shape[0], bits.offset % 8
     flat = mask.reshape(b, -1).cpu().numpy().astype(np.bool_, copy=False)
     if pad:
         flat = np.concatenate([np.zeros((b, pad), dtype=np.bool_), flat], axis=1)
     packed = np.packbits(flat, axis=1)
     first = bits.offset // 8
-    rows = bits.rows.numpy()
-    rows[:, first : first + packed.shape[1]] |= packed
+    rows = bits.rows.numpy()[:, first : first + packed.shape[1]]
+    if replace:  # this layer's bits of those bytes, and only those, set to 0
+        ones = np.ones(flat.shape[1], dtype=np.bool_)
+        ones[:pad] = False
+        rows &= ~np.packbits(ones)
+    rows |= packed
 
 
 class PackedMasks:

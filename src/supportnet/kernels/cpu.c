@@ -20,7 +20,7 @@
 #define SN_AVX512 1 /* the instance kernel's terms by mask compares and compress-stores */
 #endif
 
-#define SN_ABI 5
+#define SN_ABI 6
 #define CHUNK 1024 /* units per stack chunk of unpacked bits */
 #define SERIAL 65536 /* below this many activations, one thread */
 
@@ -32,24 +32,30 @@ static inline uint32_t fbits(f32 x) { uint32_t u; memcpy(&u, &x, 4); return u; }
 static inline f32 bitsf(uint32_t u) { f32 x; memcpy(&x, &u, 4); return x; }
 static inline uint32_t all(int c) { return 0u - (uint32_t)(c != 0); } /* 0 or 0xffffffff */
 static inline int threads(int64_t B, int64_t U, int nt) { return B * U < SERIAL ? 1 : nt; }
+/* With tau == 0 the torch code's threshold is relu, which passes NaN on (and NaN * 0 is NaN): so
+ * do the kernels, so that a diverged activation still reaches the loss and the divergence guard.
+ * With tau > 0 it is where(q > tau, q, 0), which drops NaN, as q > tau does here. */
+static inline uint32_t nan_kept(f32 x, uint32_t keep) { return keep & all(x != x); }
 
 /* ---- B-alternation: the batch rule's support and the gated output ------------------------ */
 
-static void row_stat(const f32 *restrict q, f32 *restrict acc, int64_t U, f32 tau, int vote)
+static void row_stat(const f32 *restrict q, f32 *restrict acc, int64_t U, f32 tau, int vote, uint32_t keep)
 {
     if (vote) {
         for (int64_t u = 0; u < U; u++) acc[u] += (f32)(q[u] > tau);
     } else {
         for (int64_t u = 0; u < U; u++) {
-            f32 x = bitsf(fbits(q[u]) & all(q[u] > tau));
+            f32 x = bitsf(fbits(q[u]) & (all(q[u] > tau) | nan_kept(q[u], keep)));
             acc[u] += x * x;
         }
     }
 }
 
-static void row_gate(const f32 *restrict q, const uint8_t *restrict m, f32 *restrict o, int64_t U, f32 tau)
+static void row_gate(const f32 *restrict q, const uint8_t *restrict m, f32 *restrict o, int64_t U, f32 tau,
+                     uint32_t keep)
 {
-    for (int64_t u = 0; u < U; u++) o[u] = bitsf(fbits(q[u]) & all(q[u] > tau) & (0u - (uint32_t)m[u]));
+    for (int64_t u = 0; u < U; u++)
+        o[u] = bitsf(fbits(q[u]) & ((all(q[u] > tau) & (0u - (uint32_t)m[u])) | nan_kept(q[u], keep)));
 }
 
 /* rule: 0 energy-rel, 1 energy, 2 vote. part: (ceil(B / group), U) float32 scratch.
@@ -66,7 +72,7 @@ void sn_batch_fwd(const f32 *q, f32 *out, uint8_t *m, f32 *part, int64_t B, int6
             f32 *acc = part + s * U;
             memset(acc, 0, sizeof(f32) * (size_t)U);
             int64_t end = (s + 1) * group < B ? (s + 1) * group : B;
-            for (int64_t n = s * group; n < end; n++) row_stat(q + n * U, acc, U, tau, rule == 2);
+            for (int64_t n = s * group; n < end; n++) row_stat(q + n * U, acc, U, tau, rule == 2, all(tau == 0.0f));
         }
         #pragma omp for schedule(static)
         for (int64_t u = 0; u < U; u++) {
@@ -88,7 +94,7 @@ void sn_batch_fwd(const f32 *q, f32 *out, uint8_t *m, f32 *part, int64_t B, int6
                 for (int64_t u = 0; u < U; u++) m[u] = part[u] > thr;
         }
         #pragma omp for schedule(static)
-        for (int64_t n = 0; n < B; n++) row_gate(q + n * U, m, out + n * U, U, tau);
+        for (int64_t n = 0; n < B; n++) row_gate(q + n * U, m, out + n * U, U, tau, all(tau == 0.0f));
     }
 }
 
@@ -116,23 +122,24 @@ static const uint8_t *unpack(const uint8_t *r, int64_t b0, int64_t len, uint8_t 
 /* ---- I-alternation, stored: a fixed per-example support read from the packed bits ---------- */
 
 /* out = relu_tau(q) * m; returns the sum of squares of where(m, 0, relu(q - tau)) (16 float32 lanes) */
-static f32 chunk_inst_fwd(const f32 *restrict q, const uint8_t *restrict m, f32 *restrict o, int64_t len, f32 tau)
+static f32 chunk_inst_fwd(const f32 *restrict q, const uint8_t *restrict m, f32 *restrict o, int64_t len, f32 tau,
+                          uint32_t keep)
 {
     f32 acc[16] = {0};
     int64_t u = 0;
     for (; u + 16 <= len; u += 16)
         for (int j = 0; j < 16; j++) {
             f32 x = q[u + j];
-            uint32_t on = 0u - (uint32_t)m[u + j], gt = all(x > tau);
-            o[u + j] = bitsf(fbits(x) & on & gt);
-            f32 over = bitsf(fbits(x - tau) & ~on & gt);
+            uint32_t on = 0u - (uint32_t)m[u + j], gt = all(x > tau), nan = nan_kept(x, keep);
+            o[u + j] = bitsf(fbits(x) & ((on & gt) | nan));
+            f32 over = bitsf(fbits(x - tau) & ((~on & gt) | nan));
             acc[j] += over * over;
         }
     for (; u < len; u++) {
         f32 x = q[u];
-        uint32_t on = 0u - (uint32_t)m[u], gt = all(x > tau);
-        o[u] = bitsf(fbits(x) & on & gt);
-        f32 over = bitsf(fbits(x - tau) & ~on & gt);
+        uint32_t on = 0u - (uint32_t)m[u], gt = all(x > tau), nan = nan_kept(x, keep);
+        o[u] = bitsf(fbits(x) & ((on & gt) | nan));
+        f32 over = bitsf(fbits(x - tau) & ((~on & gt) | nan));
         acc[0] += over * over;
     }
     f32 t = 0.0f;
@@ -144,7 +151,8 @@ static f32 chunk_inst_fwd(const f32 *restrict q, const uint8_t *restrict m, f32 
  * as 64-bit words (bit j of word w: unit 64 w + j) and q - tau there, in order, from over[0]; returns
  * how many. The sum of squares goes into acc's 16 lanes exactly as chunk_inst_fwd adds it. */
 static int64_t chunk_inst_fwd_terms(const f32 *restrict q, const uint8_t *restrict m, f32 *restrict o, int64_t len,
-                                    f32 tau, f32 *restrict acc, uint64_t *restrict words, f32 *restrict over)
+                                    f32 tau, uint32_t keep, f32 *restrict acc, uint64_t *restrict words,
+                                    f32 *restrict over)
 {
     int64_t k = 0, u = 0;
     for (int64_t w = 0; 64 * w < len; w++) words[w] = 0;
@@ -154,9 +162,10 @@ static int64_t chunk_inst_fwd_terms(const f32 *restrict q, const uint8_t *restri
         __m512 x = _mm512_loadu_ps(q + u);
         __m128i mb = _mm_loadu_si128((const __m128i *)(m + u));
         __mmask16 gt = _mm512_cmp_ps_mask(x, vt, _CMP_GT_OQ), on = _mm_test_epi8_mask(mb, mb);
+        __mmask16 nan = keep ? _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q) : 0;
         __mmask16 term = gt & (__mmask16)~on;
-        _mm512_storeu_ps(o + u, _mm512_maskz_mov_ps(gt & on, x));
-        __m512 over_v = _mm512_maskz_sub_ps(term, x, vt);
+        _mm512_storeu_ps(o + u, _mm512_maskz_mov_ps((gt & on) | nan, x));
+        __m512 over_v = _mm512_maskz_sub_ps(term | nan, x, vt);
         vacc = _mm512_add_ps(vacc, _mm512_mul_ps(over_v, over_v));
         _mm512_mask_compressstoreu_ps(over + k, term, over_v);
         k += __builtin_popcount((unsigned)term);
@@ -168,9 +177,9 @@ static int64_t chunk_inst_fwd_terms(const f32 *restrict q, const uint8_t *restri
         uint32_t term = 0;
         for (int j = 0; j < 16; j++) {
             f32 x = q[u + j];
-            uint32_t on = 0u - (uint32_t)m[u + j], gt = all(x > tau);
-            o[u + j] = bitsf(fbits(x) & on & gt);
-            f32 over_j = bitsf(fbits(x - tau) & ~on & gt);
+            uint32_t on = 0u - (uint32_t)m[u + j], gt = all(x > tau), nan = nan_kept(x, keep);
+            o[u + j] = bitsf(fbits(x) & ((on & gt) | nan));
+            f32 over_j = bitsf(fbits(x - tau) & ((~on & gt) | nan));
             acc[j] += over_j * over_j;
             term |= (~on & gt & 1u) << j;
         }
@@ -180,9 +189,9 @@ static int64_t chunk_inst_fwd_terms(const f32 *restrict q, const uint8_t *restri
 #endif
     for (; u < len; u++) {
         f32 x = q[u];
-        uint32_t on = 0u - (uint32_t)m[u], gt = all(x > tau);
-        o[u] = bitsf(fbits(x) & on & gt);
-        f32 over_u = bitsf(fbits(x - tau) & ~on & gt);
+        uint32_t on = 0u - (uint32_t)m[u], gt = all(x > tau), nan = nan_kept(x, keep);
+        o[u] = bitsf(fbits(x) & ((on & gt) | nan));
+        f32 over_u = bitsf(fbits(x - tau) & ((~on & gt) | nan));
         acc[0] += over_u * over_u;
         if (~on & gt & 1u) {
             words[u / 64] |= (uint64_t)1 << (u % 64);
@@ -202,6 +211,7 @@ int64_t sn_inst_fwd(const f32 *q, f32 *out, const uint8_t *rows, int64_t row_str
                     int64_t *offsets, int nt)
 {
     int64_t W = (U + 63) / 64;
+    uint32_t keep = all(tau == 0.0f);
     #pragma omp parallel for schedule(static) num_threads(threads(B, U, nt))
     for (int64_t n = 0; n < B; n++) {
         uint8_t buf[CHUNK + 16];
@@ -214,13 +224,13 @@ int64_t sn_inst_fwd(const f32 *q, f32 *out, const uint8_t *rows, int64_t row_str
             const uint8_t *m = unpack(r, off + u, len, buf);
             if (words) {
                 f32 acc[16] = {0};
-                k += chunk_inst_fwd_terms(qr + u, m, out + n * U + u, len, tau, acc, words + n * W + u / 64,
+                k += chunk_inst_fwd_terms(qr + u, m, out + n * U + u, len, tau, keep, acc, words + n * W + u / 64,
                                           over + n * U + k);
                 f32 c = 0.0f;
                 for (int j = 0; j < 16; j++) c += acc[j];
                 t += c;
             } else {
-                t += chunk_inst_fwd(qr + u, m, out + n * U + u, len, tau);
+                t += chunk_inst_fwd(qr + u, m, out + n * U + u, len, tau, keep);
             }
         }
         if (pen_rows) pen_rows[n] = t;
@@ -266,9 +276,9 @@ void sn_inst_terms_bwd(f32 *gin, const uint64_t *words, const f32 *over, const i
 
 /* ---- the estimation pass: the free output and the packed support in one pass ---------------- */
 
-static void chunk_free(const f32 *restrict q, f32 *restrict o, int64_t len, f32 tau)
+static void chunk_free(const f32 *restrict q, f32 *restrict o, int64_t len, f32 tau, uint32_t keep)
 {
-    for (int64_t u = 0; u < len; u++) o[u] = bitsf(fbits(q[u]) & all(q[u] > tau));
+    for (int64_t u = 0; u < len; u++) o[u] = bitsf(fbits(q[u]) & (all(q[u] > tau) | nan_kept(q[u], keep)));
 }
 
 static void pack_bytes(const f32 *restrict q, uint8_t *restrict r, int64_t nbytes, f32 tau)
@@ -298,7 +308,7 @@ void sn_record(const f32 *q, f32 *out, uint8_t *rows, int64_t row_stride, int64_
     for (int64_t n = 0; n < B; n++) {
         const f32 *qr = q + n * U;
         uint8_t *r = rows + n * row_stride;
-        for (int64_t u = 0; u < U; u += CHUNK) chunk_free(qr + u, out + n * U + u, U - u < CHUNK ? U - u : CHUNK, tau);
+        for (int64_t u = 0; u < U; u += CHUNK) chunk_free(qr + u, out + n * U + u, U - u < CHUNK ? U - u : CHUNK, tau, all(tau == 0.0f));
         or_bits(qr, r, off, head, tau);
         pack_bytes(qr + head, r + ((off + head) >> 3), nbytes, tau);
         or_bits(qr + head + 8 * nbytes, r, off + head + 8 * nbytes, tail, tau);

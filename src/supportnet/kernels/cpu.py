@@ -16,10 +16,11 @@ one OpenMP pass over a layer's activations per direction where torch needs sever
   into the store's row layout.
 
 Masks and outputs are exactly the torch code's (``layers._GatedBatch``, ``_GatedInstance`` and
-``record`` mode), gradients too; the sums (the batch rule's energy, the penalty) are taken in
-another order, so they differ in float32 rounding, and a unit whose energy ties the rule's
-threshold to the last bit may be decided the other way. The results do not depend on the
-thread count.
+``record`` mode), gradients too, NaN included (tau 0 passes it on, as relu; tau > 0 drops it);
+the sums (the batch rule's energy, the penalty) are taken in another order, so they differ in
+float32 rounding, and a unit whose energy ties the rule's threshold to the last bit may be
+decided the other way. The results do not depend on the thread count. A second derivative
+through the penalty is refused (``once_differentiable``).
 
 Built with the C compiler (``$CC``, else ``cc``) into ``$SUPPORTNET_CACHE/kernels`` (default
 ``~/.cache/supportnet/kernels``) under a hash of the source, the flags, the compiler and the
@@ -36,6 +37,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -45,12 +47,13 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 log = logging.getLogger(__name__)
 
 ENV = "SUPPORTNET_KERNELS"  # "0": never use the kernels (shared with the Triton ones)
 SOURCE = Path(__file__).with_name("cpu.c")
-ABI = 5  # cpu.c's SN_ABI
+ABI = 6  # cpu.c's SN_ABI
 FLAGS = ("-O3", "-march=native", "-std=c11", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
 GROUP = 16  # examples summed together (float32) by the batch rule before the groups are added
 RULE_CODES = {"energy-rel": 0, "energy": 1, "vote": 2}
@@ -71,12 +74,17 @@ _RESTYPES = {"sn_xor_popcount": ctypes.c_int64, "sn_count_above": ctypes.c_int64
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SUPPORTNET_CACHE", "~/.cache/supportnet")).expanduser() / "kernels"
+    return Path(os.environ.get("SUPPORTNET_CACHE") or "~/.cache/supportnet").expanduser() / "kernels"
 
 
-def _compiler() -> str | None:
-    cc = os.environ.get("CC") or "cc"
-    return shutil.which(cc)
+def _compiler() -> list[str] | None:
+    """The C compiler's command (``$CC``, which may carry arguments such as ``ccache gcc``), else ``cc``."""
+    try:
+        cmd = shlex.split(os.environ.get("CC") or "cc")
+    except ValueError:
+        return None
+    path = shutil.which(cmd[0]) if cmd else None
+    return [path, *cmd[1:]] if path else None
 
 
 def _cpu_id() -> str:
@@ -89,9 +97,9 @@ def _cpu_id() -> str:
         return platform.machine() + platform.processor()
 
 
-def _key(cc: str) -> str:
+def _key(cc: list[str]) -> str:
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
     h = hashlib.sha256()
@@ -100,15 +108,15 @@ def _key(cc: str) -> str:
     return h.hexdigest()[:20]
 
 
-def _build(cc: str, lib: Path) -> None:
+def _build(cc: list[str], lib: Path) -> None:
     """Compile ``cpu.c`` into ``lib`` (atomically) and record its SHA-256 beside it."""
     lib.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{lib.name}.", suffix=".tmp", dir=lib.parent)
     os.close(fd)
     try:
-        r = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        r = subprocess.run([*cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
-            raise OSError(f"{cc} failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+            raise OSError(f"{' '.join(cc)} failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
         digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
         Path(tmp + ".sha256").write_text(digest)
         os.replace(tmp + ".sha256", str(lib) + ".sha256")
@@ -139,24 +147,33 @@ def _load(lib: Path) -> ctypes.CDLL | None:
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernels (built on first use, then loaded from the cache), or None where they
-    cannot be built; :func:`status` says why."""
+    cannot be built; :func:`status` says why. Never raises: anything wrong means the torch code."""
     with _lock:
-        cc = _compiler()
-        if cc is None:
-            _status["state"] = f"no C compiler ({os.environ.get('CC') or 'cc'} not found): torch code"
+        try:
+            return _build_and_load()
+        except Exception as e:  # noqa: BLE001 - a missing source, a home-less user, ...: the torch code
+            _status["state"] = f"not available ({type(e).__name__}: {e}): torch code"
+            log.warning("supportnet: CPU support kernels not available (%s); the torch code runs instead", e)
             return None
-        lib = cache_dir() / f"cpu-{_key(cc)}.so"
-        dll = _load(lib) if lib.exists() else None
-        if dll is None:
-            try:
-                _build(cc, lib)
-            except (OSError, subprocess.SubprocessError) as e:
-                _status["state"] = f"build failed ({e}): torch code"
-                log.warning("supportnet: CPU support kernels not built (%s); the layers run their torch code", e)
-                return None
-            dll = _load(lib)
-        _status["state"] = f"loaded {lib}" if dll is not None else f"{lib} did not load: torch code"
-        return dll
+
+
+def _build_and_load() -> ctypes.CDLL | None:
+    cc = _compiler()
+    if cc is None:
+        _status["state"] = f"no C compiler ({os.environ.get('CC') or 'cc'} not found): torch code"
+        return None
+    lib = cache_dir() / f"cpu-{_key(cc)}.so"
+    dll = _load(lib) if lib.exists() else None
+    if dll is None:
+        try:
+            _build(cc, lib)
+        except (OSError, subprocess.SubprocessError) as e:
+            _status["state"] = f"build failed ({e}): torch code"
+            log.warning("supportnet: CPU support kernels not built (%s); the torch code runs instead", e)
+            return None
+        dll = _load(lib)
+    _status["state"] = f"loaded {lib}" if dll is not None else f"{lib} did not load: torch code"
+    return dll
 
 
 def status() -> str:
@@ -185,6 +202,29 @@ def usable(q: torch.Tensor, contiguous: bool = False) -> bool:
         if geometry(q) is None:
             return False
     return not torch.compiler.is_compiling() and enabled()
+
+
+def rows_fit(q: torch.Tensor, rows: torch.Tensor, bit_off: int) -> bool:
+    """Whether packed ``rows`` can hold this layer's supports for ``q``: CPU uint8 ``(B, row_bytes)``
+    with unit byte stride, and bits ``bit_off .. bit_off + U`` inside each row."""
+    u = q.numel() // max(1, q.shape[0])
+    return (
+        rows.device.type == "cpu"
+        and rows.dtype == torch.uint8
+        and rows.dim() == 2
+        and rows.shape[0] == q.shape[0]
+        and rows.stride(1) == 1
+        and 0 <= bit_off
+        and bit_off + u <= 8 * rows.shape[1]
+    )
+
+
+def _check_rows(q: torch.Tensor, rows: torch.Tensor, bit_off: int) -> None:
+    if not rows_fit(q, rows, bit_off):
+        raise ValueError(
+            f"packed rows {tuple(rows.shape)} ({rows.dtype}, strides {rows.stride()}) from bit {bit_off} "
+            f"do not hold {q.numel() // max(1, q.shape[0])} bits per example for activations {tuple(q.shape)}"
+        )
 
 
 def _threads() -> int:
@@ -251,6 +291,7 @@ def instance_forward(
     bit ``bit_off``; with ``penalty``, ``pen`` the consistency penalty ``mean(where(m, 0, relu(q - tau))^2)``
     (float32) and ``terms`` what its gradient needs (:class:`PenaltyTerms`); else a zero and None.
     ``q`` in C order. No autograd."""
+    _check_rows(q, rows, bit_off)
     b, u = q.shape[0], q.numel() // q.shape[0]
     out = torch.empty_like(q)
     lib = library()
@@ -292,6 +333,7 @@ def instance_backward(grad: torch.Tensor, out: torch.Tensor, terms: PenaltyTerms
 def record(q: torch.Tensor, tau: float, rows: torch.Tensor, bit_off: int) -> torch.Tensor:
     """``relu_tau(q)``, and ``1[q > tau]`` written into the packed ``rows`` (``(B, row_bytes)``
     uint8, C-contiguous, zero where this layer's bits go) from bit ``bit_off``. ``q`` in C order."""
+    _check_rows(q, rows, bit_off)
     b, u = _rows_of(q)
     out = torch.empty_like(q)
     library().sn_record(  # type: ignore[union-attr]
@@ -348,6 +390,7 @@ class GatedInstance(torch.autograd.Function):
         return out, pen
 
     @staticmethod
+    @once_differentiable  # (the penalty's factor leaves autograd: a second derivative is refused, not wrong)
     def backward(ctx, grad, grad_pen):  # type: ignore[override]
         out, *terms = ctx.saved_tensors
         if not terms:  # no penalty: the gradient passes where out > 0, i.e. where m and q > tau
@@ -362,9 +405,8 @@ def gated_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """B-alternation's fused support on the CPU: ``(relu_tau(q) * m, m)``, ``m`` bool. With ``mask``
     (a uint8 buffer of :func:`mask_buffer`) the support is written there: the layers keep one per
-    layer, because a new small tensor each step that lives until the next step costs more than the
-    kernel saves (it moves the large activation buffers around the heap: B-alt 1.077 against 1.031
-    x SGD's step in one process on the 2-core VM)."""
+    layer, because a new small tensor each step that lives until the next step moves the large
+    activation buffers around the heap (docs/performance.md, "The CPU kernels")."""
     holder = [mask]
     out = GatedBatch.apply(q, tau, rule, beta, holder)
     return out, holder[0].view(torch.bool)
