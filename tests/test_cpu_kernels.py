@@ -356,3 +356,18 @@ def test_second_derivative_through_the_penalty_is_refused():
     (g,) = torch.autograd.grad((out * out).sum() + 2 * pen, q, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|twice"):
         g.sum().backward()
+
+
+def test_misspelt_switch_is_one_line_exit_2(tmp_path):
+    """SUPPORTNET_KERNELS must be 0 or 1: a misspelt value is refused before the command writes anything."""
+    env = dict(os.environ, SUPPORTNET_KERNELS="off")
+    out = subprocess.run(
+        [sys.executable, "-m", "supportnet", "train", "--data", "synthetic", "--set", f"out={tmp_path / 'run'}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "SUPPORTNET_KERNELS='off' is not a choice" in out.stderr
+    assert not (tmp_path / "run").exists()

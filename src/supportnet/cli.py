@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -432,6 +433,14 @@ def one_line(msg: str) -> str:
     return out.encode(enc, "backslashreplace").decode(enc, "replace")
 
 
+def _check_kernel_switch() -> None:
+    """A misspelt SUPPORTNET_KERNELS is refused before the command writes anything."""
+    if "SUPPORTNET_KERNELS" in os.environ:
+        from .kernels import switched_on
+
+        switched_on()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -441,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(bool(getattr(a, "quiet", False)))
     try:
         tune_allocator()  # every command trains or evaluates (supportnet.allocator)
+        _check_kernel_switch()
         return a.func(a)
     except SupportnetError as e:
         print(f"supportnet: error: {one_line(str(e))}", file=sys.stderr)

@@ -51,10 +51,24 @@ def triton_available() -> bool:
     return True
 
 
+ENV_CHOICES = ("", "0", "1")  # SUPPORTNET_KERNELS: unset or 1 (use them where they run), 0 (never)
+
+
+def switched_on() -> bool:
+    """``SUPPORTNET_KERNELS`` read (one place for the Triton and the C kernels); a value that is not
+    a choice is a :class:`~supportnet.errors.ConfigError`, not silently "on"."""
+    value = os.environ.get(ENV, "")
+    if value not in ENV_CHOICES:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{ENV}={value!r} is not a choice; set it to 0 (the torch code) or 1, or unset it")
+    return value != "0"
+
+
 def enabled(device) -> bool:
     """Whether the layers use the fused kernels for activations on ``device``: a CUDA device
     with ``triton`` importable, unless ``SUPPORTNET_KERNELS=0``."""
-    return torch.device(device).type == "cuda" and os.environ.get(ENV, "1") != "0" and triton_available()
+    return torch.device(device).type == "cuda" and switched_on() and triton_available()
 
 
 def packed_supports(device) -> bool:

@@ -20,7 +20,7 @@
 #define SN_AVX512 1 /* the instance kernel's terms by mask compares and compress-stores */
 #endif
 
-#define SN_ABI 6
+#define SN_ABI 7
 #define CHUNK 1024 /* units per stack chunk of unpacked bits */
 #define SERIAL 65536 /* below this many activations, one thread */
 
@@ -121,35 +121,9 @@ static const uint8_t *unpack(const uint8_t *r, int64_t b0, int64_t len, uint8_t 
 
 /* ---- I-alternation, stored: a fixed per-example support read from the packed bits ---------- */
 
-/* out = relu_tau(q) * m; returns the sum of squares of where(m, 0, relu(q - tau)) (16 float32 lanes) */
-static f32 chunk_inst_fwd(const f32 *restrict q, const uint8_t *restrict m, f32 *restrict o, int64_t len, f32 tau,
-                          uint32_t keep)
-{
-    f32 acc[16] = {0};
-    int64_t u = 0;
-    for (; u + 16 <= len; u += 16)
-        for (int j = 0; j < 16; j++) {
-            f32 x = q[u + j];
-            uint32_t on = 0u - (uint32_t)m[u + j], gt = all(x > tau), nan = nan_kept(x, keep);
-            o[u + j] = bitsf(fbits(x) & ((on & gt) | nan));
-            f32 over = bitsf(fbits(x - tau) & ((~on & gt) | nan));
-            acc[j] += over * over;
-        }
-    for (; u < len; u++) {
-        f32 x = q[u];
-        uint32_t on = 0u - (uint32_t)m[u], gt = all(x > tau), nan = nan_kept(x, keep);
-        o[u] = bitsf(fbits(x) & ((on & gt) | nan));
-        f32 over = bitsf(fbits(x - tau) & ((~on & gt) | nan));
-        acc[0] += over * over;
-    }
-    f32 t = 0.0f;
-    for (int j = 0; j < 16; j++) t += acc[j];
-    return t;
-}
-
-/* chunk_inst_fwd, and the penalty's terms (the support off, q > tau) of the chunk: their positions
- * as 64-bit words (bit j of word w: unit 64 w + j) and q - tau there, in order, from over[0]; returns
- * how many. The sum of squares goes into acc's 16 lanes exactly as chunk_inst_fwd adds it. */
+/* out = relu_tau(q) * m; the sum of squares of where(m, 0, relu(q - tau)) into acc's 16 lanes; and
+ * the penalty's terms (the support off, q > tau) of the chunk: their positions as 64-bit words (bit j
+ * of word w: unit 64 w + j) and q - tau there, in order, from over[0]; returns how many. */
 static int64_t chunk_inst_fwd_terms(const f32 *restrict q, const uint8_t *restrict m, f32 *restrict o, int64_t len,
                                     f32 tau, uint32_t keep, f32 *restrict acc, uint64_t *restrict words,
                                     f32 *restrict over)
@@ -222,16 +196,18 @@ int64_t sn_inst_fwd(const f32 *q, f32 *out, const uint8_t *rows, int64_t row_str
         for (int64_t u = 0; u < U; u += CHUNK) {
             int64_t len = U - u < CHUNK ? U - u : CHUNK;
             const uint8_t *m = unpack(r, off + u, len, buf);
+            f32 acc[16] = {0};
             if (words) {
-                f32 acc[16] = {0};
                 k += chunk_inst_fwd_terms(qr + u, m, out + n * U + u, len, tau, keep, acc, words + n * W + u / 64,
                                           over + n * U + k);
-                f32 c = 0.0f;
-                for (int j = 0; j < 16; j++) c += acc[j];
-                t += c;
-            } else {
-                t += chunk_inst_fwd(qr + u, m, out + n * U + u, len, tau, keep);
+            } else { /* no penalty: the terms go to the stack and are dropped */
+                uint64_t w_tmp[CHUNK / 64];
+                f32 o_tmp[CHUNK];
+                chunk_inst_fwd_terms(qr + u, m, out + n * U + u, len, tau, keep, acc, w_tmp, o_tmp);
             }
+            f32 c = 0.0f;
+            for (int j = 0; j < 16; j++) c += acc[j];
+            t += c;
         }
         if (pen_rows) pen_rows[n] = t;
         if (counts) counts[n] = k;

@@ -49,11 +49,12 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import ENV, switched_on  # SUPPORTNET_KERNELS, shared with the Triton kernels
+
 log = logging.getLogger(__name__)
 
-ENV = "SUPPORTNET_KERNELS"  # "0": never use the kernels (shared with the Triton ones)
 SOURCE = Path(__file__).with_name("cpu.c")
-ABI = 6  # cpu.c's SN_ABI
+ABI = 7  # cpu.c's SN_ABI
 FLAGS = ("-O3", "-march=native", "-std=c11", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
 GROUP = 16  # examples summed together (float32) by the batch rule before the groups are added
 RULE_CODES = {"energy-rel": 0, "energy": 1, "vote": 2}
@@ -178,7 +179,7 @@ def _build_and_load() -> ctypes.CDLL | None:
 
 def status() -> str:
     """Whether the CPU kernels are in use, and why not (for benchmarks' records)."""
-    if os.environ.get(ENV, "1") == "0":
+    if not switched_on():
         return f"{ENV}=0: torch code"
     library()
     return _status.get("state", "not built")
@@ -186,7 +187,7 @@ def status() -> str:
 
 def enabled() -> bool:
     """Whether the layers use the CPU kernels (builds them on the first call)."""
-    return os.environ.get(ENV, "1") != "0" and library() is not None
+    return switched_on() and library() is not None
 
 
 def usable(q: torch.Tensor, contiguous: bool = False) -> bool:
