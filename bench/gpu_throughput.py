@@ -1,6 +1,6 @@
 """Training throughput (images/s) and peak memory of SGD, B-alternation and I-alternation on one device.
 
-    python bench/gpu_throughput.py [--device cuda] [--quick] [--compile] [--fast-only]
+    python bench/gpu_throughput.py [--device cuda] [--quick] [--compile] [--fast-only] [--profile] [--out DIR]
 
 Synthetic data resident on the device (the device loader). Per model, each method
 is timed fp32 and with the fast path (bf16 autocast + channels_last), the methods
@@ -11,7 +11,8 @@ installed; with its consistency penalty, as fit() trains it) and I-alt snapshot 
 penalty, as in the earlier tables). Peak memory: torch.cuda.max_memory_allocated over each
 method's steps (the model, the optimizer and the resident data included).
 Models: allcnn-c on 3x32x32 with batch 256; resnet18 on 3x224x224 with batch 128.
-Writes bench/out/gpu_throughput.json and prints a Markdown table.
+With ``--profile``, each method's top device kernels by self time (torch.profiler, 3 steps).
+Writes gpu_throughput.json into ``--out`` (default bench/out) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def device_name(dev: torch.device) -> str:
     return f"{cpu} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def bench_model(name, shape, batch, steps, warm, repeats, dev, fast, use_compile=False) -> dict:
+def bench_model(name, shape, batch, steps, warm, repeats, dev, fast, use_compile=False, profile=False) -> dict:
     torch.manual_seed(0)
     model = create_model(name, shape, 10).to(dev)
     fmt = torch.channels_last if fast else torch.contiguous_format
@@ -109,6 +110,7 @@ def bench_model(name, shape, batch, steps, warm, repeats, dev, fast, use_compile
             if dev.type == "cuda":
                 peak[k] = max(peak[k], torch.cuda.max_memory_allocated(dev))
     med = {k: statistics.median(v) for k, v in ips.items()}
+    prof = {k: top_kernels(lambda k=k: run(k, 3), 3) for k in kinds} if profile else None
     return {
         "model": name,
         "input": "x".join(map(str, shape)),
@@ -121,8 +123,25 @@ def bench_model(name, shape, batch, steps, warm, repeats, dev, fast, use_compile
         "peak_memory_bytes": peak,
         "peak_memory_ratio_to_sgd": {k: peak[k] / peak["sgd"] if peak["sgd"] else float("nan") for k in kinds},
         "store_bytes": stored.store.nbytes,
+        "store_on_device": stored.store._device_payload is not None,
         "kernels": kernels.enabled(dev),
+        "profile_top_kernels_ms_per_step": prof,
     }
+
+
+def top_kernels(fn, steps: int, top: int = 12) -> list[list]:
+    """``[name, ms per step, calls per step]`` of the ``top`` device kernels (CPU ops on a CPU) by self
+    time over ``fn()``, which runs ``steps`` steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as p:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    evs = sorted(p.key_averages(), key=lambda e: getattr(e, attr, 0.0), reverse=True)
+    return [[e.key[:90], round(getattr(e, attr, 0.0) / 1000 / steps, 4), e.count / steps] for e in evs[:top]]
 
 
 def main() -> None:
@@ -132,6 +151,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile on allcnn-c")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--fast-only", action="store_true", help="only bf16 + channels_last (skip fp32)")
+    ap.add_argument("--profile", action="store_true", help="also record each method's top device kernels")
+    ap.add_argument("--out", type=Path, default=OUT, help="folder for gpu_throughput.json (default bench/out)")
     a = ap.parse_args()
     dev = torch.device(a.device)
     if dev.type == "cuda":
@@ -141,12 +162,17 @@ def main() -> None:
     plan = [("allcnn-c", (3, 32, 32), 256, 30, 10), ("resnet18", (3, 224, 224), 128, 15, 5)]
     if a.quick:
         plan = [("allcnn-c", (3, 32, 32), 16, 2, 1), ("resnet18", (3, 64, 64), 4, 2, 1)]
-    rows = []
+    rows: list[dict] = []
+    res = {"device": device_name(dev), "rows": rows}
+    a.out.mkdir(parents=True, exist_ok=True)
     for name, shape, batch, steps, warm in plan:
         for fast in (True,) if a.fast_only else (False, True):
-            r = bench_model(name, shape, batch, steps, warm, a.repeats, dev, fast)
-            rows.append(r)
-            print(json.dumps(r), flush=True)
+            try:
+                rows.append(bench_model(name, shape, batch, steps, warm, a.repeats, dev, fast, profile=a.profile))
+            except Exception as e:  # noqa: BLE001 - report it, keep the other rows
+                rows.append({"model": name, "fast_path": fast, "error": f"{type(e).__name__}: {str(e)[:400]}"})
+            print(json.dumps(rows[-1]), flush=True)
+            (a.out / "gpu_throughput.json").write_text(json.dumps(res, indent=1))  # each row as it is done
     if a.compile:
         name, shape, batch, steps, warm = plan[0]
         try:
@@ -154,9 +180,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
         except Exception as e:  # noqa: BLE001 - report, do not lose the other figures
             rows.append({"model": name, "compile": True, "error": f"{type(e).__name__}: {str(e)[:300]}"})
-    res = {"device": device_name(dev), "rows": rows}
-    OUT.mkdir(exist_ok=True)
-    (OUT / "gpu_throughput.json").write_text(json.dumps(res, indent=1))
+    (a.out / "gpu_throughput.json").write_text(json.dumps(res, indent=1))
     print(f"device: {res['device']}")
     print(
         "| model | input | batch | precision | kernels | SGD img/s | B-alt img/s (÷SGD) | I-alt stored img/s (÷SGD) "
@@ -165,7 +189,7 @@ def main() -> None:
     print("|---|---|---:|---|---|---:|---:|---:|---:|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['model']} | compile failed: {r['error']} |")
+            print(f"| {r['model']} | failed: {r['error']} |")
             continue
         p = ("bf16 + channels_last" if r["fast_path"] else "fp32") + (" + compile" if r["compile"] else "")
         ips, rat, mem = r["images_per_s"], r["ratio_to_sgd"], r["peak_memory_ratio_to_sgd"]

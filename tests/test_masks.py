@@ -254,3 +254,46 @@ def test_row_writer_through_pinned_buffers_on_cuda():
     assert wd.overlap and not wh.overlap
     assert np.array_equal(host.payload, dev.payload) and wd.diff == wh.diff > 0
     assert host.finalize().checksum == dev.finalize().checksum
+
+
+def test_device_copy_gathers_the_rows_read_gives_and_is_dropped_on_write():
+    """MaskStore.to_device: the rows gathered from the device copy (here a CPU tensor, the path
+    that CUDA takes) are the host rows; writing rows drops the copy (it would be stale)."""
+    n = 50
+    store = MaskStore(n, SHAPES)
+    store.write(torch.arange(n), _random_masks(n, SHAPES, seed=3))
+    copy = store.to_device("cpu")
+    assert copy.shape == (n, store.row_bytes) and np.array_equal(copy.numpy(), store.payload)
+    idx = np.array([49, 0, 7, 7, 20])
+    assert np.array_equal(store._device_rows(idx, torch.device("cpu")).numpy(), store.payload[idx])
+    assert store.to_device("cpu") is copy  # copied once
+    store.write(torch.tensor([7]), _random_masks(1, SHAPES, seed=4))
+    assert store._device_payload is None
+
+
+def test_fits_on_device_is_false_off_cuda():
+    from supportnet.masks import fits_on_device
+
+    assert not fits_on_device(1, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by bench/gpu_check.sh)")
+@pytest.mark.parametrize("on_device", [True, False])
+@pytest.mark.parametrize("packed", [True, False])
+def test_cuda_read_from_device_copy_or_pinned_staging_matches_cpu(on_device, packed):
+    """On CUDA the rows come from the store's device copy or through two pinned buffers used in
+    turn; both give the CPU read's bits, step after step (the buffers are reused)."""
+    n = 64
+    store = MaskStore(n, SHAPES)
+    store.write(torch.arange(n), _random_masks(n, SHAPES, seed=5))
+    if on_device:
+        store.to_device("cuda")
+    g = torch.Generator().manual_seed(6)
+    for size in (16, 16, 16, 9, 16):
+        idx = torch.randperm(n, generator=g)[:size]
+        want = store.read(idx)
+        got = store.read(idx, device="cuda", packed=packed)
+        got = got.unpack() if packed else got
+        for a, b in zip(want, got):
+            assert b.device.type == "cuda" and torch.equal(a, b.cpu())
+    assert (store._staging is None) == on_device

@@ -59,7 +59,7 @@ from .data.adapters import as_split, first_input
 from .data.augment import crop_flip
 from .errors import ConfigError
 from .layers import configure, record_masks, record_rows, set_instance_masks, support_penalty, threshold_layers
-from .masks import MaskStore, PackedMasks, RowWriter, _popcount, pack_masks
+from .masks import MaskStore, PackedMasks, RowWriter, _popcount, fits_on_device, pack_masks
 
 PROBE_SIZE = 4096  # examples used to measure support change for the snapshot back end
 
@@ -246,6 +246,7 @@ class IAlternation(Schedule):
         self.round_start: dict | None = None  # weights the current supports were estimated from (for resume)
         self.strict = False  # resume: a damaged mask store is an error, not a re-estimation
         self._rows_buf: torch.Tensor | None = None  # CPU: the packed supports of the step (_rows_buffer)
+        self._placed: MaskStore | None = None  # the store masks_for last placed (masks.fits_on_device)
 
     def set_shard(self, rank: int, world: int) -> None:
         """Keep only this rank's masks: examples ``i`` with ``i % world == rank`` (row ``i // world``)."""
@@ -398,6 +399,10 @@ class IAlternation(Schedule):
             if index is None:
                 raise ConfigError("I-alternation with stored supports needs the batch's example indices: alt.step(idx)")
             packed = kernels.packed_supports(self.device)
+            if self._placed is not self.store:  # a new store: on a GPU, kept there when it fits
+                self._placed = self.store
+                if fits_on_device(self.store.payload_nbytes, self.device):
+                    self.store.to_device(self.device)
             reused = reuse and self._record_packed()
             out = self._rows_buffer(len(index), self.store.row_bytes).numpy() if reused else None
             return self.store.read(index // self.shard_world, device=self.device, packed=packed, out=out)

@@ -127,6 +127,49 @@ def _to_device(rows: np.ndarray, device) -> torch.Tensor:
     return t.to(device, non_blocking=True)
 
 
+#: A finished store is copied to a GPU once and its rows gathered there (:meth:`MaskStore.to_device`)
+#: when it takes at most this share of the device's memory and half of what is free.
+DEVICE_SHARE = 0.10
+
+
+def fits_on_device(nbytes: int, device) -> bool:
+    """Whether a store payload of ``nbytes`` is kept on ``device`` (a CUDA device; see :data:`DEVICE_SHARE`)."""
+    dev = torch.device(device)
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return False
+    free, total = torch.cuda.mem_get_info(dev)
+    return nbytes <= DEVICE_SHARE * total and 2 * nbytes <= free
+
+
+class _Staging:
+    """Two pinned host buffers used in turn for the rows a step copies to a GPU: the rows are
+    gathered straight into one (no pageable copy, no pinning per step) while the copy out of
+    the other may still run; a buffer is refilled only after its last copy has finished."""
+
+    def __init__(self) -> None:
+        self.buffers: list[torch.Tensor] = []
+        self.done: list[torch.cuda.Event | None] = [None, None]
+        self.turn = 0
+
+    def gather(self, payload: np.ndarray, idx: np.ndarray, device) -> torch.Tensor:
+        b, width = len(idx), payload.shape[1]
+        if not self.buffers or self.buffers[0].shape[0] < b or self.buffers[0].shape[1] != width:
+            for ev in self.done:
+                if ev is not None:
+                    ev.synchronize()
+            self.buffers = [torch.empty((b, width), dtype=torch.uint8, pin_memory=True) for _ in "ab"]
+            self.done = [None, None]
+        i, self.turn = self.turn, self.turn ^ 1
+        if self.done[i] is not None:
+            self.done[i].synchronize()  # type: ignore[union-attr]
+        buf = self.buffers[i][:b]
+        np.take(payload, idx, axis=0, out=buf.numpy(), mode="clip")
+        rows = buf.to(device, non_blocking=True)
+        self.done[i] = torch.cuda.Event()
+        self.done[i].record()  # type: ignore[union-attr]
+        return rows
+
+
 def unpack_masks(rows: np.ndarray, shapes: Sequence[Sequence[int]], device=None) -> list[torch.Tensor]:
     """Inverse of :func:`pack_masks`: ``(B, row_bytes)`` uint8 -> list of ``(B, *shape_l)`` bool.
 
@@ -137,10 +180,15 @@ def unpack_masks(rows: np.ndarray, shapes: Sequence[Sequence[int]], device=None)
         flat = unpack_rows(_to_device(np.ascontiguousarray(rows), device), bits)
     else:
         flat = torch.from_numpy(np.unpackbits(rows, axis=1, count=bits).view(np.bool_))
+    return _split_masks(flat, shapes)
+
+
+def _split_masks(flat: torch.Tensor, shapes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """``(B, bits)`` bool -> one ``(B, *shape)`` view per layer."""
     out, pos = [], 0
     for s in shapes:
         k = _numel(s)
-        out.append(flat[:, pos : pos + k].reshape(rows.shape[0], *s))
+        out.append(flat[:, pos : pos + k].reshape(flat.shape[0], *s))
         pos += k
     return out
 
@@ -309,6 +357,10 @@ class MaskStore:
     :meth:`MaskStore.open` maps an existing file and verifies it.
     """
 
+    _device_payload: torch.Tensor | None = None  # to_device(): the payload on a GPU, read there
+    _device_key: torch.device | None = None
+    _staging: _Staging | None = None  # CUDA reads of a host payload: pinned buffers used in turn
+
     def __init__(self, n: int, shapes: Sequence[Sequence[int]], path: str | Path | None = None):
         if n <= 0:
             raise ValueError(f"a MaskStore needs at least one example, got n={n}")
@@ -397,6 +449,7 @@ class MaskStore:
             raise ValueError(f"rows {rows.shape} ({rows.dtype}) for {len(index)} examples of {self.row_bytes} bytes")
         idx = self._check_index(index)
         self.payload[idx] = rows
+        self._device_payload = self._device_key = None  # a copy on a GPU is stale now
         if self._hash is not None:  # rows in order from the last hashed one: hash them now, cache-hot
             k = len(idx)
             if (
@@ -418,13 +471,45 @@ class MaskStore:
         activation; the fused kernels of :mod:`supportnet.kernels` read them there). ``out``: a
         ``(B, row_bytes)`` uint8 array the rows are gathered into (reused step after step)."""
         idx = self._check_index(index)
+        if device is not None and torch.device(device).type != "cpu":
+            rows_dev = self._device_rows(idx, torch.device(device))
+            if packed:
+                return PackedMasks(rows_dev, self.shapes)
+            return _split_masks(unpack_rows(rows_dev, self.bits), self.shapes)
         if out is not None:
             rows = np.take(self.payload, idx, axis=0, out=out, mode="clip")  # (checked: "raise" copies twice)
         else:
             rows = np.ascontiguousarray(self.payload[idx])
         if packed:
-            return PackedMasks(_to_device(rows, device), self.shapes)
-        return unpack_masks(rows, self.shapes, device=device)
+            return PackedMasks(torch.from_numpy(rows), self.shapes)
+        return unpack_masks(rows, self.shapes)
+
+    def _device_rows(self, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+        """The rows ``idx`` on an accelerator: gathered there from :meth:`to_device`'s copy when
+        there is one, else gathered on the host into pinned memory and copied without blocking."""
+        if self._device_payload is not None and self._device_key == device:
+            return self._device_payload.index_select(0, torch.from_numpy(idx).to(device))
+        if device.type != "cuda":
+            return _to_device(np.ascontiguousarray(self.payload[idx]), device)
+        if self._staging is None:
+            self._staging = _Staging()
+        return self._staging.gather(self.payload, idx, device)
+
+    def to_device(self, device) -> torch.Tensor:
+        """Copy the payload to ``device`` once (in 64 MiB pieces); :meth:`read` for that device then
+        gathers the rows there, with no host work per step. Writing rows drops the copy."""
+        device = torch.device(device)
+        if self._device_payload is None or self._device_key != device:
+            dst = torch.empty((self.n, self.row_bytes), dtype=torch.uint8, device=device)
+            step = max(1, (64 << 20) // self.row_bytes)
+            for i in range(0, self.n, step):
+                dst[i : i + step].copy_(torch.from_numpy(np.ascontiguousarray(self.payload[i : i + step])))
+            self._device_payload, self._device_key = dst, device
+        return self._device_payload
+
+    def drop_device_copy(self) -> None:
+        """Free :meth:`to_device`'s copy."""
+        self._device_payload = self._device_key = None
 
     def rows(self, index) -> np.ndarray:
         """The packed rows ``(len(index), row_bytes)`` of the examples ``index``, as stored."""

@@ -1,0 +1,160 @@
+"""Where a CUDA graph of the training step pays: steps/s of a hand loop, eager against captured.
+
+    python bench/gpu_graphs.py [--models convnet-s,allcnn-c] [--steps 50] [--repeats 5] [--out DIR]
+
+One process, one device. Per model and method (SGD, B-alt, I-alt stored with its penalty), the
+same step function -- forward under bf16 autocast (channels_last), cross-entropy, backward, the
+device-side divergence flag, fused SGD with the learning rate as a device tensor, the loss summed
+on the device -- runs eagerly and through :class:`supportnet.cuda_graphs.GraphedStep`, the two
+interleaved and the median of ``--repeats`` timed blocks kept. I-alt stored hands each step's
+packed rows (gathered from the store's copy on the device) to the graph as an input. Data:
+synthetic, resident on the device. The weights after the two runs are compared (they start
+equal and see the same batches). Writes ``gpu_graphs.json`` into ``--out`` (default bench/out)
+and prints a Markdown table. A benchmark, not a test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from supportnet.alternation import BAlternation, IAlternation
+from supportnet.config import SupportConfig
+from supportnet.cuda_graphs import GraphedStep
+from supportnet.data import Split
+from supportnet.layers import configure, set_instance_masks, support_penalty
+from supportnet.masks import PackedMasks
+from supportnet.models import create_model
+
+OUT = Path(__file__).resolve().parent / "out"
+SHAPES = {"convnet-s": (1, 28, 28), "allcnn-c": (3, 32, 32)}
+METHODS = ("sgd", "b-alt", "i-alt-stored")
+
+
+def _setup(name: str, method: str, batch: int, dev: torch.device):
+    """The model, its step function and the per-step inputs of ``method``."""
+    torch.manual_seed(0)
+    shape = SHAPES[name]
+    model = create_model(name, shape, 10).to(dev).to(memory_format=torch.channels_last)
+    n = batch * 8
+    x_all = torch.randn(n, *shape, device=dev).contiguous(memory_format=torch.channels_last)
+    y_all = torch.randint(0, 10, (n,), device=dev)
+    lr = torch.tensor(0.01, device=dev)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, fused=True)
+    bad = torch.zeros((), device=dev)
+    opt.found_inf = bad  # the fused step skips its update while set (the device guard)
+    acc = torch.zeros((), dtype=torch.float64, device=dev)
+    split = Split(x_all, y_all)
+    shapes = None
+    if method == "b-alt":
+        BAlternation(SupportConfig(method="b-alt", warmup=0), model, split, dev).start_epoch(0)
+    store = None
+    if method == "i-alt-stored":
+        sched = IAlternation(SupportConfig(method="i-alt", backend="stored", warmup=0), model, split, dev)
+        sched.start_epoch(0)
+        store, shapes = sched.store, sched.store.shapes
+        store.to_device(dev)
+        configure(model, consistency=1.0)
+    penalised = method == "i-alt-stored"
+
+    def step(x, y, *rows):
+        if rows:
+            set_instance_masks(model, PackedMasks(rows[0], shapes))
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            loss = F.cross_entropy(model(x), y)
+        objective = loss.float() + support_penalty(model) if penalised else loss.float()
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+        grads = [p.grad for p in model.parameters()]
+        now = (~torch.isfinite(objective.detach() + torch.stack(torch._foreach_norm(grads)).sum())).float()
+        torch.maximum(bad, now, out=bad)
+        opt.step()
+        acc.add_(loss.detach().double(), alpha=y.numel())
+
+    def inputs(i):
+        j = (i % 8) * batch
+        args = [x_all[j : j + batch], y_all[j : j + batch]]
+        if store is not None:
+            args.append(store.read(torch.arange(j, j + batch), device=dev, packed=True).rows)
+        return args
+
+    return model, step, inputs, acc
+
+
+def _time(run, inputs, steps: int) -> float:
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for i in range(steps):
+        run(*inputs(i))
+    torch.cuda.synchronize()
+    return steps / (time.perf_counter() - t)
+
+
+def bench(name: str, method: str, batch: int, steps: int, repeats: int, dev: torch.device) -> dict:
+    eager = _setup(name, method, batch, dev)
+    graphed = _setup(name, method, batch, dev)
+    runner = GraphedStep(graphed[1], warmup=3)
+    for run, s in ((eager[1], eager), (runner, graphed)):
+        _time(run, s[2], 5)  # warm-up: cuDNN plans, kernels compiled, the graph captured
+    rates: dict[str, list[float]] = {"eager": [], "graph": []}
+    for _ in range(repeats):
+        rates["eager"].append(_time(eager[1], eager[2], steps))
+        rates["graph"].append(_time(runner, graphed[2], steps))
+    diff = max((a - b).abs().max().item() for a, b in zip(eager[0].parameters(), graphed[0].parameters()))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    return {
+        "model": name,
+        "method": method,
+        "batch": batch,
+        "steps_per_s": med,
+        "runs": rates,
+        "graph_speedup": med["graph"] / med["eager"],
+        "replays": runner.replays,
+        "max_weight_difference": diff,
+        "loss_sums": [eager[3].item(), graphed[3].item()],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="convnet-s,allcnn-c")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=OUT)
+    a = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_graphs.py: error: needs a CUDA device; run it on a GPU machine")
+    dev = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    rows = []
+    for name in a.models.split(","):
+        for method in METHODS:
+            try:
+                rows.append(bench(name, method, a.batch, a.steps, a.repeats, dev))
+            except Exception as e:  # noqa: BLE001 - report it, keep the other rows
+                rows.append({"model": name, "method": method, "error": f"{type(e).__name__}: {str(e)[:400]}"})
+            print(json.dumps(rows[-1]), flush=True)
+    res = {"device": f"{torch.cuda.get_device_name()} (torch {torch.__version__})", "rows": rows}
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "gpu_graphs.json").write_text(json.dumps(res, indent=1))
+    print(f"device: {res['device']}")
+    print("| model | method | eager steps/s | graph steps/s | graph / eager | max weight diff |")
+    print("|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['model']} | {r['method']} | failed: {r['error'][:120]} | | | |")
+            continue
+        s = r["steps_per_s"]
+        print(f"| {r['model']} | {r['method']} | {s['eager']:.0f} | {s['graph']:.0f} | {r['graph_speedup']:.2f} | "
+              f"{r['max_weight_difference']:.2e} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
