@@ -211,3 +211,74 @@ def test_layers_and_schedules_take_the_kernels(device, method, monkeypatch):
     assert (results[False][1] > 0) == (method == "i-alt")  # the penalty is exercised
     for a, b in zip(results[True][2], results[False][2]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+VARIANTS = [("batch", r) for r in kernels.RULE_CODES] + [("instance", p) for p in (True, False)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ident", [True, False])
+@pytest.mark.parametrize("kind,variant", VARIANTS)
+def test_self_check_passes_the_kernels(device, ident, kind, variant):
+    """trusted()'s self-check: every variant agrees with the torch nodes (fp32 and bf16)."""
+    for dtype in (torch.float32, torch.bfloat16):
+        assert kernels._self_check(torch.device(device), dtype, kind, variant, ident) is None
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_self_check_names_a_kernel_that_disagrees_or_fails(device, monkeypatch):
+    dev = torch.device(device)
+    real = kernels.batch_forward
+    monkeypatch.setattr(kernels, "batch_forward", lambda *a: (lambda o, m: (o * 2, m))(*real(*a)))
+    assert "output differs" in kernels._self_check(dev, torch.float32, "batch", "energy-rel", True)
+    monkeypatch.setattr(kernels, "batch_forward", lambda *a: (lambda o, m: (o, ~m))(*real(*a)))
+    assert "support differs" in kernels._self_check(dev, torch.float32, "batch", "vote", True)
+
+    def broken(*a, **k):
+        raise RuntimeError("PTX .version 9.9 does not support .target sm_12\nmore")
+
+    monkeypatch.setattr(kernels, "gated_backward", broken)
+    assert kernels._self_check(dev, torch.float32, "instance", True, False) == (
+        "RuntimeError: PTX .version 9.9 does not support .target sm_12"
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_layer_whose_kernel_fails_its_self_check_runs_the_torch_code(device, monkeypatch, caplog):
+    """A variant that fails its self-check is left off for the process with one warning; the layer
+    gives the torch code's output and gradient, and the other variants still run."""
+    from supportnet.layers import HardThreshold
+
+    monkeypatch.setattr(kernels, "_CHECKS", {})
+    monkeypatch.setenv(kernels.ENV, "0")  # the C kernels of the CPU off: the reference is the torch code
+    monkeypatch.setattr(kernels, "enabled", lambda d: True)
+    real = kernels.batch_forward
+
+    def wrong_for_vote(q, tau, rule, *a):
+        out, m = real(q, tau, rule, *a)
+        return out * (rule != "vote"), m
+
+    monkeypatch.setattr(kernels, "batch_forward", wrong_for_vote)
+    calls = []
+    gb = kernels.gated_batch
+    monkeypatch.setattr(kernels, "gated_batch", lambda *a: calls.append(a[2]) or gb(*a))
+    q = _q((5, 3, 4, 4), False, torch.float32, device)
+    results = {}
+    for rule in ("vote", "vote", "energy"):
+        layer = HardThreshold(tau=0.0)
+        layer.mode, layer.application, layer.rule, layer.beta = "batch", "gated", rule, 0.1
+        with caplog.at_level("WARNING", logger="supportnet"):
+            out = layer(q)
+        out.sum().backward()
+        results.setdefault(rule, (out.detach(), q.grad.clone()))
+        q.grad = None
+    assert calls == ["energy"]  # vote failed its check (twice asked, checked once); energy passed
+    warned = [r.getMessage() for r in caplog.records if "self-check" in r.getMessage()]
+    assert len(warned) == 1 and "batch kernel (vote" in warned[0] and "output differs" in warned[0]
+    ref = HardThreshold(tau=0.0)
+    ref.mode, ref.application, ref.rule, ref.beta = "batch", "gated", "vote", 0.1
+    monkeypatch.setattr(kernels, "enabled", lambda d: False)
+    q2 = q.detach().clone().requires_grad_()
+    out2 = ref(q2)
+    out2.sum().backward()
+    assert torch.equal(results["vote"][0], out2.detach()) and torch.equal(results["vote"][1], q2.grad)

@@ -121,18 +121,18 @@ class _GatedInstance(torch.autograd.Function):
         return g, None, None, None
 
 
-def _batch_kernels(q: torch.Tensor):
-    """The module of fused kernels for a local batch support of ``q`` (Triton on CUDA, C on the
-    CPU), or None for the torch node."""
-    if kernels.usable(q):
+def _batch_kernels(q: torch.Tensor, rule: str):
+    """The module of fused kernels for a local batch support of ``q`` by ``rule`` (Triton on CUDA,
+    C on the CPU), or None for the torch node."""
+    if kernels.usable(q) and kernels.trusted(q, "batch", rule):
         return kernels
     return cpu_kernels if cpu_kernels.usable(q) else None
 
 
-def _packed_instance(q: torch.Tensor, bits: LayerBits):
+def _packed_instance(q: torch.Tensor, bits: LayerBits, penalty: bool):
     """The module of fused kernels that reads ``bits`` for ``q`` straight from the packed rows, or None
     (the rows are then unpacked, which checks them)."""
-    if kernels.usable(q):
+    if kernels.usable(q) and kernels.trusted(q, "instance", penalty=penalty):
         return kernels
     if cpu_kernels.usable(q, contiguous=True) and cpu_kernels.rows_fit(q, bits.rows, bits.offset):
         return cpu_kernels
@@ -396,7 +396,7 @@ class HardThreshold(nn.Module):
             if m.shape != q.shape:
                 raise RuntimeError(f"instance mask shape {tuple(m.shape)} does not match activations {tuple(q.shape)}")
             if self.application == "gated" and self.tau >= 0 and isinstance(m, LayerBits):
-                fused = _packed_instance(q, m)
+                fused = _packed_instance(q, m, self.consistency > 0)
                 if fused is not None:  # one fused kernel reads the packed bits (and sums the penalty)
                     out, pen = fused.gated_instance(q, m, self.tau, self.consistency > 0)
                     if self.consistency > 0:
@@ -424,7 +424,7 @@ class HardThreshold(nn.Module):
             if self.application == "gated" and self.tau >= 0 and self.consistency == 0:
                 # fused: one saved tensor, one backward pass (same values and gradient as below);
                 # the rule's own statistics in the kernels of supportnet.kernels (Triton on CUDA, C on the CPU)
-                fused = _batch_kernels(q) if self.given_batch_mask is None and not self.sync_inline else None
+                fused = _batch_kernels(q, self.rule) if self.given_batch_mask is None and not self.sync_inline else None
                 if fused is cpu_kernels:  # the support written into this layer's own buffer, step after step
                     self._mask_buf = cpu_kernels.mask_buffer(q, self._mask_buf)
                     out, m = cpu_kernels.gated_batch(q, self.tau, self.rule, self.beta, self._mask_buf)

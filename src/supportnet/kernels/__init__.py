@@ -20,18 +20,23 @@ under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests chec
 torch reference on a machine without a GPU. ``SUPPORTNET_KERNELS=0`` switches both off.
 
 The activations may be any dense layout (contiguous or channels_last, 2-D to 4-D); others,
-and code traced by ``torch.compile``, take the torch path.
+and code traced by ``torch.compile``, take the torch path. The first use of each kernel variant
+in a process runs a self-check against the torch nodes on the device (:func:`trusted`); a variant
+that fails to compile or disagrees stays off, with one warning, and the torch code runs.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import math
 import os
 from typing import NamedTuple
 
 import torch
+
+log = logging.getLogger("supportnet")
 
 ENV = "SUPPORTNET_KERNELS"  # "0": never use the kernels
 BLOCK = 1024  # units per program (tests pass smaller blocks)
@@ -130,6 +135,72 @@ def usable(q: torch.Tensor) -> bool:
         and q.numel() > 0
         and geometry(q) is not None
     )
+
+
+_CHECKS: dict[tuple, str | None] = {}  # trusted(): per kernel variant, None (passed) or why it is off
+
+
+def trusted(q: torch.Tensor, kind: str, rule: str = "energy-rel", penalty: bool = False) -> bool:
+    """Whether the kernel variant the layers would run for ``q`` passed its self-check on ``q``'s
+    device and dtype. The first use of each variant in a process (``kind`` "batch" with its
+    ``rule``, or "instance" with or without the ``penalty``; contiguous or not) runs it forward and
+    backward on a small input against the torch nodes of :mod:`supportnet.layers`. A variant that
+    fails to compile or to launch, or disagrees (masks and outputs must be equal, gradients within
+    the dtype's tolerance), is left off for the process with one warning, and the layers run the
+    torch code: a GPU, driver or triton on which the kernels misbehave costs speed, never results."""
+    g = geometry(q)
+    key = (str(q.device), q.dtype, kind, rule if kind == "batch" else bool(penalty), g is not None and g.ident)
+    if key not in _CHECKS:
+        _CHECKS[key] = reason = _self_check(q.device, q.dtype, *key[2:])
+        if reason is not None:
+            log.warning(
+                "supportnet: the fused %s kernel (%s, %s) failed its self-check on %s (%s); the torch code runs "
+                "instead (SUPPORTNET_KERNELS=0 skips the kernels and this check)", kind, key[3], q.dtype, q.device,
+                reason,
+            )  # fmt: skip
+    return _CHECKS[key] is None
+
+
+def _self_check(device, dtype, kind: str, variant, ident: bool) -> str | None:
+    """None when the variant agrees with the torch node on a small input, else what went wrong."""
+    from ..layers import _GatedBatch, _GatedInstance, batch_support
+
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=1e-2)
+    tau = 0.25
+    with torch.inference_mode(False), torch.enable_grad():
+        g = torch.Generator().manual_seed(0)
+        q0 = torch.randn((6, 4, 5, 3), generator=g).to(dtype)
+        q0 = (q0 if ident else q0.contiguous(memory_format=torch.channels_last)).to(device)
+        w = torch.randn(q0.shape, generator=g).to(device)
+        q, q_ref = q0.clone().requires_grad_(), q0.clone().requires_grad_()
+        try:
+            if kind == "batch":
+                out, m = GatedBatch.apply(q, tau, variant, 0.5)
+                ref_out, ref_m = _GatedBatch.apply(q_ref, tau, lambda a, x: batch_support(a, tau, variant, 0.5, x=x))
+                pen = ref_pen = None
+            else:
+                bits = torch.randint(0, 256, (6, 2 + q0[0].numel() // 8), generator=g, dtype=torch.uint8)
+                from ..masks import LayerBits
+
+                lb = LayerBits(bits.to(device), 3, tuple(q0.shape[1:]))
+                out, pen = GatedInstance.apply(q, lb.rows, lb.offset, tau, variant)
+                m = ref_m = None
+                ref_out, ref_pen = _GatedInstance.apply(q_ref, lb.unpack(), tau, variant)
+            loss = (out.float() * w).sum() + (pen.float() if variant is True else 0)
+            ref_loss = (ref_out.float() * w).sum() + (ref_pen.float() if variant is True else 0)
+            loss.backward()
+            ref_loss.backward()
+        except Exception as e:  # noqa: BLE001 - a compile or launch failure is a reason to stay off
+            return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+        if m is not None and not torch.equal(m, ref_m):
+            return "its support differs from the torch code's"
+        if not torch.equal(out, ref_out):
+            return "its output differs from the torch code's"
+        if pen is not None and variant is True and not torch.allclose(pen.float(), ref_pen.float(), **tol):
+            return "its penalty differs from the torch code's"
+        if not torch.allclose(q.grad.float(), q_ref.grad.float(), **tol):
+            return "its gradient differs from the torch code's"
+    return None
 
 
 @functools.lru_cache(maxsize=64)
