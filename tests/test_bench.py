@@ -206,3 +206,26 @@ def test_overhead_bench_refuses_bad_options_before_measuring(args):
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert p.stderr.strip().splitlines()[-1].startswith("overhead.py: error: --")
+
+
+def test_gpu_check_smoke_runs_every_step_and_writes_their_json(tmp_path):
+    """bench/gpu_check.sh, the one script prepared for a lent GPU, in its CPU smoke mode: the steps
+    run (tiny sizes), each writes its JSON into --out, and a wrong option is one line, exit 2."""
+    script = ROOT / "bench" / "gpu_check.sh"
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path), "SUPPORTNET_KERNELS": "0"}
+    bad = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--bogus" in bad.stderr
+    out = tmp_path / "gpu"
+    p = subprocess.run(
+        ["bash", str(script), "--smoke", "--no-baseline", "--data", "synthetic", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "0 step(s) failed" in (out / "gpu_check.log").read_text()
+    rows = json.loads((out / "gpu_throughput.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["allcnn-c", "resnet18"] and not any("error" in r for r in rows)
+    for r in rows:  # every method timed and profiled
+        assert set(r["images_per_s"]) == set(r["profile_top_kernels_ms_per_step"]) and r["images_per_s"]["sgd"] > 0
+        assert all(r["profile_top_kernels_ms_per_step"].values())
+    overhead = json.loads((out / "overhead.json").read_text())
+    assert overhead and json.loads((out / "env.json").read_text())["device"] == "cpu"
