@@ -100,17 +100,15 @@ def bench_model(name, shape, batch, steps, warm, repeats, dev, fast, use_compile
     for k in kinds:
         run(k, warm)
     compile_s = time.perf_counter() - t0
-    ips = {k: [] for k in kinds}
-    peak = dict.fromkeys(kinds, 0)
+    ips, peak = {k: [] for k in kinds}, dict.fromkeys(kinds, 0)
     for _ in range(repeats):
         for k in kinds:
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             ips[k].append(run(k, steps))
-            if dev.type == "cuda":
-                peak[k] = max(peak[k], torch.cuda.max_memory_allocated(dev))
+            peak[k] = max(peak[k], torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0)
     med = {k: statistics.median(v) for k, v in ips.items()}
-    prof = {k: top_kernels(lambda k=k: run(k, 3), 3) for k in kinds} if profile else None
+    prof = {k: top_kernels(lambda k=k: run(k, 3), 3, dev) for k in kinds} if profile else None
     return {
         "model": name,
         "input": "x".join(map(str, shape)),
@@ -129,12 +127,12 @@ def bench_model(name, shape, batch, steps, warm, repeats, dev, fast, use_compile
     }
 
 
-def top_kernels(fn, steps: int, top: int = 12) -> list[list]:
+def top_kernels(fn, steps: int, dev: torch.device, top: int = 12) -> list[list]:
     """``[name, ms per step, calls per step]`` of the ``top`` device kernels (CPU ops on a CPU) by self
     time over ``fn()``, which runs ``steps`` steps."""
     from torch.profiler import ProfilerActivity, profile
 
-    cuda = torch.cuda.is_available()
+    cuda = dev.type == "cuda"
     with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as p:
         fn()
         if cuda:

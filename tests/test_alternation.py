@@ -5,7 +5,7 @@ import torch
 
 from supportnet.alternation import IAlternation, make_schedule
 from supportnet.config import SupportConfig, load_config
-from supportnet.data import batches, epoch_order
+from supportnet.data import Split, batches, epoch_order
 from supportnet.io import load_checkpoint
 from supportnet.layers import record_masks, threshold_layers
 from supportnet.masks import PackedMasks
@@ -211,3 +211,41 @@ def test_snapshot_mask_change_from_packed_probe(synthetic):
     assert ia._probe_prev.dtype.name == "uint8" and ia._probe_prev.shape == (n, -(-before.shape[1] // 8))
     assert ev["mask_change"] == pytest.approx((before != after).double().mean().item(), rel=1e-12)
     assert 0 < ev["mask_change"] < 1
+
+
+def test_stored_supports_are_placed_on_the_device_once_per_store(monkeypatch):
+    """I-alt stored copies each new store to the device when it fits (here forced, on the CPU):
+    once per store, again after a re-estimation (whose old copy is dropped first), and a store
+    whose copy runs out of memory falls back to the pinned path."""
+    import importlib
+
+    from supportnet.masks import MaskStore
+
+    alt_mod = importlib.import_module("supportnet.alternation")  # (supportnet.alternation is also a function)
+
+    torch.manual_seed(0)
+    model = create_model("convnet-s", (1, 8, 8), 3, width=4, hidden=8)
+    split = Split(torch.randn(20, 1, 8, 8), torch.randint(0, 3, (20,)))
+    sched = make_schedule(SupportConfig(method="i-alt", backend="stored", warmup=0), model, split, torch.device("cpu"))
+    monkeypatch.setattr(alt_mod, "fits_on_device", lambda nbytes, device: True)
+    placed = []
+    real = MaskStore.to_device
+    monkeypatch.setattr(MaskStore, "to_device", lambda self, d: placed.append(self) or real(self, d))
+    sched.start_epoch(0)
+    for _ in range(3):
+        sched.before_step(split.x[:4], torch.arange(4))
+    first = sched.store
+    assert placed == [first] and first._device_payload is not None
+    sched.reestimate()
+    assert first._device_payload is None  # dropped before the new round's estimation
+    sched.before_step(split.x[:4], torch.arange(4))
+    assert placed == [first, sched.store] and sched.store is not first
+
+    def out_of_memory(self, d):
+        self._device_payload = torch.zeros(1)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(MaskStore, "to_device", out_of_memory)
+    sched.reestimate()
+    sched.before_step(split.x[:4], torch.arange(4))
+    assert sched.store._device_payload is None and sched._placed is sched.store

@@ -219,14 +219,16 @@ VARIANTS = [("batch", r) for r in kernels.RULE_CODES] + [("instance", p) for p i
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("ident", [True, False])
 @pytest.mark.parametrize("kind,variant", VARIANTS)
-def test_self_check_passes_the_kernels(device, ident, kind, variant):
+def test_self_check_passes_the_kernels(device, ident, kind, variant, monkeypatch):
     """trusted()'s self-check: every variant agrees with the torch nodes (fp32 and bf16)."""
+    monkeypatch.setattr(kernels, "BLOCK", 1024)  # the real block: the check's input spans two of them
     for dtype in (torch.float32, torch.bfloat16):
         assert kernels._self_check(torch.device(device), dtype, kind, variant, ident) is None
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_self_check_names_a_kernel_that_disagrees_or_fails(device, monkeypatch):
+    monkeypatch.setattr(kernels, "BLOCK", 1024)
     dev = torch.device(device)
     real = kernels.batch_forward
     monkeypatch.setattr(kernels, "batch_forward", lambda *a: (lambda o, m: (o * 2, m))(*real(*a)))
@@ -250,6 +252,7 @@ def test_a_layer_whose_kernel_fails_its_self_check_runs_the_torch_code(device, m
     from supportnet.layers import HardThreshold
 
     monkeypatch.setattr(kernels, "_CHECKS", {})
+    monkeypatch.setattr(kernels, "BLOCK", 1024)
     monkeypatch.setenv(kernels.ENV, "0")  # the C kernels of the CPU off: the reference is the torch code
     monkeypatch.setattr(kernels, "enabled", lambda d: True)
     real = kernels.batch_forward
@@ -282,3 +285,27 @@ def test_a_layer_whose_kernel_fails_its_self_check_runs_the_torch_code(device, m
     out2 = ref(q2)
     out2.sum().backward()
     assert torch.equal(results["vote"][0], out2.detach()) and torch.equal(results["vote"][1], q2.grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_self_check_runs_apart_from_the_callers_autograd_context(device, monkeypatch):
+    """A variant first used inside non-reentrant activation checkpointing: the check's own forward
+    and backward run in a thread of their own, so the checkpoint's recomputation sees only the
+    layer's tensors and the gradient is the torch code's."""
+    from torch.utils.checkpoint import checkpoint
+
+    from supportnet.layers import HardThreshold
+
+    monkeypatch.setattr(kernels, "_CHECKS", {})
+    monkeypatch.setattr(kernels, "BLOCK", 1024)
+    monkeypatch.setenv(kernels.ENV, "0")
+    grads = []
+    for on in (True, False):
+        monkeypatch.setattr(kernels, "enabled", lambda d, on=on: on)
+        layer = HardThreshold(tau=0.0)
+        layer.mode, layer.application, layer.rule, layer.beta = "batch", "gated", "energy-rel", 0.5
+        q = _q((5, 3, 4, 4), True, torch.float32, device)
+        checkpoint(lambda t, f=layer: f(t) * 2, q, use_reentrant=False).sum().backward()
+        grads.append(q.grad)
+    assert list(kernels._CHECKS.values()) == [None]
+    assert torch.equal(grads[0], grads[1])

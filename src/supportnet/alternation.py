@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -61,6 +62,7 @@ from .errors import ConfigError
 from .layers import configure, record_masks, record_rows, set_instance_masks, support_penalty, threshold_layers
 from .masks import MaskStore, PackedMasks, RowWriter, _popcount, fits_on_device, pack_masks
 
+log = logging.getLogger("supportnet")
 PROBE_SIZE = 4096  # examples used to measure support change for the snapshot back end
 
 
@@ -345,6 +347,9 @@ class IAlternation(Schedule):
         self.round_start = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.cfg.backend == "stored":
             old = self.store
+            if old is not None:  # its copy on a GPU, if any, is not needed for the estimation
+                old.drop_device_copy()
+                self._placed = None
             self.store = self.estimate_store(previous=old)
             if old is not None:
                 change = self.store.changed
@@ -399,10 +404,8 @@ class IAlternation(Schedule):
             if index is None:
                 raise ConfigError("I-alternation with stored supports needs the batch's example indices: alt.step(idx)")
             packed = kernels.packed_supports(self.device)
-            if self._placed is not self.store:  # a new store: on a GPU, kept there when it fits
-                self._placed = self.store
-                if fits_on_device(self.store.payload_nbytes, self.device):
-                    self.store.to_device(self.device)
+            if self._placed is not self.store:
+                self._place_store()
             reused = reuse and self._record_packed()
             out = self._rows_buffer(len(index), self.store.row_bytes).numpy() if reused else None
             return self.store.read(index // self.shard_world, device=self.device, packed=packed, out=out)
@@ -414,6 +417,19 @@ class IAlternation(Schedule):
             rows = self._rows_buffer(x.shape[0], (sum(math.prod(s) for s in shapes) + 7) // 8) if reuse else None
             return PackedMasks(record_rows(self.snapshot, x, shapes, out=rows), shapes)
         return record_masks(self.snapshot, x)
+
+    def _place_store(self) -> None:
+        """A new store: on a GPU, copied there when it fits (:func:`~supportnet.masks.fits_on_device`);
+        if the copy runs out of memory after all, the rows go through pinned host buffers instead."""
+        self._placed = self.store
+        if self.store is None or not fits_on_device(self.store.payload_nbytes, self.device):
+            return
+        try:
+            self.store.to_device(self.device)
+        except torch.cuda.OutOfMemoryError:
+            self.store.drop_device_copy()
+            log.info("the mask store (%d bytes) did not fit on %s; its rows are copied each step", self.store.nbytes,
+                     self.device)  # fmt: skip
 
     def _rows_buffer(self, n: int, row_bytes: int) -> torch.Tensor:
         """The CPU buffer each step's packed supports go into (:meth:`before_step`): one, reused, because

@@ -138,7 +138,16 @@ def fits_on_device(nbytes: int, device) -> bool:
     if dev.type != "cuda" or not torch.cuda.is_available():
         return False
     free, total = torch.cuda.mem_get_info(dev)
+    free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)  # cached by torch, reusable
     return nbytes <= DEVICE_SHARE * total and 2 * nbytes <= free
+
+
+def _device_key(device) -> torch.device:
+    """``device`` with its index (``cuda`` -> ``cuda:<current>``), so that one device has one key."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return dev
 
 
 class _Staging:
@@ -166,7 +175,7 @@ class _Staging:
         np.take(payload, idx, axis=0, out=buf.numpy(), mode="clip")
         rows = buf.to(device, non_blocking=True)
         self.done[i] = torch.cuda.Event()
-        self.done[i].record()  # type: ignore[union-attr]
+        self.done[i].record(torch.cuda.current_stream(device))  # type: ignore[union-attr] # (the copy's stream)
         return rows
 
 
@@ -469,7 +478,8 @@ class MaskStore:
         """The supports of the examples ``index``: one ``(B, *shape)`` bool tensor per layer, or
         with ``packed`` the rows themselves on ``device`` (:class:`PackedMasks`, 1 bit per
         activation; the fused kernels of :mod:`supportnet.kernels` read them there). ``out``: a
-        ``(B, row_bytes)`` uint8 array the rows are gathered into (reused step after step)."""
+        ``(B, row_bytes)`` uint8 array the rows are gathered into (reused step after step; the CPU
+        only: on an accelerator the rows come from :meth:`to_device`'s copy or pinned buffers)."""
         idx = self._check_index(index)
         if device is not None and torch.device(device).type != "cpu":
             rows_dev = self._device_rows(idx, torch.device(device))
@@ -487,8 +497,11 @@ class MaskStore:
     def _device_rows(self, idx: np.ndarray, device: torch.device) -> torch.Tensor:
         """The rows ``idx`` on an accelerator: gathered there from :meth:`to_device`'s copy when
         there is one, else gathered on the host into pinned memory and copied without blocking."""
-        if self._device_payload is not None and self._device_key == device:
-            return self._device_payload.index_select(0, torch.from_numpy(idx).to(device))
+        if self._device_payload is not None and self._device_key == _device_key(device):
+            index = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
+            if device.type == "cuda":  # a pinned index is copied without waiting for the queued work
+                index = index.pin_memory()
+            return self._device_payload.index_select(0, index.to(device, non_blocking=True))
         if device.type != "cuda":
             return _to_device(np.ascontiguousarray(self.payload[idx]), device)
         if self._staging is None:
@@ -498,7 +511,7 @@ class MaskStore:
     def to_device(self, device) -> torch.Tensor:
         """Copy the payload to ``device`` once (in 64 MiB pieces); :meth:`read` for that device then
         gathers the rows there, with no host work per step. Writing rows drops the copy."""
-        device = torch.device(device)
+        device = _device_key(device)
         if self._device_payload is None or self._device_key != device:
             dst = torch.empty((self.n, self.row_bytes), dtype=torch.uint8, device=device)
             step = max(1, (64 << 20) // self.row_bytes)
