@@ -195,7 +195,9 @@ def cuda_memory(bench: Bench) -> dict:
         bench.run(kind)
         peak = torch.cuda.max_memory_allocated()
         out[kind] = {"kind": kind, "peak_bytes": peak, "step_bytes": peak - base, "how": "max_memory_allocated"}
-    out["i-alt-stored"]["store_bytes"] = bench.scheds["i-alt-stored"].store.nbytes
+    store = bench.scheds["i-alt-stored"].store
+    out["i-alt-stored"]["store_bytes"] = store.nbytes
+    out["i-alt-stored"]["store_on_device"] = store._device_payload is not None  # (then in peak_bytes too)
     out["i-alt-snapshot"].update(snapshot_costs(bench.scheds["i-alt-snapshot"]))
     return out
 
@@ -427,7 +429,8 @@ def print_memory(memory: dict) -> None:
         m = memory[k]
         what = ""
         if "store_bytes" in m:
-            what = f"store {m['store_bytes'] / 2**20:.1f} MB"
+            where = " (a copy on the device)" if m.get("store_on_device") else ""
+            what = f"store {m['store_bytes'] / 2**20:.1f} MB{where}"
         if "snapshot_model_bytes" in m:
             mb = m["snapshot_model_bytes"] / 2**20, m["probe_bytes"] / 2**20
             what = f"second model {mb[0]:.1f} MB, probe {mb[1]:.1f} MB"
