@@ -448,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _setup_logging(bool(getattr(a, "quiet", False)))
+    code = _command(a)
+    dist = sys.modules.get("supportnet.distributed")  # (imported only where a command may have joined a group)
+    return dist.end_process(code) if dist is not None else code
+
+
+def _command(a: argparse.Namespace) -> int:
     try:
         tune_allocator()  # every command trains or evaluates (supportnet.allocator)
         _check_kernel_switch()

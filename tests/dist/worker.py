@@ -56,3 +56,4 @@ if int(os.environ.get("RANK", "0")) == 0:
 
     torch.save({"supports": seen, "state": load_checkpoint(Path(run) / "final.pt")["state_dict"]},
                Path(out) / "result.pt")
+sd.end_process(0)  # as the CLI ends a rank: no exit-time destruction of the group DDP keeps (supportnet.distributed)
