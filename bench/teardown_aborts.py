@@ -43,14 +43,18 @@ def one_run(variant: str, out: Path, plain: Path) -> dict:
     target = ["-m", "supportnet"] if variant == "end_process" else [str(plain)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     t = time.perf_counter()
-    p = subprocess.run(launch + target + ARGS + ["--out", str(out)], env=env, capture_output=True, text=True,
-                       timeout=300)  # fmt: skip
+    try:
+        p = subprocess.run(launch + target + ARGS + ["--out", str(out)], env=env, capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+        rc, stdout, stderr = p.returncode, p.stdout, p.stderr
+    except subprocess.TimeoutExpired as e:  # a hang is a failed run, not the end of the bench
+        rc, stdout, stderr = "timeout", str(e.stdout or ""), str(e.stderr or "")
     complete = (out / "summary.json").is_file() and (out / "final.pt").is_file()
     return {
         "variant": variant,
-        "returncode": p.returncode,
-        "abort": ABORT in p.stderr,
-        "complete": complete and p.stdout.count("run folder:") == 2,
+        "returncode": rc,
+        "abort": ABORT in stderr,
+        "complete": complete and stdout.count("run folder:") == 2,
         "seconds": round(time.perf_counter() - t, 2),
     }
 
@@ -90,6 +94,7 @@ def main() -> None:
         **git_commit(),
         "machine": machine(),
         "busy_processes": a.busy,
+        "seeds": "none to vary: every run trains the same synthetic set with seed 0; runs differ in timing only",
         "date": time.strftime("%Y-%m-%d"),
         "summary": summary,
         "per_run": runs,

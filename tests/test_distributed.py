@@ -35,11 +35,11 @@ def _run(args, nproc):
 
 def test_end_process_ends_a_rank_that_joined_a_group_with_its_code(monkeypatch, capsys):
     """supportnet.distributed.end_process: a process that joined no group gets its code back; a
-    torchrun rank is ended by os._exit with the code, stdio flushed first (the group DDP keeps would
-    otherwise be destroyed at interpreter exit, which sometimes aborts the rank); the CLI routes
-    every command's code, an error's too, through it."""
+    torchrun rank is ended by os._exit with the code (the group DDP keeps would otherwise be
+    destroyed at interpreter exit, which sometimes aborts the rank). The ``supportnet`` command
+    (cli.entry) routes every command's code through it, an error's too; cli.main still returns."""
     import supportnet.distributed as sd
-    from supportnet.cli import main
+    from supportnet.cli import entry, main
 
     ended = []
 
@@ -48,15 +48,31 @@ def test_end_process_ends_a_rank_that_joined_a_group_with_its_code(monkeypatch, 
         raise SystemExit(code)
 
     monkeypatch.setattr(sd.os, "_exit", fake_exit)
+    monkeypatch.setattr(sd.logging, "shutdown", lambda: None)  # (pytest's own handlers stay open)
     assert sd.end_process(3) == 3 and ended == []
     monkeypatch.setattr(sd, "_JOINED", True)
-    print("written before the end", end="")
     with pytest.raises(SystemExit):
         sd.end_process(0)
-    assert ended == [0] and capsys.readouterr().out == "written before the end"
+    assert ended == [0]
+    assert main(["train", "--data", "no-such-data"]) == 2 and ended == [0]  # main returns, even in a rank
+    monkeypatch.setattr(sys, "argv", ["supportnet", "train", "--data", "no-such-data"])
     with pytest.raises(SystemExit):
-        main(["train", "--data", "no-such-data"])
+        entry()
     assert ended == [0, 2] and "no-such-data" in capsys.readouterr().err
+
+
+def test_end_process_flushes_what_was_printed(tmp_path):
+    """os._exit drops Python's stdio buffers: end_process flushes them first (stdout to a file, so
+    block-buffered, and PYTHONUNBUFFERED unset)."""
+    code = (
+        "import supportnet.distributed as sd; sd._JOINED = True; print('rank done', end='');"
+        "import sys; print('and said so', end='', file=sys.stderr); sd.end_process(4)"
+    )
+    env = {k: v for k, v in _env().items() if k != "PYTHONUNBUFFERED"}
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        p = subprocess.run([sys.executable, "-c", code], env=env, stdout=out, stderr=err, timeout=120)
+    assert p.returncode == 4
+    assert (tmp_path / "out").read_text() == "rank done" and (tmp_path / "err").read_text() == "and said so"
 
 
 @pytest.mark.parametrize("sync,rule", [("global", "energy-rel"), ("global", "vote"), ("global-inline", "energy-rel")])

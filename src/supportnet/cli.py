@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from .allocator import tune_allocator
@@ -448,9 +449,33 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _setup_logging(bool(getattr(a, "quiet", False)))
-    code = _command(a)
+    return _command(a)
+
+
+def entry() -> None:
+    """The ``supportnet`` command (console script and ``python -m supportnet``): :func:`main`, then
+    the process ends with its code. A torchrun rank ends through
+    :func:`supportnet.distributed.end_process` (no interpreter teardown: docs/design.md 17), an
+    unexpected error's traceback printed first; ``main`` itself always returns."""
+    try:
+        code = main()
+    except Exception:
+        if _joined():
+            traceback.print_exc()
+            _end(1)
+        raise
+    raise SystemExit(_end(code))
+
+
+def _joined() -> bool:
     dist = sys.modules.get("supportnet.distributed")  # (imported only where a command may have joined a group)
-    return dist.end_process(code) if dist is not None else code
+    return dist is not None and dist._JOINED
+
+
+def _end(code: int) -> int:
+    if _joined():
+        sys.modules["supportnet.distributed"].end_process(code)
+    return code
 
 
 def _command(a: argparse.Namespace) -> int:

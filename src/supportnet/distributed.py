@@ -87,9 +87,10 @@ def end_process(code: int) -> int:
     destructors). A DistributedDataParallel wrapper keeps its process group alive past
     ``destroy_process_group`` (torch 2.13: gloo's threads still run after it, though no Python
     object holds the group), and that group's destruction at exit sometimes aborts the rank
-    ("terminate called without an active exception", exit -6, about 1 run in 20-60 on a loaded
-    2-core machine; docs/design.md 17) after its work is done, which torchrun reports as a failed
-    run. Returns ``code`` in a process that joined no group."""
+    ("terminate called without an active exception", exit -6) after its work is done, which torchrun
+    reports as a failed run: 6 of 60 two-rank runs beside two busy processes on the 2-core machine,
+    0 of 60 with this (bench/results/teardown-aborts.json; docs/design.md 17). Returns ``code`` in a
+    process that joined no group. The ``supportnet`` command calls it (:func:`supportnet.cli.entry`)."""
     if not _JOINED:
         return code
     logging.shutdown()
