@@ -299,6 +299,15 @@ def machine() -> str:
     return f"{cpu}, {cores} cores{gpu}, torch {torch.__version__}"
 
 
+def make_out(ap, out: Path) -> Path:
+    """Create a bench script's ``--out`` folder before any measuring, or end with one line, exit 2."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        ap.error(f"--out {out} cannot be made ({e.strerror or e}); choose another folder")
+    return out
+
+
 def git_commit() -> dict:
     """The commit the bench ran from, and whether the working tree had changes."""
     try:

@@ -3,9 +3,9 @@
     python bench/gpu_graphs.py [--models convnet-s,allcnn-c] [--steps 50] [--repeats 5] [--out DIR]
 
 One process, one device. Per model and method (SGD, B-alt, I-alt stored with its penalty), the
-same step function -- forward under bf16 autocast (channels_last), cross-entropy, backward, the
-device-side divergence flag, fused SGD with the learning rate as a device tensor, the loss summed
-on the device -- runs eagerly and through :class:`supportnet.cuda_graphs.GraphedStep`, the two
+same step function -- fit()'s ``train_step`` under bf16 autocast (channels_last) with its device
+divergence guard, fused SGD with the learning rate as a device tensor, the loss summed on the
+device -- runs eagerly and through :class:`supportnet.cuda_graphs.GraphedStep`, the two
 interleaved and the median of ``--repeats`` timed blocks kept. I-alt stored hands each step's
 packed rows (gathered from the store's copy on the device) to the graph as an input. Data:
 synthetic, resident on the device. The weights after the two runs are compared (they start
@@ -22,15 +22,17 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from convergence import make_out  # bench/ is the script's folder, first on sys.path
 
 from supportnet.alternation import BAlternation, IAlternation
 from supportnet.config import SupportConfig
 from supportnet.cuda_graphs import GraphedStep
 from supportnet.data import Split
-from supportnet.layers import configure, set_instance_masks, support_penalty
+from supportnet.guard import DivergenceGuard
+from supportnet.layers import configure, set_instance_masks
 from supportnet.masks import PackedMasks
 from supportnet.models import create_model
+from supportnet.train import train_step
 
 OUT = Path(__file__).resolve().parent / "out"
 SHAPES = {"convnet-s": (1, 28, 28), "allcnn-c": (3, 32, 32)}
@@ -47,8 +49,7 @@ def _setup(name: str, method: str, batch: int, dev: torch.device):
     y_all = torch.randint(0, 10, (n,), device=dev)
     lr = torch.tensor(0.01, device=dev)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, fused=True)
-    bad = torch.zeros((), device=dev)
-    opt.found_inf = bad  # the fused step skips its update while set (the device guard)
+    guard = DivergenceGuard(model, opt, dev, lazy=True)  # fit()'s device guard: the fused step skips while set
     acc = torch.zeros((), dtype=torch.float64, device=dev)
     split = Split(x_all, y_all)
     shapes = None
@@ -63,19 +64,14 @@ def _setup(name: str, method: str, batch: int, dev: torch.device):
         configure(model, consistency=1.0)
     penalised = method == "i-alt-stored"
 
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+
     def step(x, y, *rows):
         if rows:
             set_instance_masks(model, PackedMasks(rows[0], shapes))
-        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-            loss = F.cross_entropy(model(x), y)
-        objective = loss.float() + support_penalty(model) if penalised else loss.float()
-        opt.zero_grad(set_to_none=True)
-        objective.backward()
-        grads = [p.grad for p in model.parameters()]
-        now = (~torch.isfinite(objective.detach() + torch.stack(torch._foreach_norm(grads)).sum())).float()
-        torch.maximum(bad, now, out=bad)
-        opt.step()
-        acc.add_(loss.detach().double(), alpha=y.numel())
+        loss = train_step(model, opt, x, y, penalised=penalised, guard=guard, autocast=autocast)  # fit()'s step
+        acc.add_(loss.double(), alpha=y.numel())
 
     def inputs(i):
         j = (i % 8) * batch
@@ -129,6 +125,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
+    unknown = sorted(set(a.models.split(",")) - set(SHAPES))
+    if unknown or a.steps < 1 or a.repeats < 1 or a.batch < 1:
+        ap.error(f"--models takes {','.join(SHAPES)} (got {','.join(unknown) or a.models}); --steps, --repeats "
+                 "and --batch at least 1")  # fmt: skip
+    make_out(ap, a.out)
     if not torch.cuda.is_available():
         raise SystemExit("gpu_graphs.py: error: needs a CUDA device; run it on a GPU machine")
     dev = torch.device("cuda")
@@ -142,7 +143,6 @@ def main() -> None:
                 rows.append({"model": name, "method": method, "error": f"{type(e).__name__}: {str(e)[:400]}"})
             print(json.dumps(rows[-1]), flush=True)
     res = {"device": f"{torch.cuda.get_device_name()} (torch {torch.__version__})", "rows": rows}
-    a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "gpu_graphs.json").write_text(json.dumps(res, indent=1))
     print(f"device: {res['device']}")
     print("| model | method | eager steps/s | graph steps/s | graph / eager | max weight diff |")

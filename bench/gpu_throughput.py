@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from convergence import make_out  # bench/ is the script's folder, first on sys.path
 
 from supportnet import kernels
 from supportnet.alternation import BAlternation, IAlternation
@@ -162,7 +163,7 @@ def main() -> None:
         plan = [("allcnn-c", (3, 32, 32), 16, 2, 1), ("resnet18", (3, 64, 64), 4, 2, 1)]
     rows: list[dict] = []
     res = {"device": device_name(dev), "rows": rows}
-    a.out.mkdir(parents=True, exist_ok=True)
+    make_out(ap, a.out)
     for name, shape, batch, steps, warm in plan:
         for fast in (True,) if a.fast_only else (False, True):
             try:

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from convergence import git_commit  # bench/ is the script's folder, first on sys.path
+from convergence import git_commit, make_out  # bench/ is the script's folder, first on sys.path
 from convergence import machine as bench_machine
 from torch import nn
 
@@ -318,10 +318,7 @@ def main() -> None:
     for name in ("subset", "steps", "repeats", "tax_repeats", "batch_size"):
         if getattr(a, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
-    try:  # before minutes of measuring, not after
-        a.out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        ap.error(f"--out {a.out} cannot be made ({e.strerror or e}); choose another folder")
+    make_out(ap, a.out)  # before minutes of measuring, not after
     if a.quick:
         a.subset, a.steps, a.repeats, a.tax_repeats = 1280, 2, 3, 2
     if a.memory_child:

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from convergence import git_commit, machine  # bench/ is the script's folder, first on sys.path
+from convergence import git_commit, machine, make_out  # bench/ is the script's folder, first on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "out"
@@ -65,7 +65,9 @@ def main() -> None:
     ap.add_argument("--busy", type=int, default=2, help="spinning processes beside the runs")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
-    a.out.mkdir(parents=True, exist_ok=True)
+    if a.runs < 1 or a.busy < 0:
+        ap.error(f"--runs must be at least 1 and --busy at least 0, got {a.runs} and {a.busy}")
+    make_out(ap, a.out)
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(a.busy)]
     runs = []
     try:

@@ -229,3 +229,20 @@ def test_gpu_check_smoke_runs_every_step_and_writes_their_json(tmp_path):
         assert all(r["profile_top_kernels_ms_per_step"].values())
     overhead = json.loads((out / "overhead.json").read_text())
     assert overhead and json.loads((out / "env.json").read_text())["device"] == "cpu"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["teardown_aborts.py", "--runs", "0"],
+        ["gpu_graphs.py", "--models", "nope"],
+        ["gpu_throughput.py", "--quick", "--out", "/proc/no-such-folder"],
+        ["overhead.py", "--out", "/proc/no-such-folder"],
+    ],
+)
+def test_bench_scripts_refuse_bad_arguments_in_one_line(args):
+    """Before any measuring: one line naming the option, exit 2."""
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / args[0]), *args[1:]], capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(f"{args[0]}: error: --")
+    assert args[1] in p.stderr.strip().splitlines()[-1] or args[-1] in p.stderr

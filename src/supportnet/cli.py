@@ -460,22 +460,13 @@ def entry() -> None:
     try:
         code = main()
     except Exception:
-        if _joined():
+        dist = sys.modules.get("supportnet.distributed")
+        if dist is not None and dist._JOINED:
             traceback.print_exc()
-            _end(1)
+            dist.end_process(1)
         raise
-    raise SystemExit(_end(code))
-
-
-def _joined() -> bool:
     dist = sys.modules.get("supportnet.distributed")  # (imported only where a command may have joined a group)
-    return dist is not None and dist._JOINED
-
-
-def _end(code: int) -> int:
-    if _joined():
-        sys.modules["supportnet.distributed"].end_process(code)
-    return code
+    raise SystemExit(dist.end_process(code) if dist is not None else code)
 
 
 def _command(a: argparse.Namespace) -> int:

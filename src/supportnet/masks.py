@@ -514,9 +514,8 @@ class MaskStore:
         device = _device_key(device)
         if self._device_payload is None or self._device_key != device:
             dst = torch.empty((self.n, self.row_bytes), dtype=torch.uint8, device=device)
-            step = max(1, (64 << 20) // self.row_bytes)
-            for i in range(0, self.n, step):
-                dst[i : i + step].copy_(torch.from_numpy(np.ascontiguousarray(self.payload[i : i + step])))
+            for i, rows in self._pieces():
+                dst[i : i + len(rows)].copy_(torch.from_numpy(rows))
             self._device_payload, self._device_key = dst, device
         return self._device_payload
 
@@ -528,11 +527,16 @@ class MaskStore:
         """The packed rows ``(len(index), row_bytes)`` of the examples ``index``, as stored."""
         return np.asarray(self.payload[self._check_index(index)])
 
-    def _digest(self) -> str:
-        h = hashlib.blake2b(digest_size=_DIGEST)
+    def _pieces(self):
+        """``(first row, rows)`` of the payload in contiguous pieces of about 64 MiB."""
         step = max(1, (64 << 20) // max(1, self.row_bytes))
         for i in range(0, self.n, step):
-            h.update(np.ascontiguousarray(self.payload[i : i + step]).data)
+            yield i, np.ascontiguousarray(self.payload[i : i + step])
+
+    def _digest(self) -> str:
+        h = hashlib.blake2b(digest_size=_DIGEST)
+        for _, rows in self._pieces():
+            h.update(rows.data)
         return h.hexdigest()
 
     # -- persistence -----------------------------------------------------------

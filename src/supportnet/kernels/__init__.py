@@ -182,11 +182,12 @@ def _run_apart(fn, *args):
 def _self_check(device, dtype, kind: str, variant, ident: bool) -> str | None:
     """None when the variant agrees with the torch node on a small input (32 examples of 1,152
     units: more than one block of units and of rows), else what went wrong."""
+    cuda = torch.device(device).type == "cuda"
     try:
-        with torch.cuda.device(device) if torch.device(device).type == "cuda" else contextlib.nullcontext():
+        with torch.cuda.device(device) if cuda else contextlib.nullcontext():
             got = _check_run(device, dtype, kind, variant, ident, fused=True)
             want = _check_run(device, dtype, kind, variant, ident, fused=False)
-            if torch.device(device).type == "cuda":
+            if cuda:
                 torch.cuda.synchronize(device)
     except Exception as e:  # noqa: BLE001 - a compile or launch failure is a reason to stay off
         text = str(e).strip()
