@@ -9,7 +9,7 @@
 #                   or $SUPPORTNET_DATA; synthetic needs none)
 #   --no-tests      skip the CUDA tests (kernels compiled on the device, CUDA graphs, guard, mask store)
 #   --no-baseline   skip the throughput rerun with the kernels off (SUPPORTNET_KERNELS=0, the torch path)
-#   --no-graphs     skip bench/gpu_graphs.py (a hand loop's step eager against captured in a CUDA graph)
+#   --no-graphs     skip bench/gpu_graphs.py (a hand loop's step and fit(), eager against captured in a CUDA graph)
 #   --energy        also time the batch energy reduction forms (bench/gpu_energy.py)
 #   --fit           also train sgd,b-alt,i-alt for 2 epochs with the fast path (accuracy, end to end)
 #   --smoke         a CPU smoke run of the script itself: tiny sizes, no GPU needed, nothing timed
@@ -76,20 +76,20 @@ print(json.dumps({"device": dev, "torch": torch.__version__, "cuda": torch.versi
                   "kernels_enabled": kernels.enabled("cuda") if torch.cuda.is_available() else False}))
 EOF
   if [ "$TESTS" = 1 ] && [ "$SMOKE" = 0 ]; then
-    step 110 "CUDA tests: kernels compiled on the device, CUDA graphs, mask store, guard" \
+    step 120 "CUDA tests: kernels compiled on the device, CUDA graphs (fit() too), mask store, guard" \
       $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_cuda_graphs.py tests/test_masks.py \
       tests/test_layers.py tests/test_train.py -k "not slow and (kernels or graph or cuda or guard or nonfinite or packed or fused)"
   fi
-  step 130 "throughput, bf16 + channels_last, fused kernels (allcnn-c, resnet18), with each method's top kernels" \
+  step 120 "throughput, bf16 + channels_last, fused kernels (allcnn-c, resnet18), with each method's top kernels" \
     $PY bench/gpu_throughput.py $THROUGHPUT_ARGS --profile --out "$OUT"
   step 150 "overhead ($DEV, convnet-s, $DATA): every figure of the table, with peak memory" \
     $PY bench/overhead.py --device $DEV --data "$DATA" $OVERHEAD_ARGS --out "$OUT"
   if [ "$GRAPHS" = 1 ] && [ "$SMOKE" = 0 ]; then
-    step 60 "CUDA graphs: a hand loop's step eager against captured (convnet-s, allcnn-c)" \
-      $PY bench/gpu_graphs.py --out "$OUT"
+    step 80 "CUDA graphs: a hand loop's step, then fit(), eager against captured" \
+      $PY bench/gpu_graphs.py --fit-data "$DATA" --out "$OUT"
   fi
   if [ "$BASELINE" = 1 ]; then
-    step 60 "throughput with the kernels off (SUPPORTNET_KERNELS=0: the torch path)" \
+    step 40 "throughput with the kernels off (SUPPORTNET_KERNELS=0: the torch path)" \
       env SUPPORTNET_KERNELS=0 $PY bench/gpu_throughput.py $THROUGHPUT_ARGS --repeats 3 --out "$OUT/torch-path"
   fi
   if [ "$ENERGY" = 1 ] && [ "$SMOKE" = 0 ]; then

@@ -1,6 +1,7 @@
 """Where a CUDA graph of the training step pays: steps/s of a hand loop, eager against captured.
 
     python bench/gpu_graphs.py [--models convnet-s,allcnn-c] [--steps 50] [--repeats 5] [--out DIR]
+                               [--fit-data fashion-mnist] [--fit-epochs 2] [--no-fit]
 
 One process, one device. Per model and method (SGD, B-alt, I-alt stored with its penalty), the
 same step function -- fit()'s ``train_step`` under bf16 autocast (channels_last) with its device
@@ -9,8 +10,15 @@ device -- runs eagerly and through :class:`supportnet.cuda_graphs.GraphedStep`, 
 interleaved and the median of ``--repeats`` timed blocks kept. I-alt stored hands each step's
 packed rows (gathered from the store's copy on the device) to the graph as an input. Data:
 synthetic, resident on the device. The weights after the two runs are compared (they start
-equal and see the same batches). Writes ``gpu_graphs.json`` into ``--out`` (default bench/out)
-and prints a Markdown table. A benchmark, not a test: nothing here asserts a speed.
+equal and see the same batches).
+
+Then the same question for fit() itself: convnet-s trained by ``fit()`` on ``--fit-data`` (resident
+on the device, bf16 + channels_last) for ``--fit-epochs`` epochs, SGD, B-alt and I-alt stored (one
+warm-up epoch), with ``train.cuda_graphs`` false and true; the last epoch's training seconds
+(metrics.csv, evaluation out) and the final test accuracy of each.
+
+Writes ``gpu_graphs.json`` into ``--out`` (default bench/out) and prints Markdown tables. A
+benchmark, not a test: nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -117,6 +125,42 @@ def bench(name: str, method: str, batch: int, steps: int, repeats: int, dev: tor
     }
 
 
+FIT_METHODS = {"sgd": ["support.method=sgd"], "b-alt": ["support.method=b-alt", "support.warmup=1"],
+               "i-alt-stored": ["support.method=i-alt", "support.backend=stored", "support.warmup=1"]}  # fmt: skip
+
+
+def fit_rows(data_name: str, epochs: int, out: Path) -> list[dict]:
+    """fit() eager against fit() with train.cuda_graphs=true: the last epoch's training seconds."""
+    import csv
+
+    from supportnet.config import load_config
+    from supportnet.data import load_data
+    from supportnet.train import fit
+
+    data = load_data(data_name)
+    rows = []
+    for method, sets in FIT_METHODS.items():
+        row: dict = {"method": method, "data": data_name, "epochs": epochs}
+        try:
+            for graphs in (False, True):
+                name = "graph" if graphs else "eager"
+                cfg = load_config(None, [f"data.name={data_name}", "model.name=convnet-s", f"train.epochs={epochs}",
+                                         "train.device=cuda", "train.loader=device", "train.amp=bf16",
+                                         "train.channels_last=true", "train.train_eval_size=0", "quiet=true",
+                                         f"train.cuda_graphs={str(graphs).lower()}", f"out={out / method / name}",
+                                         *sets])  # fmt: skip
+                run = fit(cfg, data=data, overwrite=True)
+                m = list(csv.DictReader((run / "metrics.csv").open()))  # seconds: training time so far
+                row[name] = {"last_epoch_seconds": float(m[-1]["seconds"]) - float(m[-2]["seconds"]),
+                             "test_acc": float(m[-1]["test_acc"])}  # fmt: skip
+            row["graph_speedup"] = row["eager"]["last_epoch_seconds"] / row["graph"]["last_epoch_seconds"]
+        except Exception as e:  # noqa: BLE001 - report it, keep the other rows
+            row["error"] = f"{type(e).__name__}: {str(e)[:400]}"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="convnet-s,allcnn-c")
@@ -124,11 +168,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--fit-data", default="fashion-mnist", help="data set of the fit() rows")
+    ap.add_argument("--fit-epochs", type=int, default=2)
+    ap.add_argument("--no-fit", action="store_true", help="skip the fit() rows")
     a = ap.parse_args()
     unknown = sorted(set(a.models.split(",")) - set(SHAPES))
-    if unknown or a.steps < 1 or a.repeats < 1 or a.batch < 1:
+    if unknown or a.steps < 1 or a.repeats < 1 or a.batch < 1 or a.fit_epochs < 2:
         ap.error(f"--models takes {','.join(SHAPES)} (got {','.join(unknown) or a.models}); --steps, --repeats "
-                 "and --batch at least 1")  # fmt: skip
+                 "and --batch at least 1, --fit-epochs at least 2 (the first warms up)")  # fmt: skip
     make_out(ap, a.out)
     if not torch.cuda.is_available():
         raise SystemExit("gpu_graphs.py: error: needs a CUDA device; run it on a GPU machine")
@@ -142,8 +189,11 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001 - report it, keep the other rows
                 rows.append({"model": name, "method": method, "error": f"{type(e).__name__}: {str(e)[:400]}"})
             print(json.dumps(rows[-1]), flush=True)
-    res = {"device": f"{torch.cuda.get_device_name()} (torch {torch.__version__})", "rows": rows}
-    (a.out / "gpu_graphs.json").write_text(json.dumps(res, indent=1))
+    res = {"device": f"{torch.cuda.get_device_name()} (torch {torch.__version__})", "rows": rows, "fit": []}
+    (a.out / "gpu_graphs.json").write_text(json.dumps(res, indent=1))  # the hand loop's rows, kept if fit fails
+    if not a.no_fit:
+        res["fit"] = fit_rows(a.fit_data, a.fit_epochs, a.out / "fit-runs")
+        (a.out / "gpu_graphs.json").write_text(json.dumps(res, indent=1))
     print(f"device: {res['device']}")
     print("| model | method | eager steps/s | graph steps/s | graph / eager | max weight diff |")
     print("|---|---|---:|---:|---:|---:|")
@@ -154,6 +204,21 @@ def main() -> None:
         s = r["steps_per_s"]
         print(f"| {r['model']} | {r['method']} | {s['eager']:.0f} | {s['graph']:.0f} | {r['graph_speedup']:.2f} | "
               f"{r['max_weight_difference']:.2e} |")  # fmt: skip
+    print_fit(res["fit"])
+
+
+def print_fit(rows: list[dict]) -> None:
+    if not rows:
+        return
+    print("\n| fit(), convnet-s | last epoch s, eager | with cuda_graphs | eager / graph | test acc eager | graph |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['method']} | failed: {r['error'][:120]} | | | | |")
+            continue
+        e, g = r["eager"], r["graph"]
+        print(f"| {r['method']} | {e['last_epoch_seconds']:.2f} | {g['last_epoch_seconds']:.2f} | "
+              f"{r['graph_speedup']:.2f} | {e['test_acc']:.4f} | {g['test_acc']:.4f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,11 +19,21 @@ def test_needs_cuda():
         GraphedStep(lambda x: x)
 
 
-def test_fit_refuses_cuda_graphs_until_it_captures_its_step():
+@pytest.mark.parametrize(
+    "sets, words",
+    [
+        ([], "train.device=cuda"),
+        (["train.device=cuda", "train.compile=true"], "train.compile"),
+        (["train.device=cuda", "support.method=b-alt", "support.sync=global"], "support.sync=local"),
+        (["train.device=cuda", "support.method=b-alt", "support.probe=true"], "support.probe"),
+    ],
+)
+def test_config_refuses_what_cannot_be_captured(sets, words):
     from supportnet.config import load_config
 
-    with pytest.raises(ConfigError, match="GraphedStep"):
-        load_config(None, ["train.cuda_graphs=true"])
+    with pytest.raises(ConfigError, match=words) as e:
+        load_config(None, ["train.cuda_graphs=true", *sets])
+    assert "drop train.cuda_graphs" in str(e.value)
 
 
 def _setup(method: str):
@@ -104,3 +114,29 @@ def test_guard_inside_the_graph_skips_updates_from_the_bad_step_on():
     run(*data[0])  # sticky: later steps are skipped too
     for a, b in zip(before, model.parameters()):
         assert torch.equal(a, b.detach())
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["sgd", "b-alt", "i-alt"])
+def test_fit_with_cuda_graphs_matches_eager(synthetic, tmp_path, method):
+    """fit() with train.cuda_graphs=true on a GPU: the eager run's weights (to the GPU's
+    run-to-run tolerance) and its metrics. The CPU emulation of the same: test_fit_graphs.py."""
+    import json
+
+    from supportnet.config import load_config
+    from supportnet.train import fit
+
+    runs = {}
+    for graphs in (False, True):
+        cfg = load_config(None, ["data.name=synthetic", "train.epochs=3", "train.batch_size=32",
+                                 "model.kwargs={width: 8, hidden: 32}", "train.device=cuda", "train.stats_every=3",
+                                 f"support.method={method}", "support.warmup=1", "support.backend=stored",
+                                 f"train.cuda_graphs={str(graphs).lower()}", f"out={tmp_path / str(graphs)}",
+                                 "quiet=true"])  # fmt: skip
+        run = fit(cfg, data=synthetic)
+        runs[graphs] = (torch.load(run / "final.pt", weights_only=True)["state_dict"],
+                        json.loads((run / "summary.json").read_text()))  # fmt: skip
+    for k, w in runs[False][0].items():
+        torch.testing.assert_close(runs[True][0][k], w, rtol=1e-3, atol=1e-4, msg=k)
+    assert runs[True][1]["test_acc"] == pytest.approx(runs[False][1]["test_acc"], abs=0.02)

@@ -143,6 +143,12 @@ class Schedule:
         indices ``index`` in the training set (I-alternation's stored supports are looked up by
         index; the snapshot back end needs ``x``)."""
 
+    def step_masks(self, x: torch.Tensor | None, index: torch.Tensor | None):
+        """The fixed per-example supports :meth:`before_step` would hand the layers for this batch,
+        returned instead (a captured step takes them as an input: :mod:`supportnet.cuda_graphs`);
+        None when the phase has none."""
+        return None
+
     @contextmanager
     def step(self, index: torch.Tensor | None = None, x: torch.Tensor | None = None) -> Iterator[None]:
         """Fix the supports for one batch: ``with alt.step(idx, x): loss = ...``.
@@ -448,6 +454,9 @@ class IAlternation(Schedule):
     def before_step(self, x: torch.Tensor, index: torch.Tensor) -> None:
         if self.phase == "i-alt":
             set_instance_masks(self.model, self.masks_for(x, index, reuse=True))
+
+    def step_masks(self, x: torch.Tensor | None, index: torch.Tensor | None):
+        return self.masks_for(x, index) if self.phase == "i-alt" else None
 
     def end_epoch(self, obj_loss: float) -> None:
         if self.phase == "i-alt":

@@ -3,10 +3,10 @@
 A training step of a small network on a GPU is mostly kernel launches (convnet-s at batch 128
 on an H100: about 1.8 ms a step, most of it the host queuing kernels; docs/performance.md). A
 CUDA graph records the step's kernels once and replays them with one launch. This module holds
-the mechanism, for a user's own loop; ``fit()`` does not use it yet (``train.cuda_graphs=true`` is
-refused: the captured loop was never run on a GPU here). It is
-about speed only: the step computed is the one of paper Sec. 4 (Eq. 39-41 for B-alternation,
-a fixed support for I-alternation) whatever runs it.
+the mechanism (:class:`GraphedStep`, for a user's own loop) and fit()'s use of it
+(:class:`FitStep`, behind ``train.cuda_graphs=true``; off by default: it has not been timed on
+a GPU yet, see docs/performance.md). It is about speed only: the step computed is the one of
+paper Sec. 4 (Eq. 39-41 for B-alternation, a fixed support for I-alternation) whatever runs it.
 
 What a step must do to be captured (:class:`GraphedStep` checks none of it; CUDA errors out
 on a host sync during capture):
@@ -24,8 +24,9 @@ on a host sync during capture):
 * call ``optimizer.zero_grad(set_to_none=True)`` itself and leave ``.grad`` to the step: after
   capture the replayed kernels write the gradients the captured step allocated.
 
-Each distinct set of input shapes (the full batch, the last partial one) gets its own graph,
-up to ``max_graphs``; further shapes run eagerly.
+Each distinct set of input shapes (the full batch, the last partial one), and each ``key`` the
+caller passes for a Python decision it changes between steps, gets its own graph, up to
+``max_graphs``; further ones run eagerly.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ class GraphedStep:
     (the same tensors every replay: copy what must outlive the next call). ``replays``,
     ``eager_calls`` and ``graphs`` say what ran."""
 
-    def __init__(self, step: Callable[..., object], warmup: int = 3, max_graphs: int = 2):
-        if not torch.cuda.is_available():
-            raise ConfigError("a CUDA graph needs a CUDA device, and none is available; run the step eagerly")
+    device_types = ("cuda",)  # where the step may run (fit() checks train.device against it)
+
+    def __init__(self, step: Callable[..., object], warmup: int = 3, max_graphs: int = 4):
+        self._check_device()
         if warmup < 1:
             raise ValueError("a CUDA graph needs at least one eager warm-up step (optimizer state, cuDNN plans)")
         self.step, self.warmup, self.max_graphs = step, warmup, max_graphs
@@ -63,6 +65,10 @@ class GraphedStep:
         self._seen: dict[tuple, int] = {}
         self.replays = 0
         self.eager_calls = 0
+
+    def _check_device(self) -> None:
+        if not torch.cuda.is_available():
+            raise ConfigError("a CUDA graph needs a CUDA device, and none is available; run the step eagerly")
 
     def _eager(self, inputs: Sequence[torch.Tensor]):
         """One step outside any graph, on a side stream (the warm-up and the shapes not captured)."""
@@ -83,8 +89,10 @@ class GraphedStep:
         log.debug("captured a CUDA graph of the training step for inputs %s", [tuple(t.shape) for t in static])
         return graph, static, out
 
-    def __call__(self, *inputs: torch.Tensor):
-        key = _signature(inputs)
+    def __call__(self, *inputs: torch.Tensor, key: tuple = ()):
+        """One step on ``inputs``; ``key``: the Python decisions the step reads that change between
+        calls (fit() passes the layers' ``track`` flag), each value its own graph."""
+        key = (_signature(inputs), key)
         entry = self.graphs.get(key)
         if entry is None:
             seen = self._seen.get(key, 0)
@@ -98,3 +106,98 @@ class GraphedStep:
         graph.replay()
         self.replays += 1
         return out
+
+
+# ----------------------------------------------------------------------------- fit()'s step
+
+
+def _refuse(why: str | None) -> None:
+    if why:
+        raise ConfigError(f"train.cuda_graphs=true {why}; drop train.cuda_graphs")
+
+
+def check_config(cfg) -> None:
+    """What a config alone says against ``train.cuda_graphs=true``, checked when it is loaded
+    (:func:`check_run` checks the rest)."""
+    t, s = cfg.train, cfg.support
+    if not t.cuda_graphs:
+        return
+    if t.device.split(":")[0] not in GraphedStep.device_types:
+        _refuse(f"needs train.device=cuda (got {t.device}): a CUDA graph runs on a GPU")
+    if t.compile:
+        _refuse("and train.compile=true would both capture the step; keep one")
+    if s.method == "b-alt" and (s.sync != "local" or s.probe):
+        _refuse("needs support.sync=local without support.probe: the probe pass sets each batch's support from Python")
+
+
+def check_run(cfg, distributed_active: bool, step_hook, lazy_guard: bool) -> None:
+    """What :func:`check_config` cannot see, checked by fit() before anything is written."""
+    if not cfg.train.cuda_graphs:
+        return
+    why = None
+    if distributed_active:
+        why = "is not supported under torchrun yet (DDP's gradient all-reduce is not captured)"
+    elif step_hook is not None:
+        why = "cannot capture a step hook (DSD's pruning): its Python would run once, at the capture"
+    elif not lazy_guard:
+        why = "needs the device form of the divergence guard (a host read per step cannot be captured)"
+    _refuse(why)
+
+
+class FitStep:
+    """fit()'s training step (:func:`supportnet.train.train_step`) through :class:`GraphedStep`,
+    for one epoch (its phase, penalty and layer modes fixed; a new one each epoch).
+
+    The inputs of each step are the batch and, in an I-alternation epoch, the batch's fixed
+    supports (the schedule's :meth:`~supportnet.alternation.Schedule.step_masks`: packed rows
+    or one bool mask per layer), copied into the graph's buffers; the layers' ``track`` flag
+    keys the graphs. While it lives, the optimizer's learning rate is a device tensor that fit()
+    sets in place (:func:`set_lr`); :meth:`close` gives the float back."""
+
+    def __init__(self, run, penalised: bool, warmup: int = 3):
+        self.run, self.penalised, self.shapes = run, penalised, None
+        for g in run.opt.param_groups:  # the fused step reads it on the device; set in place every step
+            g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float32, device=run.device)
+        self.graphed = GraphedStep(self._step, warmup=warmup)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
+        from .layers import set_instance_masks
+        from .masks import PackedMasks
+        from .train import train_step
+
+        r = self.run
+        if masks:
+            set_instance_masks(r.model, PackedMasks(masks[0], self.shapes) if self.shapes else list(masks))
+        return train_step(r.net, r.opt, x, y, model=r.model, penalised=self.penalised, guard=r.guard,
+                          autocast=r.autocast)  # fmt: skip
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, tracking: bool) -> torch.Tensor:
+        """One training step on the batch ``(x, y)`` with example indices ``idx``; the cross-entropy
+        (a tensor the next call overwrites)."""
+        from .masks import PackedMasks
+
+        masks = self.run.sched.step_masks(x, idx)
+        inputs = [x, y]
+        if isinstance(masks, PackedMasks):
+            self.shapes = masks.shapes
+            inputs.append(masks.rows)
+        elif masks is not None:
+            self.shapes = None
+            inputs.extend(masks)
+        return self.graphed(*inputs, key=(tracking,))
+
+    def close(self) -> None:
+        """Drop the graphs; the learning rate is a float again."""
+        for g in self.run.opt.param_groups:
+            if isinstance(g["lr"], torch.Tensor):
+                g["lr"] = g["lr"].item()
+        self.graphed.graphs.clear()
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """The learning rate of every group: in place where it is a device tensor (:class:`FitStep`)."""
+    for g in opt.param_groups:
+        if isinstance(g["lr"], torch.Tensor):
+            g["lr"].fill_(lr)
+        else:
+            g["lr"] = lr

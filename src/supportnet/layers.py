@@ -301,8 +301,9 @@ class HardThreshold(nn.Module):
         return f"tau={self.tau}, mode={self.mode}, apply={self.application}"
 
     def reset_stats(self) -> None:
-        """Zero the active-fraction and drift counters (:func:`collect_stats` reads them)."""
-        self.stats = torch.zeros(4, dtype=torch.float64)
+        """Zero the active-fraction and drift counters (:func:`collect_stats` reads them), in place:
+        a captured step (:mod:`supportnet.cuda_graphs`) keeps adding to the same tensor."""
+        self.stats.zero_()
 
     def _free(self, q: torch.Tensor) -> torch.Tensor:
         return torch.relu(q) if self.tau == 0.0 else torch.where(q > self.tau, q, 0.0)

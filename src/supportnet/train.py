@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed, faults
+from . import cuda_graphs, distributed, faults
 from .allocator import tune_allocator
 from .alternation import EpochEvent, IAlternation, Schedule, make_schedule
 from .config import Config, eval_batch_for, resolve_method_defaults
@@ -332,13 +332,14 @@ def start_run(
     info = distributed.setup(t.device)
     distributed.check_batch(t.batch_size, info)
     device = torch.device(f"cuda:{info.local_rank}" if info.active and t.device.startswith("cuda") else t.device)
+    lazy = lazy_default(device)
+    cuda_graphs.check_run(cfg, info.active, step_hook, lazy)
     data, model = _data_and_model(cfg, data, model, device)
     out = Path(cfg.out) if cfg.out else _default_out(cfg)
     if info.is_main:  # the folder is this run's (locked) until fit returns
         claim_run_folder(out, resume=rs is not None, overwrite=overwrite)
         if rs is None:
             atomic_write_text(out / "config.yaml", cfg.to_yaml())
-    lazy = lazy_default(device)
     opt = torch.optim.SGD(
         model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, fused=True if lazy else None
     )
@@ -356,7 +357,9 @@ def start_run(
     run = Run(
         cfg, data, model, _wrap(model, info, device, cfg), opt, sched, guard, Loggers([], None), device, info, out,
         RunState(), num_batches(n_train, local_batch), local_batch, sharded, step_hook,
-        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t.amp == "bf16" else nullcontext,
+        # a captured step must not keep autocast's cast cache between replays
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not t.cuda_graphs))
+        if t.amp == "bf16" else nullcontext,
         [name for name, _ in layers], _eval_train(data, t.train_eval_size),
     )  # fmt: skip
     run.eval_at = _mid_epoch_evals(run)
@@ -448,14 +451,18 @@ def train_one_epoch(run: Run, epoch: int, ev: EpochEvent) -> float:
     st = run.state
     run.model.train()
     penalised = any(layer.consistency > 0 for _, layer in threshold_layers(run.model))  # set per phase
+    graphed = cuda_graphs.FitStep(run, penalised) if run.cfg.train.cuda_graphs else None
     bar = _progress(run, epoch, ep)
     for x, y, idx in bar:
         x, y, idx = _prepare(run, epoch, x, y, idx)
         ep.lr = _set_lr(run)
-        run.sched.before_step(x, idx)  # the supports of this batch (I-alt: looked up by example index)
         ep.tracking = _set_tracking(run, ep.tracking)
-        loss = train_step(run.net, run.opt, x, y, model=run.model, penalised=penalised, guard=run.guard,
-                          step=st.step + 1, autocast=run.autocast, step_hook=run.step_hook)  # fmt: skip
+        if graphed is not None:  # the same step, captured once and replayed (train.cuda_graphs)
+            loss = graphed(x, y, idx, ep.tracking)
+        else:
+            run.sched.before_step(x, idx)  # the supports of this batch (I-alt: looked up by example index)
+            loss = train_step(run.net, run.opt, x, y, model=run.model, penalised=penalised, guard=run.guard,
+                              step=st.step + 1, autocast=run.autocast, step_hook=run.step_hook)  # fmt: skip
         st.step += 1
         ep.steps += 1
         ep.loss_sum.add_(loss, alpha=y.numel())  # on the device (float64)
@@ -463,6 +470,8 @@ def train_one_epoch(run: Run, epoch: int, ev: EpochEvent) -> float:
         faults.hit("step")
         _after_step(run, epoch, ep, bar, loss)
     bar.close()
+    if graphed is not None:
+        graphed.close()
     run.guard.check_pending(st.step)
     configure(run.model, track=False, strict=False)
     loss_sum, n_seen = ep.loss_sum.item(), ep.n_seen
@@ -514,8 +523,7 @@ def _prepare(run: Run, epoch: int, x, y, idx):
 def _set_lr(run: Run) -> float:
     t = run.cfg.train
     lr = t.lr * lr_at(run.cfg, run.state.step, run.steps_per_epoch) * run.sched.lr_factor
-    for g in run.opt.param_groups:
-        g["lr"] = lr
+    cuda_graphs.set_lr(run.opt, lr)
     return lr
 
 
@@ -684,7 +692,7 @@ def save_run_checkpoint(run: Run, epoch_done: int, step_in_epoch: int, partial: 
         run.out / "checkpoint.pt",
         {
             "model": run.model.state_dict(),
-            "optimizer": run.opt.state_dict(),
+            "optimizer": _optimizer_state(run.opt),
             "schedule": run.sched.state_dict(),
             "epoch": epoch_done,
             "step": st.step,
@@ -699,6 +707,15 @@ def save_run_checkpoint(run: Run, epoch_done: int, step_in_epoch: int, partial: 
         },
         kind="resume",
     )
+
+
+def _optimizer_state(opt: torch.optim.Optimizer) -> dict:
+    """``opt.state_dict()`` with a float learning rate (a captured step holds it as a device tensor)."""
+    sd = opt.state_dict()
+    for g in sd["param_groups"]:  # (new dicts: the optimizer's own groups are untouched)
+        if isinstance(g.get("lr"), torch.Tensor):
+            g["lr"] = g["lr"].item()
+    return sd
 
 
 def restore(run: Run, rs: dict, strict: bool = False) -> None:

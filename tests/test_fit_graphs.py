@@ -1,0 +1,143 @@
+"""fit() with ``train.cuda_graphs=true``, on the CPU: the captured step replayed by the emulation
+of tests/graph_emulator.py (aten operations recorded once and replayed on the same tensors, no
+Python), so that what a CUDA graph freezes is frozen here too. The run must give the eager
+run's weights and metrics, in every method and phase. The same on a GPU: test_cuda_graphs.py."""
+
+import csv
+
+import pytest
+import torch
+from graph_emulator import EmulatedGraph, EmulatedStep
+
+from supportnet import cuda_graphs
+from supportnet.config import load_config
+from supportnet.errors import ConfigError
+from supportnet.train import fit
+
+
+class Counted(EmulatedStep):
+    made: list = []
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        Counted.made.append(self)
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """CUDA graphs on the CPU: the emulation, the kernels' torch code, the device form of the guard."""
+    monkeypatch.setattr(cuda_graphs, "GraphedStep", Counted)
+    monkeypatch.setenv("SUPPORTNET_KERNELS", "0")  # the C kernels write through numpy: not recorded
+    monkeypatch.setenv("SUPPORTNET_LAZY_GUARD", "1")
+    Counted.made = []
+    return Counted
+
+
+def _cfg(out, graphs: bool, *sets):
+    return load_config(None, ["data.name=synthetic", "train.epochs=3", "model.kwargs={width: 8, hidden: 32}",
+                              "train.batch_size=32", "train.stats_every=3", "train.evals_per_epoch=2", f"out={out}",
+                              "quiet=true", f"train.cuda_graphs={str(graphs).lower()}", *sets])  # fmt: skip
+
+
+def _weights(run):
+    return torch.load(run / "final.pt", weights_only=True)["state_dict"]
+
+
+def _metrics(run):
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    drop = {"seconds", "est_seconds"}
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+
+METHODS = {
+    "sgd": ["support.method=sgd"],
+    "b-alt": ["support.method=b-alt", "support.warmup=1"],
+    "i-alt stored": ["support.method=i-alt", "support.backend=stored", "support.warmup=1", "support.max_gap=1"],
+    "i-alt snapshot": ["support.method=i-alt", "support.backend=snapshot", "support.warmup=1"],
+    "b-alt bf16": ["support.method=b-alt", "support.warmup=1", "train.amp=bf16"],
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_captured_fit_gives_the_eager_run(emulated, synthetic, tmp_path, method):
+    eager = fit(_cfg(tmp_path / "eager", False, *METHODS[method]), data=synthetic)
+    graphs = fit(_cfg(tmp_path / "graphs", True, *METHODS[method]), data=synthetic)
+    replays = sum(g.replays for g in emulated.made)
+    assert len(emulated.made) == 3 and replays > 0  # one per epoch, and most steps replayed
+    assert sum(len(g.graphs) for g in emulated.made) == 0  # each epoch's graphs dropped at its end
+    w0, w1 = _weights(eager), _weights(graphs)
+    for k in w0:  # the same operations on the same values: the same bits on the CPU
+        assert torch.equal(w1[k], w0[k]), k
+    m0, m1 = _metrics(eager), _metrics(graphs)
+    assert len(m0) == len(m1) == 3 and m0 == m1  # losses, accuracies, active fractions, drift
+
+
+def test_a_python_float_is_frozen_into_the_replays(emulated, synthetic, tmp_path, monkeypatch):
+    """The emulation replays without running the step's Python: a learning rate handed to the
+    optimizer as a float (not the device tensor FitStep sets in place) keeps its value at the
+    capture, and the weights leave the eager run's, as they would on a GPU."""
+    eager = fit(_cfg(tmp_path / "eager", False, "train.epochs=1"), data=synthetic)
+
+    def as_float(opt, lr):
+        for g in opt.param_groups:
+            g["lr"] = lr
+
+    monkeypatch.setattr(cuda_graphs, "set_lr", as_float)
+    graphs = fit(_cfg(tmp_path / "graphs", True, "train.epochs=1"), data=synthetic)
+    assert sum(g.replays for g in emulated.made) > 0
+    w0, w1 = _weights(eager), _weights(graphs)
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_a_freed_tensor_read_by_a_replay_is_an_error():
+    holder = {"acc": torch.zeros(2)}
+
+    def step(x):
+        holder["acc"].add_(x.sum())
+        return x.sum()
+
+    g = EmulatedStep(step, warmup=1)
+    for _ in range(3):
+        g(torch.ones(2))
+    assert holder["acc"].tolist() == [6.0, 6.0] and g.replays == 2
+    holder["acc"] = torch.zeros(2)  # a tensor the graph writes, replaced behind its back
+    with pytest.raises(RuntimeError, match="freed after the capture"):
+        g(torch.ones(2))
+    assert isinstance(next(iter(g.graphs.values()))[0], EmulatedGraph)
+
+
+def test_a_host_read_in_the_captured_step_is_refused():
+    from graph_emulator import HostReadInCapture
+
+    g = EmulatedStep(lambda x: x * 2 if x.sum().item() > 0 else x, warmup=1)
+    g(torch.ones(2))
+    with pytest.raises(HostReadInCapture, match="_local_scalar_dense"):
+        g(torch.ones(2))
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"step_hook": lambda model, opt: None}, "step hook"),
+    ],
+)
+def test_fit_refuses_what_it_cannot_capture_before_writing(emulated, synthetic, tmp_path, kwargs, words):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=words):
+        fit(_cfg(out, True), data=synthetic, **kwargs)
+    assert not out.exists()
+
+
+def test_fit_refuses_the_host_guard(emulated, synthetic, tmp_path, monkeypatch):
+    monkeypatch.delenv("SUPPORTNET_LAZY_GUARD")
+    with pytest.raises(ConfigError, match="device form of the divergence guard"):
+        fit(_cfg(tmp_path / "run", True), data=synthetic)
+    assert not (tmp_path / "run").exists()
+
+
+def test_dsd_refuses_cuda_graphs_before_its_dense_phase(emulated, synthetic, tmp_path):
+    from supportnet.dsd import dsd
+
+    with pytest.raises(ConfigError, match="pruning hook"):
+        dsd(_cfg(tmp_path / "dsd", True), data=synthetic)
+    assert not (tmp_path / "dsd").exists()
