@@ -8,11 +8,13 @@ into the tensors the capture produced), and no Python of the step. So, as on a G
 
 * a Python decision taken at capture (a layer's ``track`` flag, the learning rate as a float,
   a mask set as an attribute) is frozen; only device tensors changed in place reach a replay;
-* a host read inside the step (``.item()``, ``nonzero``) is refused at capture, as CUDA refuses
-  a synchronisation while a stream captures;
-* a tensor the graph reads that was made before the capture and has been freed since is an
-  error at replay (a real graph would read or write memory that another tensor now owns); the
-  emulation holds such tensors weakly, as the GPU allocator does not keep them alive.
+* a host read inside the step is refused at capture, as CUDA refuses a synchronisation while a
+  stream captures: the aten operations that read a value or a data-dependent size on the host
+  (``HOST_READS``, boolean indexing) and ``Tensor.tolist``/``numpy``/``cpu``/``__array__``;
+* a tensor the graph reads that was made before the capture and has been freed since, or whose
+  memory was swapped under it (``.data =``, ``set_``, ``resize_``), is an error at replay (a real
+  graph would read or write memory that another tensor now owns); the emulation holds such
+  tensors weakly, as the GPU allocator does not keep them alive, and checks their address.
 
 Random operations draw new numbers on each replay (a CUDA graph replays its own philox offsets):
 use models without dropout. Operations that do not dispatch through aten (numpy, the C
@@ -22,6 +24,7 @@ host work either.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 import torch
@@ -30,7 +33,18 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from supportnet.cuda_graphs import GraphedStep
 
-HOST_READS = {"_local_scalar_dense", "item", "is_nonzero", "nonzero", "equal"}
+HOST_READS = {"_local_scalar_dense", "item", "is_nonzero", "nonzero", "equal", "masked_select", "_unique2",
+              "unique_dim", "unique_consecutive", "bincount"}  # fmt: skip
+TENSOR_READS = ("tolist", "numpy", "cpu", "__array__")
+
+
+def _host_read(func, args) -> str | None:
+    name = func.__name__.split(".")[0]
+    if name in HOST_READS or func.__name__ == "repeat_interleave.Tensor":
+        return str(func)
+    if name == "index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1]):
+        return f"{func} with a boolean index"
+    return None
 
 
 class HostReadInCapture(RuntimeError):
@@ -61,14 +75,15 @@ class _Recorder(TorchDispatchMode):
             return t
         if id(t) in self.slots:
             return _Ref("slot", self.slots[id(t)])
-        return _Ref("const", t) if const else _Ref("ext", weakref.ref(t))
+        return _Ref("const", t) if const else _Ref("ext", (weakref.ref(t), t.data_ptr()))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func.namespace == "profiler":
             return func(*args, **kwargs)
-        if func.__name__.split(".")[0] in HOST_READS:
-            raise HostReadInCapture(f"{func} reads a device value on the host inside the captured step")
+        what = _host_read(func, args)
+        if what:
+            raise HostReadInCapture(f"{what} reads a device value on the host inside the captured step")
         out = func(*args, **kwargs)
         self.held.append((args, kwargs, out))
         const = func.__name__.startswith("lift_fresh")
@@ -95,6 +110,7 @@ class EmulatedGraph:
     def __init__(self, rec: _Recorder):
         self.ops, self.pool = rec.ops, rec.pool
         self.ran = True  # recording ran the step once: GraphedStep's replay right after the capture is it
+        self.replays = 0  # replays proper (the step not run by Python)
 
     def _value(self, env: dict, ref):
         if not isinstance(ref, _Ref):
@@ -104,16 +120,20 @@ class EmulatedGraph:
             return env[v]
         if kind == "const":
             return v
-        t = v()
+        t = v[0]()
         if t is None:
             raise RuntimeError("the graph reads a tensor that was freed after the capture (a CUDA graph "
                                "would read memory another tensor owns)")  # fmt: skip
+        if t.data_ptr() != v[1]:
+            raise RuntimeError("the graph reads a tensor whose memory was replaced after the capture (a CUDA "
+                               "graph would still use the old address)")  # fmt: skip
         return t
 
     def replay(self) -> None:
         if self.ran:
             self.ran = False
             return
+        self.replays += 1
         env: dict[int, torch.Tensor] = {}
         with torch.no_grad():
             for func, args, kwargs, outs in self.ops:
@@ -130,6 +150,26 @@ class EmulatedGraph:
                         env[k] = n
 
 
+@contextlib.contextmanager
+def _no_tensor_reads():
+    """``Tensor.tolist()`` and friends raise while the step is captured."""
+    saved = {name: getattr(torch.Tensor, name) for name in TENSOR_READS}
+
+    def refuse(name):
+        def read(self, *a, **k):
+            raise HostReadInCapture(f"Tensor.{name} reads a device value on the host inside the captured step")
+
+        return read
+
+    for name in TENSOR_READS:
+        setattr(torch.Tensor, name, refuse(name))
+    try:
+        yield
+    finally:
+        for name, f in saved.items():
+            setattr(torch.Tensor, name, f)
+
+
 class EmulatedStep(GraphedStep):
     """:class:`~supportnet.cuda_graphs.GraphedStep` with :class:`EmulatedGraph` on the CPU."""
 
@@ -139,6 +179,9 @@ class EmulatedStep(GraphedStep):
     def _check_device(self) -> None:
         pass
 
+    def _on(self, inputs):
+        return contextlib.nullcontext()
+
     def _eager(self, inputs):
         self.eager_calls += 1
         return self.step(*inputs)
@@ -146,7 +189,7 @@ class EmulatedStep(GraphedStep):
     def _capture(self, inputs):
         static = [t.detach().clone() for t in inputs]
         rec = _Recorder()
-        with rec:
+        with rec, _no_tensor_reads():
             out = self.step(*static)
         EmulatedStep.captured += 1
         return EmulatedGraph(rec), static, out

@@ -116,27 +116,45 @@ def test_guard_inside_the_graph_skips_updates_from_the_bad_step_on():
         assert torch.equal(a, b.detach())
 
 
+FIT_CASES = {
+    "sgd": ["support.method=sgd"],
+    "b-alt bf16": ["support.method=b-alt", "train.amp=bf16", "train.channels_last=true", "train.loader=device"],
+    "i-alt stored bf16": ["support.method=i-alt", "support.backend=stored", "train.amp=bf16",
+                          "train.channels_last=true", "train.loader=device"],
+}  # fmt: skip
+
+
 @cuda
 @pytest.mark.gpu
-@pytest.mark.parametrize("method", ["sgd", "b-alt", "i-alt"])
-def test_fit_with_cuda_graphs_matches_eager(synthetic, tmp_path, method):
-    """fit() with train.cuda_graphs=true on a GPU: the eager run's weights (to the GPU's
-    run-to-run tolerance) and its metrics. The CPU emulation of the same: test_fit_graphs.py."""
+@pytest.mark.parametrize("case", FIT_CASES)
+def test_fit_with_cuda_graphs_matches_eager(synthetic, tmp_path, case, monkeypatch):
+    """fit() with train.cuda_graphs=true on a GPU: graphs captured and replayed, and the eager
+    run's weights (to the GPU's run-to-run tolerance: atomics in the convolutions' backward) and
+    accuracy. The CPU emulation of the same, to the bit: test_fit_graphs.py."""
     import json
 
+    from supportnet import cuda_graphs
     from supportnet.config import load_config
     from supportnet.train import fit
 
+    made = []
+
+    class Spy(cuda_graphs.GraphedStep):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(cuda_graphs, "GraphedStep", Spy)
     runs = {}
     for graphs in (False, True):
-        cfg = load_config(None, ["data.name=synthetic", "train.epochs=3", "train.batch_size=32",
+        cfg = load_config(None, ["data.name=synthetic", "train.epochs=2", "train.batch_size=32",
                                  "model.kwargs={width: 8, hidden: 32}", "train.device=cuda", "train.stats_every=3",
-                                 f"support.method={method}", "support.warmup=1", "support.backend=stored",
-                                 f"train.cuda_graphs={str(graphs).lower()}", f"out={tmp_path / str(graphs)}",
-                                 "quiet=true"])  # fmt: skip
+                                 "support.warmup=1", *FIT_CASES[case], f"out={tmp_path / str(graphs)}",
+                                 f"train.cuda_graphs={str(graphs).lower()}", "quiet=true"])  # fmt: skip
         run = fit(cfg, data=synthetic)
         runs[graphs] = (torch.load(run / "final.pt", weights_only=True)["state_dict"],
                         json.loads((run / "summary.json").read_text()))  # fmt: skip
+    assert len(made) == 2 and all(g.replays >= 20 for g in made)  # of 32 steps an epoch, 6 eager
     for k, w in runs[False][0].items():
-        torch.testing.assert_close(runs[True][0][k], w, rtol=1e-3, atol=1e-4, msg=k)
+        torch.testing.assert_close(runs[True][0][k].float(), w.float(), rtol=1e-3, atol=1e-4, msg=k)
     assert runs[True][1]["test_acc"] == pytest.approx(runs[False][1]["test_acc"], abs=0.02)

@@ -20,7 +20,13 @@ class Counted(EmulatedStep):
 
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
+        self.captured: list = []
         Counted.made.append(self)
+
+    def _capture(self, inputs):
+        entry = super()._capture(inputs)
+        self.captured.append(entry[0])
+        return entry
 
 
 @pytest.fixture
@@ -55,16 +61,24 @@ METHODS = {
     "i-alt stored": ["support.method=i-alt", "support.backend=stored", "support.warmup=1", "support.max_gap=1"],
     "i-alt snapshot": ["support.method=i-alt", "support.backend=snapshot", "support.warmup=1"],
     "b-alt bf16": ["support.method=b-alt", "support.warmup=1", "train.amp=bf16"],
+    "i-alt stored, packed rows": ["support.method=i-alt", "support.backend=stored", "support.warmup=1"],
 }
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_captured_fit_gives_the_eager_run(emulated, synthetic, tmp_path, method):
+def test_captured_fit_gives_the_eager_run(emulated, synthetic, tmp_path, method, monkeypatch):
+    if "packed" in method:  # the rows as the GPU's layers read them (PackedMasks), one tensor input
+        from supportnet import kernels
+
+        monkeypatch.setattr(kernels, "packed_supports", lambda device: True)
     eager = fit(_cfg(tmp_path / "eager", False, *METHODS[method]), data=synthetic)
     graphs = fit(_cfg(tmp_path / "graphs", True, *METHODS[method]), data=synthetic)
-    replays = sum(g.replays for g in emulated.made)
-    assert len(emulated.made) == 3 and replays > 0  # one per epoch, and most steps replayed
+    # per epoch (32 steps): the full batch's two graphs (track on and off), each after 3 eager steps
+    assert [(g.eager_calls, len(g.captured)) for g in emulated.made] == [(6, 2)] * 3
+    assert [sum(c.replays for c in g.captured) for g in emulated.made] == [24] * 3  # not run by Python
     assert sum(len(g.graphs) for g in emulated.made) == 0  # each epoch's graphs dropped at its end
+    opt = torch.load(graphs / "checkpoint.pt", weights_only=True)["optimizer"]
+    assert all(type(g["lr"]) is float for g in opt["param_groups"])
     w0, w1 = _weights(eager), _weights(graphs)
     for k in w0:  # the same operations on the same values: the same bits on the CPU
         assert torch.equal(w1[k], w0[k]), k
@@ -141,3 +155,76 @@ def test_dsd_refuses_cuda_graphs_before_its_dense_phase(emulated, synthetic, tmp
     with pytest.raises(ConfigError, match="pruning hook"):
         dsd(_cfg(tmp_path / "dsd", True), data=synthetic)
     assert not (tmp_path / "dsd").exists()
+
+
+def test_fit_refuses_torchrun_before_joining_a_group(emulated, synthetic, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # no RANK, no MASTER_ADDR: setup() would fail differently
+    with pytest.raises(ConfigError, match="torchrun"):
+        fit(_cfg(tmp_path / "run", True), data=synthetic)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_stopped_mid_epoch_resumes_to_the_eager_weights(emulated, synthetic, tmp_path, monkeypatch):
+    """Mid-epoch checkpoints under graphs (the learning rate saved as a float), a crash, a resume."""
+    from supportnet import faults
+
+    sets = ["support.method=b-alt", "support.warmup=1", "train.checkpoint_steps=10"]
+    eager = fit(_cfg(tmp_path / "eager", False, *sets), data=synthetic)
+    calls = {"step": 0}
+    real = faults.hit
+
+    def crash(point):
+        calls[point] = calls.get(point, 0) + 1
+        if point == "step" and calls["step"] == 45:
+            raise KeyboardInterrupt  # as a killed run: mid-epoch 2, the checkpoint of step 40 on disk
+        real(point)
+
+    monkeypatch.setattr(faults, "hit", crash)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_cfg(tmp_path / "graphs", True, *sets), data=synthetic)
+    monkeypatch.setattr(faults, "hit", real)
+    graphs = fit(_cfg(tmp_path / "graphs", True, *sets), data=synthetic, resume=tmp_path / "graphs")
+    w0, w1 = _weights(eager), _weights(graphs)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_reset_stats_keeps_the_tensor_a_graph_adds_to():
+    from supportnet.layers import HardThreshold
+
+    layer = HardThreshold()
+    stats = layer.stats
+    stats.add_(3.0)
+    layer.reset_stats()
+    assert layer.stats is stats and not stats.any()
+
+
+def test_memory_swapped_under_a_tensor_is_an_error():
+    acc = torch.zeros(2)
+
+    def step(x):
+        acc.add_(x.sum())
+        return x.sum()
+
+    g = EmulatedStep(step, warmup=1)
+    for _ in range(2):
+        g(torch.ones(2))
+    acc.data = torch.zeros(2)  # the same Python object, other memory: a graph keeps the old address
+    with pytest.raises(RuntimeError, match="memory was replaced"):
+        g(torch.ones(2))
+
+
+@pytest.mark.parametrize(
+    "step, words",
+    [
+        (lambda x: x * len(x.tolist()), "Tensor.tolist"),
+        (lambda x: x[x > 0].sum(), "boolean index"),
+        (lambda x: torch.masked_select(x, x > 0).sum(), "masked_select"),
+    ],
+)
+def test_other_host_reads_are_refused(step, words):
+    from graph_emulator import HostReadInCapture
+
+    g = EmulatedStep(step, warmup=1)
+    g(torch.ones(2))
+    with pytest.raises(HostReadInCapture, match=words):
+        g(torch.ones(2))

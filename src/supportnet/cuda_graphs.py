@@ -24,8 +24,9 @@ on a host sync during capture):
 * call ``optimizer.zero_grad(set_to_none=True)`` itself and leave ``.grad`` to the step: after
   capture the replayed kernels write the gradients the captured step allocated.
 
-Each distinct set of input shapes (the full batch, the last partial one), and each ``key`` the
-caller passes for a Python decision it changes between steps, gets its own graph, up to
+Each distinct set of input shapes, and each ``key`` the caller passes for a Python decision it
+changes between steps, gets its own graph once it has been seen ``warmup`` times (a shape seen
+less often, like the last partial batch of an epoch in fit(), always runs eagerly), up to
 ``max_graphs``; further ones run eagerly.
 """
 
@@ -52,7 +53,9 @@ class GraphedStep:
     Every call performs exactly one step: the call that captures replays the new graph at once
     (capturing runs nothing). The return value of a replayed call is the captured step's output
     (the same tensors every replay: copy what must outlive the next call). ``replays``,
-    ``eager_calls`` and ``graphs`` say what ran."""
+    ``eager_calls`` and ``graphs`` say what ran. Everything runs on the device of the first input
+    (``cuda:1`` too, whatever the current device is). Each graph has its own memory pool: the
+    step's activations are held once per graph, beside what the eager steps left cached."""
 
     device_types = ("cuda",)  # where the step may run (fit() checks train.device against it)
 
@@ -70,6 +73,10 @@ class GraphedStep:
         if not torch.cuda.is_available():
             raise ConfigError("a CUDA graph needs a CUDA device, and none is available; run the step eagerly")
 
+    def _on(self, inputs: Sequence[torch.Tensor]):
+        """The inputs' device as the current one (a graph captures the current device's streams)."""
+        return torch.cuda.device(inputs[0].device)
+
     def _eager(self, inputs: Sequence[torch.Tensor]):
         """One step outside any graph, on a side stream (the warm-up and the shapes not captured)."""
         side = torch.cuda.Stream()
@@ -84,7 +91,8 @@ class GraphedStep:
         static = [t.detach().clone() for t in inputs]
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize()
-        with torch.cuda.graph(graph):
+        # thread_local: a DataLoader's pin-memory thread may allocate pinned memory meanwhile
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = self.step(*static)
         log.debug("captured a CUDA graph of the training step for inputs %s", [tuple(t.shape) for t in static])
         return graph, static, out
@@ -92,7 +100,10 @@ class GraphedStep:
     def __call__(self, *inputs: torch.Tensor, key: tuple = ()):
         """One step on ``inputs``; ``key``: the Python decisions the step reads that change between
         calls (fit() passes the layers' ``track`` flag), each value its own graph."""
-        key = (_signature(inputs), key)
+        with self._on(inputs):
+            return self._call(inputs, (_signature(inputs), key))
+
+    def _call(self, inputs: Sequence[torch.Tensor], key: tuple):
         entry = self.graphs.get(key)
         if entry is None:
             seen = self._seen.get(key, 0)
@@ -111,9 +122,8 @@ class GraphedStep:
 # ----------------------------------------------------------------------------- fit()'s step
 
 
-def _refuse(why: str | None) -> None:
-    if why:
-        raise ConfigError(f"train.cuda_graphs=true {why}; drop train.cuda_graphs")
+def _refuse(why: str) -> None:
+    raise ConfigError(f"train.cuda_graphs=true {why} drop train.cuda_graphs")
 
 
 def check_config(cfg) -> None:
@@ -123,25 +133,27 @@ def check_config(cfg) -> None:
     if not t.cuda_graphs:
         return
     if t.device.split(":")[0] not in GraphedStep.device_types:
-        _refuse(f"needs train.device=cuda (got {t.device}): a CUDA graph runs on a GPU")
+        _refuse(f"needs a GPU (got train.device={t.device}); set train.device=cuda, or")
     if t.compile:
-        _refuse("and train.compile=true would both capture the step; keep one")
-    if s.method == "b-alt" and (s.sync != "local" or s.probe):
-        _refuse("needs support.sync=local without support.probe: the probe pass sets each batch's support from Python")
+        _refuse("and train.compile=true would both capture the step; drop train.compile, or")
+    if s.method == "b-alt" and s.sync != "local":
+        _refuse(f"cannot capture support.sync={s.sync} (a collective per step); set support.sync=local, or")
+    if s.method == "b-alt" and s.probe:
+        _refuse("cannot capture support.probe=true (its probe pass sets each batch's support from Python); "
+                "set support.probe=false, or")  # fmt: skip
 
 
-def check_run(cfg, distributed_active: bool, step_hook, lazy_guard: bool) -> None:
-    """What :func:`check_config` cannot see, checked by fit() before anything is written."""
+def check_run(cfg, torchrun: bool, step_hook, lazy_guard: bool) -> None:
+    """What :func:`check_config` cannot see, checked by fit() before anything is written (and
+    before a process group is joined)."""
     if not cfg.train.cuda_graphs:
         return
-    why = None
-    if distributed_active:
-        why = "is not supported under torchrun yet (DDP's gradient all-reduce is not captured)"
-    elif step_hook is not None:
-        why = "cannot capture a step hook (DSD's pruning): its Python would run once, at the capture"
-    elif not lazy_guard:
-        why = "needs the device form of the divergence guard (a host read per step cannot be captured)"
-    _refuse(why)
+    if torchrun:
+        _refuse("is not supported under torchrun yet (DDP's gradient all-reduce is not captured);")
+    if step_hook is not None:
+        _refuse("cannot capture a step hook (DSD's pruning): its Python would run once, at the capture;")
+    if not lazy_guard:
+        _refuse("needs the device form of the divergence guard (a host read per step cannot be captured);")
 
 
 class FitStep:

@@ -329,11 +329,11 @@ def start_run(
     if t.threads:
         torch.set_num_threads(t.threads)
     tune_allocator()  # no page faults for the same activations every step (supportnet.allocator)
+    cuda_graphs.check_run(cfg, distributed.env_world() > 1, step_hook, lazy_default(torch.device(t.device)))
     info = distributed.setup(t.device)
     distributed.check_batch(t.batch_size, info)
     device = torch.device(f"cuda:{info.local_rank}" if info.active and t.device.startswith("cuda") else t.device)
     lazy = lazy_default(device)
-    cuda_graphs.check_run(cfg, info.active, step_hook, lazy)
     data, model = _data_and_model(cfg, data, model, device)
     out = Path(cfg.out) if cfg.out else _default_out(cfg)
     if info.is_main:  # the folder is this run's (locked) until fit returns
@@ -452,6 +452,27 @@ def train_one_epoch(run: Run, epoch: int, ev: EpochEvent) -> float:
     run.model.train()
     penalised = any(layer.consistency > 0 for _, layer in threshold_layers(run.model))  # set per phase
     graphed = cuda_graphs.FitStep(run, penalised) if run.cfg.train.cuda_graphs else None
+    try:
+        _steps(run, epoch, ep, penalised, graphed)
+    finally:  # the learning rate a float again, the graphs' memory freed
+        if graphed is not None:
+            graphed.close()
+    run.guard.check_pending(st.step)
+    configure(run.model, track=False, strict=False)
+    loss_sum, n_seen = ep.loss_sum.item(), ep.n_seen
+    if run.info.active:
+        sums = distributed.all_reduce_sum(
+            torch.tensor([loss_sum, float(n_seen)], dtype=torch.float64, device=run.device)
+        )
+        loss_sum, n_seen = sums[0].item(), int(sums[1].item())
+    st.seconds += time.perf_counter() - run.epoch_t0 - ep.eval_seconds
+    run.last_lr = ep.lr  # for the epoch's row
+    return loss_sum / max(n_seen, 1)
+
+
+def _steps(run: Run, epoch: int, ep: _Epoch, penalised: bool, graphed: cuda_graphs.FitStep | None) -> None:
+    """The epoch's steps from ``ep.steps`` on."""
+    st = run.state
     bar = _progress(run, epoch, ep)
     for x, y, idx in bar:
         x, y, idx = _prepare(run, epoch, x, y, idx)
@@ -470,19 +491,6 @@ def train_one_epoch(run: Run, epoch: int, ev: EpochEvent) -> float:
         faults.hit("step")
         _after_step(run, epoch, ep, bar, loss)
     bar.close()
-    if graphed is not None:
-        graphed.close()
-    run.guard.check_pending(st.step)
-    configure(run.model, track=False, strict=False)
-    loss_sum, n_seen = ep.loss_sum.item(), ep.n_seen
-    if run.info.active:
-        sums = distributed.all_reduce_sum(
-            torch.tensor([loss_sum, float(n_seen)], dtype=torch.float64, device=run.device)
-        )
-        loss_sum, n_seen = sums[0].item(), int(sums[1].item())
-    st.seconds += time.perf_counter() - run.epoch_t0 - ep.eval_seconds
-    run.last_lr = ep.lr  # for the epoch's row
-    return loss_sum / max(n_seen, 1)
 
 
 def _progress(run: Run, epoch: int, ep: _Epoch):
