@@ -32,6 +32,7 @@ less often, like the last partial batch of an epoch in fit(), always runs eagerl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
@@ -53,7 +54,7 @@ class GraphedStep:
     Every call performs exactly one step: the call that captures replays the new graph at once
     (capturing runs nothing). The return value of a replayed call is the captured step's output
     (the same tensors every replay: copy what must outlive the next call). ``replays``,
-    ``eager_calls`` and ``graphs`` say what ran. Everything runs on the device of the first input
+    ``eager_calls`` and ``graphs`` say what ran. Everything runs on the GPU of the inputs
     (``cuda:1`` too, whatever the current device is). Each graph has its own memory pool: the
     step's activations are held once per graph, beside what the eager steps left cached."""
 
@@ -74,8 +75,9 @@ class GraphedStep:
             raise ConfigError("a CUDA graph needs a CUDA device, and none is available; run the step eagerly")
 
     def _on(self, inputs: Sequence[torch.Tensor]):
-        """The inputs' device as the current one (a graph captures the current device's streams)."""
-        return torch.cuda.device(inputs[0].device)
+        """The inputs' GPU as the current device (a graph captures the current device's streams)."""
+        dev = next((t.device for t in inputs if t.is_cuda), None)
+        return torch.cuda.device(dev) if dev is not None else contextlib.nullcontext()
 
     def _eager(self, inputs: Sequence[torch.Tensor]):
         """One step outside any graph, on a side stream (the warm-up and the shapes not captured)."""
