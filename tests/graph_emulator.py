@@ -16,9 +16,13 @@ into the tensors the capture produced), and no Python of the step. So, as on a G
   graph would read or write memory that another tensor now owns); the emulation holds such
   tensors weakly, as the GPU allocator does not keep them alive, and checks their address.
 
-Random operations draw new numbers on each replay (a CUDA graph replays its own philox offsets):
-use models without dropout. Operations that do not dispatch through aten (numpy, the C
-kernels) are not recorded: run with ``SUPPORTNET_KERNELS=0``, as a GPU graph would not hold
+Not seen: host reads that are no-ops on the CPU (``.to("cpu")``) or happen below the recorded
+operation (``y[mask] = v``: ``index_put_``'s own ``nonzero``); ``Tensor.tolist``/``cpu`` are refused
+in the whole process during a capture, for any tensor.
+
+Random operations draw new numbers on each replay (a CUDA graph replays its own philox
+offsets): use models without dropout. Operations that do not dispatch through aten (numpy, the
+C kernels) are not recorded: run with ``SUPPORTNET_KERNELS=0``, as a GPU graph would not hold
 host work either.
 """
 

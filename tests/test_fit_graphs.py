@@ -3,6 +3,7 @@ of tests/graph_emulator.py (aten operations recorded once and replayed on the sa
 Python), so that what a CUDA graph freezes is frozen here too. The run must give the eager
 run's weights and metrics, in every method and phase. The same on a GPU: test_cuda_graphs.py."""
 
+import contextlib
 import csv
 
 import pytest
@@ -158,34 +159,82 @@ def test_dsd_refuses_cuda_graphs_before_its_dense_phase(emulated, synthetic, tmp
 
 
 def test_fit_refuses_torchrun_before_joining_a_group(emulated, synthetic, tmp_path, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")  # no RANK, no MASTER_ADDR: setup() would fail differently
-    with pytest.raises(ConfigError, match="torchrun"):
+    from supportnet import distributed
+
+    for k, v in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}.items():
+        monkeypatch.setenv(k, v)
+
+    def joined(device):
+        raise AssertionError("a process group was joined before the refusal")
+
+    monkeypatch.setattr(distributed, "setup", joined)
+    with pytest.raises(ConfigError, match="not supported under torchrun"):
         fit(_cfg(tmp_path / "run", True), data=synthetic)
     assert not (tmp_path / "run").exists()
 
 
-def test_a_run_stopped_mid_epoch_resumes_to_the_eager_weights(emulated, synthetic, tmp_path, monkeypatch):
-    """Mid-epoch checkpoints under graphs (the learning rate saved as a float), a crash, a resume."""
+def _crash_at(monkeypatch, n: int) -> dict:
+    """``faults.hit("step")`` raises KeyboardInterrupt (as a killed run) on its ``n``-th call; counts calls."""
     from supportnet import faults
 
-    sets = ["support.method=b-alt", "support.warmup=1", "train.checkpoint_steps=10"]
-    eager = fit(_cfg(tmp_path / "eager", False, *sets), data=synthetic)
     calls = {"step": 0}
     real = faults.hit
 
-    def crash(point):
+    def hit(point):
         calls[point] = calls.get(point, 0) + 1
-        if point == "step" and calls["step"] == 45:
-            raise KeyboardInterrupt  # as a killed run: mid-epoch 2, the checkpoint of step 40 on disk
+        if point == "step" and calls["step"] == n:
+            raise KeyboardInterrupt
         real(point)
 
-    monkeypatch.setattr(faults, "hit", crash)
+    monkeypatch.setattr(faults, "hit", hit)
+    return calls
+
+
+def test_a_run_stopped_mid_epoch_resumes_to_the_eager_weights(emulated, synthetic, tmp_path, monkeypatch):
+    """Mid-epoch checkpoints under graphs (the learning rate saved as a float), a crash, a resume."""
+    sets = ["support.method=b-alt", "support.warmup=1", "train.checkpoint_steps=10"]
+    eager = fit(_cfg(tmp_path / "eager", False, *sets), data=synthetic)
+    _crash_at(monkeypatch, 45)  # mid-epoch 2 (of 32 steps each): the checkpoint of step 40 on disk
     with pytest.raises(KeyboardInterrupt):
         fit(_cfg(tmp_path / "graphs", True, *sets), data=synthetic)
-    monkeypatch.setattr(faults, "hit", real)
+    ck = torch.load(tmp_path / "graphs" / "checkpoint.pt", weights_only=True)
+    assert (ck["step"], ck["step_in_epoch"]) == (40, 8)
+    calls = _crash_at(monkeypatch, -1)
     graphs = fit(_cfg(tmp_path / "graphs", True, *sets), data=synthetic, resume=tmp_path / "graphs")
+    assert calls["step"] == 96 - 40  # continued from step 40, not from the start
     w0, w1 = _weights(eager), _weights(graphs)
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_the_learning_rate_is_a_float_again_after_an_error(emulated, synthetic, tmp_path, monkeypatch):
+    from supportnet.train import start_run, train_one_epoch
+
+    run = start_run(_cfg(tmp_path / "run", True), data=synthetic)
+    try:
+        _crash_at(monkeypatch, 10)  # after the graphs were captured and replayed
+        with pytest.raises(KeyboardInterrupt):
+            train_one_epoch(run, 0, run.start_epoch(0))
+        assert emulated.made[0].replays > 0
+        assert all(type(g["lr"]) is float for g in run.opt.param_groups)
+    finally:
+        run.loggers.close()
+
+
+def test_graphed_step_runs_on_the_inputs_gpu(monkeypatch):
+    """``cuda:1`` inputs make cuda:1 the current device for the whole step (the capture too); CPU
+    inputs such as indices do not pick it. (On a machine without a GPU: the choice alone.)"""
+    from types import SimpleNamespace
+
+    from supportnet.cuda_graphs import GraphedStep
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "device", lambda d: chosen.append(d) or contextlib.nullcontext())
+    cpu_idx = SimpleNamespace(is_cuda=False, device=torch.device("cpu"))
+    gpu_x = SimpleNamespace(is_cuda=True, device=torch.device("cuda:1"))
+    with GraphedStep._on(None, [cpu_idx, gpu_x]):
+        pass
+    assert chosen == [torch.device("cuda:1")]
+    assert isinstance(GraphedStep._on(None, [cpu_idx]), contextlib.nullcontext)
 
 
 def test_reset_stats_keeps_the_tensor_a_graph_adds_to():

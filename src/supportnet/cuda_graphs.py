@@ -93,8 +93,9 @@ class GraphedStep:
         static = [t.detach().clone() for t in inputs]
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize()
-        # thread_local: a DataLoader's pin-memory thread may allocate pinned memory meanwhile
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        # a capture stream of this device (torch's default one lives on the device of the process's first
+        # capture); thread_local: a DataLoader's pin-memory thread may allocate pinned memory meanwhile
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
             out = self.step(*static)
         log.debug("captured a CUDA graph of the training step for inputs %s", [tuple(t.shape) for t in static])
         return graph, static, out
@@ -170,9 +171,10 @@ class FitStep:
 
     def __init__(self, run, penalised: bool, warmup: int = 3):
         self.run, self.penalised, self.shapes = run, penalised, None
+        self.graphed = GraphedStep(self._step, warmup=warmup)
+        self.floats = [float(g["lr"]) for g in run.opt.param_groups]
         for g in run.opt.param_groups:  # the fused step reads it on the device; set in place every step
             g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float32, device=run.device)
-        self.graphed = GraphedStep(self._step, warmup=warmup)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
         from .layers import set_instance_masks
@@ -200,11 +202,11 @@ class FitStep:
             inputs.extend(masks)
         return self.graphed(*inputs, key=(tracking,))
 
-    def close(self) -> None:
-        """Drop the graphs; the learning rate is a float again."""
-        for g in self.run.opt.param_groups:
-            if isinstance(g["lr"], torch.Tensor):
-                g["lr"] = g["lr"].item()
+    def close(self, lr: float | None = None) -> None:
+        """Drop the graphs; the learning rate is a float again: ``lr`` (the last one set), else the
+        one before the epoch (no read of the device: this also runs after an error)."""
+        for g, before in zip(self.run.opt.param_groups, self.floats):
+            g["lr"] = before if lr is None else lr
         self.graphed.graphs.clear()
 
 

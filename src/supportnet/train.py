@@ -456,7 +456,7 @@ def train_one_epoch(run: Run, epoch: int, ev: EpochEvent) -> float:
         _steps(run, epoch, ep, penalised, graphed)
     finally:  # the learning rate a float again, the graphs' memory freed
         if graphed is not None:
-            graphed.close()
+            graphed.close(ep.lr or None)
     run.guard.check_pending(st.step)
     configure(run.model, track=False, strict=False)
     loss_sum, n_seen = ep.loss_sum.item(), ep.n_seen
