@@ -36,6 +36,7 @@ from supportnet.alternation import BAlternation, IAlternation
 from supportnet.config import SupportConfig
 from supportnet.cuda_graphs import GraphedStep
 from supportnet.data import Split
+from supportnet.data.registry import DATASETS
 from supportnet.guard import DivergenceGuard
 from supportnet.layers import configure, set_instance_masks
 from supportnet.masks import PackedMasks
@@ -173,9 +174,12 @@ def main() -> None:
     ap.add_argument("--no-fit", action="store_true", help="skip the fit() rows")
     a = ap.parse_args()
     unknown = sorted(set(a.models.split(",")) - set(SHAPES))
-    if unknown or a.steps < 1 or a.repeats < 1 or a.batch < 1 or a.fit_epochs < 2:
-        ap.error(f"--models takes {','.join(SHAPES)} (got {','.join(unknown) or a.models}); --steps, --repeats "
-                 "and --batch at least 1, --fit-epochs at least 2 (the first warms up)")  # fmt: skip
+    if unknown:
+        ap.error(f"--models takes {','.join(SHAPES)} (got {','.join(unknown)})")
+    if a.steps < 1 or a.repeats < 1 or a.batch < 1 or a.fit_epochs < 2:
+        ap.error("--steps, --repeats and --batch need at least 1, --fit-epochs at least 2 (the first warms up)")
+    if not a.no_fit and a.fit_data not in DATASETS:
+        ap.error(f"--fit-data takes one of {', '.join(DATASETS)} (got {a.fit_data})")
     make_out(ap, a.out)
     if not torch.cuda.is_available():
         raise SystemExit("gpu_graphs.py: error: needs a CUDA device; run it on a GPU machine")
@@ -195,30 +199,26 @@ def main() -> None:
         res["fit"] = fit_rows(a.fit_data, a.fit_epochs, a.out / "fit-runs")
         (a.out / "gpu_graphs.json").write_text(json.dumps(res, indent=1))
     print(f"device: {res['device']}")
-    print("| model | method | eager steps/s | graph steps/s | graph / eager | max weight diff |")
-    print("|---|---|---:|---:|---:|---:|")
-    for r in rows:
-        if "error" in r:
-            print(f"| {r['model']} | {r['method']} | failed: {r['error'][:120]} | | | |")
-            continue
-        s = r["steps_per_s"]
-        print(f"| {r['model']} | {r['method']} | {s['eager']:.0f} | {s['graph']:.0f} | {r['graph_speedup']:.2f} | "
-              f"{r['max_weight_difference']:.2e} |")  # fmt: skip
-    print_fit(res["fit"])
+    _table("| model | method | eager steps/s | graph steps/s | graph / eager | max weight diff |", rows,
+           lambda r: [r["model"], r["method"], f"{r['steps_per_s']['eager']:.0f}", f"{r['steps_per_s']['graph']:.0f}",
+                      f"{r['graph_speedup']:.2f}", f"{r['max_weight_difference']:.2e}"])  # fmt: skip
+    if res["fit"]:
+        print()
+        _table("| fit(), convnet-s | last epoch s, eager | with cuda_graphs | eager / graph | test acc eager | graph |",
+               res["fit"], lambda r: [r["method"], f"{r['eager']['last_epoch_seconds']:.2f}",
+                                      f"{r['graph']['last_epoch_seconds']:.2f}", f"{r['graph_speedup']:.2f}",
+                                      f"{r['eager']['test_acc']:.4f}", f"{r['graph']['test_acc']:.4f}"])  # fmt: skip
 
 
-def print_fit(rows: list[dict]) -> None:
-    if not rows:
-        return
-    print("\n| fit(), convnet-s | last epoch s, eager | with cuda_graphs | eager / graph | test acc eager | graph |")
-    print("|---|---:|---:|---:|---:|---:|")
+def _table(head: str, rows: list[dict], cells) -> None:
+    """A Markdown table: ``head``, then ``cells(row)`` per row (a failed row: its names and its error)."""
+    n = head.count("|") - 1
+    print(head)
+    print("|---|" + "---:|" * (n - 1))
     for r in rows:
-        if "error" in r:
-            print(f"| {r['method']} | failed: {r['error'][:120]} | | | | |")
-            continue
-        e, g = r["eager"], r["graph"]
-        print(f"| {r['method']} | {e['last_epoch_seconds']:.2f} | {g['last_epoch_seconds']:.2f} | "
-              f"{r['graph_speedup']:.2f} | {e['test_acc']:.4f} | {g['test_acc']:.4f} |")  # fmt: skip
+        names = [r[k] for k in ("model", "method") if k in r]
+        row = cells(r) if "error" not in r else [*names, f"failed: {r['error'][:120]}"]
+        print("| " + " | ".join(row + [""] * (n - len(row))) + " |")
 
 
 if __name__ == "__main__":

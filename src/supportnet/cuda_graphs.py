@@ -39,6 +39,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .errors import ConfigError
+from .layers import set_instance_masks
+from .masks import PackedMasks
 
 log = logging.getLogger("supportnet")
 
@@ -153,10 +155,15 @@ def check_run(cfg, torchrun: bool, step_hook, lazy_guard: bool) -> None:
         return
     if torchrun:
         _refuse("is not supported under torchrun yet (DDP's gradient all-reduce is not captured);")
-    if step_hook is not None:
-        _refuse("cannot capture a step hook (DSD's pruning): its Python would run once, at the capture;")
+    check_hook(cfg, step_hook)
     if not lazy_guard:
         _refuse("needs the device form of the divergence guard (a host read per step cannot be captured);")
+
+
+def check_hook(cfg, step_hook) -> None:
+    """A step hook (DSD's pruning hook) cannot be captured: its Python would run once, at the capture."""
+    if cfg.train.cuda_graphs and step_hook is not None:
+        _refuse("cannot capture a step hook (DSD's pruning hook): its Python would run once, at the capture;")
 
 
 class FitStep:
@@ -177,9 +184,7 @@ class FitStep:
             g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float32, device=run.device)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
-        from .layers import set_instance_masks
-        from .masks import PackedMasks
-        from .train import train_step
+        from .train import train_step  # (train imports this module)
 
         r = self.run
         if masks:
@@ -190,8 +195,6 @@ class FitStep:
     def __call__(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, tracking: bool) -> torch.Tensor:
         """One training step on the batch ``(x, y)`` with example indices ``idx``; the cross-entropy
         (a tensor the next call overwrites)."""
-        from .masks import PackedMasks
-
         masks = self.run.sched.step_masks(x, idx)
         inputs = [x, y]
         if isinstance(masks, PackedMasks):

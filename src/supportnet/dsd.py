@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import cuda_graphs
 from .config import Config
 from .data import batches, epoch_order
 from .errors import ConfigError
@@ -529,10 +530,7 @@ def dsd(
     ds = cfg.dsd
     if min(ds.dense_epochs, ds.sparse_epochs) < 1:
         raise ConfigError("dsd needs dense_epochs >= 1 and sparse_epochs >= 1; fix the values")
-    if cfg.train.cuda_graphs:  # refused now, not after the dense phase
-        raise ConfigError(
-            "train.cuda_graphs=true cannot capture the sparse phase's pruning hook; drop train.cuda_graphs"
-        )
+    cuda_graphs.check_hook(cfg, Enforcer)  # the sparse phase's hook: refused now, not after the dense phase
     out = Path(out or cfg.out or "runs/dsd")
     if resume and not (out / "dense").is_dir():
         raise ConfigError(f"{out} holds no DSD run to resume (no dense/ folder); drop --resume to start one")

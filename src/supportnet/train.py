@@ -333,13 +333,13 @@ def start_run(
     info = distributed.setup(t.device)
     distributed.check_batch(t.batch_size, info)
     device = torch.device(f"cuda:{info.local_rank}" if info.active and t.device.startswith("cuda") else t.device)
-    lazy = lazy_default(device)
     data, model = _data_and_model(cfg, data, model, device)
     out = Path(cfg.out) if cfg.out else _default_out(cfg)
     if info.is_main:  # the folder is this run's (locked) until fit returns
         claim_run_folder(out, resume=rs is not None, overwrite=overwrite)
         if rs is None:
             atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    lazy = lazy_default(device)
     opt = torch.optim.SGD(
         model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, fused=True if lazy else None
     )
