@@ -83,9 +83,9 @@ def rows_for(kind: str) -> list[tuple[str, list[str], str | None]]:
 
 def seed_job(a_dict: dict, seed: int) -> dict:
     """Everything for one seed: the converged dense model, then every row from it."""
+    from supportnet.checkpoint import load_checkpoint
     from supportnet.config import load_config
     from supportnet.dsd import dsd
-    from supportnet.io import load_checkpoint
     from supportnet.models import count_params
     from supportnet.train import build, fit
 

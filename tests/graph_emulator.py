@@ -177,7 +177,6 @@ def _no_tensor_reads():
 class EmulatedStep(GraphedStep):
     """:class:`~supportnet.cuda_graphs.GraphedStep` with :class:`EmulatedGraph` on the CPU."""
 
-    device_types = ("cpu",)
     captured = 0
 
     def _check_device(self) -> None:

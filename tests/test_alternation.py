@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from supportnet.alternation import IAlternation, make_schedule
+from supportnet.checkpoint import load_checkpoint
 from supportnet.config import SupportConfig, load_config
 from supportnet.data import Split, batches, epoch_order
-from supportnet.io import load_checkpoint
 from supportnet.layers import record_masks, threshold_layers
 from supportnet.masks import PackedMasks
 from supportnet.models import create_model

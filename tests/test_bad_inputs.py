@@ -44,7 +44,7 @@ def _idx(images: int, labels: int, magic: int = 2051, truncate: bool = False) ->
 def _checkpoint(kind: str) -> dict[str, bytes]:
     import tempfile
 
-    from supportnet.io import save_checkpoint
+    from supportnet.checkpoint import save_checkpoint
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "c.pt"

@@ -17,16 +17,9 @@ from torch import nn
 
 from supportnet import kernels
 from supportnet.kernels import cpu
-from supportnet.layers import (
-    HardThreshold,
-    _GatedBatch,
-    _GatedInstance,
-    batch_support,
-    configure,
-    record_masks,
-    record_rows,
-)
+from supportnet.layers import HardThreshold, configure, record_masks, record_rows
 from supportnet.masks import PackedMasks, pack_masks
+from supportnet.support import _GatedBatch, _GatedInstance, batch_support
 
 pytestmark = pytest.mark.skipif(not cpu.enabled(), reason=f"CPU kernels not in use: {cpu.status()}")
 

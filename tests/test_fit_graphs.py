@@ -10,7 +10,7 @@ import pytest
 import torch
 from graph_emulator import EmulatedGraph, EmulatedStep
 
-from supportnet import cuda_graphs
+from supportnet import choices, cuda_graphs
 from supportnet.config import load_config
 from supportnet.errors import ConfigError
 from supportnet.train import fit
@@ -34,6 +34,7 @@ class Counted(EmulatedStep):
 def emulated(monkeypatch):
     """CUDA graphs on the CPU: the emulation, the kernels' torch code, the device form of the guard."""
     monkeypatch.setattr(cuda_graphs, "GraphedStep", Counted)
+    monkeypatch.setattr(choices, "CAPTURE_DEVICES", ("cpu",))  # the config's device rule: the emulation's device
     monkeypatch.setenv("SUPPORTNET_KERNELS", "0")  # the C kernels write through numpy: not recorded
     monkeypatch.setenv("SUPPORTNET_LAZY_GUARD", "1")
     Counted.made = []

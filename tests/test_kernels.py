@@ -16,8 +16,8 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from supportnet import kernels  # noqa: E402
-from supportnet.layers import _GatedBatch, _GatedInstance, batch_support  # noqa: E402
 from supportnet.masks import LayerBits, PackedMasks, pack_masks  # noqa: E402
+from supportnet.support import _GatedBatch, _GatedInstance, batch_support  # noqa: E402
 
 if torch.cuda.is_available():
     DEVICES = ["cuda"]

@@ -311,7 +311,7 @@ def test_instance_mode_takes_packed_masks(consistency):
 
 def test_mask_multiplier_is_exact():
     """A bool mask applied as uint8 (the CPU's faster multiply) gives the same bits."""
-    from supportnet.layers import _factor
+    from supportnet.support import _factor
 
     q = torch.randn(4, 3, 5, 5)
     q[0, 0, 0, 0] = float("nan")

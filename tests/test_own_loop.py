@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 import supportnet as sn
+from supportnet.checkpoint import load_checkpoint
 from supportnet.config import load_config
 from supportnet.data import batches, epoch_order
 from supportnet.errors import ConfigError, DataError
-from supportnet.io import load_checkpoint
 from supportnet.train import build, seed_everything
 
 METHODS = {

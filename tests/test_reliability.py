@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import run_train
 
-from supportnet.io import load_checkpoint
+from supportnet.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = [

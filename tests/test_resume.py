@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import run_train
 
-from supportnet.io import load_checkpoint
+from supportnet.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = [

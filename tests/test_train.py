@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
+from supportnet.checkpoint import load_checkpoint
 from supportnet.config import load_config
 from supportnet.errors import DivergenceError
-from supportnet.io import load_checkpoint
 from supportnet.train import fit, lr_at
 
 

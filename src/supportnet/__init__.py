@@ -47,13 +47,13 @@ _EXPORTS = {
     "support_penalty": "layers",
     "threshold_layers": "layers",
     "MaskStore": "masks",
-    "count_params": "models",
-    "create_model": "models",
-    "list_models": "models",
-    "register_model": "models",
-    "evaluate": "train",
+    "count_params": "models.registry",
+    "create_model": "models.registry",
+    "list_models": "models.registry",
+    "register_model": "models.registry",
+    "evaluate": "step",
+    "train_step": "step",
     "fit": "train",
-    "train_step": "train",
 }
 __all__ = sorted(_EXPORTS)
 # Submodules reachable as attributes (``sn.data``), as they were when this module imported
@@ -91,8 +91,9 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_docs
     from .export import load_model  # noqa: F401
     from .layers import HardThreshold, configure, record_masks, support_penalty, threshold_layers  # noqa: F401
     from .masks import MaskStore  # noqa: F401
-    from .models import count_params, create_model, list_models, register_model  # noqa: F401
-    from .train import evaluate, fit, train_step  # noqa: F401
+    from .models.registry import count_params, create_model, list_models, register_model  # noqa: F401
+    from .step import evaluate, train_step  # noqa: F401
+    from .train import fit  # noqa: F401
 
 
 __getattr__, __dir__ = _lazy_names(__name__, _EXPORTS, _SUBMODULES)

@@ -53,6 +53,7 @@ from torch import nn
 
 from . import faults, kernels
 from .allocator import tune_allocator
+from .bits import PackedMasks, _popcount, fits_on_device, pack_masks
 from .choices import METHODS
 from .config import METHOD_DEFAULTS, SupportConfig, eval_batch_for
 from .data import Split, batches
@@ -60,7 +61,7 @@ from .data.adapters import as_split, first_input
 from .data.augment import crop_flip
 from .errors import ConfigError
 from .layers import configure, record_masks, record_rows, set_instance_masks, support_penalty, threshold_layers
-from .masks import MaskStore, PackedMasks, RowWriter, _popcount, fits_on_device, pack_masks
+from .masks import MaskStore, RowWriter
 
 log = logging.getLogger("supportnet")
 PROBE_SIZE = 4096  # examples used to measure support change for the snapshot back end

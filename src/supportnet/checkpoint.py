@@ -41,6 +41,7 @@ from typing import Any, BinaryIO
 import torch
 
 from .errors import IntegrityError, SupportnetError
+from .io import atomic_write
 
 log = logging.getLogger("supportnet")
 
@@ -174,8 +175,6 @@ def save_checkpoint(path: str | Path, payload: dict, kind: str = "other") -> Pat
     The file is ``torch.save({**payload, "supportnet": {"format", "kind", "sha256"}})``: one
     serialisation, streamed to a temporary file that is renamed into place (``io.atomic_write``).
     """
-    from .io import atomic_write
-
     if kind not in KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}")
     if not isinstance(payload, dict) or META in payload:

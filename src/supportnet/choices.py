@@ -29,6 +29,8 @@ AMP = ("off", "bf16")
 #: Where a run trains (``train.device``): the CPU, the current GPU, or GPU number N.
 DEVICES = ("cpu", "cuda", "cuda:N")
 LOADERS = ("host", "device")
+#: Device types on which ``train.cuda_graphs`` may capture the step (:mod:`supportnet.cuda_graphs`).
+CAPTURE_DEVICES = ("cuda",)
 #: DSD's Sparse step (``dsd.prune``): DSD's magnitude rule, support pruning (B- or I-alternation's
 #: supports), and a structured baseline by filter L2 norm.
 PRUNE = ("magnitude", "support-b", "support-i", "channel-l2")

@@ -14,12 +14,14 @@ import json
 import re
 from pathlib import Path
 
+from .build import build, check_model_fits
 from .choices import PRESETS
-from .config import Config, from_dict
+from .config import Config, from_dict, load_yaml
 from .errors import ConfigError, DivergenceError
 from .io import atomic_write_text
 from .report import markdown_table, plot_compare
 from .runfolder import claim_run_folder, releases_run_folders
+from .train import fit
 
 _SPEC = re.compile(r"^([a-z0-9-]+)(?:\[(.*)\])?$")
 
@@ -43,8 +45,6 @@ def parse_method(spec: str) -> tuple[str, dict]:
 
     Values are YAML (bounded, :func:`supportnet.config.load_yaml`): ``i-alt[tau=[0.1,0.2]]`` works.
     """
-    from .config import load_yaml
-
     m = _SPEC.match(spec.strip())
     if not m or m.group(1) not in PRESETS:
         raise ConfigError(
@@ -80,7 +80,6 @@ def compare(base: Config, methods: list[str], out: str | Path, data=None, overwr
     if not methods:
         raise ConfigError("no methods given; e.g. --methods sgd,b-alt,i-alt")
     cfgs = {spec: method_config(base, spec) for spec in methods}  # validate all before training any
-    from .train import build, check_model_fits, fit
 
     data, model = build(base, data)
     for cfg in cfgs.values():  # each method's support config against the model, before anything is written

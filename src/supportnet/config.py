@@ -22,6 +22,7 @@ import yaml
 from . import choices
 from .choices import METHODS
 from .errors import ConfigError
+from .paths import check_input_file
 
 
 @dataclass
@@ -388,6 +389,29 @@ def _check_lists(cfg: Config) -> None:
         raise ConfigError(f"model.kwargs key {_short(bad)} is not an argument name; e.g. model.kwargs={{width: 16}}")
 
 
+def _refuse_graphs(why: str) -> None:
+    raise ConfigError(f"train.cuda_graphs=true {why} drop train.cuda_graphs")
+
+
+def _check_cuda_graphs(cfg: Config) -> None:
+    """What the config alone says against ``train.cuda_graphs=true`` (the run's own checks are
+    :func:`supportnet.cuda_graphs.check_run`, before anything is written)."""
+    t, s = cfg.train, cfg.support
+    if not t.cuda_graphs:
+        return
+    if t.device.split(":")[0] not in choices.CAPTURE_DEVICES:
+        _refuse_graphs(f"needs a GPU (got train.device={t.device}); set train.device=cuda, or")
+    if t.compile:
+        _refuse_graphs("and train.compile=true would both capture the step; drop train.compile, or")
+    if s.method == "b-alt" and s.sync != "local":
+        _refuse_graphs(f"cannot capture support.sync={s.sync} (a collective per step); set support.sync=local, or")
+    if s.method == "b-alt" and s.probe:
+        _refuse_graphs(
+            "cannot capture support.probe=true (its probe pass sets each batch's support from Python); "
+            "set support.probe=false, or"
+        )
+
+
 def validate(cfg: Config) -> Config:
     """Check choices, ranges (:data:`RANGES`) and the relations between keys; return ``cfg``."""
     for (sec, key), allowed in CHOICES.items():
@@ -398,10 +422,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"train.device must be {', '.join(choices.DEVICES)}, got {_short(cfg.train.device)}; e.g. train.device=cpu"
         )
-    if cfg.train.cuda_graphs:
-        from .cuda_graphs import check_config
-
-        check_config(cfg)
+    _check_cuda_graphs(cfg)
     _check_ranges(cfg)
     _check_lists(cfg)
     for key, v in (("out", cfg.out), ("data.data_dir", cfg.data.data_dir)):
@@ -542,8 +563,6 @@ def load_config(path: str | Path | None = None, overrides: list | None = None) -
     ``overrides``: ``"key=value"`` strings (the value parsed as YAML, as ``--set`` gives them)
     or ``(key, value)`` pairs (a value already typed, as the command line's own options give them).
     """
-    from .paths import check_input_file
-
     data: dict = {}
     if path is not None:
         p = check_input_file(path, "config file", "pass a YAML file to --config", max_bytes=MAX_CONFIG_BYTES)

@@ -38,9 +38,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .bits import PackedMasks
 from .errors import ConfigError
 from .layers import set_instance_masks
-from .masks import PackedMasks
+from .step import train_step
 
 log = logging.getLogger("supportnet")
 
@@ -59,8 +60,6 @@ class GraphedStep:
     ``eager_calls`` and ``graphs`` say what ran. Everything runs on the GPU of the inputs
     (``cuda:1`` too, whatever the current device is). Each graph has its own memory pool: the
     step's activations are held once per graph, beside what the eager steps left cached."""
-
-    device_types = ("cuda",)  # where the step may run (fit() checks train.device against it)
 
     def __init__(self, step: Callable[..., object], warmup: int = 3, max_graphs: int = 4):
         self._check_device()
@@ -131,26 +130,9 @@ def _refuse(why: str) -> None:
     raise ConfigError(f"train.cuda_graphs=true {why} drop train.cuda_graphs")
 
 
-def check_config(cfg) -> None:
-    """What a config alone says against ``train.cuda_graphs=true``, checked when it is loaded
-    (:func:`check_run` checks the rest)."""
-    t, s = cfg.train, cfg.support
-    if not t.cuda_graphs:
-        return
-    if t.device.split(":")[0] not in GraphedStep.device_types:
-        _refuse(f"needs a GPU (got train.device={t.device}); set train.device=cuda, or")
-    if t.compile:
-        _refuse("and train.compile=true would both capture the step; drop train.compile, or")
-    if s.method == "b-alt" and s.sync != "local":
-        _refuse(f"cannot capture support.sync={s.sync} (a collective per step); set support.sync=local, or")
-    if s.method == "b-alt" and s.probe:
-        _refuse("cannot capture support.probe=true (its probe pass sets each batch's support from Python); "
-                "set support.probe=false, or")  # fmt: skip
-
-
 def check_run(cfg, torchrun: bool, step_hook, lazy_guard: bool) -> None:
-    """What :func:`check_config` cannot see, checked by fit() before anything is written (and
-    before a process group is joined)."""
+    """What the config's own check (``supportnet.config``) cannot see, checked by fit() before
+    anything is written (and before a process group is joined)."""
     if not cfg.train.cuda_graphs:
         return
     if torchrun:
@@ -167,7 +149,7 @@ def check_hook(cfg, step_hook) -> None:
 
 
 class FitStep:
-    """fit()'s training step (:func:`supportnet.train.train_step`) through :class:`GraphedStep`,
+    """fit()'s training step (:func:`supportnet.step.train_step`) through :class:`GraphedStep`,
     for one epoch (its phase, penalty and layer modes fixed; a new one each epoch).
 
     The inputs of each step are the batch and, in an I-alternation epoch, the batch's fixed
@@ -184,8 +166,6 @@ class FitStep:
             g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float32, device=run.device)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
-        from .train import train_step  # (train imports this module)
-
         r = self.run
         if masks:
             set_instance_masks(r.model, PackedMasks(masks[0], self.shapes) if self.shapes else list(masks))

@@ -29,7 +29,6 @@ import io
 import json
 import logging
 import math
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,14 +36,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import content_digest, expect_kind, read_checkpoint, save_checkpoint
+from ._optional import require
+from .artifacts import (  # noqa: F401  (re-exported: export's public names)
+    SAFETENSORS_FORMAT,
+    arch_of,
+    plain_state_dict,
+    read_safetensors,
+    save_final,
+    taus_of,
+    write_safetensors,
+)
+from .build import build
+from .checkpoint import describe, expect_kind, read_checkpoint, save_checkpoint
 from .choices import EXPORT_FORMATS
+from .config import from_dict
 from .errors import ConfigError, IntegrityError, SupportnetError
-from .layers import HardThreshold, configure, threshold_layers
+from .io import atomic_write
+from .layers import HardThreshold, configure, layer_mode, threshold_layers
+from .models import count_params, create_model, on_meta
+from .units import Pruning, compact, count_flops, find_units
 
 log = logging.getLogger("supportnet")
 
-SAFETENSORS_FORMAT = "supportnet-safetensors-1"
 TOL = 1e-5  #: an export's outputs must match the model's within this (absolute and relative)
 MODEL_KINDS = ("final", "state_dict", "compact", "sparse")  #: checkpoint kinds load_model reads
 MAX_INPUT = 3 * 1024 * 1024  #: most values in one input (C*H*W) an arch may declare: 3x1024x1024
@@ -61,128 +74,6 @@ class Loaded:
     kind: str  # the checkpoint kind, or "safetensors"
     units: dict[str, list[int]] | None = None  # a compact model: the pruned channels per layer
     extra: dict = field(default_factory=dict)  # a DSD sparse checkpoint's keep/units
-
-
-# ----------------------------------------------------------------------------- describing a model
-
-
-def arch_of(cfg, in_shape, num_classes: int) -> dict:
-    """How to build the model again: registry name, input shape, classes, options."""
-    c = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
-    return {
-        "name": c["model"]["name"],
-        "in_shape": [int(s) for s in in_shape],
-        "num_classes": int(num_classes),
-        "kwargs": dict(c["model"].get("kwargs") or {}),
-    }
-
-
-def taus_of(model: nn.Module) -> dict[str, float]:
-    """``{layer name: tau}`` of every threshold layer (Eq. 9's threshold)."""
-    return {name: float(layer.tau) for name, layer in threshold_layers(model)}
-
-
-def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights, detached and on the host: what loads into the ``nn.ReLU`` model."""
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-
-
-def save_final(out: str | Path, model: nn.Module, cfg, rows: list[dict], in_shape, num_classes: int) -> Path:
-    """Write ``out/final.pt`` and ``out/model.safetensors`` (see the module docstring)."""
-    out = Path(out)
-    sd = plain_state_dict(model)
-    arch, taus, config = arch_of(cfg, in_shape, num_classes), taus_of(model), cfg.to_dict()
-    path = save_checkpoint(
-        out / "final.pt",
-        {"state_dict": sd, "config": config, "metrics": rows, "taus": taus, "arch": arch},
-        kind="final",
-    )
-    write_safetensors(out / "model.safetensors", sd, {"arch": arch, "taus": taus, "config": config})
-    return path
-
-
-# ----------------------------------------------------------------------------- safetensors
-
-_ST_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-
-
-def _st_digest(tensors: dict[str, torch.Tensor], info: str) -> str:
-    return content_digest({"tensors": dict(sorted(tensors.items())), "info": info}, "safetensors")
-
-
-def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], info: dict) -> Path:
-    """Write ``tensors`` as a safetensors file, streamed (one copy of the model in memory).
-
-    Its metadata holds ``format``, ``supportnet`` (``info`` as JSON) and ``sha256`` (of the
-    tensors and that JSON), which :func:`read_safetensors` checks.
-    """
-    from .io import atomic_write
-
-    items = sorted(tensors.items())
-    text = json.dumps(info, sort_keys=True)
-    header: dict[str, Any] = {
-        "__metadata__": {"format": SAFETENSORS_FORMAT, "supportnet": text, "sha256": _st_digest(tensors, text)}
-    }
-    offset = 0
-    for name, t in items:
-        if t.dtype not in _ST_DTYPES:
-            raise ValueError(f"safetensors: no dtype code for {t.dtype} ({name})")
-        n = t.numel() * t.element_size()
-        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as the reference writer does
-
-    def write(f) -> None:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        for _, t in items:
-            if t.numel():
-                f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
-
-    return atomic_write(path, write)
-
-
-def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors and the ``supportnet`` metadata of a file written by :func:`write_safetensors`,
-    checked against its SHA-256; any other file or a damaged one is an :class:`IntegrityError`."""
-    from ._optional import require
-
-    st = require("safetensors.torch")
-    path = Path(path)
-    try:
-        tensors = st.load_file(str(path), device="cpu")
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # noqa: BLE001 - the library's errors for a damaged header or data
-        raise IntegrityError(
-            f"{path} is truncated or not a safetensors file ({type(e).__name__}: {str(e).splitlines()[0][:60]}); "
-            f"use another file"
-        ) from None
-    if meta.get("format") != SAFETENSORS_FORMAT or "supportnet" not in meta:
-        raise IntegrityError(
-            f"{path} is a safetensors file without supportnet's metadata (format {meta.get('format')!r}); "
-            f"load it with safetensors.torch.load_file"
-        )
-    if _st_digest(tensors, meta["supportnet"]) != meta.get("sha256"):
-        raise IntegrityError(f"{path} fails its checksum (corrupt file); use another file or retrain")
-    try:
-        info = json.loads(meta["supportnet"])
-    except ValueError:
-        raise IntegrityError(f"{path}: its supportnet metadata is not JSON; use another file") from None
-    return tensors, info
 
 
 # ----------------------------------------------------------------------------- loading
@@ -263,7 +154,6 @@ def _rebuild(path: Path, sd: dict, info: dict, kind: str) -> Loaded:
     arch = info.get("arch") or _arch_from_data(path, config)
     _check_arch(path, arch)
     units = info.get("units") if kind != "sparse" else None  # a sparse checkpoint's units are pruned, not removed
-    from .models import on_meta
 
     with on_meta():  # shapes first: a forged arch costs nothing before it is refused
         try:
@@ -298,7 +188,6 @@ def _rebuild(path: Path, sd: dict, info: dict, kind: str) -> Loaded:
 
 
 def _build(path: Path, arch: dict, units: Any) -> nn.Module:
-    from .models import create_model
 
     model = create_model(arch["name"], in_shape=arch["in_shape"], num_classes=arch["num_classes"], **arch["kwargs"])
     return _shrink(path, model, units) if units else model
@@ -335,9 +224,6 @@ def _check_arch(path: Path, a: Any) -> None:
 
 def _arch_from_data(path: Path, config: dict) -> dict:
     """A file written before ``arch`` was recorded: the data set gives the input shape."""
-    from .config import from_dict
-    from .train import build
-
     log.info("%s records no input shape; reading its data set for it", path)
     cfg = from_dict(config)
     data, _ = build(cfg)
@@ -355,16 +241,12 @@ def _taus_from_config(model: nn.Module, config: dict) -> dict[str, float]:
 
 def _shrink(path: Path, model: nn.Module, units: Any) -> nn.Module:
     """The compact model's modules: the dense model without the pruned channels."""
-    from .dsd import Pruning, compact
-
     found = _check_units(path, model, units)
     return compact(model, found, Pruning(units={k: list(v) for k, v in units.items()}))
 
 
 def _check_units(path: Path, model: nn.Module, units: Any) -> list:
     """``units`` (threshold layer -> pruned channels) fits ``model``; returns its prunable units."""
-    from .dsd import find_units
-
     ok = isinstance(units, dict) and all(
         isinstance(k, str) and isinstance(v, list) and all(type(c) is int for c in v) for k, v in units.items()
     )
@@ -434,7 +316,6 @@ def _torchscript_bytes(plain: nn.Module, x: torch.Tensor, info: dict) -> tuple[b
 
 
 def _onnx_bytes(plain: nn.Module, x: torch.Tensor, info: dict) -> tuple[bytes, float]:
-    from ._optional import require
 
     require("onnx"), require("onnxscript")
     ort = require("onnxruntime")
@@ -501,7 +382,6 @@ def export_model(src: str | Path, fmt: str, out: str | Path, compact: bool = Fal
         info.update(ld.extra["info"])
     elif ld.kind == "sparse":
         log.info("%s is a DSD sparse checkpoint; exporting it with its pruned weights at zero", src)
-    from .models import count_params
 
     info["params"] = count_params(ld.model)
     meta = {"arch": ld.arch, "taus": ld.taus, "config": ld.config}
@@ -516,8 +396,6 @@ def export_model(src: str | Path, fmt: str, out: str | Path, compact: bool = Fal
         write_safetensors(out, sd, meta)
         info.setdefault("max_abs_diff", 0.0)
     else:
-        from .io import atomic_write
-
         plain, x = plain_copy(ld.model), example_input(ld.arch)
         raw, diff = (_onnx_bytes if fmt == "onnx" else _torchscript_bytes)(plain, x, meta)
         atomic_write(out, lambda f: f.write(raw))
@@ -528,10 +406,6 @@ def export_model(src: str | Path, fmt: str, out: str | Path, compact: bool = Fal
 
 def _compact(src: Path, ld: Loaded) -> Loaded:
     """The compact model of a DSD sparse checkpoint, checked against the masked one."""
-    from .dsd import Pruning, compact, count_flops
-    from .layers import layer_mode
-    from .models import count_params
-
     if ld.kind != "sparse":
         raise ConfigError(
             f"{src} is not a DSD sparse checkpoint (it is {_describe(ld.kind)}); "
@@ -561,6 +435,5 @@ def _compact(src: Path, ld: Loaded) -> Loaded:
 
 
 def _describe(kind: str) -> str:
-    from .checkpoint import describe
 
     return "model.safetensors" if kind == "safetensors" else describe(kind)

@@ -1,4 +1,6 @@
-"""Atomic, verified files: every write goes to a temporary file, is fsynced, then renamed."""
+"""Atomic files: every write goes to a temporary file, is fsynced, then renamed.
+
+Checkpoints (verified torch files) are :mod:`supportnet.checkpoint`, which writes through here."""
 
 from __future__ import annotations
 
@@ -6,23 +8,10 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import faults
 from .errors import SupportnetError
-
-if TYPE_CHECKING:
-    from .checkpoint import load_checkpoint, save_checkpoint  # noqa: F401
-
-
-def __getattr__(name: str):
-    """``load_checkpoint`` and ``save_checkpoint`` of :mod:`supportnet.checkpoint`, imported from
-    here by callers; loaded on first use, as it imports torch and this module's writers do not."""
-    if name in ("load_checkpoint", "save_checkpoint"):
-        from . import checkpoint
-
-        return getattr(checkpoint, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def fsync_dir(path: Path) -> None:

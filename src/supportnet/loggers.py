@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 from typing import Protocol
 
+from ._optional import require
 from .io import atomic_write_text
 
 
@@ -83,7 +84,6 @@ class TensorBoardLogger:
     checkpoint's step (``SummaryWriter(purge_step=...)``)."""
 
     def __init__(self, out: Path, resume_step: int | None = None):
-        from ._optional import require
 
         require("tensorboard")
         from torch.utils.tensorboard import SummaryWriter

@@ -43,11 +43,18 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from ._optional import plot
+from .build import build
+from .checkpoint import load_checkpoint
 from .compare import method_config
-from .config import Config, from_dict
+from .config import Config, apply_override, from_dict, load_config, resolve_method_defaults, validate
+from .data import batches, epoch_order
 from .errors import ConfigError, DivergenceError
 from .io import atomic_write_text
-from .runfolder import claim_run_folder, releases_run_folders
+from .layers import layer_mode, threshold_layers, unit_energy
+from .report import _save, plt
+from .runfolder import check_run_folder, claim_run_folder, releases_run_folders
+from .step import evaluate
+from .train import fit
 
 _log = logging.getLogger("supportnet")
 
@@ -68,8 +75,6 @@ STUDY_REUSE = ("study.json", "table.md", "curves.png", "ratio.png", "trace.png",
 
 def _fit_job(cfg_dict: dict, overwrite: bool = False) -> dict:
     """Train one config (in this process or a worker) and return its summary, or the divergence."""
-    from .train import fit
-
     cfg = from_dict(cfg_dict)
     try:
         run = fit(cfg, overwrite=overwrite)
@@ -85,7 +90,6 @@ def _same_config(c: Config) -> bool:
     same = Path(c.out) / "config.yaml"
     if not same.is_file():
         return False
-    from .config import load_config
 
     try:
         return _resolved(load_config(same)).to_dict() == _resolved(c).to_dict()
@@ -102,8 +106,6 @@ def _run_all(cfgs: list[Config], jobs: int, log, overwrite: bool = False) -> lis
     anything is trained, unless ``overwrite`` (:mod:`supportnet.runfolder`). With
     ``--collect`` nothing is trained: the runs not finished are marked ``unfinished``.
     """
-    from .runfolder import check_run_folder
-
     results: list[dict | None] = [None] * len(cfgs)
     todo: list[tuple[int, bool]] = []  # (index, overwrite its folder)
     for i, c in enumerate(cfgs):
@@ -133,7 +135,6 @@ def _run_all(cfgs: list[Config], jobs: int, log, overwrite: bool = False) -> lis
 
 
 def _resolved(c: Config) -> Config:
-    from .config import resolve_method_defaults
 
     return resolve_method_defaults(c.copy())
 
@@ -356,8 +357,6 @@ def tune_lr(
 
 def _method_cfg(base: Config, spec: str, overrides: list[str] | None = None) -> Config:
     """``base`` with the method ``spec`` and then ``overrides`` (``section.key=value``) applied."""
-    from .config import apply_override
-
     d = method_config(base, spec).to_dict()
     for item in overrides or []:
         apply_override(d, item)
@@ -387,10 +386,6 @@ def unit_energy_profile(cfg: Config, state_dict: dict, n_batches: int = 20, quan
     the fraction switched off per layer (``off_fraction``) differs; it is recorded too.
     """
     import torch
-
-    from .data import batches, epoch_order
-    from .layers import layer_mode, threshold_layers, unit_energy
-    from .train import build
 
     data, model = build(cfg)
     model.load_state_dict(state_dict)
@@ -469,7 +464,6 @@ def search_beta(
     (r,) = _run_all([w], 1, log, overwrite)
     if "error" in r:
         raise DivergenceError(f"the warm-up probe for the beta search diverged at lr {lr:g}: {r['error']}")
-    from .io import load_checkpoint
 
     state = load_checkpoint(Path(w.out) / "final.pt")["state_dict"]
     prof = unit_energy_profile(w, state, search.get("batches", 20), tuple(search.get("quantiles", (0.03, 0.1, 0.3))))
@@ -499,9 +493,6 @@ def maskt_of_run(run_dir: str | Path, data=None) -> dict:
     """Test accuracy of a finished run's final weights in free mode and with the binary masks
     as activations (``binary`` mode: the paper's Table 2 MaskT)."""
     import yaml
-
-    from .io import load_checkpoint
-    from .train import build, evaluate
 
     run_dir = Path(run_dir)
     cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
@@ -643,8 +634,6 @@ def _run_study(
 
 def _check_study_numbers(base: Config, seeds, lr_grid, tune_epochs, tune_val) -> None:
     """The seeds, learning rates, tuning epochs and hold-out go into configs: the config's ranges apply."""
-    from .config import validate
-
     for flag, key, values in (
         ("--seeds", "train.seed", seeds),
         ("--lr-grid", "train.lr", lr_grid or []),
@@ -767,8 +756,6 @@ def _mean_curve(by_seed: dict, key: str):
 @plot
 def plot_study_curves(s: dict, path: Path, footer: str | None = None) -> None:
     """Training objective and test error against epochs (mean over seeds, band = ±1 std)."""
-    from .report import _save, plt
-
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (m, by_seed) in enumerate(s["runs"].items()):
@@ -808,8 +795,6 @@ def plot_study_curves(s: dict, path: Path, footer: str | None = None) -> None:
 @plot
 def plot_ratios(s: dict, path: Path, footer: str | None = None) -> None:
     """Iterations to each target as a ratio to SGD's (paired by seed; mean ± std)."""
-    from .report import _save, plt
-
     names = list(s["targets"])
     methods = [m for m in s["methods"] if m != BASELINE]
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names) * max(1, len(methods)) / 2), 3.6))
@@ -840,8 +825,6 @@ def plot_trace_curves(s: dict, path: Path, footer: str | None = None) -> None:
     """The paper's Fig. 1/3 on the trace: free-mode training loss and smoothed test error against
     iterations (mean over seeds; raw test error faint), support re-estimations dotted (every
     seed), learning-rate decays dashed."""
-    from .report import _save, plt
-
     k = s.get("smooth_k", 1)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -41,24 +41,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import cuda_graphs, distributed, faults
 from .allocator import tune_allocator
 from .alternation import EpochEvent, IAlternation, Schedule, make_schedule
-from .config import Config, eval_batch_for, resolve_method_defaults
-from .data import DataBundle, Split, batches, epoch_order, load_data, num_batches
-from .data.adapters import as_split, from_datasets
+from .artifacts import save_final
+from .build import build, seed_everything, to_device
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config, from_dict, resolve_method_defaults
+from .data import DataBundle, Split, batches, epoch_order, num_batches
+from .data.adapters import from_datasets
 from .data.augment import crop_flip
 from .errors import ConfigError
-from .export import save_final
 from .guard import DivergenceGuard, lazy_default
-from .io import atomic_write_text, save_checkpoint
-from .layers import collect_stats, configure, layer_mode, support_penalty, threshold_layers
+from .io import atomic_write_text
+from .layers import collect_stats, configure, threshold_layers
 from .loggers import Loggers
-from .models import count_params, create_model
+from .models import count_params
+from .report import plot_run
 from .runfolder import claim_run_folder, releases_run_folders
+from .step import evaluate, train_step
 
 log = logging.getLogger("supportnet")
 
@@ -84,12 +87,6 @@ METRIC_DOC = {
 }
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 def lr_at(cfg: Config, step: int, steps_per_epoch: int) -> float:
     """Learning rate multiplier at optimizer step ``step`` (per-step cosine, or step decay)."""
     t = cfg.train
@@ -100,83 +97,6 @@ def lr_at(cfg: Config, step: int, steps_per_epoch: int) -> float:
         epoch = step // steps_per_epoch
         return t.gamma ** sum(1 for m in t.milestones if epoch >= m)
     return 1.0
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, split: Split, batch_size: int | None = None, device=None, mode: str = "free"
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``split`` with every layer in ``mode``.
-
-    ``split``: a :class:`~supportnet.data.Split`, a ``(x, y)`` pair of tensors or a map-style
-    ``Dataset`` of ``(x, y)``. ``batch_size``: default, the device's (128 on the CPU, 1024 on CUDA).
-    ``device``: default, where the model's parameters are."""
-    from .distributed import all_reduce_sum, world_size
-
-    split = as_split(split)
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    batch_size = eval_batch_for(batch_size, device)
-    was_training = model.training
-    model.eval()
-    total_loss, correct, n = 0.0, 0, 0
-    world = world_size()
-    if world > 1:  # each rank evaluates its share; the sums are all-reduced below
-        import torch.distributed as dist
-
-        split = split.take(torch.arange(dist.get_rank(), len(split), world))
-    try:
-        with layer_mode(model, mode):
-            for x, y, _ in batches(split, batch_size):
-                x, y = x.to(device), y.to(device)
-                out = model(x)
-                total_loss += F.cross_entropy(out, y, reduction="sum").item()
-                correct += (out.argmax(1) == y).sum().item()
-                n += y.numel()
-    finally:
-        model.train(was_training)
-    if world > 1:
-        sums = all_reduce_sum(torch.tensor([total_loss, float(correct), float(n)], dtype=torch.float64, device=device))
-        total_loss, correct, n = sums[0].item(), int(sums[1].item()), int(sums[2].item())
-    return total_loss / max(n, 1), correct / max(n, 1)
-
-
-# ----------------------------------------------------------------------------- one step
-
-
-def train_step(
-    net: nn.Module,
-    opt: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    model: nn.Module | None = None,
-    penalised: bool = False,
-    guard: DivergenceGuard | None = None,
-    step: int = 0,
-    autocast: Callable = nullcontext,
-    step_hook: Callable | None = None,
-) -> torch.Tensor:
-    """One SGD step on the batch ``(x, y)`` under the supports the schedule has set.
-
-    The objective is the cross-entropy, plus the support-consistency penalty of the same
-    forward pass when the phase has one (``penalised``). ``net`` is the module to run (a DDP or
-    compiled wrapper of ``model``, or ``model`` itself). The ``guard`` checks the objective and
-    the gradients after backward and before the update (``step``: this step's 1-based number,
-    for its messages). ``step_hook(model, opt)`` runs after the update (DSD holds pruned weights
-    at zero with it). Returns the cross-entropy, detached."""
-    model = net if model is None else model
-    with autocast():
-        loss = F.cross_entropy(net(x), y)
-    objective = loss.float() + support_penalty(model) if penalised else loss.float()
-    opt.zero_grad(set_to_none=True)
-    objective.backward()
-    if guard is not None:
-        guard.check_step(objective, loss, x, step)
-    opt.step()
-    if step_hook is not None:
-        step_hook(model, opt)
-    return loss.detach()
 
 
 # ----------------------------------------------------------------------------- the run
@@ -247,61 +167,6 @@ class Run:
 def _default_out(cfg: Config) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{cfg.model.name}-{cfg.support.method}-{stamp}"
-
-
-def build(cfg: Config, data: DataBundle | None = None):
-    """Data and model for ``cfg``, seeded so every method starts from the same weights."""
-    d = cfg.data
-    data = data or load_data(
-        d.name,
-        d.data_dir,
-        subset=d.subset,
-        val=d.val,
-        seed=cfg.train.seed,
-        pad=d.pad,
-        do_normalize=d.normalize,
-        preprocess=d.preprocess,
-        image_size=d.image_size,
-        extra=d.extra,
-        stream=d.stream,
-        workers=d.workers,
-        test_subset=d.test_subset,
-    )
-    seed_everything(cfg.train.seed)
-    model = create_model(cfg.model.name, in_shape=data.in_shape, num_classes=data.num_classes, **cfg.model.kwargs)
-    check_model_fits(model, cfg, data)
-    return data, model
-
-
-def check_model_fits(model: nn.Module, cfg: Config, data: DataBundle) -> None:
-    """A dry forward of one input: a model that cannot take the data's shape fails here, clearly."""
-    shape = "x".join(map(str, data.in_shape))
-    rng = torch.get_rng_state()
-    try:
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            out = model(torch.zeros(1, *data.in_shape))
-            model.train(was)
-    except RuntimeError as e:
-        raise ConfigError(
-            f"model {cfg.model.name!r} cannot take {shape} inputs from {data.name} "
-            f"({str(e).splitlines()[0][:90]}); pad the data (data.pad), set data.image_size, "
-            f"or pick a model for this input size"
-        ) from None
-    finally:
-        torch.set_rng_state(rng)
-    if out.shape[-1] != data.num_classes:
-        raise ConfigError(
-            f"model {cfg.model.name!r} gives {out.shape[-1]} outputs but {data.name} has "
-            f"{data.num_classes} classes; drop the num_classes override"
-        )
-    # the support config against the model, here and not when the schedule starts: before the run folder is written
-    n, tau = len(threshold_layers(model)), cfg.support.tau
-    if isinstance(tau, list) and len(tau) != n:
-        raise ConfigError(
-            f"support.tau has {len(tau)} values but the model has {n} threshold layers; give one value or one per layer"
-        )
 
 
 def start_run(
@@ -642,7 +507,6 @@ def finish_run(run: Run) -> Path:
                    "iterations": last["iterations"], "seconds": last["seconds"],
                    "curve": [curve_point(r) for r in rows], "trace": run.state.trace}  # fmt: skip
         atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2))
-        from .report import plot_run
 
         plot_run(rows, run.out / "curves.png", title=f"{cfg.model.name} on {cfg.data.name}: {cfg.support.method}")
     distributed.teardown(run.info)
@@ -768,7 +632,6 @@ def set_rng_state(s: dict) -> None:
 
 
 def _load_resume(run: Path, cfg: Config) -> dict:
-    from .io import load_checkpoint
 
     ck = run / "checkpoint.pt"
     if not ck.is_file():
@@ -802,7 +665,6 @@ def _load_resume(run: Path, cfg: Config) -> dict:
 
 
 def _config_from(d: dict) -> Config:
-    from .config import from_dict
 
     return from_dict(d)
 
@@ -824,14 +686,6 @@ def curve_point(r: dict) -> dict:
 
 def _finite_or_none(v):
     return v if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-
-def to_device(data: DataBundle, device: torch.device) -> DataBundle:
-    """The bundle's tensor splits moved to ``device`` (train.loader=device)."""
-    import dataclasses
-
-    move = lambda s: None if s is None else Split(s.x.to(device), s.y.to(device))
-    return dataclasses.replace(data, train=move(data.train), test=move(data.test), val=move(data.val))
 
 
 def check_config_runs(cfg: Config, data: DataBundle | None = None) -> None:

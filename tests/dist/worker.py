@@ -52,7 +52,7 @@ if world > 1:
     dist.destroy_process_group()
 
 if int(os.environ.get("RANK", "0")) == 0:
-    from supportnet.io import load_checkpoint
+    from supportnet.checkpoint import load_checkpoint
 
     torch.save({"supports": seen, "state": load_checkpoint(Path(run) / "final.pt")["state_dict"]},
                Path(out) / "result.pt")

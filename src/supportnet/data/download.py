@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import DataError
+from ..io import new_file_mode, write_error
 
 
 def file_hash(path: str | Path, algo: str = "md5") -> str:
@@ -27,8 +28,6 @@ def download(url: str, dest: str | Path, md5: str | None = None, quiet: bool = F
     once it verifies; a failed download or checksum leaves any existing
     ``dest`` untouched and removes only the temporary file.
     """
-    from ..io import new_file_mode, write_error
-
     dest = Path(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ import torch
 from .._optional import require
 from ..errors import DataError
 from .augment import view_randoms
+from .formats import imagefolder_classes, open_image
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -37,7 +38,6 @@ def scan(split_dir: Path, classes: list[str] | None = None) -> tuple[list[str], 
             f"image folder split {split_dir} does not exist; arrange the data as train/ and val/ "
             f"folders of class folders"
         )
-    from .formats import imagefolder_classes
 
     found = imagefolder_classes(split_dir, require_images=classes is None)
     classes = classes or found
@@ -77,7 +77,6 @@ class FolderStream(torch.utils.data.Dataset):
         return _Images(self)
 
     def _decode(self, i: int):
-        from .formats import open_image
 
         return open_image(self.paths[i])
 

@@ -8,7 +8,10 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..limits import check_memory
+from .folder import load_stream
 from .lookup import _resolve_files, find_root
+from .preprocess import gcn_zca
 from .registry import DataBundle, Split, get_spec
 
 
@@ -17,7 +20,6 @@ def _load_stream(name, data_dir, subset, val, seed, image_size, workers) -> Data
         raise DataError(f"data.stream=true works for imagefolder only, not {name!r}; drop data.stream")
     if workers < 0:
         raise DataError(f"data.workers={workers} is negative; use 0 (decode in the main process) or more")
-    from .folder import load_stream
 
     root = find_root(name, data_dir)
     size = image_size or 224
@@ -92,8 +94,6 @@ def check_arrays(name: str, num_classes: int, xtr, ytr, xte, yte) -> None:
 
 def _check_pad_fits(pad: int, xtr, xte, val_split) -> None:
     """The padded splits (float32) must fit in the memory available: one line, not an allocation failure."""
-    from ..limits import check_memory
-
     n_all = xtr.shape[0] + xte.shape[0] + (val_split[0].shape[0] if val_split else 0)
     c, h, w = xtr.shape[1:]
     check_memory(4 * n_all * c * (h + 2 * pad) * (w + 2 * pad), f"data.pad={pad}", "use a smaller data.pad")
@@ -205,8 +205,6 @@ def _transform(xtr, xte, val_split, pad, preprocess, do_normalize):
         if val_split is not None:
             val_split = (pad_fn(val_split[0], p), val_split[1])
     if preprocess == "gcn-zca":
-        from .preprocess import gcn_zca
-
         parts = gcn_zca(xtr, xte, *([val_split[0]] if val_split else []))
     elif do_normalize and preprocess == "standard":
         parts = normalize(xtr, xte, *([val_split[0]] if val_split else []))

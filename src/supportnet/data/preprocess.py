@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import IntegrityError
 
 
@@ -41,8 +42,6 @@ def _cache_dir() -> Path:
 
 def gcn_zca(train: torch.Tensor, *others: torch.Tensor, filter_bias: float = 0.1, cache: bool = True):
     """GCN every split, ZCA fitted on the (GCN'd) training split and applied to all."""
-    from ..io import load_checkpoint, save_checkpoint
-
     g = [gcn(t) for t in (train, *others)]
     key = hashlib.sha256(g[0].numpy().tobytes() + f"|zca|{filter_bias}|v1".encode()).hexdigest()
     path = _cache_dir() / f"{key[:32]}.pt"

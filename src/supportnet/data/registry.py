@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from . import formats
 from .idx import read_idx
 
 
@@ -191,7 +192,6 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def _formats():
-    from . import formats
 
     return formats
 

@@ -31,15 +31,17 @@ import contextlib
 import functools
 import importlib.util
 import logging
-import math
-import os
-from typing import NamedTuple
+import threading
 
 import torch
 
+from ..bits import LayerBits
+from ..support import _GatedBatch, _GatedInstance, batch_support
+from . import cpu
+from .common import ENV, ENV_CHOICES, Geometry, geometry, switched_on  # noqa: F401  (the package's names)
+
 log = logging.getLogger("supportnet")
 
-ENV = "SUPPORTNET_KERNELS"  # "0": never use the kernels
 BLOCK = 1024  # units per program (tests pass smaller blocks)
 RULE_CODES = {"energy-rel": 0, "energy": 1, "vote": 2}
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -57,20 +59,6 @@ def triton_available() -> bool:
     return True
 
 
-ENV_CHOICES = ("", "0", "1")  # SUPPORTNET_KERNELS: unset or 1 (use them where they run), 0 (never)
-
-
-def switched_on() -> bool:
-    """``SUPPORTNET_KERNELS`` read (one place for the Triton and the C kernels); a value that is not
-    a choice is a :class:`~supportnet.errors.ConfigError`, not silently "on"."""
-    value = os.environ.get(ENV, "")
-    if value not in ENV_CHOICES:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"{ENV}={value!r} is not a choice; set it to 0 (the torch code) or 1, or unset it")
-    return value != "0"
-
-
 def enabled(device) -> bool:
     """Whether the layers use the fused kernels for activations on ``device``: a CUDA device
     with ``triton`` importable, unless ``SUPPORTNET_KERNELS=0``."""
@@ -81,50 +69,8 @@ def packed_supports(device) -> bool:
     """Whether the layers on ``device`` read stored supports packed (:class:`~supportnet.masks.PackedMasks`):
     on CUDA with the Triton kernels, on the CPU with the C kernels of :mod:`supportnet.kernels.cpu`."""
     if torch.device(device).type == "cpu":
-        from . import cpu
-
         return cpu.enabled()
     return enabled(device)
-
-
-class Geometry(NamedTuple):
-    """How ``(B, *unit)`` activations sit in memory: ``U`` units per example, memory-order
-    sizes ``e2, e3`` of the last two unit dimensions and the C-order strides ``l1, l2, l3``
-    of the three (padded) unit dimensions in memory order; ``ident`` when both orders agree."""
-
-    units: int
-    e2: int
-    e3: int
-    l1: int
-    l2: int
-    l3: int
-    ident: bool
-
-
-def geometry(q: torch.Tensor) -> Geometry | None:
-    """The :class:`Geometry` of ``q``, or None when the kernels cannot address it (a layout
-    that is not dense per example, more than 3 unit dimensions)."""
-    if q.dim() < 2:
-        return None
-    shape, strides = q.shape[1:], q.stride()[1:]
-    units = math.prod(shape)
-    if q.shape[0] > 1 and q.stride(0) != units:
-        return None
-    cstride, acc = [0] * len(shape), 1
-    for i in range(len(shape) - 1, -1, -1):
-        cstride[i] = acc
-        acc *= shape[i]
-    dims = sorted(((strides[i], shape[i], cstride[i]) for i in range(len(shape)) if shape[i] > 1), reverse=True)
-    expect = 1
-    for stride, size, _ in reversed(dims):
-        if stride != expect:
-            return None
-        expect *= size
-    if len(dims) > 3:
-        return None
-    dims = [(0, 1, 0)] * (3 - len(dims)) + dims
-    ident = all(s == c for s, _, c in dims if s)
-    return Geometry(units, dims[1][1], dims[2][1], dims[0][2], dims[1][2], dims[2][2], ident)
 
 
 def usable(q: torch.Tensor) -> bool:
@@ -170,8 +116,6 @@ def trusted(q: torch.Tensor, kind: str, rule: str = "energy-rel", penalty: bool 
 
 def _run_apart(fn, *args):
     """``fn(*args)`` in a new thread (grad mode, autocast and saved-tensor hooks are per thread)."""
-    import threading
-
     box: list = []
     t = threading.Thread(target=lambda: box.append(fn(*args)), name="supportnet-kernel-check")
     t.start()
@@ -205,8 +149,6 @@ def _self_check(device, dtype, kind: str, variant, ident: bool) -> str | None:
 def _check_run(device, dtype, kind: str, variant, ident: bool, fused: bool) -> tuple:
     """``(support, output, penalty, gradient)`` of one variant on the check's input (None where
     the variant has none), by the kernel (``fused``) or by the torch node of layers.py."""
-    from ..layers import _GatedBatch, _GatedInstance, batch_support
-    from ..masks import LayerBits
 
     tau, g = 0.25, torch.Generator().manual_seed(0)
     q0 = torch.randn((32, 16, 9, 8), generator=g).to(dtype)

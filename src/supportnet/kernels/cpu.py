@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import ENV, switched_on  # SUPPORTNET_KERNELS, shared with the Triton kernels
+from .common import ENV, geometry, switched_on  # SUPPORTNET_KERNELS, shared with the Triton kernels
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,6 @@ def usable(q: torch.Tensor, contiguous: bool = False) -> bool:
     if not q.is_contiguous():
         if contiguous:
             return False
-        from . import geometry
-
         if geometry(q) is None:
             return False
     return not torch.compiler.is_compiling() and enabled()

@@ -21,7 +21,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..layers import HardThreshold
-from . import register_model
+from .registry import register_model
 
 
 def _conv(cin, cout, k, stride=1, pad=None, act_layer=HardThreshold):

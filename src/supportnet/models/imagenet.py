@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..layers import HardThreshold
-from . import register_model
+from .registry import register_model
 
 
 def _small(in_shape) -> bool:

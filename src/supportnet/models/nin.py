@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..layers import HardThreshold
-from . import register_model
+from .registry import register_model
 
 
 def _mlpconv(cin, widths, k, act_layer):

@@ -350,7 +350,7 @@ def solvers(a, out: Path) -> int:
 def _rip_model(path: str, data, fix: str):
     """The model of a run's ``final.pt``; a checkpoint of another model, or another file's dict,
     is one line, not a KeyError."""
-    from ..io import load_checkpoint
+    from ..checkpoint import load_checkpoint
     from ..models import create_model
 
     ck = load_checkpoint(path)
@@ -370,9 +370,9 @@ def check_rip(a, out: Path) -> int:
     import torch
     import torch.nn.functional as F
 
+    from ..checkpoint import load_checkpoint
     from ..config import load_config
     from ..data import load_data
-    from ..io import load_checkpoint
     from ..layers import record_masks
     from ..models import create_model
     from ..paths import check_input_file

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import HardThreshold, record_masks
+from ..layers import HardThreshold, configure, record_masks, set_instance_masks
 
 SUPPORTED = (nn.Linear, nn.Conv2d, HardThreshold, nn.Flatten, nn.Identity)
 
@@ -124,8 +124,6 @@ def lifted_U(model: nn.Module, x: torch.Tensor, masks: list[torch.Tensor] | None
 
 def check_lifting(model: nn.Module, x: torch.Tensor) -> float:
     """Max relative error of ``U_n v`` against the network's own forward (``linear`` supports)."""
-    from ..layers import configure, set_instance_masks
-
     model = model.double().eval()
     x = x.double()
     masks = record_masks(model, x)

@@ -1,0 +1,147 @@
+"""What a finished run leaves: ``final.pt`` and ``model.safetensors``, and reading them back.
+
+A trained network is the paper's network with a fixed ``tau`` per threshold layer (Eq. 9) and no
+support held fixed. :func:`save_final` writes it where the training loop ends:
+
+* ``final.pt``: ``{"state_dict", "config", "metrics", "taus", "arch", "supportnet"}``,
+  one ``torch.save`` (:mod:`supportnet.checkpoint`). ``["state_dict"]`` loads, strictly,
+  into the model built with ``nn.ReLU`` (a ``HardThreshold`` has no parameters or buffers);
+  ``"taus"`` maps each threshold layer's name to its ``tau``; ``"arch"`` names the registry
+  model, its input shape, classes and options.
+* ``model.safetensors`` beside it: the same tensors; ``arch``, ``taus`` and ``config`` as JSON
+  and the SHA-256 of all of it in the safetensors metadata (written by a streaming writer
+  here, so memory holds one copy of the model; read by the ``safetensors`` package).
+
+The other export formats and :func:`~supportnet.export.load_model` are :mod:`supportnet.export`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._optional import require
+from .checkpoint import content_digest, save_checkpoint
+from .errors import IntegrityError
+from .io import atomic_write
+from .layers import threshold_layers
+
+SAFETENSORS_FORMAT = "supportnet-safetensors-1"
+
+
+def arch_of(cfg, in_shape, num_classes: int) -> dict:
+    """How to build the model again: registry name, input shape, classes, options."""
+    c = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
+    return {
+        "name": c["model"]["name"],
+        "in_shape": [int(s) for s in in_shape],
+        "num_classes": int(num_classes),
+        "kwargs": dict(c["model"].get("kwargs") or {}),
+    }
+
+
+def taus_of(model: nn.Module) -> dict[str, float]:
+    """``{layer name: tau}`` of every threshold layer (Eq. 9's threshold)."""
+    return {name: float(layer.tau) for name, layer in threshold_layers(model)}
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights, detached and on the host: what loads into the ``nn.ReLU`` model."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def save_final(out: str | Path, model: nn.Module, cfg, rows: list[dict], in_shape, num_classes: int) -> Path:
+    """Write ``out/final.pt`` and ``out/model.safetensors`` (see the module docstring)."""
+    out = Path(out)
+    sd = plain_state_dict(model)
+    arch, taus, config = arch_of(cfg, in_shape, num_classes), taus_of(model), cfg.to_dict()
+    path = save_checkpoint(
+        out / "final.pt",
+        {"state_dict": sd, "config": config, "metrics": rows, "taus": taus, "arch": arch},
+        kind="final",
+    )
+    write_safetensors(out / "model.safetensors", sd, {"arch": arch, "taus": taus, "config": config})
+    return path
+
+
+# ----------------------------------------------------------------------------- safetensors
+
+_ST_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def _st_digest(tensors: dict[str, torch.Tensor], info: str) -> str:
+    return content_digest({"tensors": dict(sorted(tensors.items())), "info": info}, "safetensors")
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], info: dict) -> Path:
+    """Write ``tensors`` as a safetensors file, streamed (one copy of the model in memory).
+
+    Its metadata holds ``format``, ``supportnet`` (``info`` as JSON) and ``sha256`` (of the
+    tensors and that JSON), which :func:`read_safetensors` checks.
+    """
+    items = sorted(tensors.items())
+    text = json.dumps(info, sort_keys=True)
+    header: dict[str, Any] = {
+        "__metadata__": {"format": SAFETENSORS_FORMAT, "supportnet": text, "sha256": _st_digest(tensors, text)}
+    }
+    offset = 0
+    for name, t in items:
+        if t.dtype not in _ST_DTYPES:
+            raise ValueError(f"safetensors: no dtype code for {t.dtype} ({name})")
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as the reference writer does
+
+    def write(f) -> None:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for _, t in items:
+            if t.numel():
+                f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+    return atomic_write(path, write)
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and the ``supportnet`` metadata of a file written by :func:`write_safetensors`,
+    checked against its SHA-256; any other file or a damaged one is an :class:`IntegrityError`."""
+    st = require("safetensors.torch")
+    path = Path(path)
+    try:
+        tensors = st.load_file(str(path), device="cpu")
+        with st.safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - the library's errors for a damaged header or data
+        raise IntegrityError(
+            f"{path} is truncated or not a safetensors file ({type(e).__name__}: {str(e).splitlines()[0][:60]}); "
+            f"use another file"
+        ) from None
+    if meta.get("format") != SAFETENSORS_FORMAT or "supportnet" not in meta:
+        raise IntegrityError(
+            f"{path} is a safetensors file without supportnet's metadata (format {meta.get('format')!r}); "
+            f"load it with safetensors.torch.load_file"
+        )
+    if _st_digest(tensors, meta["supportnet"]) != meta.get("sha256"):
+        raise IntegrityError(f"{path} fails its checksum (corrupt file); use another file or retrain")
+    try:
+        info = json.loads(meta["supportnet"])
+    except ValueError:
+        raise IntegrityError(f"{path}: its supportnet metadata is not JSON; use another file") from None
+    return tensors, info
