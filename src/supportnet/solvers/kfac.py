@@ -158,7 +158,7 @@ def check_options(lr, momentum, damping, weight_decay, ema, factor_every, update
     """Refuse a bad hyperparameter with one line (``ls``: line_search, ls_steps, ls_shrink,
     armijo_c, ls_grow, ls_max, kl_clip)."""
     line_search, ls_steps, ls_shrink, armijo_c, ls_grow, ls_max, kl_clip = ls
-    _check(_number(lr) and lr > 0, "lr must be a number > 0", lr, "use e.g. lr=0.03")
+    _check(_number(lr) and lr > 0, "lr must be a number > 0", lr, "use e.g. lr=0.01")
     _check(_number(momentum) and 0 <= momentum < 1, "momentum must be in [0, 1)", momentum, "use e.g. momentum=0.9")
     _check(_number(damping) and damping >= 0, "damping must be a number >= 0", damping, "use e.g. damping=1e-2")
     _check(_number(weight_decay) and weight_decay >= 0, "weight_decay must be >= 0", weight_decay, "use 0 or 5e-4")
@@ -184,7 +184,7 @@ def check_options(lr, momentum, damping, weight_decay, ema, factor_every, update
 class KFAC(torch.optim.Optimizer):
     """K-FAC (Kronecker-factored natural gradient) with momentum and an Armijo line search.
 
-    ``KFAC(model, lr=0.03, ...)`` preconditions every supported layer of ``model`` and gives the
+    ``KFAC(model, lr=0.01, ...)`` preconditions every supported layer of ``model`` and gives the
     rest SGD with momentum; the module docstring has the maths. In a loop::
 
         loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward()
@@ -199,7 +199,7 @@ class KFAC(torch.optim.Optimizer):
     def __init__(
         self,
         model: nn.Module,
-        lr: float = 0.03,
+        lr: float = 0.01,
         *,
         momentum: float = 0.9,
         damping: float = 1e-2,
