@@ -18,7 +18,8 @@ import supportnet as sn
 from supportnet.data import Split, batches
 from supportnet.errors import ConfigError
 from supportnet.layers import HardThreshold, configure, layer_mode, record_masks, set_instance_masks, threshold_layers
-from supportnet.solvers import KFAC, hold_supports, solve_head, support_from_output
+from supportnet.solvers import KFAC, hold_supports, newton_cg_layer, solve_head, support_from_output
+from supportnet.solvers.newton import _Block
 
 
 def _mlp(d=6, h=5, k=3, seed=0):
@@ -338,6 +339,35 @@ def test_solve_head_takes_a_dataset_and_features_of_the_set_modes():
         solve_head(model, (x, y), method="exact")
 
 
+# -- Newton-CG on one layer ----------------------------------------------------------------------------
+
+
+def test_newton_cg_layer_solves_a_linear_block_under_instance_supports():
+    """apply=linear with fixed per-example supports: the output is linear in the middle layer's
+    weights, so the Gauss-Newton product equals the Hessian's (double backward) and Newton-CG
+    reaches the block's optimum; the other layers are not touched."""
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Linear(6, 8), HardThreshold(), nn.Linear(8, 8), HardThreshold(), nn.Linear(8, 3))
+    model = model.double()
+    x, y = torch.randn(64, 6, dtype=torch.float64), torch.randint(0, 3, (64,))
+    configure(model, apply="linear")
+    set_instance_masks(model, [m & (torch.rand(m.shape) > 0.2) for m in record_masks(model, x)])
+    params = list(model[2].parameters())
+    block = _Block(model, params, x, y, 0.0)
+    block.linearise()
+    v = [torch.randn_like(p) for p in params]
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=True)
+    for a, b in zip(block.ggn(v, 0.0), torch.autograd.grad(grads, params, v)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
+    others = [p.detach().clone() for i in (0, 4) for p in model[i].parameters()]
+    start = F.cross_entropy(model(x), y).item()
+    rep = newton_cg_layer(model, model[2], x, y, weight_decay=1e-3, tol=1e-9, max_iter=30)
+    assert rep.converged and rep.grad_norm <= 1e-9 and rep.loss < start and rep.cg_iterations > rep.iterations
+    assert all(torch.equal(p, o) for p, o in zip([p for i in (0, 4) for p in model[i].parameters()], others))
+    with pytest.raises(ConfigError, match="cg_rtol"):
+        newton_cg_layer(model, model[2], x, y, cg_rtol=1.0)
+
+
 # -- exact resume ----------------------------------------------------------------------------------------
 
 
@@ -414,7 +444,7 @@ def test_kfac_training_decreases_the_loss(mode):
     configure(model, mode=mode)
     opt = KFAC(model, lr=0.1, momentum=0.0, damping=1e-2, update_every=5)
     with torch.no_grad(), layer_mode(model, "free"):
-        start = float(F.cross_entropy(model(x), y))
+        start = F.cross_entropy(model(x), y).item()
     for _ in range(5):
         for i in range(0, 512, 64):
             xb, yb = x[i : i + 64], y[i : i + 64]

@@ -210,6 +210,19 @@ def _lbfgs(obj: _Objective, theta: torch.Tensor, tol: float, max_iter: int) -> t
     return w.detach(), int(it), float(g.norm())
 
 
+def _check_options(method, weight_decay, label_smoothing, tol, max_iter) -> None:
+    """Refuse a bad :func:`solve_head` argument with one line naming the value and the fix."""
+    for ok, what, v, fix in (
+        (method in METHODS, "method is unknown", method, f"use one of {', '.join(METHODS)}"),
+        (weight_decay >= 0, "weight_decay must be >= 0", weight_decay, "use 0 or e.g. 5e-4"),
+        (0 <= label_smoothing < 1, "label_smoothing must be in [0, 1)", label_smoothing, "use 0 or e.g. 0.1"),
+        (tol > 0, "tol must be > 0", tol, "use e.g. 1e-8"),
+        (isinstance(max_iter, int) and max_iter >= 1, "max_iter must be an integer >= 1", max_iter, "use e.g. 100"),
+    ):
+        if not ok:
+            raise ConfigError(f"solve_head {what}, got {v!r}; {fix}")
+
+
 def solve_head(
     model: nn.Module,
     data,
@@ -234,15 +247,7 @@ def solve_head(
     ``method``: ``newton`` (exact Hessian), ``lbfgs``, or ``auto`` (Newton up to
     ``newton_max_params`` parameters). Starts from the layer's current weights.
     """
-    for ok, what, v, fix in (
-        (method in METHODS, "method is unknown", method, f"use one of {', '.join(METHODS)}"),
-        (weight_decay >= 0, "weight_decay must be >= 0", weight_decay, "use 0 or e.g. 5e-4"),
-        (0 <= label_smoothing < 1, "label_smoothing must be in [0, 1)", label_smoothing, "use 0 or e.g. 0.1"),
-        (tol > 0, "tol must be > 0", tol, "use e.g. 1e-8"),
-        (isinstance(max_iter, int) and max_iter >= 1, "max_iter must be an integer >= 1", max_iter, "use e.g. 100"),
-    ):
-        if not ok:
-            raise ConfigError(f"solve_head {what}, got {v!r}; {fix}")
+    _check_options(method, weight_decay, label_smoothing, tol, max_iter)
     t0 = time.perf_counter()
     layer = layer if layer is not None else last_linear(model)
     phi, y, batches = head_features(model, data, layer, batch_size, eval_mode, max_examples)
