@@ -114,6 +114,11 @@ def output_grads(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
     return g.reshape(-1, g.shape[-1])
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in at least float32 (activations under autocast: the factors are sums of squares)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def damped_inverse(m: torch.Tensor, gamma: float) -> torch.Tensor:
     """``(m + gamma I)^-1`` of a symmetric PSD factor, computed in float64, returned in ``m``'s dtype."""
     d = m.double() + gamma * torch.eye(m.shape[0], dtype=torch.float64, device=m.device)
@@ -262,7 +267,7 @@ class KFAC(torch.optim.Optimizer):
             if self.counts["steps"] % self.factor_every or not (torch.is_grad_enabled() and out.requires_grad):
                 return  # not a factor step, or a pass no backward follows (eval, the line search)
             with torch.no_grad():
-                a = layer_inputs(module, inputs[0].detach())  # (B*T, in+1)
+                a = _wide(layer_inputs(module, inputs[0].detach()))  # (B*T, in+1), bf16/fp16 -> float32
                 batch = inputs[0].shape[0]
                 a_b = a.t() @ a / batch  # (in+1, in+1), KFC's sum over positions
                 lay.a_batch = a_b if lay.a_batch is None else lay.a_batch + a_b
@@ -272,7 +277,7 @@ class KFAC(torch.optim.Optimizer):
 
     def _grad_hook(self, lay: _Layer, grad: torch.Tensor, batch: int) -> None:
         with torch.no_grad():
-            g = output_grads(lay.module, grad.detach())  # (B*T, out)
+            g = _wide(output_grads(lay.module, grad.detach()))  # (B*T, out)
             if self.batch_averaged:
                 g = g * batch  # per-example gradients of a batch-mean loss
             g_b = g.t() @ g / g.shape[0]  # (out, out): 1/(B T) sum over examples and positions
