@@ -27,8 +27,11 @@ inverses every ``update_every`` steps (T in the K-FAC papers).
 ``(G + sqrt(l)/pi I)`` with ``pi = sqrt((tr A / dim A) / (tr G / dim G))`` (``pi_damping``; else
 ``pi = 1``), inverted in float64 by Cholesky (a pseudo-inverse where ``l = 0`` leaves them
 singular). Step direction ``V = G^-1 grad_W A^-1``, optionally rescaled by the KL clip of Ba,
-Grosse & Martens 2017 (``kl_clip``), then heavy-ball momentum. Parameters outside such layers take
-the same momentum step on their plain gradient (SGD). Weight decay: coupled by default (``wd * w``
+Grosse & Martens 2017 (``kl_clip``), then momentum: ``buf = momentum * buf + V`` and the update
+``-lr * alpha * buf`` (without a search, ``alpha = 1``: heavy ball; with one, the search picks the
+length of a direction with memory, as for a nonlinear-CG direction, and the buffer keeps the
+directions, not the lengths). Parameters outside such layers take the same momentum step on their
+plain gradient (SGD). Weight decay: coupled by default (``wd * w``
 added to the gradient before preconditioning, and ``wd/2 |w|^2`` added to the line-search
 objective); ``decoupled_weight_decay=True`` multiplies by ``1 - lr * wd`` after the step instead.
 
