@@ -1,8 +1,15 @@
-"""Every public name has a docstring (the API reference, `make docs`, is generated from them)."""
+"""Every public name has a docstring (the API reference, `make docs`, is generated from them); the
+documentation site builds without a warning; the citation files name the package version."""
 
 import inspect
+import os
+import re
+import subprocess
+import sys
 
 import pytest
+import yaml
+from conftest import ROOT
 
 import supportnet
 
@@ -40,3 +47,44 @@ def test_static_names_equal_the_lazy_table(package):
     assert static == mod._EXPORTS and sorted(static) == sorted(mod.__all__)
     for name, module in static.items():
         assert getattr(mod, name).__module__ == f"{package}.{module}"
+
+
+# ----------------------------------------------------------------------------- the documentation site
+
+
+def test_docs_site_builds_strict(tmp_path):
+    """``mkdocs build --strict`` (what ``make docs`` runs): no warning, no broken link or anchor, every
+    page in the navigation, every API page rendered by mkdocstrings. About 2 s; skipped where the
+    ``docs`` extra is not installed (``make docs`` installs it)."""
+    pytest.importorskip("material", reason="the docs extra is not installed: pip install -e '.[docs]'")
+    pytest.importorskip("mkdocstrings_handlers.python", reason="the docs extra is not installed")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    p = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert (tmp_path / "site" / "reference" / "layers" / "index.html").is_file()
+
+
+def test_docs_figure_copies_equal_their_result_files():
+    """A figure a docs page shows from bench/results/ is a copy under docs/img/ (mkdocs serves only
+    docs/); the copy must stay the committed result's."""
+    copies = {
+        "docs/img/convergence-paper-trace.png": "bench/results/convergence-paper-fmnist-convnet-s-paper-trace.png"
+    }
+    for copy, original in copies.items():
+        assert (ROOT / copy).read_bytes() == (ROOT / original).read_bytes(), f"cp {original} {copy}"
+
+
+def test_changelog_and_citation_name_the_package_version():
+    top = re.search(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), flags=re.M).group(1)
+    assert top == supportnet.__version__, f"CHANGELOG.md's top version {top} != {supportnet.__version__}"
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert str(cff["version"]) == supportnet.__version__
+    assert cff["preferred-citation"]["title"] == "CNNs are Globally Optimal Given Multi-Layer Support"
+    assert (ROOT / "src" / "supportnet" / "py.typed").is_file()

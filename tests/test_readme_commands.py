@@ -1,11 +1,15 @@
-"""Every command of README.md's ``sh`` blocks runs, in order, as a user would paste them.
+"""Every command of the ``sh`` blocks of README.md, docs/install.md and docs/cli.md runs, in that
+order, as a user would paste them (the README holds the set-up and install lines, docs/cli.md
+every ``supportnet`` command).
 
 They run in a fresh folder against a small stand-in Fashion-MNIST (the official IDX format, 5,600
 training and 200 test images of 8x8 pixels written here, found through ``$SUPPORTNET_DATA``; 5,600
 so that the study's default 5,000-image validation hold-out leaves some to train on), so the whole
 README takes a minute or two instead of hours; everything else is the command as written. The ``make``
 and ``. .venv/bin/activate`` lines are the set-up that CI itself runs (``make test``) or the
-7-minute demo (whose table is its own output), and are checked only for being Makefile targets.
+7-minute demo (whose table is its own output), and are checked only for being Makefile targets; the
+``pip install`` lines install into the user's own environment and are checked only for naming
+extras that pyproject.toml defines.
 ``data check`` must report the stand-in files as not verified (exit 2): they are not the
 published ones.
 """
@@ -22,13 +26,14 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-README = (ROOT / "README.md").read_text()
-SETUP = ("make ", ". .venv/bin/activate")
+PAGES = [ROOT / "README.md", ROOT / "docs" / "install.md", ROOT / "docs" / "cli.md"]
+SETUP = ("make ", ". .venv/bin/activate", "pip install ")
 
 
 def _commands() -> list[str]:
     cmds = []
-    for block in re.findall(r"```sh\n(.*?)```", README, flags=re.S):
+    text = "\n".join(page.read_text() for page in PAGES)
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()  # a trailing comment
             if line:
@@ -71,6 +76,17 @@ def test_readme_make_lines_are_targets():
         if c.startswith("make "):
             for target in c.split()[1:]:
                 assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.M), c
+
+
+def test_readme_pip_lines_name_defined_extras():
+    section = (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1].split("\n[")[0]
+    extras = set(re.findall(r"^([\w-]+) = \[", section, flags=re.M))  # no tomllib before Python 3.11
+    assert {"docs", "onnx", "gpu"} <= extras, extras
+    pips = [c for c in COMMANDS if c.startswith("pip install ")]
+    assert any(c == "pip install -e ." for c in pips), pips
+    for c in pips:
+        for named in re.findall(r"\.\[([^\]]*)\]", c):
+            assert set(named.split(",")) <= extras, c
 
 
 def test_readme_commands_run_in_order(workdir):
