@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # installing it first keeps pip from pulling a multi-GB CUDA build for the package's torch range.
 TORCH  := torch==2.13.0
 # gpu: triton, for the kernel tests under its interpreter (tests/test_kernels.py); ~290 MB wheel, ~1 GB installed
-EXTRAS := dev,images,svhn,plots,tensorboard,lightning,onnx,gpu
+EXTRAS := dev,images,svhn,plots,tensorboard,lightning,onnx,gpu,docs
 
 .PHONY: setup data demo test test-all lint docs docs-check docs-deps bench clean
 
@@ -31,6 +31,7 @@ demo: data
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench scripts examples
 	$(VENV)/bin/ruff format --check src tests bench scripts examples
+	$(VENV)/bin/lint-imports --no-cache
 
 # The documentation site (mkdocs.yml, docs/): `make docs` builds it into site/, `make docs-check`
 # into a temporary folder that it removes. `mkdocs build --strict`: a warning, a broken link or
