@@ -4,9 +4,19 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Intra-op threads: the cores shared out among the xdist workers (one each with `-n 2` on two
+# cores), at most two. More threads than cores is not just shared time: torch's OpenMP threads
+# spin at each barrier, and test_fit_graphs.py took 142 s instead of 11 s beside one busy
+# process with two threads per worker. OMP_NUM_THREADS carries the count to the supportnet
+# processes the tests start (set before torch is imported, so this process reads it too).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+
+import torch  # noqa: E402
+
+torch.set_num_threads(THREADS)
 ROOT = Path(__file__).resolve().parents[1]
 
 
