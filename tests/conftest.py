@@ -47,8 +47,17 @@ def assert_user_error(proc, *words):
 
 
 @pytest.fixture
-def cli():
-    return run_cli
+def cli(capfd, monkeypatch):
+    """``cli(*args, cwd=None, env=None)``: ``supportnet ARGS`` through ``supportnet.cli.main`` in
+    this process (:func:`run_cli_inprocess`: the exit code, stdout and stderr a fresh process
+    shows, without its second of start-up), ``cwd`` and ``env`` for that call only. A test of
+    the process itself (argv, environment read at start-up, signals) uses :func:`run_cli`."""
+
+    def run(*args, cwd=None, env=None, timeout=None):
+        with monkeypatch.context() as mp:
+            return run_cli_inprocess(args, cwd or Path.cwd(), env, capfd, mp)
+
+    return run
 
 
 @pytest.fixture(scope="session")
