@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 # gpu: triton, for the kernel tests under its interpreter (tests/test_kernels.py); ~290 MB wheel, ~1 GB installed
 EXTRAS := dev,images,svhn,plots,tensorboard,lightning,onnx,gpu,docs
 
-.PHONY: setup data demo test test-all lint docs docs-check docs-deps bench clean
+.PHONY: setup data demo test check test-all lint docs docs-check docs-deps bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -49,10 +49,19 @@ docs: docs-deps
 docs-check: docs-deps
 	@tmp=$$(mktemp -d) && $(MKDOCS) build --strict --quiet --site-dir "$$tmp"; rc=$$?; rm -rf "$$tmp"; exit $$rc
 
-# Two workers, one test file each at a time (--dist loadfile): 394 s against 520 s serially on the
-# 2-core machine from a fresh clone; tests that share a file share a worker.
+# Two workers, one test file each at a time (--dist loadfile: a file's module fixtures are built
+# once), taking the files in the order tests/conftest.py gives them, the longest first
+# (--no-loadscope-reorder); each worker gets one torch thread of the two cores (conftest).
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
+
+# Every test (CI: .ci/run).
 test: $(STAMP) lint
-	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile tests
+	$(PY) -m pytest -q $(XDIST) tests
+
+# The edit-test loop, about a minute on two cores: lint, then the tests that start no other
+# process and are not slow (the marks: tests/conftest.py). `make test` runs the rest too.
+check: $(STAMP) lint
+	$(PY) -m pytest -q $(XDIST) -m "not slow and not integration" tests
 
 test-all: data
 	$(PY) -m pytest -q tests

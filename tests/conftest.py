@@ -4,9 +4,19 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Intra-op threads: the cores shared out among the xdist workers (one each with `-n 2` on two
+# cores), at most two. More threads than cores is not just shared time: torch's OpenMP threads
+# spin at each barrier, and test_fit_graphs.py took 142 s instead of 11 s beside one busy
+# process with two threads per worker. OMP_NUM_THREADS carries the count to the supportnet
+# processes the tests start (set before torch is imported, so this process reads it too).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+
+import torch  # noqa: E402
+
+torch.set_num_threads(THREADS)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,8 +47,17 @@ def assert_user_error(proc, *words):
 
 
 @pytest.fixture
-def cli():
-    return run_cli
+def cli(capfd, monkeypatch):
+    """``cli(*args, cwd=None, env=None)``: ``supportnet ARGS`` through ``supportnet.cli.main`` in
+    this process (:func:`run_cli_inprocess`: the exit code, stdout and stderr a fresh process
+    shows, without its second of start-up), ``cwd`` and ``env`` for that call only. A test of
+    the process itself (argv, environment read at start-up, signals) uses :func:`run_cli`."""
+
+    def run(*args, cwd=None, env=None, timeout=None):
+        with monkeypatch.context() as mp:
+            return run_cli_inprocess(args, cwd or Path.cwd(), env, capfd, mp)
+
+    return run
 
 
 @pytest.fixture(scope="session")
@@ -276,3 +295,81 @@ def run_bad_case(case: BadCase, folder: Path, capfd, monkeypatch, statics: Path 
     if statics:
         assert snapshot(statics) == static_before
     return o
+
+
+# ----------------------------------------------------------------------------- test tiers
+# `make check` runs the tests marked neither `slow` nor `integration` (the edit-test loop);
+# `make test`, which CI runs, runs them all. The marks are given here, in one table, rather than
+# in each file. A new test that belongs to a tier and is not listed still runs everywhere: it
+# only slows `make check`.
+
+#: over ~20 s alone on two cores (their files are scheduled first: see below)
+SLOW = (
+    "tests/test_readme_commands.py::test_readme_commands_run_in_order",
+    "tests/test_bench.py::test_gpu_check_smoke_runs_every_step_and_writes_their_json",
+)
+
+#: tests that start another process (a supportnet command, torchrun, a script), by file and name
+#: (every parametrization), the files with the most of that work first
+INTEGRATION = (
+    "tests/test_resume.py::",
+    "tests/test_distributed.py::test_global_balt_two_ranks_match_one_process",
+    "tests/test_distributed.py::test_local_sync_differs_from_global",
+    "tests/test_distributed.py::test_ialt_runs_on_two_ranks",
+    "tests/test_distributed.py::test_torchrun_cli_rank0_writes_the_run_folder",
+    "tests/test_distributed.py::test_end_process_flushes_what_was_printed",
+    "tests/test_bench.py::test_gpu_script_parses_and_runs_its_cpu_smoke",
+    "tests/test_bench.py::test_overhead_bench_runs_every_figure_with_repeated_fits",
+    "tests/test_bench.py::test_overhead_bench_refuses_bad_options_before_measuring",
+    "tests/test_bench.py::test_bench_scripts_refuse_bad_arguments_in_one_line",
+    "tests/test_bench.py::test_check_numbers_cli_exit_code",
+    "tests/test_export.py::test_export_runs_without_supportnet",
+    "tests/test_readme.py::test_readme_python_block_runs",
+    "tests/test_examples.py::",
+    "tests/test_reliability.py::",
+    "tests/test_kernels.py::test_kernels_compile_for_the_gpu",
+    "tests/test_loggers.py::test_resumed_jsonl_drops_lines_after_the_checkpoint",
+    "tests/test_hostile.py::test_two_processes_cannot_share_a_run_folder",
+    "tests/test_allocator.py::test_tuned_heap_keeps_a_freed_buffer",
+    "tests/test_allocator.py::test_tune_allocator_honours_the_opt_out",
+    "tests/test_allocator.py::test_alternation_tunes_the_allocator",
+    "tests/test_allocator.py::test_unknown_choice_is_one_line_exit_2",
+    "tests/test_cpu_kernels.py::test_cache_is_verified_and_rebuilt",
+    "tests/test_cpu_kernels.py::test_no_compiler_falls_back_to_torch_code",
+    "tests/test_cpu_kernels.py::test_misspelt_switch_is_one_line_exit_2",
+    "tests/test_models.py::test_cheap_commands_do_not_import_torch",
+    "tests/test_models.py::test_model_table_writer_refuses_unknown_arguments",
+    "tests/test_configs.py::test_make_configs_reproduces_every_committed_config",
+)
+
+
+def _listed(nodeid: str, table) -> bool:
+    name = nodeid.split("[")[0]
+    return any(name == t or (t.endswith("::") and name.startswith(t)) for t in table)
+
+
+def _tier(item) -> str | None:
+    """``slow``, ``integration`` or None (``make check``'s tier)."""
+    if _listed(item.nodeid, SLOW):
+        return "slow"
+    case = item.callspec.params.get("case") if hasattr(item, "callspec") else None
+    if isinstance(case, BadCase) and (case.dos or case.fresh):  # tests/test_bad_inputs.py
+        return "slow" if case.dos else "integration"  # a bound on a fresh process's CPU time and memory
+    if isinstance(case, tuple) and case[0] in getattr(item.module, "DOS", ()):  # tests/test_bad_checkpoints.py
+        return "slow"
+    return "integration" if _listed(item.nodeid, INTEGRATION) else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = _tier(item)
+        if tier:
+            item.add_marker(getattr(pytest.mark, tier))
+    # Longest first, for `-n 2 --dist loadfile --no-loadscope-reorder` (the workers take the files
+    # in this order; xdist's own order, the most tests first, starts test_readme_commands.py's one
+    # test of over two minutes late, to run alone at the end): SLOW's files in its order, then
+    # INTEGRATION's, then the others; the tests within a file keep their order.
+    first = list(dict.fromkeys(t.split("::")[0] for t in SLOW + INTEGRATION))
+    rank = {f: k for k, f in enumerate(first)}
+    items.sort(key=lambda i: rank.get(i.nodeid.split("::")[0], len(first)))

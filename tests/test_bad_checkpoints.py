@@ -1,11 +1,13 @@
 """Hostile and mistaken checkpoints (issue 15, the checkpoint cases).
 
-Every case runs the command line in a subprocess and asserts: exit code 2, exactly one line
-on stderr naming the problem (no traceback, no torch warning), and every file that existed
-before is unchanged (hashes), with no file written. The denial-of-service cases also assert
-a bound: finished within 10 s of CPU time with a peak memory under 500 MB (the child's own
-CPU time and maximum resident set, from ``wait4``: on a shared 2-core machine wall time
-measures the neighbours; an address-space limit guards the machine if it regresses).
+Every case runs the command line and asserts: exit code 2, exactly one line on stderr naming
+the problem (no traceback, no torch warning), and every file that existed before is unchanged
+(hashes), with no file written. It runs in this process (conftest's ``cli``: a warning is a
+stderr line there too, an exception that escapes fails the case), except the denial-of-service
+cases: a fresh process each, which must also meet a bound: finished within 10 s of CPU time
+with a peak memory under 500 MB (the child's own CPU time and maximum resident set, from
+``wait4``: on a shared 2-core machine wall time measures the neighbours; an address-space
+limit guards the machine if it regresses).
 """
 
 import hashlib
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_user_error, run_cli, run_cli_measured
+from conftest import assert_user_error, run_cli_measured
 
 from supportnet.checkpoint import META, content_digest, save_checkpoint
 
@@ -456,7 +458,7 @@ def _run_bounded(args: list[str], cwd: Path, wall: float = 60.0):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_checkpoint(tmp_path, case):
+def test_bad_checkpoint(tmp_path, case, cli):
     name, build, argv, words = case
     build(tmp_path)
     before = _snapshot(tmp_path)
@@ -464,7 +466,7 @@ def test_bad_checkpoint(tmp_path, case):
         proc, cpu, peak = _run_bounded(argv, tmp_path)
         assert cpu < 10 and peak < 500, (cpu, peak, proc.stderr[-500:])
     else:
-        proc = run_cli(*argv, cwd=tmp_path, env={"HOME": str(tmp_path), "SUPPORTNET_DATA": str(tmp_path / "nowhere")})
+        proc = cli(*argv, cwd=tmp_path, env={"HOME": str(tmp_path), "SUPPORTNET_DATA": str(tmp_path / "nowhere")})
     assert_user_error(proc, *words)
     assert ";" in proc.stderr, proc.stderr  # 'problem; fix'
     assert _snapshot(tmp_path) == before, "a file was modified, deleted or written"

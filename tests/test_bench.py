@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, THREADS
 
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -69,7 +69,7 @@ def test_hardthreshold_smoke_has_bias_free_tau_variants(tmp_path):
 def test_gpu_script_parses_and_runs_its_cpu_smoke(tmp_path):
     script = ROOT / "bench" / "paper_regime_gpu.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    env = {"PATH": "/usr/bin:/bin", "PY": sys.executable, "HOME": str(tmp_path)}
+    env = {"PATH": "/usr/bin:/bin", "PY": sys.executable, "HOME": str(tmp_path), "OMP_NUM_THREADS": str(THREADS)}
     p = subprocess.run(
         ["bash", str(script), "--cpu-smoke", str(tmp_path)], capture_output=True, text=True, timeout=300, env=env
     )
@@ -212,7 +212,8 @@ def test_gpu_check_smoke_runs_every_step_and_writes_their_json(tmp_path):
     """bench/gpu_check.sh, the one script prepared for a lent GPU, in its CPU smoke mode: the steps
     run (tiny sizes), each writes its JSON into --out, and a wrong option is one line, exit 2."""
     script = ROOT / "bench" / "gpu_check.sh"
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path), "SUPPORTNET_KERNELS": "0"}
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path), "SUPPORTNET_KERNELS": "0",
+           "OMP_NUM_THREADS": str(THREADS)}  # fmt: skip
     bad = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--bogus" in bad.stderr
     out = tmp_path / "gpu"
