@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # installing it first keeps pip from pulling a multi-GB CUDA build for the package's torch range.
 TORCH  := torch==2.13.0
 # gpu: triton, for the kernel tests under its interpreter (tests/test_kernels.py); ~290 MB wheel, ~1 GB installed
-EXTRAS := dev,images,svhn,plots,tensorboard,lightning,onnx,gpu,docs
+EXTRAS := dev,images,svhn,plots,tensorboard,lightning,onnx,gpu,docs,optim
 
 .PHONY: setup data demo test check test-all lint docs docs-check docs-deps bench clean
 

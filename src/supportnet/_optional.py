@@ -27,6 +27,7 @@ EXTRAS = {
     "safetensors": (None, "safetensors files"),  # a core dependency
     "lightning": ("lightning", "the Lightning callback"),
     "triton": ("gpu", "fused GPU kernels"),
+    "heavyball": ("optim", "train.optimizer=soap"),
 }
 
 

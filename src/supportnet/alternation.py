@@ -172,6 +172,11 @@ class Schedule:
     def end_epoch(self, obj_loss: float) -> None:
         """Called after the epoch's training with its mean training-objective loss."""
 
+    def extra_passes(self, ev: EpochEvent, steps: int, batch: int) -> float:
+        """Forward passes this epoch makes outside the training steps, in batches of ``batch``
+        (an epoch of ``steps`` steps): none for SGD."""
+        return 0.0
+
     def state_dict(self) -> dict:
         """The schedule's state (phase, round, plateau counters, supports' provenance) for a checkpoint."""
         return {"phase": self.phase, "round": self.round}
@@ -223,6 +228,10 @@ class BAlternation(Schedule):
         for layer, stat in zip(layers, stats):
             layer.given_batch_mask = support_from_stats(stat, n, layer.rule, layer.beta)
             layer.probe_stats = None
+
+    def extra_passes(self, ev: EpochEvent, steps: int, batch: int) -> float:
+        """The probe pass of every step (``sync=global`` or ``probe``) in an alternation epoch."""
+        return float(steps) if ev.phase == "b-alt" and self.probing else 0.0
 
     def start_epoch(self, epoch: int) -> dict:
         if epoch < self.cfg.warmup:
@@ -392,6 +401,15 @@ class IAlternation(Schedule):
             self.below = 0
         configure(self.model, mode="instance", apply=self.cfg.apply)
         return ev
+
+    def extra_passes(self, ev: EpochEvent, steps: int, batch: int) -> float:
+        """A re-estimation's pass over the training set (stored), or over the probe examples and
+        then the frozen snapshot's forward of every step (snapshot)."""
+        if ev.phase != "i-alt":
+            return 0.0
+        if self.cfg.backend == "stored":
+            return len(self.train) / batch if ev.reestimated else 0.0
+        return steps + (min(PROBE_SIZE, len(self.train)) / batch if ev.reestimated else 0.0)
 
     def view_key(self, epoch: int) -> int:
         """Stored supports need one fixed view per example for the whole round."""

@@ -20,8 +20,17 @@ BACKENDS = ("stored", "snapshot")
 STORES = ("memory", "file")
 #: B-alternation under torchrun (``support.sync``).
 SYNCS = ("local", "global", "global-inline")
-#: Learning-rate schedules (``train.schedule``).
-LR_SCHEDULES = ("cosine", "step", "constant")
+#: Learning-rate schedules (``train.schedule``); ``linear`` decays to zero at the last step.
+LR_SCHEDULES = ("cosine", "step", "constant", "linear")
+#: The weight phase's optimizer (``train.optimizer``; :mod:`supportnet.optim`): SGD (heavy-ball or
+#: Nesterov momentum), AdamW, K-FAC under the layers' supports (:mod:`supportnet.solvers`), and
+#: heavyball's SOAP (``pip install heavyball``).
+OPTIMIZERS = ("sgd", "adamw", "kfac", "soap")
+#: K-FAC's step size (``kfac.line_search``): Armijo backtracking, quadratic interpolation, or none.
+LINE_SEARCHES = ("armijo", "interp", "none")
+#: When the classifier layer is solved exactly (``head.solve``): never, at every support
+#: estimation (each I-alternation round; each epoch of B-alternation), or every epoch.
+HEAD_SOLVES = ("off", "round", "epoch")
 #: Input preprocessing (``data.preprocess``).
 PREPROCESS = ("standard", "gcn-zca", "none")
 #: Mixed precision (``train.amp``) and where the training set lives (``train.loader``).

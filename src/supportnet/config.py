@@ -55,7 +55,11 @@ class TrainConfig:
     lr: float = 0.05  # peak learning rate
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | step | constant
+    schedule: str = "cosine"  # cosine | step | constant | linear (to zero at the last step)
+    lr_warmup: float = 0.0  # epochs of linear learning-rate warm-up from 0 (then the schedule)
+    optimizer: str = "sgd"  # sgd | adamw | kfac (the kfac section) | soap (heavyball); supportnet.optim
+    nesterov: bool = False  # sgd: Nesterov momentum
+    label_smoothing: float = 0.0  # of the training cross-entropy (evaluation stays the plain one)
     milestones: list = field(default_factory=list)  # epochs at which 'step' multiplies lr by gamma
     gamma: float = 0.1
     seed: int = 0  # seeds weights, data order and dropout
@@ -103,6 +107,29 @@ class SupportConfig:
 
 
 @dataclass
+class KFACConfig:
+    """K-FAC under the layers' supports (``train.optimizer=kfac``; supportnet.solvers.KFAC)."""
+
+    damping: float = 0.01  # Tikhonov damping of the Kronecker factors (factored, pi-damping)
+    update_every: int = 10  # steps between inverses of the factors
+    factor_every: int = 1  # steps between factor updates
+    ema: float = 0.05  # weight of a new batch in the factors' running averages
+    line_search: str = "armijo"  # armijo | interp | none: the step size, by extra forwards under the held support
+    ls_steps: int = 5  # most trial step sizes per step
+    hold: bool = True  # hold a B-alternation batch support fixed across the line search's passes
+
+
+@dataclass
+class HeadConfig:
+    """The exact solve of the classifier layer on the network's features (supportnet.solvers.solve_head)."""
+
+    solve: str = "off"  # off | round (at each support estimation) | epoch (at every epoch's start)
+    tol: float = 1e-6  # gradient norm at which the convex problem counts as solved
+    max_iter: int = 50  # most Newton (or L-BFGS) iterations
+    max_examples: int | None = None  # solve on the first N training examples (None: all)
+
+
+@dataclass
 class DSDConfig:
     """Dense-Sparse-Dense training (``supportnet dsd``; docs/dsd.md)."""
 
@@ -123,6 +150,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     support: SupportConfig = field(default_factory=SupportConfig)
     dsd: DSDConfig = field(default_factory=DSDConfig)
+    kfac: KFACConfig = field(default_factory=KFACConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
     out: str | None = None  # run folder (default: runs/<model>-<method>-<time>)
     quiet: bool = False  # no progress bar
 
@@ -185,6 +214,9 @@ CHOICES = {
     ("train", "amp"): choices.AMP,
     ("dsd", "prune"): choices.PRUNE,
     ("train", "loader"): choices.LOADERS,
+    ("train", "optimizer"): choices.OPTIMIZERS,
+    ("kfac", "line_search"): choices.LINE_SEARCHES,
+    ("head", "solve"): choices.HEAD_SOLVES,
 }
 
 
@@ -329,6 +361,16 @@ RANGES: dict[str, Range] = {
     "train.momentum": Range(0, 1, hi_open=True, fix="try 0.9"),
     "train.weight_decay": Range(0),
     "train.gamma": Range(0, lo_open=True, fix="try 0.1"),
+    "train.lr_warmup": Range(0, fix="give epochs of warm-up, e.g. 0.5"),
+    "train.label_smoothing": Range(0, 1, hi_open=True, fix="try 0.1"),
+    "kfac.damping": Range(0, lo_open=True, fix="try 0.01"),
+    "kfac.update_every": Range(1, fix="set it to 1 or more"),
+    "kfac.factor_every": Range(1, fix="set it to 1 or more"),
+    "kfac.ema": Range(0, 1, lo_open=True, fix="try 0.05"),
+    "kfac.ls_steps": Range(1, 100, fix="try 5"),
+    "head.tol": Range(0, lo_open=True, fix="try 1e-6"),
+    "head.max_iter": Range(1, 100_000, fix="try 50"),
+    "head.max_examples": Range(1, fix="drop it to solve on the whole training set"),
     "train.seed": Range(0, INT64_MAX),
     "train.threads": Range(1, 4096, fix="drop it to use torch's default"),
     "train.eval_batch_size": Range(1, 1 << 20, fix="set it to 1 or more"),
@@ -401,6 +443,8 @@ def _check_cuda_graphs(cfg: Config) -> None:
         return
     if t.device.split(":")[0] not in choices.CAPTURE_DEVICES:
         _refuse_graphs(f"needs a GPU (got train.device={t.device}); set train.device=cuda, or")
+    if t.optimizer != "sgd" or cfg.head.solve != "off":
+        _refuse_graphs("captures the SGD step only; set train.optimizer=sgd and head.solve=off, or")
     if t.compile:
         _refuse_graphs("and train.compile=true would both capture the step; drop train.compile, or")
     if s.method == "b-alt" and s.sync != "local":

@@ -75,24 +75,35 @@ def train_step(
     step: int = 0,
     autocast: Callable = nullcontext,
     step_hook: Callable | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """One SGD step on the batch ``(x, y)`` under the supports the schedule has set.
+    """One optimizer step on the batch ``(x, y)`` under the supports the schedule has set.
 
-    The objective is the cross-entropy, plus the support-consistency penalty of the same
-    forward pass when the phase has one (``penalised``). ``net`` is the module to run (a DDP or
+    The objective is the cross-entropy (with ``label_smoothing``), plus the support-consistency
+    penalty of the same forward pass when the phase has one (``penalised``). An optimizer that
+    searches its step length (``opt.takes_loss_closure``: :class:`~supportnet.solvers.KFAC`) is
+    handed the objective and a closure that evaluates it again on the same batch, under the same
+    supports. ``net`` is the module to run (a DDP or
     compiled wrapper of ``model``, or ``model`` itself). The ``guard`` checks the objective and
     the gradients after backward and before the update (``step``: this step's 1-based number,
     for its messages). ``step_hook(model, opt)`` runs after the update (DSD holds pruned weights
     at zero with it). Returns the cross-entropy, detached."""
     model = net if model is None else model
-    with autocast():
-        loss = F.cross_entropy(net(x), y)
-    objective = loss.float() + support_penalty(model) if penalised else loss.float()
+
+    def batch_objective() -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast():
+            loss = F.cross_entropy(net(x), y, label_smoothing=label_smoothing)
+        return loss, loss.float() + support_penalty(model) if penalised else loss.float()
+
+    loss, objective = batch_objective()
     opt.zero_grad(set_to_none=True)
     objective.backward()
     if guard is not None:
         guard.check_step(objective, loss, x, step)
-    opt.step()
+    if getattr(opt, "takes_loss_closure", False):
+        opt.step(lambda: batch_objective()[1], loss=objective.detach())
+    else:
+        opt.step()
     if step_hook is not None:
         step_hook(model, opt)
     return loss.detach()

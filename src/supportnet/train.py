@@ -56,11 +56,13 @@ from .data.augment import crop_flip
 from .errors import ConfigError
 from .guard import DivergenceGuard, lazy_default
 from .io import atomic_write_text
-from .layers import collect_stats, configure, threshold_layers
+from .layers import collect_stats, configure, layer_mode, threshold_layers
 from .loggers import Loggers
 from .models import count_params
+from .optim import make_optimizer
 from .report import plot_run
 from .runfolder import claim_run_folder, releases_run_folders
+from .solvers import solve_head
 from .step import evaluate, train_step
 
 log = logging.getLogger("supportnet")
@@ -73,6 +75,8 @@ METRIC_DOC = {
     "round": "I-alternation round (support estimations so far)",
     "lr": "learning rate at the end of the epoch",
     "iterations": "optimizer steps so far",
+    "passes": "forward(+backward) passes over a training batch so far: one per step, plus K-FAC's line search, "
+    "the support estimation passes and the head solves",
     "seconds": "training wall time so far, support estimation included, evaluation excluded",
     "obj_loss": "mean training loss of the epoch under the schedule's support (the objective)",
     "train_loss / train_acc": "free-mode loss and accuracy on up to train.train_eval_size training examples",
@@ -88,15 +92,21 @@ METRIC_DOC = {
 
 
 def lr_at(cfg: Config, step: int, steps_per_epoch: int) -> float:
-    """Learning rate multiplier at optimizer step ``step`` (per-step cosine, or step decay)."""
+    """Learning rate multiplier at optimizer step ``step``: a linear warm-up over
+    ``train.lr_warmup`` epochs (from 0), times the schedule (per-step cosine, step decay, or a
+    linear decay that reaches 0 at the run's last step)."""
     t = cfg.train
     total = max(1, t.epochs * steps_per_epoch)
+    warm = t.lr_warmup * steps_per_epoch
+    ramp = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
     if t.schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        return ramp * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
     if t.schedule == "step":
         epoch = step // steps_per_epoch
-        return t.gamma ** sum(1 for m in t.milestones if epoch >= m)
-    return 1.0
+        return ramp * t.gamma ** sum(1 for m in t.milestones if epoch >= m)
+    if t.schedule == "linear":  # after the warm-up, down to 0 at the last step
+        return ramp * min(1.0, max(0.0, (total - step) / max(1.0, total - warm)))
+    return ramp
 
 
 # ----------------------------------------------------------------------------- the run
@@ -113,6 +123,7 @@ class RunState:
     trace: list = field(default_factory=list)  # test accuracy at evals_per_epoch points per epoch
     resume_step: int = 0  # steps of epoch ``epoch`` already done when resumed mid-epoch
     partial: dict | None = None  # that partial epoch's sums (mid-epoch checkpoint)
+    extra_passes: float = 0.0  # forward passes outside the steps, in training batches (estimation, head solves)
 
 
 @dataclass
@@ -158,10 +169,38 @@ class Run:
             ev = EpochEvent(**self.state.partial["ev"])
         else:
             ev = self.sched.start_epoch(epoch)
+            self.state.extra_passes += self.sched.extra_passes(ev, self.steps_per_epoch, self.local_batch)
+            if wants_head_solve(self.cfg.head.solve, ev):
+                self.state.extra_passes += solve_head_of(self)
         self.guard.at(epoch, ev.phase)
         if ev.reestimated and self.loggers.wants_steps:
             self.loggers.log_step(self.state.step, {"mask_change": ev.mask_change, "est_seconds": ev.est_seconds})
         return ev
+
+
+def wants_head_solve(when: str, ev: EpochEvent) -> bool:
+    """Whether ``head.solve`` (``when``) solves the classifier at the start of this epoch: every
+    epoch, or at each support estimation (an I-alternation round's start, a B-alternation epoch)."""
+    return when == "epoch" or (when == "round" and (ev.reestimated or ev.phase == "b-alt"))
+
+
+def solve_head_of(run: Run) -> float:
+    """The classifier layer solved exactly on the free-mode features of the training set (right
+    after an estimation, the support's features: it was estimated from these weights); returns
+    the forward passes it cost, in training batches."""
+    t, h = run.cfg.train, run.cfg.head
+    with layer_mode(run.model, "free"):
+        rep = solve_head(run.model, run.data.train, weight_decay=t.weight_decay, label_smoothing=t.label_smoothing,
+                         tol=h.tol, max_iter=h.max_iter, batch_size=t.eval_batch_size,
+                         max_examples=h.max_examples)  # fmt: skip
+    if run.main and not run.cfg.quiet:
+        log.info(f"head solved: loss {rep.loss:.4f}, gradient norm {rep.grad_norm:.1e}, {rep.iterations} iterations")
+    return rep.examples / run.local_batch
+
+
+def optimizer_passes(opt: torch.optim.Optimizer) -> int:
+    """Forward passes an optimizer made beyond the loop's one per step (K-FAC's line search)."""
+    return int(getattr(opt, "counts", {}).get("extra_forwards", 0))
 
 
 def _default_out(cfg: Config) -> Path:
@@ -195,6 +234,8 @@ def start_run(
         torch.set_num_threads(t.threads)
     tune_allocator()  # no page faults for the same activations every step (supportnet.allocator)
     cuda_graphs.check_run(cfg, distributed.env_world() > 1, step_hook, lazy_default(torch.device(t.device)))
+    if distributed.env_world() > 1 and cfg.head.solve != "off":
+        raise ConfigError("head.solve solves the classifier on one process's data; under torchrun set head.solve=off")
     info = distributed.setup(t.device)
     distributed.check_batch(t.batch_size, info)
     device = torch.device(f"cuda:{info.local_rank}" if info.active and t.device.startswith("cuda") else t.device)
@@ -205,9 +246,7 @@ def start_run(
         if rs is None:
             atomic_write_text(out / "config.yaml", cfg.to_yaml())
     lazy = lazy_default(device)
-    opt = torch.optim.SGD(
-        model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, fused=True if lazy else None
-    )
+    opt = make_optimizer(model, cfg, fused=lazy)
     guard = DivergenceGuard(model, opt, device, lazy=lazy, distributed_active=info.active)
     if step_hook is not None:
         step_hook(model, opt)
@@ -348,7 +387,8 @@ def _steps(run: Run, epoch: int, ep: _Epoch, penalised: bool, graphed: cuda_grap
         else:
             run.sched.before_step(x, idx)  # the supports of this batch (I-alt: looked up by example index)
             loss = train_step(run.net, run.opt, x, y, model=run.model, penalised=penalised, guard=run.guard,
-                              step=st.step + 1, autocast=run.autocast, step_hook=run.step_hook)  # fmt: skip
+                              step=st.step + 1, autocast=run.autocast, step_hook=run.step_hook,
+                              label_smoothing=run.cfg.train.label_smoothing)  # fmt: skip
         st.step += 1
         ep.steps += 1
         ep.loss_sum.add_(loss, alpha=y.numel())  # on the device (float64)
@@ -460,7 +500,8 @@ def evaluate_epoch(run: Run, epoch: int, ev: EpochEvent, obj_loss: float) -> dic
     test_loss, test_acc = evaluate(model, run.data.test, t.eval_batch_size, run.device)
     run.guard.check_test_loss(test_loss, obj_loss, lambda: run.data.test.x[: t.eval_batch_size].to(run.device))
     row = {"epoch": st.epoch, "phase": ev.phase, "round": ev.round, "lr": run.last_lr,
-           "iterations": st.step, "seconds": round(st.seconds, 3), "obj_loss": obj_loss}  # fmt: skip
+           "iterations": st.step, "seconds": round(st.seconds, 3), "obj_loss": obj_loss,
+           "passes": round(st.step + optimizer_passes(run.opt) + st.extra_passes, 3)}  # fmt: skip
     if run.eval_train is not None:
         row["train_loss"], row["train_acc"] = evaluate(model, run.eval_train, t.eval_batch_size, run.device)
     if run.data.val is not None:  # the split to tune on; never the test set
@@ -571,6 +612,7 @@ def save_run_checkpoint(run: Run, epoch_done: int, step_in_epoch: int, partial: 
             "step_in_epoch": step_in_epoch,
             "partial": partial,
             "seconds": st.seconds,
+            "extra_passes": st.extra_passes,
             "config": run.cfg.to_dict(),
             "rng": get_rng_state(),
             "metrics": st.rows,
@@ -587,20 +629,40 @@ def _optimizer_state(opt: torch.optim.Optimizer) -> dict:
     for g in sd["param_groups"]:  # (new dicts: the optimizer's own groups are untouched)
         if isinstance(g.get("lr"), torch.Tensor):
             g["lr"] = g["lr"].item()
-    return sd
+    return _sets_out(sd)
+
+
+def _sets_out(x):
+    """Python sets (heavyball keeps its initialised steps in one) as ``{"__set__": [...]}``: a
+    checkpoint holds dicts, lists, tensors and scalars only; :func:`_sets_in` turns them back."""
+    if isinstance(x, (set, frozenset)):
+        return {"__set__": sorted(x)}
+    if isinstance(x, dict):
+        return {k: _sets_out(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_sets_out(v) for v in x)
+    return x
+
+
+def _sets_in(x):
+    if isinstance(x, dict):
+        return set(x["__set__"]) if set(x) == {"__set__"} else {k: _sets_in(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_sets_in(v) for v in x)
+    return x
 
 
 def restore(run: Run, rs: dict, strict: bool = False) -> None:
     """Continue exactly where the checkpoint ``rs`` was taken (weights, momentum, schedule and
     supports, position in the epoch, sums, every RNG)."""
     run.model.load_state_dict(rs["model"])
-    run.opt.load_state_dict(rs["optimizer"])
+    run.opt.load_state_dict(_sets_in(rs["optimizer"]))
     if isinstance(run.sched, IAlternation):
         run.sched.strict = strict
     run.sched.load_state_dict(rs["schedule"])
     run.state = RunState(epoch=rs["epoch"], step=rs["step"], seconds=rs["seconds"], rows=list(rs["metrics"]),
                          trace=list(rs.get("trace", [])), resume_step=rs.get("step_in_epoch", 0),
-                         partial=rs.get("partial"))  # fmt: skip
+                         partial=rs.get("partial"), extra_passes=rs.get("extra_passes", 0.0))  # fmt: skip
     run.guard.last_good = run.out / "checkpoint.pt"
     if run.step_hook is not None:
         run.step_hook(run.model, run.opt)

@@ -70,10 +70,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import LINE_SEARCHES
 from ..errors import ConfigError, DivergenceError
 from .hold import hold_supports
 
-LINE_SEARCHES = ("armijo", "interp", "none")
 COUNTS = ("steps", "forward_backward", "extra_forwards", "rejected", "factor_updates", "inverse_updates")
 
 
@@ -203,6 +203,9 @@ class KFAC(torch.optim.Optimizer):
     the loop. ``state_dict()`` holds the factors, inverses, momentum and counters (a resume is
     bit-identical on the CPU).
     """
+
+    #: :func:`supportnet.train_step` hands ``step`` the objective and a closure that re-evaluates it
+    takes_loss_closure = True
 
     def __init__(
         self,
