@@ -173,7 +173,7 @@ def save_checkpoint(path: str | Path, payload: dict, kind: str = "other") -> Pat
     """Write ``payload`` (a dict) as a checkpoint of ``kind``, atomically and with its digest.
 
     The file is ``torch.save({**payload, "supportnet": {"format", "kind", "sha256"}})``: one
-    serialisation, streamed to a temporary file that is renamed into place (``io.atomic_write``).
+    serialisation, made in memory and written to a temporary file that is renamed into place (``io.atomic_write``).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}")
@@ -183,7 +183,11 @@ def save_checkpoint(path: str | Path, payload: dict, kind: str = "other") -> Pat
     if missing:
         raise ValueError(f"a {kind} checkpoint needs {missing}")
     record = {META: {"format": FORMAT, "kind": kind, "sha256": content_digest(payload, kind)}}
-    return atomic_write(path, lambda f: torch.save({**payload, **record}, f))
+    # serialised in memory first: torch.save streaming into a file that fills up fails as a
+    # RuntimeError from its zip writer, not as the OSError a full disk gives a plain write
+    buf = io.BytesIO()
+    torch.save({**payload, **record}, buf)
+    return atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
 # ----------------------------------------------------------------------------- reading
