@@ -427,9 +427,8 @@ def plan(q: Queue) -> None:
         sec = float(rows[-1]["seconds"]) / int(rows[-1]["iterations"]) * per_epoch
         jobs = GRID_SIZE * TUNE_BUDGET + len(SEEDS) * sum(BUDGETS) - TUNE_BUDGET
         total += sec * jobs
-        print(
-            f"{m:12s} {sec:6.1f} s/epoch  ({time.perf_counter() - t0:.0f} s to time)  {jobs * sec / 60:6.1f} min of runs"
-        )
+        took = time.perf_counter() - t0
+        print(f"{m:12s} {sec:6.1f} s/epoch  ({took:.0f} s to time)  {jobs * sec / 60:6.1f} min of runs")
     total += sum(b * len(SEEDS) for _, b in EXTRA) * 24.0
     print(f"total: {total / 3600:.2f} core-hours of runs (plus ~5% evaluations)")
 
