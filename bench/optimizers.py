@@ -140,19 +140,37 @@ class Queue:
             return None
         return max(zip(grid, rs), key=lambda t: t[1]["val_acc"])[0]
 
+    def rate_for(self, method: str, budget: int) -> float | None:
+        """The tuned rate, or, where a run at it diverged at ``budget``, the next lower rate of the grid
+        (for every seed of that budget): a rule fixed for every method alike."""
+        lr = self.best_lr(method)
+        if lr is None:
+            return None
+        for cand in sorted((x for x in METHODS[method][2] if x <= lr), reverse=True):
+            runs = [self.result(job_name(method, cand, budget, s)) for s in SEEDS]
+            if not any(r is not None and "diverged" in r for r in runs):
+                return cand
+        return None  # every rate down to the smallest diverged
+
     def jobs(self):
         """(name, method, lr, budget, seed) in priority order; the budgets' runs once the rate is tuned."""
         for m, (_, _, grid) in METHODS.items():
             for lr in grid:
                 yield job_name(m, lr, TUNE_BUDGET, 0), m, lr, TUNE_BUDGET, 0
-            lr = self.best_lr(m)
             for b in BUDGETS:
+                lr = self.rate_for(m, b)
                 for s in SEEDS:
                     yield (job_name(m, lr, b, s) if lr else None), m, lr, b, s
         for m, b in EXTRA:
-            lr = self.best_lr(m)
+            lr = self.rate_for(m, b)
             for s in SEEDS:
                 yield (job_name(m, lr, b, s) if lr else None), m, lr, b, s
+
+    def reclaim(self) -> None:
+        """Release the claims of jobs that never finished (a worker was stopped); no worker may run."""
+        for c in self.root.glob("*/*/claimed"):
+            if not (c.parent / "job.json").exists():
+                c.unlink()
 
     def claim(self, name: str) -> bool:
         d = self.root / name
@@ -231,7 +249,7 @@ def _per_seed(q: Queue, method: str, budgets) -> dict:
     """budget -> {seed: job record} at the method's tuned rate."""
     out = {}
     for b in budgets:
-        lr = q.best_lr(method)
+        lr = q.rate_for(method, b)
         recs = {s: q.result(job_name(method, lr, b, s)) for s in SEEDS} if lr else {}
         if recs and all(recs.values()):
             out[b] = recs
@@ -281,7 +299,10 @@ def summarize(q: Queue) -> dict:
             continue
         grid = METHODS[m][2]
         tuning = {lr: (q.result(job_name(m, lr, TUNE_BUDGET, 0)) or {}).get("val_acc") for lr in grid}
-        row = {"grid": grid, "tuning_val_acc": tuning, "spec": METHODS[m][0], "overrides": METHODS[m][1], "budgets": {}}
+        diverged = sorted(str(c.parent.relative_to(q.root)) for c in (q.root / m).glob("*/job.json")
+                          if "diverged" in json.loads(c.read_text()))  # fmt: skip
+        row = {"grid": grid, "tuning_val_acc": tuning, "diverged_runs": diverged}
+        row.update(spec=METHODS[m][0], overrides=METHODS[m][1], budgets={})
         for b, r in recs.items():
             row["budgets"][b] = {
                 "lr": r[0]["lr"],
@@ -440,6 +461,7 @@ def main() -> int:
     g.add_argument("--smoke", action="store_true")
     g.add_argument("--worker", action="store_true")
     g.add_argument("--report", action="store_true")
+    p.add_argument("--reclaim", action="store_true", help="release unfinished claims first (no other worker running)")
     p.add_argument("--out", type=Path, default=None, help="jobs folder (default bench/out/optimizers)")
     a = p.parse_args()
     if a.smoke:
@@ -458,6 +480,8 @@ def main() -> int:
     if a.plan:
         plan(q)
     elif a.worker:
+        if a.reclaim:
+            q.reclaim()
         worker(q)
     else:
         report(q, RESULTS, "python bench/optimizers.py --worker (one per core), then --report")
