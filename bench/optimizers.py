@@ -274,6 +274,9 @@ def ratio_interval(recs, base, target, key, n=2000, rng=None) -> dict:
         return {"ratio": None, "note": "incomplete"}
     t, t0 = _time_of(recs, SEEDS, key, target, budgets), _time_of(base, SEEDS, key, target, budgets)
     out = {"method": t, "sgd": t0}
+    if t is not None and t0 is not None and t < 0 < t0:  # reached at the smallest budget: a bound
+        out.update(ratio=None, upper=-t / t0, note="reached at the smallest budget: the ratio is at most this")
+        return out
     if t is None or t0 is None or t < 0 or t0 < 0:
         out["ratio"] = None
         out["note"] = "censored or not reached (a negative time: reached at the smallest budget)"
@@ -313,6 +316,12 @@ def summarize(q: Queue) -> dict:
                 "cpu_seconds": _ms([rec["cpu_seconds"] for rec in r.values()]),
                 "passes_per_epoch": _ms([rec["passes"] / b for rec in r.values() if "passes" in rec]),
             }
+        big = max(BUDGETS)
+        if big in recs and big in base:
+            d = [recs[big][x]["test_acc"] - base[big][x]["test_acc"] for x in SEEDS]
+            row["test_acc_minus_sgd_at_largest_budget"] = _ms(d) | {"per_seed": d}
+            p0 = statistics.fmean(base[big][x].get("passes", 0) for x in SEEDS)
+            row["passes_ratio_at_largest_budget"] = statistics.fmean(recs[big][x].get("passes", 0) for x in SEEDS) / p0
         row["targets"] = {
             f"{t:.3f}": {
                 "epochs": ratio_interval(recs, base, t, None),
@@ -343,15 +352,18 @@ def _ratio_text(r: dict) -> str:
     if r.get("ratio") is None:
         if r.get("note") == "incomplete":
             return "–"
+        if r.get("upper") is not None:
+            return f"≤ {r['upper']:.2f}"
         t = r.get("method")
-        return "≤ smallest budget" if t is not None and t < 0 else ("not reached" if t is None else "SGD censored")
+        return "not reached" if t is None else "SGD censored"
     lo, hi = r.get("lo"), r.get("hi")
     return f"{r['ratio']:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{r['ratio']:.2f}"
 
 
 def table(s: dict) -> str:
     b = max(BUDGETS)
-    head = ["method"] + [f"val % @{x}" for x in BUDGETS] + [f"test % @{b}", "passes/epoch", "s/epoch"]
+    head = ["method", "lr"] + [f"val % @{x}" for x in BUDGETS] + [f"test % @{b}", f"test − SGD @{b} (points)"]
+    head += ["passes/epoch", "÷ SGD", "s/epoch"]
     for t in TARGETS:
         head += [f"epochs ÷ SGD ({t:.0%})", f"wall ÷ SGD ({t:.0%})"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -363,8 +375,13 @@ def table(s: dict) -> str:
             return f"{100 * v['mean']:.2f} ± {100 * v['std']:.2f}" if v.get("mean") is not None else "–"
 
         big = bs.get(b, {})
-        cells = [m] + [acc(x) for x in BUDGETS] + [acc(b, "test_acc")]
+        lrs = sorted({f"{v['lr']:g}" for v in bs.values()})
+        cells = [m, "/".join(lrs)] + [acc(x) for x in BUDGETS] + [acc(b, "test_acc")]
+        dd = row.get("test_acc_minus_sgd_at_largest_budget", {})
+        cells.append(f"{100 * dd['mean']:+.2f} ± {100 * dd['std']:.2f}" if dd.get("mean") is not None else "–")
         cells.append(f"{big['passes_per_epoch']['mean']:.0f}" if big.get("passes_per_epoch", {}).get("mean") else "–")
+        pr = row.get("passes_ratio_at_largest_budget")
+        cells.append(f"{pr:.2f}" if pr else "–")
         cells.append(f"{big['seconds']['mean'] / b:.1f}" if big.get("seconds", {}).get("mean") else "–")
         for t in TARGETS:
             tt = row["targets"][f"{t:.3f}"]
