@@ -14,7 +14,7 @@ same code): one learning-rate grid for every method, chosen on a validation spli
 for each seed, every method starts from the same weights and data order; iterations
 and seconds to each target are interpolated from a trace taken several times per epoch.
 
-The paper's regime (issue 16; docs/results.md): a constant learning rate tuned per
+The paper's regime (docs/paper-regime.md, docs/results.md): a constant learning rate tuned per
 method, one x0.1 step decay late in the run, 2 SGD warm-up epochs, I-alternation
 re-estimated on plateaus of its training objective, targets on a smoothed trace and
 paired by seed, free-mode training loss traced, MaskT of every final model, Eq. 41's
@@ -23,7 +23,7 @@ thread each (``train.threads=1``), so every run, and every wall time compared, h
 core while another run of the study uses the other.
 
 Writes the run folders under ``bench/out/convergence-<regime>/`` (ignored by git) and,
-for the regimes of issue 16, the committed result ``bench/results/convergence-<regime>.json``
+for the paper-regime studies, the committed result ``bench/results/convergence-<regime>.json``
 (command, git commit, machine, seeds, per-seed values and traces), ``.md`` and figures
 ``bench/results/convergence-<regime>-<study>-{trace,ratio}.png``. ``--smoke`` and ``--out``
 write everything under the given folder instead. Interrupted runs are reused when it is run again.
@@ -132,7 +132,7 @@ LEVERS = {
     ),
 }
 
-# ----------------------------------------------------------------------------- the paper's regime (issue 16)
+# ----------------------------------------------------------------------------- the paper's regime (docs/paper-regime.md)
 
 #: Relative drop of the I-alternation objective (the epoch's mean training loss under the fixed
 #: support) below which an epoch counts as a plateau. Chosen from measured epoch-to-epoch changes

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of docs/performance.md (issue 17's table), in one run on a lent GPU machine:
+# Every GPU figure of docs/performance.md (its overhead table), in one run on a lent GPU machine:
 #
 #   bash bench/gpu_check.sh [--out DIR] [--data NAME] [--no-tests] [--no-baseline] [--no-graphs] [--energy] [--fit] [--smoke]
 #

@@ -1,4 +1,4 @@
-"""Time to target by budget: the weight-phase solvers against strong optimizers (issue 24).
+"""Time to target by budget: the weight-phase solvers against strong optimizers.
 
     python bench/optimizers.py --plan               # time each method here, print the study's expected duration
     python bench/optimizers.py --smoke              # the same code path on synthetic data, about a minute

@@ -3,7 +3,7 @@
     python bench/overhead.py [--data fashion-mnist] [--subset 12800] [--steps 10] [--repeats 21]
                              [--device cpu|cuda] [--quick] [--no-memory] [--no-tax]
 
-Prints every figure of issue 17's table in one run (convnet-s, batch 128), with the methods
+Prints every figure of the overhead table (docs/performance.md) in one run (convnet-s, batch 128), with the methods
 interleaved and the median over repeats kept:
   * B-alt step / SGD step, I-alt (stored) step / SGD step (with its consistency penalty, as fit()
     trains it), I-alt (snapshot) step / SGD step;
@@ -64,7 +64,7 @@ SUPPORT = {
     "i-alt-stored": SupportConfig(method="i-alt", backend="stored", warmup=0),
     "i-alt-snapshot": SupportConfig(method="i-alt", backend="snapshot", warmup=0),
 }
-TARGETS = {  # issue 17: (CPU, GPU)
+TARGETS = {  # the overhead table's targets (docs/performance.md): (CPU, GPU)
     "b_alt_step_over_sgd": ("≤ 1.05", "≤ 1.07"),
     "i_alt_stored_step_over_sgd": ("≤ 1.10", "≤ 1.10"),
     "i_alt_snapshot_step_over_sgd": ("–", "–"),

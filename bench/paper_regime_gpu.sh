@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's regime (issue 16, part 2) on one GPU: ALL-CNN-C with dropout, Fashion-MNIST padded to
+# The paper's regime (docs/paper-regime.md) on one GPU: ALL-CNN-C with dropout, Fashion-MNIST padded to
 # 32x32, the methods and protocol of `python bench/convergence.py --regime paper`, 50 epochs with a
 # x0.1 decay at epoch 40, every run of a stage side by side on the one GPU. Under 9 minutes in all.
 #

@@ -323,6 +323,7 @@ INTEGRATION = (
     "tests/test_bench.py::test_overhead_bench_refuses_bad_options_before_measuring",
     "tests/test_bench.py::test_bench_scripts_refuse_bad_arguments_in_one_line",
     "tests/test_bench.py::test_check_numbers_cli_exit_code",
+    "tests/test_bench_optimizers.py::test_smoke_runs_the_protocol_end_to_end",
     "tests/test_export.py::test_export_runs_without_supportnet",
     "tests/test_readme.py::test_readme_python_block_runs",
     "tests/test_examples.py::",

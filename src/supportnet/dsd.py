@@ -23,7 +23,7 @@ schedule, on one model:
      threshold layer, the units whose producer filters have the smallest L2 norm, with the
      weights in and out of them as for support pruning; the sparse step trains with SGD.
 
-   Equal sparsity (issue 16): ``dsd(..., match=pruning)`` makes ``magnitude`` prune, in
+   Equal sparsity (docs/results.md, "DSD at equal sparsity"): ``dsd(..., match=pruning)`` makes ``magnitude`` prune, in
    every weight tensor, exactly as many weights as ``pruning`` (e.g. support pruning's)
    zeroed there, and ``channel-l2`` exactly as many units per layer; without ``match``
    they prune the ``dsd.sparsity`` fraction (of weights, of units). ``dsd(..., start=

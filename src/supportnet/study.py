@@ -19,7 +19,7 @@ A time-to-target protocol in the spirit of MLCommons AlgoPerf:
 Fig. 1/3 style: loss and error against epochs, one line per method, support
 re-estimations marked) and ``ratio.png`` (iterations to target / SGD's).
 
-The paper's regime (issue 16; ``paired=True``, ``smooth_k > 1``): targets are taken on a
+The paper's regime (docs/paper-regime.md; ``paired=True``, ``smooth_k > 1``): targets are taken on a
 *smoothed* trace (a centred running mean of ``smooth_k`` evaluations, because a constant
 rate makes test accuracy swing by about 0.5 point between evaluations) and *paired by
 seed*: for seed ``s``, SGD's best smoothed free-mode training loss and SGD's best smoothed
