@@ -83,7 +83,7 @@ def main() -> int:
             "loss_gap_mean": statistics.fmean(v["loss_gap"] for v in per.values()),
             "test_acc_mean": statistics.fmean(v["test_acc"] for v in per.values()),
         }
-    for m, v in reg.items():  # paired by seed against SGD: negative = a smaller gap than SGD's
+    for v in reg.values():  # paired by seed against SGD: negative = a smaller gap than SGD's
         d = [v["per_seed"][s]["acc_gap"] - reg["sgd"]["per_seed"][s]["acc_gap"] for s in v["per_seed"]]
         v["acc_gap_minus_sgd"] = {"per_seed": d, "mean": statistics.fmean(d), "std": statistics.stdev(d)}
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()

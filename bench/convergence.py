@@ -132,7 +132,7 @@ LEVERS = {
     ),
 }
 
-# ----------------------------------------------------------------------------- the paper's regime (docs/paper-regime.md)
+# ------------------------------------------------------------------ the paper's regime (docs/paper-regime.md)
 
 #: Relative drop of the I-alternation objective (the epoch's mean training loss under the fixed
 #: support) below which an epoch counts as a plateau. Chosen from measured epoch-to-epoch changes

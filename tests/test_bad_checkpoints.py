@@ -1,4 +1,4 @@
-"""Hostile and mistaken checkpoints (issue 15, the checkpoint cases).
+"""Hostile and mistaken checkpoints (the checkpoint cases of docs/reliability.md).
 
 Every case runs the command line and asserts: exit code 2, exactly one line on stderr naming
 the problem (no traceback, no torch warning), and every file that existed before is unchanged

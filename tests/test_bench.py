@@ -1,4 +1,4 @@
-"""The bench scripts of issue 16 in their --smoke modes (synthetic data, tiny models): the code paths
+"""The bench scripts in their --smoke modes (synthetic data, tiny models): the code paths
 the long runs take, end to end, and the number-provenance check of the docs."""
 
 import json

@@ -74,7 +74,7 @@ def test_smoke_runs_the_protocol_end_to_end(tmp_path):
     res = json.loads((tmp_path / "results" / "optimizers.json").read_text())
     assert res["command"].startswith("python bench/optimizers.py") and res["commit"]
     assert set(res["methods"]) == {"sgd", "kfac", "kfac-i-alt", "i-alt-head"}
-    for m, row in res["methods"].items():
+    for row in res["methods"].values():
         assert len(row["grid"]) == ob.GRID_SIZE and all(v is not None for v in row["tuning_val_acc"].values())
         for b in ("1", "2"):
             per = row["budgets"][b]["per_seed"]

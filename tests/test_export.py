@@ -1,4 +1,4 @@
-"""Models that leave as plain PyTorch (issue 14, section 3): final.pt, model.safetensors,
+"""Models that leave as plain PyTorch (docs/export.md): final.pt, model.safetensors,
 ``supportnet export`` in four formats, ``supportnet.load_model``, and the meta-device counts."""
 
 import json

@@ -111,7 +111,7 @@ def test_cli_rejects_bad_seeds(cli, tmp_path):
     )
 
 
-# ----------------------------------------------------------------------------- the paper's regime (issue 16)
+# ------------------------------------------------------------------ the paper's regime (docs/paper-regime.md)
 
 
 def test_smooth_is_a_centred_running_mean_cut_at_the_ends():
