@@ -22,7 +22,7 @@ import yaml
 from . import choices
 from .choices import METHODS
 from .errors import ConfigError
-from .paths import check_input_file
+from .paths import check_input_file, read_utf8
 
 
 @dataclass
@@ -610,12 +610,7 @@ def load_config(path: str | Path | None = None, overrides: list | None = None) -
     data: dict = {}
     if path is not None:
         p = check_input_file(path, "config file", "pass a YAML file to --config", max_bytes=MAX_CONFIG_BYTES)
-        try:
-            text = p.read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError(f"config file {p} is not a text file; pass a YAML file") from None
-        except OSError as e:
-            raise ConfigError(f"config file {p} cannot be read ({e.strerror or e}); pass a YAML file") from None
+        text = read_utf8(p, "config file", "pass a YAML file")  # UTF-8; another encoding is named
         data = load_yaml(text, f"config file {p}") or {}
         if not isinstance(data, dict):
             raise ConfigError(
