@@ -27,6 +27,14 @@ Run folder::
 
 A finished run is read-only: ``fit(cfg, resume=run)`` (and ``supportnet train --resume``) of
 one says so in one line and returns without writing (:func:`finished_note`).
+
+Over 500 lines: the loop, its set-up (:func:`start_run`), its checkpoint and its resume
+(:func:`save_run_checkpoint`, :func:`restore`, the RNG state, :func:`_load_resume`) are one
+unit: a checkpoint holds exactly a :class:`Run`'s state, so what is saved and what is restored
+must change together with the loop that fills it, and the resume is bit-exact only while they
+do. The schedules (:mod:`supportnet.alternation`), the step (:mod:`supportnet.step`), the
+optimizers (:mod:`supportnet.optim`) and the artefacts (:mod:`supportnet.artifacts`) are
+already elsewhere.
 """
 
 from __future__ import annotations
