@@ -232,9 +232,22 @@ def assert_one_line_error(o: Outcome, code: int = 2, words=()) -> str:
     return err
 
 
+def assert_one_line_note(o: Outcome, words=()) -> str:
+    """Exit 0 and exactly one line in all (stdout and stderr together), no traceback: the answer
+    to a request that is refused without being an error (resuming a finished run)."""
+    lines = (o.stdout + o.stderr).strip().splitlines()
+    assert o.returncode == 0, (o.returncode, o.stdout[-500:], o.stderr[-1500:])
+    assert "Traceback" not in o.stderr and "Traceback" not in o.stdout, o.stderr
+    assert len(lines) == 1, lines
+    for w in words:
+        assert w.lower() in lines[0].lower(), (w, lines[0])
+    return lines[0]
+
+
 class BadCase:
     """One bad input: ``supportnet ARGV`` in a folder holding ``files`` must exit ``code`` with one
-    line containing ``words``.
+    line containing ``words``. ``code=0``: a request answered with one line and nothing written
+    (resuming a finished run): no file changes or appears, the run folder's lock file aside.
 
     ``files``: ``{relative path: bytes}``, or a callable that returns such a dict (built once, when
     the case runs), or a callable ``make(folder)`` that makes anything (links, modes) itself.
@@ -283,7 +296,10 @@ def run_bad_case(case: BadCase, folder: Path, capfd, monkeypatch, statics: Path 
             o = run_cli_measured(case.argv, folder, env, timeout=60 if case.fresh else 3 * DOS_SECONDS)
         else:
             o = run_cli_inprocess(case.argv, folder, env, capfd, monkeypatch)
-    assert_one_line_error(o, case.code, case.words)
+    if case.code == 0:
+        assert_one_line_note(o, case.words)
+    else:
+        assert_one_line_error(o, case.code, case.words)
     if case.dos:
         # its own CPU time (the cost of refusing the file, whatever the neighbours do), and no hang
         assert o.cpu < DOS_SECONDS and o.seconds < 6 * DOS_SECONDS, f"{case.id}: {o.cpu:.1f} s CPU, {o.seconds:.1f} s"
@@ -291,6 +307,9 @@ def run_bad_case(case: BadCase, folder: Path, capfd, monkeypatch, statics: Path 
     after = snapshot(folder)
     changed = sorted(k for k, v in before.items() if after.get(k) != v)
     assert not changed, f"user files modified or deleted: {changed}"
+    if case.code == 0:  # nothing written at all: only a run folder's lock may be made
+        made = sorted(k for k in after if k not in before and Path(k).name != ".supportnet.lock")
+        assert not made, f"files written: {made}"
     assert not (folder / "PWNED").exists()
     if statics:
         assert snapshot(statics) == static_before

@@ -247,6 +247,46 @@ def _finished_with_tmp() -> dict[str, bytes]:
     return {**_finished(), "run/.checkpoint.pt.abcd1234.tmp": b"a killed run's temporary"}
 
 
+def _finished_edited() -> dict[str, bytes]:
+    """A finished run whose config.yaml was edited afterwards (2 epochs instead of 1)."""
+    files = dict(_finished())
+    files["run/config.yaml"] = files["run/config.yaml"].replace(b"\ntrain:\n  epochs: 1\n", b"\ntrain:\n  epochs: 2\n")
+    assert files["run/config.yaml"] != _finished()["run/config.yaml"]
+    return files
+
+
+@functools.lru_cache(maxsize=1)
+def _finished_dsd() -> dict[str, bytes]:
+    """The files of a real finished DSD run (one epoch per phase, magnitude pruning), in d/."""
+    import tempfile
+
+    from supportnet.config import load_config
+    from supportnet.dsd import dsd
+
+    with tempfile.TemporaryDirectory() as d:
+        sets = [("data.name", "synthetic"), ("data.subset", 64), ("quiet", True), ("train.train_eval_size", 0)]
+        sets += [("model.kwargs", {"width": 4, "hidden": 8}), ("dsd.prune", "magnitude"), ("dsd.dense_epochs", 1)]
+        sets += [("dsd.sparse_epochs", 1), ("dsd.redense_epochs", 1)]
+        dsd(load_config(None, sets), f"{d}/d", log=lambda *_: None)
+        root = Path(d)
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _finished_dsd_run() -> dict[str, bytes]:
+    return dict(_finished_dsd())
+
+
+def _finished_dsd_edited() -> dict[str, bytes]:
+    """A finished DSD run whose dsd-config.yaml was edited afterwards (another dsd.sparsity)."""
+    files = dict(_finished_dsd())
+    files["d/dsd-config.yaml"] = files["d/dsd-config.yaml"].replace(b"  sparsity: 0.3\n", b"  sparsity: 0.5\n")
+    assert files["d/dsd-config.yaml"] != _finished_dsd()["d/dsd-config.yaml"]
+    return files
+
+
+_SETTINGS = "# réglages\ntrain:\n  epochs: 1\n"  # (é: one byte, 0xE9, in Latin-1; two in UTF-8)
+
+
 def _dsd_folder() -> dict[str, bytes]:
     cfg = b"data:\n  name: synthetic\nmodel:\n  kwargs: {width: 4, hidden: 8}\n"
     return {"d/dsd-config.yaml": cfg, "d/dense/config.yaml": cfg, "d/dense/final.pt": b"weights"}
@@ -294,7 +334,43 @@ CASES = [
     C("yaml-tau-length", "config", ["train", "--config", Y / "tau_length.yaml", "--out", "o"], ["support.tau"]),
     C("yaml-hostile-tag", "config", ["train", "--config", Y / "hostile_tag.yaml"], ["not valid YAML"]),
     C("yaml-section-scalar", "config", ["train", "--config", Y / "section_not_mapping.yaml"], ["mapping"]),
-    C("yaml-binary", "config", ["train", "--config", Y / "binary.yaml"], ["config file"]),
+    C("yaml-binary", "config", ["train", "--config", Y / "binary.yaml"], ["config file", "not a text file"]),
+    # a config saved in another encoding is text: the encoding is named, with the fix (issue 25)
+    C(
+        "config-latin1",
+        "config",
+        ["train", "--config", "c.yaml"],
+        ["c.yaml is not UTF-8", "byte 0xE9 at offset 3", "save it as UTF-8"],
+        files={"c.yaml": _SETTINGS.encode("latin-1")},
+    ),
+    C(
+        "config-utf16-bom",
+        "config",
+        ["train", "--config", "c.yaml"],
+        ["c.yaml is not UTF-8 (it has a UTF-16 byte-order mark)", "save it as UTF-8"],
+        files={"c.yaml": _SETTINGS.encode("utf-16")},
+    ),
+    C(
+        "config-utf16-no-bom",
+        "config",
+        ["train", "--config", "c.yaml"],
+        ["not UTF-8", "UTF-16BE without a byte-order mark", "save it as UTF-8"],
+        files={"c.yaml": _SETTINGS.encode("utf-16-be")},
+    ),
+    C(
+        "config-utf32-bom",
+        "config",
+        ["dsd", "--config", "c.yaml"],
+        ["not UTF-8 (it has a UTF-32 byte-order mark)", "save it as UTF-8"],
+        files={"c.yaml": _SETTINGS.encode("utf-32")},
+    ),
+    C(
+        "config-latin1-resume",
+        "config",
+        ["train", "--resume", "run"],
+        ["run/config.yaml is not UTF-8", "byte 0xE9", "save it as UTF-8"],
+        files={**_checkpoint("ok"), "run/config.yaml": _SETTINGS.encode("cp1252")},
+    ),
     C("yaml-dsd-sparsity", "config", ["dsd", "--config", Y / "dsd_sparsity.yaml"], ["dsd"]),
     C("yaml-negative-subset", "config", ["train", "--config", Y / "negative_subset.yaml"], ["subset"]),
     C(
@@ -562,6 +638,66 @@ CASES = [
         ["dsd", "--resume", "run"],
         ["not a run folder", "dsd-config.yaml"],
         files=_finished_run,
+    ),
+    # a finished run is read-only (issue 25): said in one line (exit 0), every file keeps its bytes
+    C(
+        "run-resume-finished",
+        "runfolder",
+        ["train", "--resume", "run"],
+        ["run has already finished", "nothing to resume", "left as they are"],
+        files=_finished_run,
+        code=0,
+    ),
+    C(
+        "run-resume-finished-quiet",
+        "runfolder",
+        ["train", "--resume", "run", "--quiet"],
+        ["already finished"],
+        files=_finished_run,
+        code=0,
+    ),
+    C(
+        "run-resume-finished-with-set",
+        "runfolder",
+        ["train", "--resume", "run", "--set", "train.epochs=2"],
+        ["--resume", "drop --config, --set"],
+        files=_finished_run,
+    ),
+    C(
+        "run-resume-finished-with-config",
+        "runfolder",
+        ["train", "--resume", "run", "--config", "other.yaml"],
+        ["--resume", "drop --config"],
+        files={**_finished(), "other.yaml": b"train:\n  epochs: 2\n"},
+    ),
+    C(
+        "run-resume-finished-edited-config",
+        "runfolder",
+        ["train", "--resume", "run"],
+        ["differs", "train.epochs", "a finished run is not changed", "new --out"],
+        files=_finished_edited,
+    ),
+    C(
+        "run-dsd-resume-finished",
+        "runfolder",
+        ["dsd", "--resume", "d"],
+        ["d holds a finished DSD run", "nothing to resume", "left as they are"],
+        files=_finished_dsd_run,
+        code=0,
+    ),
+    C(
+        "run-dsd-resume-finished-with-set",
+        "runfolder",
+        ["dsd", "--resume", "d", "--set", "dsd.sparsity=0.5"],
+        ["--resume", "drop --config, --set"],
+        files=_finished_dsd_run,
+    ),
+    C(
+        "run-dsd-resume-finished-edited-config",
+        "runfolder",
+        ["dsd", "--resume", "d"],
+        ["differs", "dsd.sparsity", "a finished run is not changed"],
+        files=_finished_dsd_edited,
     ),
     # output paths that cannot be made (§2): one check for every writing command
     C("out-proc", "outpath", ["train", *TINY, "--out", "/proc/x"], ["cannot be made"]),

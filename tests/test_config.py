@@ -73,3 +73,12 @@ def test_eval_batch_size_follows_the_device_unless_given():
     with pytest.raises(ConfigError, match="eval_batch_size"):
         load_config(None, ["train.eval_batch_size=0"])
     assert load_config(None, []).train.cuda_graphs is False
+
+
+def test_a_utf8_config_with_a_byte_order_mark_is_read(tmp_path):
+    """Some editors save UTF-8 with a byte-order mark: it is UTF-8, so it is read (issue 25; the
+    encodings that are refused, with their one line, are rows of tests/test_bad_inputs.py)."""
+    p = tmp_path / "c.yaml"
+    p.write_bytes(b"\xef\xbb\xbf# r\xc3\xa9glages\ntrain:\n  epochs: 2\nout: caf\xc3\xa9\n")
+    cfg = load_config(p)
+    assert cfg.train.epochs == 2 and cfg.out == "café"

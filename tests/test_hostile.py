@@ -156,12 +156,14 @@ def test_overwrite_replaces_a_run_and_resume_clears_stale_temporaries(tmp_path, 
     now = snapshot(tmp_path / "run-💥")
     assert now["final.pt"] != first["final.pt"] and "masks-round000.smask" not in now  # replaced, none mixed
     assert (tmp_path / "run-💥" / "notes.txt").read_text() == "mine"  # not a run file: kept
-    # a killed run's temporary is gone once a resume has finished
+    # a killed run's temporary is gone once a resume has finished (a finished run is read-only,
+    # so the run is made one killed before its summary.json, the file written last)
     tmp = tmp_path / "run-💥" / ".checkpoint.pt.x1y2z3w4.tmp"
     tmp.write_bytes(b"half a checkpoint")
+    (tmp_path / "run-💥" / "summary.json").unlink()
     o = run("train", "--resume", "run-💥", "--quiet")
     assert o.returncode == 0, o.stderr
-    assert not tmp.exists()
+    assert not tmp.exists() and (tmp_path / "run-💥" / "summary.json").is_file()
 
 
 def test_non_ascii_data_dir_is_used(tmp_path, capfd, monkeypatch):

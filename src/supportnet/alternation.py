@@ -33,6 +33,12 @@ Two interchangeable I-alternation back ends:
 
 Supports are estimated in eval mode (dropout off), so without augmentation
 both back ends give the same masks, bit for bit.
+
+Over 500 lines: the three schedules are one protocol (:class:`Schedule`: ``start_epoch``,
+``step``, ``end_epoch``, ``state_dict``) that the loop and a user's own loop call, and most of
+the module is :class:`IAlternation` alone (about 300 lines): its two back ends share one round
+(estimate, hold, plateau test, re-estimate) and one resumable state, so they are not split
+apart. The bit packing is :mod:`supportnet.bits` and the store :mod:`supportnet.masks`.
 """
 
 from __future__ import annotations

@@ -227,10 +227,13 @@ def _resume_config(a, sets: list, name: str, writer: str):
 def cmd_train(a) -> int:
     from .config import load_config
     from .runfolder import check_run_folder
-    from .train import fit
+    from .train import finished_note, fit
 
     if a.resume:
         run, cfg = _resume_config(a, _shortcuts(a) + a.overrides, "config.yaml", "supportnet train")
+        if note := finished_note(run, cfg):  # a finished run is read-only: said, nothing written
+            print(f"supportnet: {note}")
+            return 0
         out = fit(cfg, resume=run, strict=a.strict)
         print(f"run folder: {out}")
         return 0
@@ -300,12 +303,15 @@ def _floats(s: str, flag: str, kind=float) -> list:
 
 def cmd_dsd(a) -> int:
     from .config import load_config
-    from .dsd import dsd, dsd_table
+    from .dsd import dsd, dsd_finished_note, dsd_table
     from .runfolder import check_run_folder
 
     sets = _shortcuts(a) + ([("dsd.prune", a.prune)] if a.prune else []) + a.overrides
     if a.resume:
         out, cfg = _resume_config(a, sets, "dsd-config.yaml", "supportnet dsd")
+        if note := dsd_finished_note(out, cfg):  # a finished run is read-only: said, nothing written
+            print(f"supportnet: {note}")
+            return 0
     else:
         cfg = load_config(a.config, sets)
         out = check_run_folder(cfg.out or "runs/dsd", overwrite=a.overwrite)

@@ -65,7 +65,7 @@ from .layers import batch_support, configure
 from .models import count_params
 from .runfolder import claim_run_folder, releases_run_folders
 from .step import evaluate
-from .train import fit
+from .train import check_same_config, fit, is_finished
 from .units import Pruning, Unit, compact, count_flops, find_units
 
 _log = logging.getLogger("supportnet")
@@ -292,7 +292,7 @@ class _Phases:
     def run(self, name: str, pcfg: Config, hook=None) -> bool:
         """Run (or finish, or load) one phase; True if it had already finished."""
         run = Path(pcfg.out)
-        if self.resume and (run / "summary.json").is_file() and (run / "final.pt").is_file():
+        if self.resume and is_finished(run):
             self.model.load_state_dict(load_checkpoint(run / "final.pt", kind="final")["state_dict"])
             self.record(name, run)
             return True
@@ -318,7 +318,9 @@ def dsd(
 
     ``resume=True`` continues an interrupted DSD run in ``out``: finished phases are loaded
     from their ``final.pt``, the pruning from ``out/pruning.pt``, and an interrupted phase
-    resumes from its own checkpoint (exactly, as ``supportnet train --resume`` does).
+    resumes from its own checkpoint (exactly, as ``supportnet train --resume`` does). A
+    finished DSD run (its ``dsd.json``, written last, is there) is read-only: its ``dsd.json``
+    is returned, one line logged, and nothing written (:func:`dsd_finished_note`).
     ``out`` is claimed for this run once the config, data and model are valid, and its config
     written to ``out/dsd-config.yaml`` (what ``--resume`` reads); a folder holding another
     run's files is refused unless ``overwrite`` (:mod:`supportnet.runfolder`).
@@ -327,12 +329,15 @@ def dsd(
     support-pruning run) that ``magnitude`` and ``channel-l2`` reproduce exactly (weights per
     tensor, units per layer).
     """
+    out = Path(out or cfg.out or "runs/dsd")
+    if resume and (note := dsd_finished_note(out, cfg)):  # a finished run is read-only: said, nothing written
+        (log or _log.warning)(note)
+        return json.loads((out / "dsd.json").read_text(encoding="utf-8"))
     log = log or _log.info  # a library logs; the command line shows it
     ds = cfg.dsd
     if min(ds.dense_epochs, ds.sparse_epochs) < 1:
         raise ConfigError("dsd needs dense_epochs >= 1 and sparse_epochs >= 1; fix the values")
     cuda_graphs.check_hook(cfg, Enforcer)  # the sparse phase's hook: refused now, not after the dense phase
-    out = Path(out or cfg.out or "runs/dsd")
     if resume and not (out / "dense").is_dir():
         raise ConfigError(f"{out} holds no DSD run to resume (no dense/ folder); drop --resume to start one")
     data, model = build(cfg, data)
@@ -372,6 +377,27 @@ def dsd(
     res["final_test_acc"] = evaluate(model, data.test, cfg.train.eval_batch_size, device)[1]
     atomic_write_text(out / "dsd.json", json.dumps(res, indent=1))
     return res
+
+
+def dsd_finished_note(out: str | Path, cfg: Config) -> str | None:
+    """The one line to say instead of resuming the DSD run in ``out`` if it has finished (its
+    ``dsd.json`` and ``sparse.pt`` are there), else None. ``cfg`` must be the config it ran with
+    (a ConfigError otherwise: a finished run is not continued with changes)."""
+    out = Path(out)
+    if not ((out / "dsd.json").is_file() and (out / "sparse.pt").is_file()):
+        return None
+    try:
+        saved = json.loads((out / "dsd.json").read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"{out / 'dsd.json'} cannot be read ({type(e).__name__}); the finished run's record is damaged: "
+            f"start a new run with a new --out"
+        ) from None
+    check_same_config(saved, cfg, out, "a finished run is not changed: start a new run with a new --out")
+    return (
+        f"{out} holds a finished DSD run (dsd.json); nothing to resume: its files are left as they are "
+        f"(a new run needs a new --out)"
+    )
 
 
 def _pruning(cfg: Config, model, data, units, skipped, match, res: dict, saved: Path, resume: bool, device):

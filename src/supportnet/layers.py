@@ -36,6 +36,13 @@ Batch rules (the ``x`` of Eq. 39-41 is the layer's free output ``relu_tau(q)``):
   Eq. 41 with ``beta`` measured in units of the layer's mean energy, so one
   value works across layers and batch sizes.
 * ``vote`` (the paper's majority-vote remark): ``m_i = 1[mean_n 1[q_{n,i} > tau] > 1/2]``.
+
+Over 500 lines: everything here is one object, :class:`HardThreshold` (about 200 lines: its
+modes, its ``apply`` choice, the kernel it picks for each), and the few model-wide functions
+that set or read its state (``configure``, ``layer_mode``, ``set_instance_masks``,
+``record_masks``, ``collect_stats``). The arithmetic of a support already lives in
+:mod:`supportnet.support` and the kernels in :mod:`supportnet.kernels`; what remains changes
+together whenever a mode is added.
 """
 
 from __future__ import annotations

@@ -6,10 +6,14 @@ writes (``--out``, ``--root``). Each turns every way a path can be wrong into on
 :class:`~supportnet.errors.SupportnetError` line naming the path, what is wrong with
 it and the fix, instead of a traceback from deep inside the run, or a run that
 trains for an hour and then cannot save. Neither check writes anything.
+
+:func:`read_utf8` reads a text file (a config) that way: text saved in another encoding
+(UTF-16, Latin-1) is named as such, with the fix, rather than called binary.
 """
 
 from __future__ import annotations
 
+import codecs
 import errno
 import os
 import stat
@@ -93,3 +97,70 @@ def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
     except OSError as e:  # ELOOP, ENAMETOOLONG, EACCES while looking
         raise ConfigError(f"{flag} {p} cannot be used ({e.strerror or e}); choose another {flag}") from None
     return p
+
+
+#: Byte-order marks of the encodings a text editor saves as "Unicode" (UTF-32 first: its LE mark
+#: begins with UTF-16's).
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+#: Control bytes that text holds (tab, newline, vertical tab, form feed, carriage return).
+_TEXT_CONTROLS = frozenset(b"\t\n\x0b\x0c\r")
+
+
+def read_utf8(path: Path, what: str, fix: str) -> str:
+    """The text of the file ``path`` (checked by :func:`check_input_file`), read as UTF-8.
+
+    A UTF-8 byte-order mark is dropped. Text in another encoding is refused in one line that
+    names it and says to save the file as UTF-8: a UTF-16 or UTF-32 byte-order mark, UTF-16
+    without one (every other byte NUL), or the first byte that is not UTF-8 (Latin-1's ``é``
+    is 0xE9), with its offset and line. Bytes that are not text at all (NULs, control bytes)
+    are "not a text file"; ``fix`` ends that line (and the one for a file that cannot be read).
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{what} {path} cannot be read ({e.strerror or e}); {fix}") from None
+    name = f"{what} {path}"
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    for bom, enc in _BOMS:
+        if raw.startswith(bom):
+            raise ConfigError(f"{name} is not UTF-8 (it has a {enc} byte-order mark); save it as UTF-8")
+    if b"\x00" in raw:
+        enc = _utf16_without_bom(raw)
+        if enc:
+            raise ConfigError(f"{name} is not UTF-8 (it looks like {enc} without a byte-order mark); save it as UTF-8")
+        raise ConfigError(f"{name} is not a text file (a NUL byte at offset {raw.index(0)}); {fix}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if _binary(raw):
+            raise ConfigError(f"{name} is not a text file; {fix}") from None
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(
+            f"{name} is not UTF-8 (byte 0x{raw[e.start]:02X} at offset {e.start}, line {line}); save it as UTF-8"
+        ) from None
+
+
+def _utf16_without_bom(raw: bytes) -> str | None:
+    """``"UTF-16LE"`` or ``"UTF-16BE"`` if ``raw`` looks like mostly-ASCII text in it (NULs at every
+    other byte, on one side only), else None."""
+    head = raw[:4096]
+    even, odd = head[0::2].count(0), head[1::2].count(0)
+    half = len(head) // 2
+    if half and odd >= 0.6 * half and even == 0:
+        return "UTF-16LE"
+    if half and even >= 0.6 * half and odd == 0:
+        return "UTF-16BE"
+    return None
+
+
+def _binary(raw: bytes) -> bool:
+    """Whether ``raw`` holds control bytes that no text does (more than 2% of its first 4 kB)."""
+    head = raw[:4096]
+    controls = sum(1 for b in head if (b < 0x20 and b not in _TEXT_CONTROLS) or b == 0x7F)
+    return controls > 0.02 * len(head)

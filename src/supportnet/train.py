@@ -23,7 +23,18 @@ Run folder::
     checkpoint.pt    latest checkpoint (model, optimizer, schedule state, RNG, metrics)
     final.pt         final weights: {"state_dict", "config", "metrics", "taus", "arch"} (supportnet.export)
     model.safetensors  the same weights, with arch, taus and config in its metadata
-    summary.json     final figures
+    summary.json     final figures, written last: with final.pt it marks the run finished
+
+A finished run is read-only: ``fit(cfg, resume=run)`` (and ``supportnet train --resume``) of
+one says so in one line and returns without writing (:func:`finished_note`).
+
+Over 500 lines: the loop, its set-up (:func:`start_run`), its checkpoint and its resume
+(:func:`save_run_checkpoint`, :func:`restore`, the RNG state, :func:`_load_resume`) are one
+unit: a checkpoint holds exactly a :class:`Run`'s state, so what is saved and what is restored
+must change together with the loop that fills it, and the resume is bit-exact only while they
+do. The schedules (:mod:`supportnet.alternation`), the step (:mod:`supportnet.step`), the
+optimizers (:mod:`supportnet.optim`) and the artefacts (:mod:`supportnet.artifacts`) are
+already elsewhere.
 """
 
 from __future__ import annotations
@@ -547,9 +558,8 @@ def finish_run(run: Run) -> Path:
                    "params": count_params(model), "test_acc": last["test_acc"], "test_loss": last["test_loss"],
                    "iterations": last["iterations"], "seconds": last["seconds"],
                    "curve": [curve_point(r) for r in rows], "trace": run.state.trace}  # fmt: skip
-        atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2))
-
         plot_run(rows, run.out / "curves.png", title=f"{cfg.model.name} on {cfg.data.name}: {cfg.support.method}")
+        atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2))  # last: the run is finished
     distributed.teardown(run.info)
     return run.out
 
@@ -579,8 +589,13 @@ def fit(
     be mid-epoch) and ends with the weights an uninterrupted run would have, bit for bit
     on CPU. ``strict``: a damaged mask store is an error instead of a re-estimation.
     ``overwrite``: a new run may replace another run's files in ``cfg.out`` (else refused;
-    :mod:`supportnet.runfolder`).
+    :mod:`supportnet.runfolder`). A ``resume`` of a finished run writes nothing: one line is
+    logged and the run folder returned (:func:`finished_note`).
     """
+    note = finished_note(Path(resume), cfg) if resume is not None else None
+    if note:
+        log.warning(note)
+        return Path(resume)
     if train is not None:
         if test is None:
             raise ConfigError("fit(train=...) also needs test=...: the run evaluates on it after every epoch")
@@ -707,7 +722,14 @@ def _load_resume(run: Path, cfg: Config) -> dict:
             f"{ck} was written by another supportnet version (resume format "
             f"{rs.get('format')}, this one reads {RESUME_FORMAT}); start a new run"
         )
-    saved = resolve_method_defaults(Config.copy(_config_from(rs["config"]))).to_dict()
+    check_same_config(rs["config"], cfg, run, "resume with the run's own config.yaml")
+    return rs
+
+
+def check_same_config(saved_dict: dict, cfg: Config, run: Path, fix: str) -> None:
+    """Refuse ``cfg`` unless it is the config ``run`` was started with, ``saved_dict`` (``out`` and
+    ``quiet`` aside; ``fix`` ends the one-line error)."""
+    saved = resolve_method_defaults(Config.copy(_config_from(saved_dict))).to_dict()
     mine = resolve_method_defaults(cfg.copy()).to_dict()
     for d in (saved, mine):
         d.pop("out", None), d.pop("quiet", None)
@@ -719,11 +741,31 @@ def _load_resume(run: Path, cfg: Config) -> dict:
             for k in saved[s]
             if saved[s][k] != mine.get(s, {}).get(k)
         )
-        raise ConfigError(
-            f"the config differs from the one {run} was started with ({', '.join(diff[:4])}); "
-            f"resume with the run's own config.yaml"
-        )
-    return rs
+        raise ConfigError(f"the config differs from the one {run} was started with ({', '.join(diff[:4])}); {fix}")
+
+
+def is_finished(run: str | Path) -> bool:
+    """Whether the run in folder ``run`` has finished: its ``final.pt`` and ``summary.json`` (the
+    file :func:`finish_run` writes last) are there."""
+    run = Path(run)
+    return (run / "final.pt").is_file() and (run / "summary.json").is_file()
+
+
+def finished_note(run: Path, cfg: Config) -> str | None:
+    """The one line to say instead of resuming ``run`` if it has finished (None if it has not).
+
+    A finished run is read-only: nothing in it is written again. ``cfg`` must still be the
+    config it ran with (its ``final.pt``'s): another config is refused (ConfigError), since a
+    finished run cannot be continued with changes."""
+    if not is_finished(run):
+        return None
+    final = load_checkpoint(run / "final.pt", kind="final")
+    check_same_config(final["config"], cfg, run, "a finished run is not changed: start a new run with a new --out")
+    n = cfg.train.epochs
+    return (
+        f"{run} has already finished ({n} epoch{'s' * (n != 1)}); nothing to resume: "
+        f"its files are left as they are (a new run needs a new --out)"
+    )
 
 
 def _config_from(d: dict) -> Config:
