@@ -3,6 +3,7 @@
     python bench/optimizers.py --plan               # time each method here, print the study's expected duration
     python bench/optimizers.py --smoke              # the same code path on synthetic data, about a minute
     python bench/optimizers.py --worker             # run (or continue) the study's jobs; start one per free core
+    python bench/optimizers.py --worker --methods sgd,kfac   # only these methods' jobs (and their extra budgets)
     python bench/optimizers.py --report             # collect the finished jobs into bench/results/optimizers.*
 
 The protocol, as AlgoPerf measures (docs/results.md, "A weight phase that uses the convexity"):
@@ -480,7 +481,19 @@ def main() -> int:
     g.add_argument("--report", action="store_true")
     p.add_argument("--reclaim", action="store_true", help="release unfinished claims first (no other worker running)")
     p.add_argument("--out", type=Path, default=None, help="jobs folder (default bench/out/optimizers)")
+    p.add_argument("--methods", default=None, help="a worker's methods, comma-separated, in this order (default: all)")
     a = p.parse_args()
+    if a.methods is not None:
+        names = [m.strip() for m in a.methods.split(",") if m.strip()]
+        bad = [m for m in names if m not in METHODS]
+        if bad or not names:
+            known = ", ".join(METHODS)
+            print(f"optimizers.py: --methods: unknown {bad or a.methods!r}; choose from {known}", file=sys.stderr)
+            return 2
+        chosen = {m: METHODS[m] for m in names}
+        METHODS.clear()
+        METHODS.update(chosen)
+        EXTRA[:] = [(m, b) for m, b in EXTRA if m in METHODS]
     if a.smoke:
         global BUDGETS, SEEDS, TUNE_BUDGET
         BUDGETS, SEEDS, TUNE_BUDGET = (1, 2), (0, 1), 1

@@ -5,7 +5,9 @@ set here before triton is imported); with CUDA, compiled on the device. Shapes a
 blocks small (the interpreter is slow), with sizes that are not multiples of the block.
 """
 
+import importlib
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -44,6 +46,23 @@ def _q(shape, cl, dtype, device, seed=0):
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
     monkeypatch.setattr(kernels, "BLOCK", BLOCK)
+
+
+@pytest.fixture(autouse=True)
+def interpreted_kernels(monkeypatch):
+    """On the CPU, the kernels as the interpreter's functions. ``triton.jit`` reads TRITON_INTERPRET
+    when it decorates, so a test elsewhere in this worker that imported ``supportnet.kernels._triton``
+    first (the environment variable unset) left compiled-kernel objects, whose helper calls the
+    interpreter refuses ("Cannot call @triton.jit'd outside of the scope of a kernel"): reload it."""
+    if DEVICES != ["cpu"]:
+        return
+    from triton.runtime.interpreter import InterpretedFunction
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    mod = sys.modules.get("supportnet.kernels._triton")
+    if mod is not None and not isinstance(mod.batch_stats_kernel, InterpretedFunction):
+        importlib.reload(mod)
+    assert isinstance(importlib.import_module("supportnet.kernels._triton").batch_stats_kernel, InterpretedFunction)
 
 
 @pytest.mark.parametrize("device", DEVICES)
