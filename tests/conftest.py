@@ -5,6 +5,12 @@ from pathlib import Path
 
 import pytest
 
+# Triton's interpreter for the kernel tests on a machine without a GPU (tests/test_kernels.py):
+# set before anything imports triton, since triton.jit reads it when it decorates, and triton's own
+# library (tl.zeros, ...) is decorated once, by whichever test first imports triton.language.
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Intra-op threads: the cores shared out among the xdist workers (one each with `-n 2` on two
 # cores), at most two. More threads than cores is not just shared time: torch's OpenMP threads
 # spin at each barrier, and test_fit_graphs.py took 142 s instead of 11 s beside one busy

@@ -5,9 +5,7 @@ set here before triton is imported); with CUDA, compiled on the device. Shapes a
 blocks small (the interpreter is slow), with sizes that are not multiples of the block.
 """
 
-import importlib
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -25,6 +23,12 @@ if torch.cuda.is_available():
     DEVICES = ["cuda"]
 elif os.environ.get("TRITON_INTERPRET") == "1":
     DEVICES = ["cpu"]
+    import triton.language as tl  # noqa: E402
+    from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+    # triton.jit reads TRITON_INTERPRET when it decorates: triton's own library (tl.zeros, ...) must
+    # have been imported with it set, which tests/conftest.py does before anything imports triton
+    assert isinstance(tl.zeros, InterpretedFunction), "triton.language was imported before TRITON_INTERPRET=1"
 else:  # triton present, no GPU, interpreter switched off by the caller
     DEVICES = []
 pytestmark = pytest.mark.skipif(not DEVICES, reason="needs CUDA or TRITON_INTERPRET=1")
@@ -46,23 +50,6 @@ def _q(shape, cl, dtype, device, seed=0):
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
     monkeypatch.setattr(kernels, "BLOCK", BLOCK)
-
-
-@pytest.fixture(autouse=True)
-def interpreted_kernels(monkeypatch):
-    """On the CPU, the kernels as the interpreter's functions. ``triton.jit`` reads TRITON_INTERPRET
-    when it decorates, so a test elsewhere in this worker that imported ``supportnet.kernels._triton``
-    first (the environment variable unset) left compiled-kernel objects, whose helper calls the
-    interpreter refuses ("Cannot call @triton.jit'd outside of the scope of a kernel"): reload it."""
-    if DEVICES != ["cpu"]:
-        return
-    from triton.runtime.interpreter import InterpretedFunction
-
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    mod = sys.modules.get("supportnet.kernels._triton")
-    if mod is not None and not isinstance(mod.batch_stats_kernel, InterpretedFunction):
-        importlib.reload(mod)
-    assert isinstance(importlib.import_module("supportnet.kernels._triton").batch_stats_kernel, InterpretedFunction)
 
 
 @pytest.mark.parametrize("device", DEVICES)
