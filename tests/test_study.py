@@ -218,3 +218,14 @@ def test_maskt_of_run_evaluates_the_binary_masks(tmp_path):
     m = maskt_of_run(run)
     assert m["free_acc"] == pytest.approx(json.loads((run / "summary.json").read_text())["test_acc"])
     assert 0.0 <= m["maskt_acc"] <= 1.0 and m["maskt_acc"] != m["free_acc"]
+
+
+def test_maskt_of_run_reads_the_config_through_the_bounded_loader(tmp_path):
+    """A run folder may come from anyone: its config.yaml goes through load_config (size bound,
+    UTF-8 check, bounded YAML), so a file in another encoding is named, not a UnicodeDecodeError."""
+    from supportnet.errors import ConfigError
+    from supportnet.study import maskt_of_run
+
+    (tmp_path / "config.yaml").write_text("train:\n  epochs: 1\n", encoding="utf-16")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        maskt_of_run(tmp_path)

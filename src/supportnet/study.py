@@ -497,10 +497,8 @@ def search_beta(
 def maskt_of_run(run_dir: str | Path, data=None) -> dict:
     """Test accuracy of a finished run's final weights in free mode and with the binary masks
     as activations (``binary`` mode: the paper's Table 2 MaskT)."""
-    import yaml
-
     run_dir = Path(run_dir)
-    cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    cfg = load_config(run_dir / "config.yaml")  # bounded, UTF-8 checked: a run folder may be anyone's
     data, model = build(cfg, data)
     model.load_state_dict(load_checkpoint(run_dir / "final.pt")["state_dict"])
     device = _device(cfg)
