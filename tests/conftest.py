@@ -336,6 +336,7 @@ INTEGRATION = (
     "tests/test_optimizers_fit.py::test_checkpoint_holds_the_kfac_state",
     "tests/test_distributed.py::test_global_balt_two_ranks_match_one_process",
     "tests/test_distributed.py::test_local_sync_differs_from_global",
+    "tests/test_distributed.py::test_kfac_factors_are_all_reduced_in_fit",
     "tests/test_distributed.py::test_ialt_runs_on_two_ranks",
     "tests/test_distributed.py::test_torchrun_cli_rank0_writes_the_run_folder",
     "tests/test_distributed.py::test_end_process_flushes_what_was_printed",

@@ -12,6 +12,7 @@ from conftest import run_train
 from test_resume import BASE
 
 from supportnet.checkpoint import load_checkpoint
+from supportnet.cli import main
 
 #: method, optimizer and head options; 3 steps an epoch, 9 in all, a checkpoint every 2 steps
 RUNS = {
@@ -72,3 +73,16 @@ def test_checkpoint_holds_the_kfac_state(references):
     assert opt["kfac"]["counts"]["factor_updates"] == 5
     full = [s for s in opt["state"].values() if "A" in s]
     assert full and all({"A", "G", "A_inv", "G_inv", "momentum_buffer"} <= s.keys() for s in full)
+
+
+def test_head_solve_under_torchrun_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    """head.solve solves on one process's data: under torchrun (WORLD_SIZE > 1) it is refused
+    before anything is set up or written (K-FAC itself all-reduces its factors:
+    tests/test_distributed.py::test_kfac_factors_are_all_reduced_in_fit)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "--data", "synthetic", "--subset", "64", "--epochs", "1", "--quiet", "--out", "run",
+                 "--set", "train.optimizer=kfac", "--set", "head.solve=round"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "head.solve" in err and "torchrun" in err, err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
