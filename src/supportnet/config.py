@@ -463,6 +463,25 @@ def _check_cuda_graphs(cfg: Config) -> None:
         )
 
 
+def _check_optimizer(cfg: Config) -> None:
+    """The relations between the weight phase's keys that a range cannot say."""
+    t = cfg.train
+    if t.nesterov and t.optimizer != "sgd":
+        raise ConfigError(
+            f"train.nesterov=true is SGD's momentum, not {t.optimizer}'s; "
+            "set train.optimizer=sgd or drop train.nesterov"
+        )
+    if t.nesterov and t.momentum == 0:
+        raise ConfigError(
+            "train.nesterov=true needs momentum, got train.momentum=0; set train.momentum=0.9 or drop train.nesterov"
+        )
+    if t.lr_warmup >= t.epochs:
+        raise ConfigError(
+            f"train.lr_warmup ({t.lr_warmup:g} epochs) must be shorter than the run (train.epochs={t.epochs}); "
+            "give fewer epochs of warm-up, e.g. train.lr_warmup=0.5"
+        )
+
+
 def validate(cfg: Config) -> Config:
     """Check choices, ranges (:data:`RANGES`) and the relations between keys; return ``cfg``."""
     for (sec, key), allowed in CHOICES.items():
@@ -475,6 +494,7 @@ def validate(cfg: Config) -> Config:
         )
     _check_cuda_graphs(cfg)
     _check_ranges(cfg)
+    _check_optimizer(cfg)
     _check_lists(cfg)
     for key, v in (("out", cfg.out), ("data.data_dir", cfg.data.data_dir)):
         if v is not None and not v.strip():
