@@ -543,7 +543,10 @@ CASES = [
         ["train.nesterov", "adamw"],
     ),
     C("opt-head-unknown", "numbers", ["train", *TINY, "--set", "head.solve=always"], ["head.solve", "round"]),
+    C("opt-head-yes", "numbers", ["train", *TINY, "--set", "head.solve=yes"], ["head.solve", "quote", "round"]),
     C("opt-head-tol-zero", "numbers", ["train", *TINY, "--set", "head.tol=0"], ["head.tol"]),
+    C("yaml-head-solve-yes", "config", ["train", "--config", Y / "head_solve_yes.yaml"], ["head.solve", "quote"]),
+    C("yaml-out-no", "config", ["train", "--config", Y / "out_no.yaml"], ["config key out", "quote"]),
     C("num-rip-n-huge", "numbers", ["theory", "check-rip", "--data", "synthetic", "--n", "100000"], ["--n"]),
     C(
         "num-rip-n-above-set",

@@ -290,12 +290,29 @@ def _coerce(value: Any, tp, key: str):
         return value
     if tp is str and isinstance(value, str):
         return value
+    if tp is str and isinstance(value, bool):
+        return _unquoted_word(value, key)
     if (tp is list or origin is list) and isinstance(value, list):
         return value
     if (tp is dict or origin is dict) and isinstance(value, dict):
         return value
     raise ConfigError(
         f"config key {key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}); fix the value"
+    )
+
+
+def _unquoted_word(value: bool, key: str) -> str:
+    """A string key given an unquoted YAML 1.1 boolean word (``head.solve: off`` reads as False):
+    False is the key's ``off`` (or ``none``) choice where it has one; anything else is refused
+    with one line that says why the text became a boolean and how to quote it."""
+    allowed = CHOICES.get(tuple(key.split(".", 1)), ())
+    for word in ("off", "none") if value is False else ("on",):
+        if word in allowed:
+            return word
+    among = f"; choose one of: {', '.join(allowed)}" if allowed else ""
+    raise ConfigError(
+        f"config key {key} must be a string, got {str(value).lower()} (YAML reads unquoted yes/no/on/off/true/false "
+        f"as booleans); quote the value, e.g. {key.rsplit('.', 1)[-1]}: 'text'{among}"
     )
 
 
