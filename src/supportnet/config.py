@@ -17,6 +17,7 @@ errors name config keys.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import re
 import typing
@@ -60,7 +61,7 @@ class TrainConfig:
     epochs: int = 10  # total epochs, warm-up included
     batch_size: int = 128
     lr: float = 0.05  # peak learning rate
-    momentum: float = 0.9
+    momentum: float = 0.9  # heavy-ball (or Nesterov) momentum of sgd and kfac; adamw and soap keep their own
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # cosine | step | constant | linear (to zero at the last step)
     lr_warmup: float = 0.0  # epochs of linear learning-rate warm-up from 0 (then the schedule)
@@ -524,6 +525,41 @@ def validate(cfg: Config) -> Config:
             f"patience={s.patience}); fix the values"
         )
     return cfg
+
+
+#: The keys docs/configs.md tables ("The weight phase"), in order; ``section.*``: every key of a
+#: section. The table is :func:`key_table`'s, written by ``python scripts/config_tables.py``.
+DOC_KEYS = ("train.optimizer", "train.nesterov", "train.momentum", "train.schedule", "train.lr_warmup",
+            "train.label_smoothing", "kfac.*", "head.*")  # fmt: skip
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """Each field's ``# comment`` in the dataclass's source (the one description of a key)."""
+    lines = inspect.getsource(cls).splitlines()
+    return {m[1]: m[2].strip() for m in (re.match(r"^\s+(\w+):[^#]*#\s*(.+)$", ln) for ln in lines) if m}
+
+
+def key_table(keys=DOC_KEYS) -> str:
+    """A Markdown table of ``keys``: each key's default, its values (the one list of choices,
+    :data:`CHOICES`, or its range, :data:`RANGES`) and its comment in the dataclass."""
+    rows = ["| key | default | values | what |", "|---|---|---|---|"]
+    cfg, hints = Config(), typing.get_type_hints(Config)
+    for pattern in keys:
+        sec, name = pattern.split(".")
+        cls = hints[sec]
+        names = [f.name for f in dataclasses.fields(cls)] if name == "*" else [name]
+        notes, types = _field_comments(cls), typing.get_type_hints(cls)
+        for n in names:
+            default, key = getattr(getattr(cfg, sec), n), f"{sec}.{n}"
+            if (sec, n) in CHOICES:
+                values = ", ".join(f"`{c}`" for c in CHOICES[(sec, n)])
+            elif key in RANGES:
+                values = RANGES[key].describe(types[n] is int or types[n] == int | None)
+            else:
+                values = "`true`, `false`" if types[n] is bool else _type_name(types[n])
+            shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
+            rows.append(f"| `{key}` | `{shown}` | {values} | {notes.get(n, '').replace('|', chr(92) + '|')} |")
+    return "\n".join(rows) + "\n"
 
 
 def from_dict(data: dict | None) -> Config:
