@@ -338,8 +338,11 @@ SLOW = (
 #: (every parametrization), the files with the most of that work first
 INTEGRATION = (
     "tests/test_resume.py::",
+    "tests/test_optimizers_fit.py::test_sigkill_then_resume_is_bit_identical",
+    "tests/test_optimizers_fit.py::test_checkpoint_holds_the_kfac_state",
     "tests/test_distributed.py::test_global_balt_two_ranks_match_one_process",
     "tests/test_distributed.py::test_local_sync_differs_from_global",
+    "tests/test_distributed.py::test_kfac_factors_are_all_reduced_in_fit",
     "tests/test_distributed.py::test_ialt_runs_on_two_ranks",
     "tests/test_distributed.py::test_torchrun_cli_rank0_writes_the_run_folder",
     "tests/test_distributed.py::test_end_process_flushes_what_was_printed",

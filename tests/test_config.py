@@ -82,3 +82,26 @@ def test_a_utf8_config_with_a_byte_order_mark_is_read(tmp_path):
     p.write_bytes(b"\xef\xbb\xbf# r\xc3\xa9glages\ntrain:\n  epochs: 2\nout: caf\xc3\xa9\n")
     cfg = load_config(p)
     assert cfg.train.epochs == 2 and cfg.out == "café"
+
+
+def test_unquoted_off_and_no_read_as_the_off_choice(tmp_path):
+    """YAML 1.1 reads ``off``/``no``/``false`` as False: a string key whose choices hold ``off``
+    (or ``none``) takes it; anything else is one line that says how to quote the value."""
+    p = tmp_path / "c.yaml"
+    p.write_text("head:\n  solve: off\ntrain:\n  amp: no\ndata:\n  preprocess: false\nkfac:\n  line_search: off\n")
+    cfg = load_config(p)
+    assert (cfg.head.solve, cfg.train.amp, cfg.data.preprocess, cfg.kfac.line_search) == ("off", "off", "none", "none")
+    assert load_config(None, ["head.solve=off"]).head.solve == "off"
+    for text, key in (
+        ("head:\n  solve: on\n", "head.solve"),
+        ("out: yes\n", "out"),
+        ("model:\n  name: no\n", "model.name"),
+    ):
+        p.write_text(text)
+        with pytest.raises(ConfigError) as e:
+            load_config(p)
+        msg = str(e.value)
+        assert "\n" not in msg and f"config key {key} must be a string" in msg and "quote" in msg, msg
+    assert "choose one of: off, round, epoch" in str(
+        pytest.raises(ConfigError, load_config, None, ["head.solve=yes"]).value
+    )

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from supportnet.checkpoint import load_checkpoint
 from supportnet.distributed import DistInfo, check_batch, local_slice, shard_order
 from supportnet.errors import ConfigError
 
@@ -90,6 +91,32 @@ def test_global_balt_two_ranks_match_one_process(tmp_path, sync, rule):
     assert any(not m.all() for m in one["supports"][-4:]), "the supports switch some units off"
     for k, v in one["state"].items():
         torch.testing.assert_close(two["state"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_kfac_factors_are_all_reduced_in_fit(tmp_path):
+    """train.optimizer=kfac under torchrun: each rank folds the factors of the global batch (one
+    all-reduce) and averages its line-search losses, so two ranks on B/2 each train what one
+    process on B trains (a free warm-up epoch, then a B-alternation epoch with the global support):
+    the same supports bit for bit, the same accepted and rejected steps, and factors equal to
+    float rounding (a rank's own half-batch factors would differ by tens of percent). The
+    weights agree more loosely: the damped inverses amplify the rounding along the factors'
+    small eigenvalues (measured: 2e-3 of 0.7 in the first layer after 16 steps)."""
+    sets = ["b-alt", "support.sync=global", "train.optimizer=kfac", "kfac.update_every=2", "train.lr=0.05"]
+    _run([WORKER, tmp_path / "one", *sets], 1)
+    _run([WORKER, tmp_path / "two", *sets], 2)
+    one = torch.load(tmp_path / "one" / "result.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "result.pt", weights_only=True)
+    assert len(one["supports"]) == len(two["supports"]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(one["supports"], two["supports"]))
+    opt1, opt2 = (load_checkpoint(tmp_path / r / "run" / "checkpoint.pt")["optimizer"] for r in ("one", "two"))
+    assert opt1["kfac"]["counts"] == opt2["kfac"]["counts"] and opt1["kfac"]["counts"]["extra_forwards"] > 16
+    factors = [(i, k) for i, st in opt1["state"].items() for k in ("A", "G") if k in st]
+    assert len(factors) == 10  # 5 layers
+    for i, k in factors:
+        f1, f2 = opt1["state"][i][k], opt2["state"][i][k]
+        assert float((f1 - f2).abs().max()) <= 1e-2 * float(f1.abs().max()), (i, k)
+    for k, v in one["state"].items():
+        torch.testing.assert_close(two["state"][k], v, rtol=1e-2, atol=1e-2, msg=k)
 
 
 def test_local_sync_differs_from_global(tmp_path):

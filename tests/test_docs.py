@@ -88,3 +88,18 @@ def test_changelog_and_citation_name_the_package_version():
     assert str(cff["version"]) == supportnet.__version__
     assert cff["preferred-citation"]["title"] == "CNNs are Globally Optimal Given Multi-Layer Support"
     assert (ROOT / "src" / "supportnet" / "py.typed").is_file()
+
+
+def test_configs_page_tables_the_weight_phase_keys_from_the_config():
+    """docs/configs.md's key table is supportnet.config.key_table() (rewrite it with
+    python scripts/config_tables.py): every optimizer choice, every kfac.* and head.* key."""
+    from supportnet import choices
+    from supportnet.config import HeadConfig, KFACConfig, key_table
+
+    text = (ROOT / "docs" / "configs.md").read_text()
+    block = text.split("<!-- BEGIN key table (scripts/config_tables.py) -->\n")[1].split("<!-- END key table -->")[0]
+    assert block == key_table(), "docs/configs.md's key table is stale: run python scripts/config_tables.py"
+    row = next(r for r in block.splitlines() if r.startswith("| `train.optimizer`"))
+    assert all(f"`{c}`" in row for c in choices.OPTIMIZERS)
+    for sec, cls in (("kfac", KFACConfig), ("head", HeadConfig)):
+        assert all(f"| `{sec}.{f}` |" in block for f in cls.__dataclass_fields__), sec

@@ -17,6 +17,7 @@ errors name config keys.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import re
 import typing
@@ -60,7 +61,7 @@ class TrainConfig:
     epochs: int = 10  # total epochs, warm-up included
     batch_size: int = 128
     lr: float = 0.05  # peak learning rate
-    momentum: float = 0.9
+    momentum: float = 0.9  # heavy-ball (or Nesterov) momentum of sgd and kfac; adamw and soap keep their own
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # cosine | step | constant | linear (to zero at the last step)
     lr_warmup: float = 0.0  # epochs of linear learning-rate warm-up from 0 (then the schedule)
@@ -290,12 +291,29 @@ def _coerce(value: Any, tp, key: str):
         return value
     if tp is str and isinstance(value, str):
         return value
+    if tp is str and isinstance(value, bool):
+        return _unquoted_word(value, key)
     if (tp is list or origin is list) and isinstance(value, list):
         return value
     if (tp is dict or origin is dict) and isinstance(value, dict):
         return value
     raise ConfigError(
         f"config key {key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}); fix the value"
+    )
+
+
+def _unquoted_word(value: bool, key: str) -> str:
+    """A string key given an unquoted YAML 1.1 boolean word (``head.solve: off`` reads as False):
+    False is the key's ``off`` (or ``none``) choice where it has one; anything else is refused
+    with one line that says why the text became a boolean and how to quote it."""
+    allowed = CHOICES.get(tuple(key.split(".", 1)), ())
+    for word in ("off", "none") if value is False else ("on",):
+        if word in allowed:
+            return word
+    among = f"; choose one of: {', '.join(allowed)}" if allowed else ""
+    raise ConfigError(
+        f"config key {key} must be a string, got {str(value).lower()} (YAML reads unquoted yes/no/on/off/true/false "
+        f"as booleans); quote the value, e.g. {key.rsplit('.', 1)[-1]}: 'text'{among}"
     )
 
 
@@ -463,6 +481,25 @@ def _check_cuda_graphs(cfg: Config) -> None:
         )
 
 
+def _check_optimizer(cfg: Config) -> None:
+    """The relations between the weight phase's keys that a range cannot say."""
+    t = cfg.train
+    if t.nesterov and t.optimizer != "sgd":
+        raise ConfigError(
+            f"train.nesterov=true is SGD's momentum, not {t.optimizer}'s; "
+            "set train.optimizer=sgd or drop train.nesterov"
+        )
+    if t.nesterov and t.momentum == 0:
+        raise ConfigError(
+            "train.nesterov=true needs momentum, got train.momentum=0; set train.momentum=0.9 or drop train.nesterov"
+        )
+    if t.lr_warmup >= t.epochs:
+        raise ConfigError(
+            f"train.lr_warmup ({t.lr_warmup:g} epochs) must be shorter than the run (train.epochs={t.epochs}); "
+            "give fewer epochs of warm-up, e.g. train.lr_warmup=0.5"
+        )
+
+
 def validate(cfg: Config) -> Config:
     """Check choices, ranges (:data:`RANGES`) and the relations between keys; return ``cfg``."""
     for (sec, key), allowed in CHOICES.items():
@@ -475,6 +512,7 @@ def validate(cfg: Config) -> Config:
         )
     _check_cuda_graphs(cfg)
     _check_ranges(cfg)
+    _check_optimizer(cfg)
     _check_lists(cfg)
     for key, v in (("out", cfg.out), ("data.data_dir", cfg.data.data_dir)):
         if v is not None and not v.strip():
@@ -487,6 +525,41 @@ def validate(cfg: Config) -> Config:
             f"patience={s.patience}); fix the values"
         )
     return cfg
+
+
+#: The keys docs/configs.md tables ("The weight phase"), in order; ``section.*``: every key of a
+#: section. The table is :func:`key_table`'s, written by ``python scripts/config_tables.py``.
+DOC_KEYS = ("train.optimizer", "train.nesterov", "train.momentum", "train.schedule", "train.lr_warmup",
+            "train.label_smoothing", "kfac.*", "head.*")  # fmt: skip
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """Each field's ``# comment`` in the dataclass's source (the one description of a key)."""
+    lines = inspect.getsource(cls).splitlines()
+    return {m[1]: m[2].strip() for m in (re.match(r"^\s+(\w+):[^#]*#\s*(.+)$", ln) for ln in lines) if m}
+
+
+def key_table(keys=DOC_KEYS) -> str:
+    """A Markdown table of ``keys``: each key's default, its values (the one list of choices,
+    :data:`CHOICES`, or its range, :data:`RANGES`) and its comment in the dataclass."""
+    rows = ["| key | default | values | what |", "|---|---|---|---|"]
+    cfg, hints = Config(), typing.get_type_hints(Config)
+    for pattern in keys:
+        sec, name = pattern.split(".")
+        cls = hints[sec]
+        names = [f.name for f in dataclasses.fields(cls)] if name == "*" else [name]
+        notes, types = _field_comments(cls), typing.get_type_hints(cls)
+        for n in names:
+            default, key = getattr(getattr(cfg, sec), n), f"{sec}.{n}"
+            if (sec, n) in CHOICES:
+                values = ", ".join(f"`{c}`" for c in CHOICES[(sec, n)])
+            elif key in RANGES:
+                values = RANGES[key].describe(types[n] is int or types[n] == int | None)
+            else:
+                values = "`true`, `false`" if types[n] is bool else _type_name(types[n])
+            shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
+            rows.append(f"| `{key}` | `{shown}` | {values} | {notes.get(n, '').replace('|', chr(92) + '|')} |")
+    return "\n".join(rows) + "\n"
 
 
 def from_dict(data: dict | None) -> Config:

@@ -23,6 +23,21 @@ same seam a plain loop uses (docs/own-loop.md)::
 * while a support is held fixed, the optimizers' learning rates are scaled by
   ``support.lr_scale`` (1 by default), and restored at the epoch's end.
 
+A second-order weight phase (:class:`~supportnet.solvers.KFAC`) needs manual optimization:
+Lightning's automatic optimization hands ``step`` a closure that runs the training step and its
+backward pass, where K-FAC's line search wants the batch loss alone, evaluated under the support
+of the gradient pass. ``on_train_start`` refuses the combination in one line; in manual
+optimization the step is the own loop's (docs/own-loop.md, "Second-order weight phase")::
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = batch
+        opt = self.optimizers()                           # KFAC(self.net, ...) in configure_optimizers
+        loss = F.cross_entropy(self.net(x), y)
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step(closure=lambda: F.cross_entropy(self.net(x), y), loss=loss)
+        return loss
+
 Needs ``pip install 'supportnet[lightning]'``.
 """
 
@@ -32,6 +47,7 @@ import torch
 
 from ._optional import require
 from .alternation import Schedule, alternation
+from .errors import ConfigError
 from .layers import configure, threshold_layers
 
 L = require("lightning")
@@ -71,6 +87,17 @@ class SupportCallback(L.pytorch.Callback):
             if self._state is not None:
                 self.schedule.load_state_dict(self._state)
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not pl_module.automatic_optimization:
+            return
+        for opt in trainer.optimizers:
+            if getattr(opt, "takes_loss_closure", False):  # KFAC: its closure is the loss alone
+                raise ConfigError(
+                    f"SupportCallback: {type(opt).__name__} needs manual optimization (its line search re-evaluates "
+                    "the loss under the held support); set self.automatic_optimization = False and step it in "
+                    "training_step (docs/own-loop.md, Second-order weight phase)"
+                )
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         assert self.schedule is not None
         self.schedule.device = pl_module.device
@@ -88,8 +115,6 @@ class SupportCallback(L.pytorch.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         assert self.schedule is not None
         if not isinstance(batch, (tuple, list)) or len(batch) < 3:
-            from .errors import ConfigError
-
             raise ConfigError(
                 "SupportCallback needs batches (x, y, index): wrap the training set, "
                 "DataLoader(supportnet.with_indices(train_set), ...)"
