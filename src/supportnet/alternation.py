@@ -162,9 +162,16 @@ class Schedule:
 
         ``index``: the batch's example indices in the training set (I-alternation, stored
         back end); ``x``: the batch itself (I-alternation, snapshot back end). In a warm-up
-        epoch, and for SGD and B-alternation, the step needs neither."""
+        epoch, and for SGD and B-alternation, the step needs neither. When the block exits,
+        errors included, the layers get back the modes and supports they had before it, so a
+        forward outside the block never runs under this batch's supports."""
+        saved = [(lay, lay.mode, lay.instance_mask, lay.given_batch_mask) for _, lay in threshold_layers(self.model)]
         self.before_step(x, index)
-        yield
+        try:
+            yield
+        finally:
+            for lay, mode, instance, given in saved:
+                lay.mode, lay.instance_mask, lay.given_batch_mask = mode, instance, given
 
     def penalty(self) -> torch.Tensor | float:
         """The support-consistency penalty of the last forward pass, to add to its loss
