@@ -172,3 +172,34 @@ def test_against_torchvision(name, sites, params):
         rep = conversion_report(convert(ref))
         assert len(rep.converted) == sites == len(threshold_layers(ours))
         assert torch.equal(rep.model(x), before)
+
+
+@pytest.mark.parametrize("path", ["fx", "module"])
+def test_tau_in_state_dict_round_trips_a_positive_threshold(tmp_path, path):
+    """``tau_in_state_dict=True``: ``torch.save(model.state_dict())`` of a tau > 0 model loads
+    back with its thresholds, by itself; a strict load without them is an error."""
+    torch.manual_seed(0)
+    model = convert(Net(), tau=0.25, path=path, tau_in_state_dict=True)
+    configure(model, tau=[0.25, 0.5])
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert sorted(k for k in state if k.endswith(".tau")) == ["body.1.tau", "body.4.tau"]
+    fresh = convert(Net(), path=path, tau_in_state_dict=True)  # tau = 0
+    fresh.load_state_dict(state)
+    assert [lay.tau for _, lay in threshold_layers(fresh)] == [0.25, 0.5]
+    x = torch.randn(2, 1, 12, 12)
+    assert torch.equal(fresh(x), model(x))
+    with pytest.raises(RuntimeError, match="Missing key.*tau"):
+        fresh.load_state_dict(Net().state_dict())  # the ReLU model's weights: no thresholds
+    fresh.load_state_dict(Net().state_dict(), strict=False)
+    with pytest.raises(RuntimeError, match="Unexpected key.*tau"):
+        Net().load_state_dict(state)
+
+
+@pytest.mark.parametrize("path", ["fx", "module"])
+def test_by_default_the_state_dict_is_the_relu_models(path):
+    torch.manual_seed(0)
+    model = convert(Net(), tau=0.25, path=path)
+    assert not any(k.endswith("tau") for k in model.state_dict())
+    Net().load_state_dict(model.state_dict())  # strictly, into the ReLU model
+    model.load_state_dict(Net().state_dict())  # and back

@@ -395,3 +395,16 @@ def test_unit_energy_channels_last():
     x = torch.relu(torch.randn(8, 3, 4, 5)).contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(unit_energy(x), (x.double() ** 2).sum(0).float(), rtol=1e-5, atol=1e-6)
 
+
+def test_tau_in_state_dict_is_a_float64_scalar_that_survives_half_and_deepcopy():
+    import copy
+
+    layer = HardThreshold(0.1, tau_in_state_dict=True)
+    model = nn.Sequential(nn.Linear(3, 3), layer).half()
+    state = copy.deepcopy(model).state_dict()
+    assert state["1.tau"].dtype == torch.float64 and float(state["1.tau"]) == 0.1
+    other = nn.Sequential(nn.Linear(3, 3), HardThreshold(tau_in_state_dict=True))
+    other.load_state_dict(state)
+    assert other[1].tau == 0.1 and "tau_in_state_dict=True" in repr(other)
+    assert "1.tau" in state  # the caller's dict is not changed by the load
+    assert list(nn.Sequential(nn.Linear(3, 3), HardThreshold(0.1)).state_dict()) == ["0.weight", "0.bias"]

@@ -92,7 +92,7 @@ class ConversionReport:
         return s
 
 
-def convert(model: nn.Module, tau: float = 0.0, path: str = "auto") -> nn.Module:
+def convert(model: nn.Module, tau: float = 0.0, path: str = "auto", *, tau_in_state_dict: bool = False) -> nn.Module:
     """Replace every ReLU site of ``model`` by ``HardThreshold(tau)`` and return the converted
     model: ``model = supportnet.convert(model)``. See the module docstring.
 
@@ -101,8 +101,12 @@ def convert(model: nn.Module, tau: float = 0.0, path: str = "auto") -> nn.Module
     names) and leaves ``model`` as it was; the module swap changes ``model`` in place and
     returns it. Either way, use the returned model. :func:`conversion_report` says which sites
     were converted and which non-linearities were left alone.
+
+    ``tau_in_state_dict``: every new layer keeps its ``tau`` in the model's ``state_dict``
+    (:class:`HardThreshold`), so a ``tau > 0`` model's saved state round-trips by itself. Off
+    by default: the converted model's state dict loads strictly into the original ReLU model.
     """
-    report = _convert(model, tau, path)
+    report = _convert(model, tau, path, tau_in_state_dict)
     report.model.supportnet_conversion = report  # read by conversion_report()
     return report.model
 
@@ -115,25 +119,25 @@ def conversion_report(model: nn.Module) -> ConversionReport:
     return report
 
 
-def _convert(model: nn.Module, tau: float, path: str) -> ConversionReport:
+def _convert(model: nn.Module, tau: float, path: str, saved: bool = False) -> ConversionReport:
     if path not in ("auto", "fx", "module"):
         raise ConfigError(f"unknown conversion path {path!r}; use auto, fx or module")
     if path != "module":
         try:
-            return _convert_fx(model, tau)
+            return _convert_fx(model, tau, saved)
         except Exception as e:  # noqa: BLE001 - fx raises many kinds of errors on untraceable code
             if path == "fx":
                 raise ConfigError(
                     f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: "
                     f"{str(e).splitlines()[0][:120]}); use path='module'"
                 ) from None
-            report = _convert_modules(model, tau)
+            report = _convert_modules(model, tau, saved)
             report.reason = f"fx could not trace the model: {type(e).__name__}"
             return report
-    return _convert_modules(model, tau)
+    return _convert_modules(model, tau, saved)
 
 
-def _convert_fx(model: nn.Module, tau: float) -> ConversionReport:
+def _convert_fx(model: nn.Module, tau: float, saved: bool = False) -> ConversionReport:
 
     gm = trace(model)
     modules = dict(gm.named_modules())
@@ -169,7 +173,7 @@ def _convert_fx(model: nn.Module, tau: float) -> ConversionReport:
         else:  # a second call of the same module, or a functional site: a new layer of its own
             name = _unique(node.target if node.op == "call_module" else node.name, used)
         used.add(name)
-        gm.add_submodule(name, HardThreshold(tau))
+        gm.add_submodule(name, HardThreshold(tau, tau_in_state_dict=saved))
         inp = node.args[0] if node.args else node.kwargs.get("input")
         with gm.graph.inserting_after(node):
             new = gm.graph.call_module(name, args=(inp,))
@@ -221,13 +225,13 @@ def _unique(base: str, used: set[str]) -> str:
     return name
 
 
-def _convert_modules(model: nn.Module, tau: float) -> ConversionReport:
+def _convert_modules(model: nn.Module, tau: float, saved: bool = False) -> ConversionReport:
     report = ConversionReport(model, path="module")
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             where = f"{name}.{child_name}" if name else child_name
             if type(child) is nn.ReLU:
-                setattr(module, child_name, HardThreshold(tau))
+                setattr(module, child_name, HardThreshold(tau, tau_in_state_dict=saved))
                 report.converted.append(f"{where} (nn.ReLU)")
             elif isinstance(child, OTHER_NONLINEAR):
                 report.left_alone.append(f"{where} ({type(child).__name__})")

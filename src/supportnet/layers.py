@@ -161,11 +161,19 @@ class HardThreshold(nn.Module):
     ``torch.jit.script``, ``torch.jit.trace`` and ``torch.export`` see the free mode only
     (``q * 1[q > tau]``): they are for the trained, exported network, where no support is fixed.
 
+    ``tau_in_state_dict``: keep ``tau`` in the module's ``state_dict`` (key ``<prefix>tau``, a
+    float64 scalar), so that ``torch.save(model.state_dict())`` of a ``tau > 0`` model loads
+    back with its thresholds; a strict load without the key is then an error. Off by default:
+    the state dict is the ReLU model's (parameters and buffers only), and loads strictly into it.
     """
 
-    def __init__(self, tau: float = 0.0, inplace: bool = False):
+    def __init__(self, tau: float = 0.0, inplace: bool = False, tau_in_state_dict: bool = False):
         super().__init__()
         self.tau = float(tau)
+        self.tau_in_state_dict = bool(tau_in_state_dict)
+        if tau_in_state_dict:
+            self.register_state_dict_post_hook(_save_tau)
+            self.register_load_state_dict_pre_hook(_load_tau)
         self.mode = "free"
         self.application = "gated"  # how a fixed support is applied: linear | gated (config: support.apply)
         self.rule = "energy-rel"
@@ -199,7 +207,8 @@ class HardThreshold(nn.Module):
             super().__setattr__(name, value)
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}, mode={self.mode}, apply={self.application}"
+        saved = ", tau_in_state_dict=True" if self.tau_in_state_dict else ""
+        return f"tau={self.tau}, mode={self.mode}, apply={self.application}{saved}"
 
     def reset_stats(self) -> None:
         """Zero the active-fraction and drift counters (:func:`collect_stats` reads them), in place:
@@ -354,6 +363,21 @@ class HardThreshold(nn.Module):
                     self._count((q > self.tau).sum(), q.numel(), 0, 0)
             return out
         raise ConfigError(f"unknown HardThreshold mode {mode!r}; use one of {', '.join(MODES)}")
+
+
+TAU_KEY = "tau"  # a HardThreshold(tau_in_state_dict=True)'s key in its state dict
+
+
+def _save_tau(module: HardThreshold, state_dict: dict, prefix: str, _meta) -> None:
+    state_dict[prefix + TAU_KEY] = torch.tensor(module.tau, dtype=torch.float64)
+
+
+def _load_tau(module: HardThreshold, state_dict: dict, prefix: str, _meta, strict, missing, _unexpected, _errs) -> None:
+    value = state_dict.pop(prefix + TAU_KEY, None)  # (a copy of the caller's dict: load_state_dict makes one)
+    if value is not None:
+        module.tau = float(value)
+    elif strict:
+        missing.append(prefix + TAU_KEY)
 
 
 def threshold_layers(model: nn.Module) -> list[tuple[str, HardThreshold]]:
