@@ -159,11 +159,11 @@ class Run:
     step_hook: Callable | None = None
     autocast: Callable = nullcontext
     layer_names: list = field(default_factory=list)
-    user_model: bool = False  # the caller passed the model (fit(cfg, model=...)): arch records its class
     eval_train: Split | None = None
     eval_at: set = field(default_factory=set)  # steps within an epoch after which the trace evaluates
     epoch_t0: float = 0.0
     last_lr: float = 0.0
+    user_model: bool = False  # the caller passed the model (fit(cfg, model=...)): arch records its class
 
     @property
     def main(self) -> bool:
