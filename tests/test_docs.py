@@ -88,3 +88,16 @@ def test_changelog_and_citation_name_the_package_version():
     assert str(cff["version"]) == supportnet.__version__
     assert cff["preferred-citation"]["title"] == "CNNs are Globally Optimal Given Multi-Layer Support"
     assert (ROOT / "src" / "supportnet" / "py.typed").is_file()
+
+
+def test_fit_and_the_own_loop_page_say_which_loop_is_the_general_one():
+    """``fit`` is the paper's loop (cross-entropy, the ``train.optimizer`` choices); the own loop
+    is the general one: its docstring and docs/own-loop.md say so and name every choice."""
+    from supportnet.choices import OPTIMIZERS
+    from supportnet.train import fit
+
+    page = (ROOT / "docs" / "own-loop.md").read_text()
+    for text in (fit.__doc__, page):
+        assert "paper's loop" in text and "cross-entropy" in text and "general one" in text
+        assert all(f"`{name}`" in text for name in OPTIMIZERS), OPTIMIZERS
+    assert "docs/own-loop.md" in fit.__doc__

@@ -583,6 +583,13 @@ def fit(
 ) -> Path:
     """Train as ``cfg`` says and return the run folder (see the module docstring).
 
+    ``fit`` is the paper's loop: the objective is the cross-entropy (``train.label_smoothing``)
+    plus the support-consistency penalty, and the weights take the optimizer
+    ``train.optimizer`` names (``sgd``, ``adamw``, ``kfac``, ``soap``: :mod:`supportnet.optim`)
+    under the config's learning-rate schedule. Any other loss or optimizer: the own loop
+    (docs/own-loop.md) is the general one; it drives the same schedules, and with the same
+    seed, data order and SGD gives ``fit``'s weights bit for bit.
+
     ``data``: a loaded :class:`~supportnet.data.DataBundle` (default: the one ``cfg.data``
     names); or ``train`` and ``test``: any map-style ``torch.utils.data.Dataset`` of
     ``(x, y)`` (an adapter attaches the example indices I-alternation needs; a data set with
