@@ -81,15 +81,30 @@ def test_tune_allocator_honours_the_opt_out():
 
 
 @glibc
-def test_alternation_tunes_the_allocator():
-    """An own loop's schedule tunes the allocator as fit() does (once per process; the result is kept)."""
+def test_alternation_leaves_the_allocator_alone_and_sn_tune_allocator_opts_in():
+    """A library call does not change the process: an own loop's schedule leaves malloc as it
+    is; ``sn.tune_allocator()`` is the explicit opt-in (once per process; the result is kept)."""
     code = (
         "import supportnet.allocator as a, supportnet as sn, torch\n"
         "sn.alternation('b-alt', sn.convert(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())))\n"
         "print(a._state.get('result'))\n"
+        "print(sn.tune_allocator(), a._state.get('result'))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "tuned"
+    assert out.stdout.split("\n")[:2] == ["None", "tuned tuned"]
+
+
+@glibc
+def test_fit_still_tunes_the_allocator(tmp_path):
+    code = (
+        "import supportnet.allocator as a, supportnet as sn\n"
+        f"cfg = sn.load_config(None, ['data.name=synthetic', 'data.subset=64', 'data.test_subset=32', "
+        f"'train.epochs=1', 'model.kwargs={{width: 4, hidden: 8}}', 'out={tmp_path}', 'quiet=true'])\n"
+        "sn.fit(cfg)\n"
+        "print(a._state.get('result'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "tuned"
 
 
 def test_unknown_choice_is_one_line_exit_2(tmp_path):

@@ -135,7 +135,8 @@ def test_zoo_models_with_relu_convert_bit_for_bit(name, shape, sites):
     with torch.no_grad():
         before = ref(x)
         rep = conversion_report(convert(ref))
-        assert rep.path == "fx" and len(rep.converted) == sites
+        assert len(rep.converted) == sites
+        assert (rep.path == "module") == (type(rep.model) is type(ref)) == (not rep.class_changed)
         assert sites == len(threshold_layers(create_model(name, shape, 10)))  # as many as the native model
         assert torch.equal(rep.model(x), before)
 
@@ -172,3 +173,160 @@ def test_against_torchvision(name, sites, params):
         rep = conversion_report(convert(ref))
         assert len(rep.converted) == sites == len(threshold_layers(ours))
         assert torch.equal(rep.model(x), before)
+
+
+@pytest.mark.parametrize("path", ["fx", "module"])
+def test_tau_in_state_dict_round_trips_a_positive_threshold(tmp_path, path):
+    """``tau_in_state_dict=True``: ``torch.save(model.state_dict())`` of a tau > 0 model loads
+    back with its thresholds, by itself; a strict load without them is an error."""
+    torch.manual_seed(0)
+    model = convert(Net(), tau=0.25, path=path, tau_in_state_dict=True)
+    configure(model, tau=[0.25, 0.5])
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert sorted(k for k in state if k.endswith(".tau")) == ["body.1.tau", "body.4.tau"]
+    fresh = convert(Net(), path=path, tau_in_state_dict=True)  # tau = 0
+    fresh.load_state_dict(state)
+    assert [lay.tau for _, lay in threshold_layers(fresh)] == [0.25, 0.5]
+    x = torch.randn(2, 1, 12, 12)
+    assert torch.equal(fresh(x), model(x))
+    with pytest.raises(RuntimeError, match="Missing key.*tau"):
+        fresh.load_state_dict(Net().state_dict())  # the ReLU model's weights: no thresholds
+    fresh.load_state_dict(Net().state_dict(), strict=False)
+    with pytest.raises(RuntimeError, match="Unexpected key.*tau"):
+        Net().load_state_dict(state)
+
+
+@pytest.mark.parametrize("path", ["fx", "module"])
+def test_by_default_the_state_dict_is_the_relu_models(path):
+    torch.manual_seed(0)
+    model = convert(Net(), tau=0.25, path=path)
+    assert not any(k.endswith("tau") for k in model.state_dict())
+    Net().load_state_dict(model.state_dict())  # strictly, into the ReLU model
+    model.load_state_dict(Net().state_dict())  # and back
+
+
+class WithMethods(nn.Module):
+    """A model with methods of its own (timm's forward_features / reset_classifier) and only
+    module ReLUs, each called once: converted in place, the class kept."""
+
+    pretrained_cfg = {"url": ""}
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3), nn.ReLU())
+        self.head = nn.Linear(4 * 8 * 8, 3)
+        self.unused = nn.ReLU()  # never called: not a site
+
+    def forward_features(self, x):
+        return self.stem(x).flatten(1)
+
+    def reset_classifier(self, n):
+        self.head = nn.Linear(self.head.in_features, n)
+
+    def forward(self, x):
+        return self.head(self.forward_features(x))
+
+
+def test_module_sites_are_swapped_in_place_and_the_class_kept():
+    torch.manual_seed(0)
+    net = WithMethods()
+    x = torch.randn(2, 1, 12, 12)
+    before = net(x).detach()
+    model = convert(net)
+    rep = conversion_report(model)
+    assert model is net and type(model) is WithMethods and rep.path == "module" and not rep.class_changed
+    assert rep.converted == ["stem.1 (nn.ReLU)", "stem.3 (nn.ReLU)"] and type(model.unused) is nn.ReLU
+    assert torch.equal(model(x), before) and model.forward_features(x).shape == (2, 256)
+    model.reset_classifier(5)
+    assert model(x).shape == (2, 5) and model.pretrained_cfg == {"url": ""}
+    assert "class changed" not in str(rep)
+
+
+def test_where_fx_is_needed_the_report_says_the_class_changed():
+    rep = conversion_report(convert(FunctionalBlocks()))
+    assert rep.path == "fx" and rep.class_changed == [""]
+    assert "now a torch.fx.GraphModule (the class changed" in str(rep) and "the model" in str(rep)
+
+
+class Shared(nn.Module):
+    """One in-place ReLU module whose input is read again: module swap would change the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act = nn.Linear(4, 4), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return self.act(h) + h  # h is relu'd in place: fx handles it
+
+
+def test_an_in_place_relu_whose_input_is_read_again_takes_fx():
+    torch.manual_seed(0)
+    net, x = Shared(), torch.randn(3, 4)
+    before = net(x).detach()
+    rep = conversion_report(convert(net))
+    assert rep.path == "fx" and torch.equal(rep.model(x), before)
+
+
+class Block(nn.Module):
+    """fx traces it; it calls F.relu."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return F.relu(self.conv(x))
+
+
+class HalfRelu(nn.Module):
+    """fx cannot trace it (a channel split computed with int()); it calls F.relu: a site left."""
+
+    def __init__(self, c, ratio=0.5):
+        super().__init__()
+        self.ratio, self.conv, self.act = ratio, nn.Conv2d(c // 2, c // 2, 1), nn.ReLU()
+
+    def forward(self, x):
+        k = int(x.size(1) * self.ratio)
+        return torch.cat([F.relu(self.conv(x[:, :k])), self.act(x[:, k:])], 1)
+
+
+class SplitNet(nn.Module):
+    """Its whole forward fx cannot trace (int(x.size(1) * ratio)); its blocks it can."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        self.stem = nn.Conv2d(1, c, 3, padding=1)
+        self.blocks = nn.ModuleList([Block(c), Block(c)])
+        self.mix = HalfRelu(c)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(c * 6 * 6, 3)
+
+    def features(self, x):
+        x = self.stem(x)
+        k = int(x.size(1) * 0.5)
+        x = torch.cat([self.blocks[0](x[:, :k].repeat(1, 2, 1, 1))[:, :k], x[:, k:]], 1)
+        return self.act(self.mix(self.blocks[1](x)))
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+def test_an_untraceable_model_is_converted_child_by_child():
+    torch.manual_seed(0)
+    net = SplitNet()
+    x = torch.randn(2, 1, 6, 6)
+    before = net(x).detach()
+    model = convert(net)
+    rep = conversion_report(model)
+    assert model is net and type(model) is SplitNet and "fx could not trace the model" in rep.reason
+    forms = " ".join(rep.converted)
+    assert "blocks.0." in forms and "blocks.1." in forms and "functional.relu" in forms, rep.converted
+    assert "act (nn.ReLU)" in rep.converted and "mix.act (nn.ReLU)" in rep.converted
+    assert rep.class_changed == ["blocks.0", "blocks.1"] and rep.left == ["mix"], (rep.class_changed, rep.left)
+    assert len(threshold_layers(model)) == 4
+    assert torch.equal(model(x), before) and model.features(x).shape == (2, 4, 6, 6)
+    configure(model, mode="batch")
+    model(x).sum().backward()
+    assert "relu sites left" in str(rep) and "mix" in str(rep)

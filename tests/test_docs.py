@@ -103,3 +103,16 @@ def test_configs_page_tables_the_weight_phase_keys_from_the_config():
     assert all(f"`{c}`" in row for c in choices.OPTIMIZERS)
     for sec, cls in (("kfac", KFACConfig), ("head", HeadConfig)):
         assert all(f"| `{sec}.{f}` |" in block for f in cls.__dataclass_fields__), sec
+
+
+def test_fit_and_the_own_loop_page_say_which_loop_is_the_general_one():
+    """``fit`` is the paper's loop (cross-entropy, the ``train.optimizer`` choices); the own loop
+    is the general one: its docstring and docs/own-loop.md say so and name every choice."""
+    from supportnet.choices import OPTIMIZERS
+    from supportnet.train import fit
+
+    page = (ROOT / "docs" / "own-loop.md").read_text()
+    for text in (fit.__doc__, page):
+        assert "paper's loop" in text and "cross-entropy" in text and "general one" in text
+        assert all(f"`{name}`" in text for name in OPTIMIZERS), OPTIMIZERS
+    assert "docs/own-loop.md" in fit.__doc__

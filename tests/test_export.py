@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import assert_user_error, run_cli
 from torch import nn
 
 import supportnet
@@ -337,3 +337,53 @@ def test_format_1_compact_export_loads_back(tmp_path, synthetic):
     x = synthetic.test.x[:8]
     with torch.no_grad():
         assert torch.equal(model(x), small.eval()(x))
+
+
+class MyNet(nn.Module):
+    """A user's own model, with a method of its own."""
+
+    def __init__(self, side=16):  # the synthetic data's 1x16x16
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * side * side, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def user_run(tmp_path_factory, synthetic):
+    out = tmp_path_factory.mktemp("user")
+    cfg = load_config(None, ["data.name=synthetic", "train.epochs=1", "train.train_eval_size=0",
+                             "support.tau=0.05", f"out={out}", "quiet=true"])  # fmt: skip
+    torch.manual_seed(0)
+    model = supportnet.convert(MyNet())
+    return fit(cfg, data=synthetic, model=model), model
+
+
+def test_a_users_model_round_trips_into_a_skeleton(user_run, synthetic):
+    """``fit(cfg, model=my_model)``: the run records that the model is the user's; ``load_model``
+    loads into a skeleton the user supplies, with its taus, in free mode."""
+    run, trained = user_run
+    ck = torch.load(run / "final.pt", weights_only=True)
+    assert ck["arch"]["user_model"].endswith("GraphModuleImpl") or "MyNet" in ck["arch"]["user_model"]
+    assert read_safetensors(run / "model.safetensors")[1]["arch"]["user_model"] == ck["arch"]["user_model"]
+    x = synthetic.test.x[:8]
+    for src in (run, run / "final.pt", run / "model.safetensors"):
+        skeleton = supportnet.convert(MyNet())
+        got = supportnet.load_model(src, model=skeleton)
+        assert got is skeleton and not got.training
+        assert [lay.tau for _, lay in threshold_layers(got)] == [0.05]
+        with torch.no_grad():
+            assert torch.equal(got(x), trained.eval()(x))
+
+
+def test_a_users_model_without_a_skeleton_is_a_one_line_error(user_run, cli):
+    run, _ = user_run
+    with pytest.raises(supportnet.ConfigError, match=r"your own model .*load_model\(path, model="):
+        supportnet.load_model(run)
+    with pytest.raises(supportnet.ConfigError, match="does not fit the ConvNetS passed as model"):
+        supportnet.load_model(run, model=create_model("convnet-s", (1, 16, 16), 10))
+    with pytest.raises(supportnet.ConfigError, match="pass it converted"):
+        supportnet.load_model(run, model=MyNet())  # not converted: no threshold layers
+    assert_user_error(cli("export", run, "--format", "state_dict", "--output", run / "x.pt"), "your own model")

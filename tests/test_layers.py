@@ -3,7 +3,14 @@ import torch
 from torch import nn
 
 from supportnet import HardThreshold, configure, record_masks, threshold_layers
-from supportnet.layers import STAT_GROUP, batch_support, set_instance_masks, support_from_stats, unit_stats
+from supportnet.layers import (
+    STAT_GROUP,
+    batch_support,
+    gated_eval,
+    set_instance_masks,
+    support_from_stats,
+    unit_stats,
+)
 from supportnet.models import create_model
 
 
@@ -70,6 +77,46 @@ def test_instance_mode_without_mask_or_wrong_shape_raises():
     layer.instance_mask = torch.ones(3, 3, dtype=torch.bool)
     with pytest.raises(RuntimeError, match="does not match"):
         layer(torch.randn(2, 3))
+
+
+@pytest.mark.parametrize("mode", ["instance", "batch"])
+def test_a_layer_not_in_training_mode_runs_free(mode):
+    """``model.eval()`` means free mode: a fixed support (instance) or a batch's own support (batch)
+    does not apply; ``model.train()`` brings it back; ``gated_eval`` keeps it with eval elsewhere."""
+    torch.manual_seed(0)
+    layer, drop = HardThreshold(0.1), nn.Dropout(0.5)
+    model = nn.Sequential(drop, layer)
+    q = torch.randn(6, 8)
+    configure(model, mode=mode, rule="vote")
+    layer.instance_mask = torch.rand(6, 8) > 0.5
+    free = torch.where(q > 0.1, q, 0.0)
+    model.eval()
+    assert torch.equal(model(q), free)
+    model.train()
+    layer.training = True
+    drop.p = 0.0
+    gated = layer(q)
+    assert not torch.equal(gated, free)  # (the check can fail)
+    drop.p = 0.5
+    with gated_eval(model):
+        assert not drop.training and layer.training
+        assert torch.equal(model(q), gated)  # dropout off, supports on
+    assert drop.training and layer.training
+    model.eval()
+    with gated_eval(model):
+        pass
+    assert not drop.training and not layer.training  # the flags restored
+
+
+@pytest.mark.parametrize("mode", ["binary", "record"])
+def test_binary_and_record_stay_explicit_in_eval_mode(mode):
+    layer = HardThreshold(0.1).eval()
+    layer.mode = mode
+    q = torch.randn(4, 5)
+    out = layer(q)
+    assert torch.equal(out, (q > 0.1).float() if mode == "binary" else torch.where(q > 0.1, q, 0.0))
+    if mode == "record":
+        assert torch.equal(layer.last_mask, q > 0.1)
 
 
 def test_energy_rule_beta0_is_or_of_supports():
@@ -211,7 +258,7 @@ def test_unknown_mode_raises():
 def test_fixed_support_bias_free_network_is_linear(name):
     """Eq. 13: with every support fixed (linear application) F(a x1 + b x2) = a F(x1) + b F(x2)."""
     torch.manual_seed(0)
-    model = create_model(name, in_shape=(1, 12, 12), num_classes=5, bias=False).double().eval()
+    model = create_model(name, in_shape=(1, 12, 12), num_classes=5, bias=False).double()  # (eval: free mode)
     x0 = torch.randn(3, 1, 12, 12, dtype=torch.float64)
     masks = record_masks(model, x0)
     configure(model, apply="linear")
@@ -347,3 +394,17 @@ def test_unit_energy_channels_last():
 
     x = torch.relu(torch.randn(8, 3, 4, 5)).contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(unit_energy(x), (x.double() ** 2).sum(0).float(), rtol=1e-5, atol=1e-6)
+
+
+def test_tau_in_state_dict_is_a_float64_scalar_that_survives_half_and_deepcopy():
+    import copy
+
+    layer = HardThreshold(0.1, tau_in_state_dict=True)
+    model = nn.Sequential(nn.Linear(3, 3), layer).half()
+    state = copy.deepcopy(model).state_dict()
+    assert state["1.tau"].dtype == torch.float64 and float(state["1.tau"]) == 0.1
+    other = nn.Sequential(nn.Linear(3, 3), HardThreshold(tau_in_state_dict=True))
+    other.load_state_dict(state)
+    assert other[1].tau == 0.1 and "tau_in_state_dict=True" in repr(other)
+    assert "1.tau" in state  # the caller's dict is not changed by the load
+    assert list(nn.Sequential(nn.Linear(3, 3), HardThreshold(0.1)).state_dict()) == ["0.weight", "0.bias"]

@@ -15,6 +15,8 @@ from supportnet.checkpoint import load_checkpoint
 from supportnet.config import load_config
 from supportnet.data import batches, epoch_order
 from supportnet.errors import ConfigError, DataError
+from supportnet.layers import layer_mode, threshold_layers
+from supportnet.models import create_model
 from supportnet.train import build, seed_everything
 
 METHODS = {
@@ -168,3 +170,64 @@ def test_dataset_items_must_be_tensor_pairs():
 
     with pytest.raises(DataError, match="ToTensor"):
         sn.from_datasets(Bad(), Bad())
+
+
+def _free_out(model, x):
+    with torch.no_grad(), layer_mode(model, "free"):
+        return model(x)
+
+
+@pytest.mark.parametrize("method", ["sgd", "b-alt", "i-alt-stored", "i-alt-snapshot"])
+def test_validation_mid_epoch_under_model_eval_is_free_mode(synthetic, method):
+    """``model.eval()`` inside an alternation epoch, between steps and inside a step's block:
+    the outputs are the free network's (not supports from the validation batch itself, nor the
+    last training batch's); ``model.train()`` trains under the supports again."""
+    torch.manual_seed(0)
+    model = create_model("convnet-s", in_shape=synthetic.in_shape, num_classes=10, width=8, hidden=32)
+    support = METHODS.get(method, {})
+    alt = sn.alternation(method.split("-stored")[0].split("-snapshot")[0], model, synthetic.train, **support)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    val = synthetic.test.x[:50]  # a batch size the training batches do not have
+    for epoch in range(2):
+        alt.start_epoch(epoch)
+        for i, (x, y, idx) in enumerate(batches(synthetic.train, 64, epoch_order(len(synthetic.train), 0, epoch))):
+            model.train()
+            with alt.step(idx, x):
+                loss = F.cross_entropy(model(x), y) + alt.penalty()
+                if i == 1:  # validation inside the block
+                    model.eval()
+                    with torch.no_grad():
+                        assert torch.equal(model(val), _free_out(model, val))
+                    model.train()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i == 2:  # validation between steps
+                model.eval()
+                with torch.no_grad():
+                    out = model(val)
+                assert torch.equal(out, _free_out(model, val))
+            if i == 3:
+                break
+    layers = threshold_layers(model)
+    want = {"sgd": "free", "b-alt": "batch"}.get(method, "instance")
+    assert all(lay.mode == want for _, lay in layers)
+
+
+@pytest.mark.parametrize("method", ["b-alt", "i-alt-stored"])
+def test_step_restores_the_layers_on_exit_errors_included(synthetic, method):
+    torch.manual_seed(0)
+    model = create_model("convnet-s", in_shape=synthetic.in_shape, num_classes=10, width=8, hidden=32)
+    support = {**METHODS[method], "warmup": 0}
+    if method == "b-alt":
+        support["sync"] = "global"  # the probe hands the layers a given batch support
+    alt = sn.alternation(method.split("-stored")[0], model, synthetic.train, **support)
+    alt.start_epoch(0)
+    layers = [lay for _, lay in threshold_layers(model)]
+    before = [(lay.mode, lay.instance_mask, lay.given_batch_mask) for lay in layers]
+    x, _, idx = next(iter(batches(synthetic.train, 32, epoch_order(len(synthetic.train), 0, 0))))
+    with pytest.raises(ValueError, match="boom"), alt.step(idx, x):
+        assert any(lay.instance_mask is not None or lay.given_batch_mask is not None for lay in layers)
+        raise ValueError("boom")
+    after = [(lay.mode, lay.instance_mask, lay.given_batch_mask) for lay in layers]
+    assert all(a[0] == b[0] and a[1] is b[1] and a[2] is b[2] for a, b in zip(before, after))

@@ -459,8 +459,8 @@ def test_kfac_training_decreases_the_loss(mode):
 
 
 def test_drives_an_i_alternation_loop():
-    """The loop of docs/own-loop.md with KFAC: the closure's passes reuse the instance supports
-    alt.step set, and the supports' training objective decreases."""
+    """The loop of docs/own-loop.md with KFAC: the closure's passes, inside the step's block,
+    reuse the instance supports alt.step set, and the supports' training objective decreases."""
     x, y = _problem(256)
     train = Split(x, y)
     model = sn.convert(nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 4)))
@@ -471,11 +471,11 @@ def test_drives_an_i_alternation_loop():
         alt.start_epoch(epoch)
         total = 0.0
         for xb, yb, idx in batches(train, 64, torch.randperm(256, generator=torch.Generator().manual_seed(epoch))):
-            with alt.step(idx, xb):
+            with alt.step(idx, xb):  # (the block gives the layers back their state when it exits)
                 loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            total += float(opt.step(lambda xb=xb, yb=yb: F.cross_entropy(model(xb), yb), loss=loss))
+                opt.zero_grad()
+                loss.backward()
+                total += float(opt.step(lambda xb=xb, yb=yb: F.cross_entropy(model(xb), yb), loss=loss))
         alt.end_epoch(total / 4)
         losses.append(total / 4)
     assert threshold_layers(model)[0][1].mode == "instance"

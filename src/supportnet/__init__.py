@@ -23,6 +23,7 @@ __version__ = "0.2.0"
 # ``import supportnet`` and the command line's cheap commands (``supportnet models``,
 # ``--version``, ``--help``) do not pay for importing torch (about 1-2 s).
 _EXPORTS = {
+    "tune_allocator": "allocator",
     "BAlternation": "alternation",
     "EpochEvent": "alternation",
     "IAlternation": "alternation",
@@ -83,6 +84,7 @@ _SUBMODULES = frozenset(
 )
 
 if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_docs.py holds them equal)
+    from .allocator import tune_allocator  # noqa: F401
     from .alternation import BAlternation, EpochEvent, IAlternation, Schedule, alternation  # noqa: F401
     from .config import Config, load_config  # noqa: F401
     from .convert import ConversionReport, conversion_report, convert  # noqa: F401

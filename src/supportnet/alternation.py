@@ -58,7 +58,6 @@ import torch
 from torch import nn
 
 from . import faults, kernels
-from .allocator import tune_allocator
 from .bits import PackedMasks, _popcount, fits_on_device, pack_masks
 from .choices import METHODS
 from .config import METHOD_DEFAULTS, SupportConfig, eval_batch_for
@@ -162,9 +161,16 @@ class Schedule:
 
         ``index``: the batch's example indices in the training set (I-alternation, stored
         back end); ``x``: the batch itself (I-alternation, snapshot back end). In a warm-up
-        epoch, and for SGD and B-alternation, the step needs neither."""
+        epoch, and for SGD and B-alternation, the step needs neither. When the block exits,
+        errors included, the layers get back the modes and supports they had before it, so a
+        forward outside the block never runs under this batch's supports."""
+        saved = [(lay, lay.mode, lay.instance_mask, lay.given_batch_mask) for _, lay in threshold_layers(self.model)]
         self.before_step(x, index)
-        yield
+        try:
+            yield
+        finally:
+            for lay, mode, instance, given in saved:
+                lay.mode, lay.instance_mask, lay.given_batch_mask = mode, instance, given
 
     def penalty(self) -> torch.Tensor | float:
         """The support-consistency penalty of the last forward pass, to add to its loss
@@ -614,6 +620,9 @@ def alternation(
 
     The same schedule drives :func:`supportnet.fit`; the loop in docs/own-loop.md gives the
     same weights as ``fit`` for the same seed and data order, bit for bit.
+
+    It leaves the process alone: unlike ``fit()`` and the command line, it does not tune the
+    C allocator; call :func:`supportnet.tune_allocator` once to opt in (docs/performance.md).
     """
     from .config import from_dict
 
@@ -626,5 +635,4 @@ def alternation(
             raise ConfigError("i-alt needs the training set (its supports are per example); pass train=...")
         train = Split(torch.zeros(0), torch.zeros(0, dtype=torch.long))
     run_dir = Path(run_dir) if run_dir is not None else None
-    tune_allocator()  # as fit() does (supportnet.allocator)
     return make_schedule(cfg, model, train, torch.device(device), run_dir, eval_batch_size)

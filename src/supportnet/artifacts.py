@@ -7,7 +7,8 @@ support held fixed. :func:`save_final` writes it where the training loop ends:
   one ``torch.save`` (:mod:`supportnet.checkpoint`). ``["state_dict"]`` loads, strictly,
   into the model built with ``nn.ReLU`` (a ``HardThreshold`` has no parameters or buffers);
   ``"taus"`` maps each threshold layer's name to its ``tau``; ``"arch"`` names the registry
-  model, its input shape, classes and options.
+  model, its input shape, classes and options, and ``user_model`` (the class) for a model
+  the caller passed to ``fit``.
 * ``model.safetensors`` beside it: the same tensors; ``arch``, ``taus`` and ``config`` as JSON
   and the SHA-256 of all of it in the safetensors metadata (written by a streaming writer
   here, so memory holds one copy of the model; read by the ``safetensors`` package).
@@ -34,15 +35,26 @@ from .layers import threshold_layers
 SAFETENSORS_FORMAT = "supportnet-safetensors-1"
 
 
-def arch_of(cfg, in_shape, num_classes: int) -> dict:
-    """How to build the model again: registry name, input shape, classes, options."""
+def arch_of(cfg, in_shape, num_classes: int, user_model: str | None = None) -> dict:
+    """How to build the model again: registry name, input shape, classes, options; and, for a
+    model the caller passed to ``fit(cfg, model=...)``, its class path (``user_model``): the
+    registry cannot build that one, so :func:`~supportnet.export.load_model` needs a skeleton."""
     c = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
-    return {
+    arch = {
         "name": c["model"]["name"],
         "in_shape": [int(s) for s in in_shape],
         "num_classes": int(num_classes),
         "kwargs": dict(c["model"].get("kwargs") or {}),
     }
+    if user_model is not None:
+        arch["user_model"] = user_model
+    return arch
+
+
+def class_path(model: nn.Module) -> str:
+    """``module.QualifiedName`` of ``model``'s class (what ``arch["user_model"]`` records)."""
+    cls = type(model)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def taus_of(model: nn.Module) -> dict[str, float]:
@@ -55,11 +67,15 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def save_final(out: str | Path, model: nn.Module, cfg, rows: list[dict], in_shape, num_classes: int) -> Path:
-    """Write ``out/final.pt`` and ``out/model.safetensors`` (see the module docstring)."""
+def save_final(
+    out: str | Path, model: nn.Module, cfg, rows: list[dict], in_shape, num_classes: int, user_model: bool = False
+) -> Path:
+    """Write ``out/final.pt`` and ``out/model.safetensors`` (see the module docstring).
+    ``user_model``: ``model`` is the caller's own, not the registry's ``cfg.model`` (recorded in ``arch``)."""
     out = Path(out)
     sd = plain_state_dict(model)
-    arch, taus, config = arch_of(cfg, in_shape, num_classes), taus_of(model), cfg.to_dict()
+    arch = arch_of(cfg, in_shape, num_classes, class_path(model) if user_model else None)
+    taus, config = taus_of(model), cfg.to_dict()
     path = save_checkpoint(
         out / "final.pt",
         {"state_dict": sd, "config": config, "metrics": rows, "taus": taus, "arch": arch},

@@ -112,10 +112,11 @@ def _sniff(path: Path) -> str:
     return "checkpoint"
 
 
-def read_model(path: str | Path, kinds: tuple[str, ...] = MODEL_KINDS) -> Loaded:
+def read_model(path: str | Path, kinds: tuple[str, ...] = MODEL_KINDS, model: nn.Module | None = None) -> Loaded:
     """Like :func:`load_model`, and also returns what describes the model (:class:`Loaded`).
 
-    ``kinds``: the checkpoint kinds accepted (a safetensors file counts as ``final``)."""
+    ``kinds``: the checkpoint kinds accepted (a safetensors file counts as ``final``);
+    ``model``: a skeleton to load the weights into (:func:`load_model`)."""
     path = _resolve(Path(path))
     what = _sniff(path)
     if what == "onnx":
@@ -125,16 +126,16 @@ def read_model(path: str | Path, kinds: tuple[str, ...] = MODEL_KINDS) -> Loaded
     if what == "safetensors":
         expect_kind(path, "final", kinds)
         tensors, info = read_safetensors(path)
-        return _rebuild(path, tensors, info, "safetensors")
+        return _rebuild(path, tensors, info, "safetensors", model)
     payload, kind, _ = read_checkpoint(path)
     expect_kind(path, kind, kinds)  # e.g. "X is a resume checkpoint, not a final model; ..."
-    loaded = _rebuild(path, payload["state_dict"], payload, kind)
+    loaded = _rebuild(path, payload["state_dict"], payload, kind, model)
     if kind == "sparse":
         loaded.extra = {"keep": payload["keep"], "units": payload["units"]}
     return loaded
 
 
-def load_model(path: str | Path) -> nn.Module:
+def load_model(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     """The model in ``path``, ready for ``eval``: ``tau`` restored, every layer in free mode.
 
     ``path``: a run folder (its ``final.pt``), ``final.pt``, ``model.safetensors``, an export
@@ -142,18 +143,41 @@ def load_model(path: str | Path) -> nn.Module:
     (``--compact``) or a DSD ``sparse.pt``. The model is built from the registry as the run
     built it (``arch``), so no data set is read, except for files written before ``arch``
     was recorded, whose data set gives the input shape.
+
+    ``model``: a skeleton to load the weights into instead (returned), e.g. for a run of
+    ``fit(cfg, model=my_model)``, whose ``arch`` records ``user_model`` (the class): the
+    registry cannot build a user's model, so such a file without a skeleton is a one-line
+    :class:`~supportnet.errors.ConfigError`. The skeleton is the model as it was trained,
+    converted: ``load_model(run, model=supportnet.convert(MyNet()))``.
     """
-    return read_model(path).model
+    return read_model(path, model=model).model
 
 
-def _rebuild(path: Path, sd: dict, info: dict, kind: str) -> Loaded:
-    """Build the model ``info["arch"]`` names, check ``sd`` fits it, load it and set the taus."""
+def _rebuild(path: Path, sd: dict, info: dict, kind: str, skeleton: nn.Module | None = None) -> Loaded:
+    """Build the model ``info["arch"]`` names (or take ``skeleton``), check ``sd`` fits it, load
+    it and set the taus."""
     config = info.get("config") or {}
     if not isinstance(config, dict):
         raise IntegrityError(f"{path}: its config is not a mapping; use another file")
     arch = info.get("arch") or _arch_from_data(path, config)
     _check_arch(path, arch)
     units = info.get("units") if kind != "sparse" else None  # a sparse checkpoint's units are pruned, not removed
+    if skeleton is not None:
+        _check_fits(path, arch, skeleton, sd, what=f"the {type(skeleton).__name__} passed as model")
+        taus, names = info.get("taus"), [n for n, _ in threshold_layers(skeleton)]
+        if isinstance(taus, dict) and sorted(map(str, taus)) != sorted(names):
+            raise ConfigError(
+                f"{path} has thresholds for {len(taus)} layer(s) and the {type(skeleton).__name__} passed as model "
+                f"has {len(names)} threshold layer(s) of other names; pass it converted as it was trained: "
+                f"model=supportnet.convert(YourModel(...))"
+            )
+        skeleton.load_state_dict(sd)
+        return _with_taus(path, skeleton, arch, info, config, kind, units)
+    if "user_model" in arch:
+        raise ConfigError(
+            f"{path} holds the weights of your own model ({arch['user_model']}), which supportnet cannot "
+            f"build; pass it to load into: load_model(path, model=supportnet.convert(YourModel(...)))"
+        )
 
     with on_meta():  # shapes first: a forged arch costs nothing before it is refused
         try:
@@ -170,6 +194,11 @@ def _rebuild(path: Path, sd: dict, info: dict, kind: str) -> Loaded:
     finally:
         torch.set_rng_state(torch_state)
     model.load_state_dict(sd)
+    return _with_taus(path, model, arch, info, config, kind, units)
+
+
+def _with_taus(path: Path, model: nn.Module, arch: dict, info: dict, config: dict, kind: str, units) -> Loaded:
+    """``model`` (its weights loaded) with the file's taus set, every layer free, in eval mode."""
     taus = info.get("taus")
     if taus is None:  # written before taus were recorded: the config's support.tau
         taus = _taus_from_config(model, config)
@@ -193,13 +222,18 @@ def _build(path: Path, arch: dict, units: Any) -> nn.Module:
     return _shrink(path, model, units) if units else model
 
 
-def _check_fits(path: Path, arch: dict, skeleton: nn.Module, sd: dict) -> None:
+def _check_fits(path: Path, arch: dict, skeleton: nn.Module, sd: dict, what: str | None = None) -> None:
     want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in sd.items()}
     if want == have:
         return
     bad = sorted(set(want) ^ set(have)) or sorted(k for k in want if want[k] != have[k])
     k = bad[0]
+    if what is not None:  # the caller's skeleton: the wrong model, not a damaged file
+        raise ConfigError(
+            f"{path} does not fit {what} ({k}: file {have.get(k, 'missing')}, model {want.get(k, 'missing')}); "
+            f"pass the model the run trained"
+        )
     raise IntegrityError(
         f"{path} does not fit the {arch['name']} it names ({k}: file {have.get(k, 'missing')}, "
         f"model {want.get(k, 'missing')}); use the file's own model options"
@@ -217,6 +251,7 @@ def _check_arch(path: Path, a: Any) -> None:
         and type(a.get("num_classes")) is int
         and 0 < a["num_classes"] <= 1 << 20
         and isinstance(a.get("kwargs"), dict)
+        and isinstance(a.get("user_model", ""), str)
     )
     if not ok:
         raise IntegrityError(f"{path}: its 'arch' (model, input shape, classes) is malformed; use another file")

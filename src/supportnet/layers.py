@@ -20,6 +20,12 @@ probe      as ``free``, and keeps per-unit batch statistics (``probe_stats``)
            from which a batch support is computed later, e.g. over all ranks
 =========  ==================================================================
 
+``model.eval()`` means free mode: a layer that is not in training mode runs ``instance`` and
+``batch`` as ``free`` (a fixed support belongs to the training step; validation sees the
+network). ``record``, ``binary`` and ``probe`` are explicit requests and run as the table says
+in either mode. :func:`gated_eval` is ``model.eval()`` with the supports kept (dropout off,
+supports on), for the evaluations that want both.
+
 How a fixed support ``m`` is applied is a second choice, ``apply``:
 
 * ``linear`` (Eq. 13, literal): ``z = m * q``. With every support fixed the
@@ -88,6 +94,8 @@ def _packed_instance(q: torch.Tensor, bits: LayerBits, penalty: bool):
     return None
 
 
+FREE_IN_EVAL = ("instance", "batch")  # the modes a layer not in training mode runs as free
+
 STAT_GROUP = 8  # examples summed together in float32 by unit_stats before the float64 sum
 
 
@@ -152,11 +160,20 @@ class HardThreshold(nn.Module):
 
     ``torch.jit.script``, ``torch.jit.trace`` and ``torch.export`` see the free mode only
     (``q * 1[q > tau]``): they are for the trained, exported network, where no support is fixed.
+
+    ``tau_in_state_dict``: keep ``tau`` in the module's ``state_dict`` (key ``<prefix>tau``, a
+    float64 scalar), so that ``torch.save(model.state_dict())`` of a ``tau > 0`` model loads
+    back with its thresholds; a strict load without the key is then an error. Off by default:
+    the state dict is the ReLU model's (parameters and buffers only), and loads strictly into it.
     """
 
-    def __init__(self, tau: float = 0.0, inplace: bool = False):
+    def __init__(self, tau: float = 0.0, inplace: bool = False, tau_in_state_dict: bool = False):
         super().__init__()
         self.tau = float(tau)
+        self.tau_in_state_dict = bool(tau_in_state_dict)
+        if tau_in_state_dict:
+            self.register_state_dict_post_hook(_save_tau)
+            self.register_load_state_dict_pre_hook(_load_tau)
         self.mode = "free"
         self.application = "gated"  # how a fixed support is applied: linear | gated (config: support.apply)
         self.rule = "energy-rel"
@@ -190,7 +207,8 @@ class HardThreshold(nn.Module):
             super().__setattr__(name, value)
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}, mode={self.mode}, apply={self.application}"
+        saved = ", tau_in_state_dict=True" if self.tau_in_state_dict else ""
+        return f"tau={self.tau}, mode={self.mode}, apply={self.application}{saved}"
 
     def reset_stats(self) -> None:
         """Zero the active-fraction and drift counters (:func:`collect_stats` reads them), in place:
@@ -276,6 +294,8 @@ class HardThreshold(nn.Module):
     @torch.jit.unused
     def _forward_mode(self, q: torch.Tensor) -> torch.Tensor:
         mode = self.mode
+        if not self.training and mode in FREE_IN_EVAL:
+            mode = "free"  # model.eval(): the fixed support is the training step's, not validation's
         if mode == "free" or mode == "record":
             out = self._record(q) if mode == "record" else self._free(q)
             if self.track:
@@ -285,7 +305,10 @@ class HardThreshold(nn.Module):
         if mode == "instance":
             m = self.instance_mask
             if m is None:
-                raise RuntimeError("HardThreshold in 'instance' mode has no mask; set instance_mask first")
+                raise RuntimeError(
+                    "HardThreshold in 'instance' mode has no mask; run the forward inside alt.step(idx, x), "
+                    "or call model.eval() for free mode"
+                )
             if m.shape != q.shape:
                 raise RuntimeError(f"instance mask shape {tuple(m.shape)} does not match activations {tuple(q.shape)}")
             if self.application == "gated" and self.tau >= 0 and isinstance(m, LayerBits):
@@ -340,6 +363,21 @@ class HardThreshold(nn.Module):
                     self._count((q > self.tau).sum(), q.numel(), 0, 0)
             return out
         raise ConfigError(f"unknown HardThreshold mode {mode!r}; use one of {', '.join(MODES)}")
+
+
+TAU_KEY = "tau"  # a HardThreshold(tau_in_state_dict=True)'s key in its state dict
+
+
+def _save_tau(module: HardThreshold, state_dict: dict, prefix: str, _meta) -> None:
+    state_dict[prefix + TAU_KEY] = torch.tensor(module.tau, dtype=torch.float64)
+
+
+def _load_tau(module: HardThreshold, state_dict: dict, prefix: str, _meta, strict, missing, _unexpected, _errs) -> None:
+    value = state_dict.pop(prefix + TAU_KEY, None)  # (a copy of the caller's dict: load_state_dict makes one)
+    if value is not None:
+        module.tau = float(value)
+    elif strict:
+        missing.append(prefix + TAU_KEY)
 
 
 def threshold_layers(model: nn.Module) -> list[tuple[str, HardThreshold]]:
@@ -431,6 +469,22 @@ def layer_mode(model: nn.Module, mode: str, layers=None) -> Iterator[None]:
     finally:
         for (_, lay), (m, t) in zip(layers, saved):
             lay.mode, lay.track = m, t
+
+
+@contextmanager
+def gated_eval(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` with every threshold layer left in training mode, so the supports set on
+    the layers (``instance``, ``batch``) still apply while dropout is off and batch norm uses its
+    running statistics. Restores every module's training flag when the block exits."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    for _, lay in threshold_layers(model):
+        lay.training = True
+    try:
+        yield
+    finally:
+        for m, t in flags:
+            m.training = t
 
 
 def set_instance_masks(model: nn.Module, masks) -> None:

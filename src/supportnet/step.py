@@ -10,8 +10,8 @@ other layer mode.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
@@ -23,9 +23,20 @@ from .data import Split, batches
 from .data.adapters import as_split
 from .distributed import all_reduce_sum, world_size
 from .guard import DivergenceGuard
-from .layers import layer_mode, support_penalty
+from .layers import FREE_IN_EVAL, gated_eval, layer_mode, support_penalty
 
 __all__ = ["evaluate", "train_step"]
+
+
+@contextmanager
+def _eval(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` for the block; the training flag restored after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -41,22 +52,18 @@ def evaluate(
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     batch_size = eval_batch_for(batch_size, device)
-    was_training = model.training
-    model.eval()
     total_loss, correct, n = 0.0, 0, 0
     world = world_size()
     if world > 1:  # each rank evaluates its share; the sums are all-reduced below
         split = split.take(torch.arange(dist.get_rank(), len(split), world))
-    try:
-        with layer_mode(model, mode):
-            for x, y, _ in batches(split, batch_size):
-                x, y = x.to(device), y.to(device)
-                out = model(x)
-                total_loss += F.cross_entropy(out, y, reduction="sum").item()
-                correct += (out.argmax(1) == y).sum().item()
-                n += y.numel()
-    finally:
-        model.train(was_training)
+    # eval mode (dropout off); a support mode keeps the threshold layers training, since eval means free
+    with gated_eval(model) if mode in FREE_IN_EVAL else _eval(model), layer_mode(model, mode):
+        for x, y, _ in batches(split, batch_size):
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            total_loss += F.cross_entropy(out, y, reduction="sum").item()
+            correct += (out.argmax(1) == y).sum().item()
+            n += y.numel()
     if world > 1:
         sums = all_reduce_sum(torch.tensor([total_loss, float(correct), float(n)], dtype=torch.float64, device=device))
         total_loss, correct, n = sums[0].item(), int(sums[1].item()), int(sums[2].item())

@@ -163,6 +163,7 @@ class Run:
     eval_at: set = field(default_factory=set)  # steps within an epoch after which the trace evaluates
     epoch_t0: float = 0.0
     last_lr: float = 0.0
+    user_model: bool = False  # the caller passed the model (fit(cfg, model=...)): arch records its class
 
     @property
     def main(self) -> bool:
@@ -250,6 +251,7 @@ def start_run(
     info = distributed.setup(t.device)
     distributed.check_batch(t.batch_size, info)
     device = torch.device(f"cuda:{info.local_rank}" if info.active and t.device.startswith("cuda") else t.device)
+    user_model = model is not None
     data, model = _data_and_model(cfg, data, model, device)
     out = Path(cfg.out) if cfg.out else _default_out(cfg)
     if info.is_main:  # the folder is this run's (locked) until fit returns
@@ -278,6 +280,7 @@ def start_run(
         [name for name, _ in layers], _eval_train(data, t.train_eval_size),
     )  # fmt: skip
     run.eval_at = _mid_epoch_evals(run)
+    run.user_model = user_model
     if rs is not None:
         restore(run, rs, strict)
     run.loggers = Loggers(["csv", *t.loggers], out if info.is_main else None, rs["step"] if rs else None)
@@ -552,7 +555,8 @@ def finish_run(run: Run) -> Path:
     """The final artefacts (weights, summary, curves), written by rank 0; returns the run folder."""
     if run.main:
         cfg, rows, model = run.cfg, run.state.rows, run.model
-        save_final(run.out, model, cfg, rows, run.data.in_shape, run.data.num_classes)  # final.pt, model.safetensors
+        # final.pt, model.safetensors
+        save_final(run.out, model, cfg, rows, run.data.in_shape, run.data.num_classes, run.user_model)
         last = rows[-1]
         summary = {"method": cfg.support.method, "model": cfg.model.name, "data": cfg.data.name,
                    "params": count_params(model), "test_acc": last["test_acc"], "test_loss": last["test_loss"],
@@ -579,10 +583,19 @@ def fit(
 ) -> Path:
     """Train as ``cfg`` says and return the run folder (see the module docstring).
 
+    ``fit`` is the paper's loop: the objective is the cross-entropy (``train.label_smoothing``)
+    plus the support-consistency penalty, and the weights take the optimizer
+    ``train.optimizer`` names (``sgd``, ``adamw``, ``kfac``, ``soap``: :mod:`supportnet.optim`)
+    under the config's learning-rate schedule. Any other loss or optimizer: the own loop
+    (docs/own-loop.md) is the general one; it drives the same schedules, and with the same
+    seed, data order and SGD gives ``fit``'s weights bit for bit.
+
     ``data``: a loaded :class:`~supportnet.data.DataBundle` (default: the one ``cfg.data``
     names); or ``train`` and ``test``: any map-style ``torch.utils.data.Dataset`` of
     ``(x, y)`` (an adapter attaches the example indices I-alternation needs; a data set with
-    random transforms takes the snapshot back end). ``model``: default, ``cfg.model``.
+    random transforms takes the snapshot back end). ``model``: default, ``cfg.model``; a model
+    of your own is recorded as such in the run (``arch["user_model"]``), and
+    ``load_model(run, model=skeleton)`` reads it back.
     ``step_hook(model, optimizer)``, if given, runs once before training and after every
     optimizer step (DSD uses it to hold pruned weights at zero).
     ``resume``: a run folder; training continues from its ``checkpoint.pt`` (which may

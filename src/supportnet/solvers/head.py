@@ -26,6 +26,7 @@ tends to 0); the solve then stops at ``max_iter`` with ``converged=False``.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
@@ -34,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import Split
 from ..errors import ConfigError
+from ..layers import gated_eval
 
 METHODS = ("auto", "newton", "lbfgs")
 
@@ -92,25 +94,24 @@ def head_features(
     max_examples: int | None = None,
 ):
     """The inputs of ``layer`` (default :func:`last_linear`) over ``data``: ``(phi (N, D), y (N,),
-    forward_batches)``, ``phi`` in float64 on the model's device. ``eval_mode``: dropout off."""
+    forward_batches)``, ``phi`` in float64 on the model's device, with the threshold layers in
+    the modes the caller set. ``eval_mode``: the rest in eval mode (dropout off)."""
     layer = layer if layer is not None else last_linear(model)
     device = layer.weight.device
     feats, labels, n, batches = [], [], 0, 0
     handle = layer.register_forward_hook(
         lambda _m, inp, _o: feats.append(inp[0].detach().reshape(-1, inp[0].shape[-1]))
     )
-    was_training = model.training
-    model.train(not eval_mode and was_training)
-    try:
-        for x, y in _chunks(data, batch_size):
-            if max_examples is not None and n >= max_examples:
-                break
-            model(x.to(device))
-            labels.append(y.to(device))
-            n, batches = n + len(y), batches + 1
+    try:  # eval mode means free mode: gated_eval keeps the modes the caller set, with dropout off
+        with gated_eval(model) if eval_mode else nullcontext():
+            for x, y in _chunks(data, batch_size):
+                if max_examples is not None and n >= max_examples:
+                    break
+                model(x.to(device))
+                labels.append(y.to(device))
+                n, batches = n + len(y), batches + 1
     finally:
         handle.remove()
-        model.train(was_training)
     if not feats:
         raise ConfigError("solve_head: the data is empty, or the model never called the layer; check data and layer")
     phi, y = torch.cat(feats).double(), torch.cat(labels).long()

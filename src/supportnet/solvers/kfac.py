@@ -198,6 +198,8 @@ class KFAC(torch.optim.Optimizer):
         loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward()
         opt.step(lambda: F.cross_entropy(model(x), y), loss=loss)
 
+    Under a schedule the whole step goes inside ``with alt.step(idx, x):``: the closure's
+    passes need the batch's supports, which the block gives back when it exits.
     ``loss`` (optional) is ``f(w)`` for the search, saving a forward; it must come from the same
     batch, support and penalty terms as the closure. ``param_groups[i]["lr"]`` may be rescaled by
     the loop. ``state_dict()`` holds the factors, inverses, momentum and counters (a resume is

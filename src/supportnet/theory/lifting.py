@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import HardThreshold, configure, record_masks, set_instance_masks
+from ..layers import HardThreshold, configure, gated_eval, record_masks, set_instance_masks
 
 SUPPORTED = (nn.Linear, nn.Conv2d, HardThreshold, nn.Flatten, nn.Identity)
 
@@ -129,7 +129,7 @@ def check_lifting(model: nn.Module, x: torch.Tensor) -> float:
     masks = record_masks(model, x)
     configure(model, apply="linear")
     set_instance_masks(model, masks)
-    with torch.no_grad():
+    with torch.no_grad(), gated_eval(model):  # eval mode is free mode: keep the supports for the reference
         ref = model(x)
     configure(model, mode="free")
     v = lifted_v(model)
