@@ -60,13 +60,12 @@ def save_final(out: str | Path, model: nn.Module, cfg, rows: list[dict], in_shap
     out = Path(out)
     sd = plain_state_dict(model)
     arch, taus, config = arch_of(cfg, in_shape, num_classes), taus_of(model), cfg.to_dict()
-    path = save_checkpoint(
+    write_safetensors(out / "model.safetensors", sd, {"arch": arch, "taus": taus, "config": config})
+    return save_checkpoint(
         out / "final.pt",
         {"state_dict": sd, "config": config, "metrics": rows, "taus": taus, "arch": arch},
         kind="final",
     )
-    write_safetensors(out / "model.safetensors", sd, {"arch": arch, "taus": taus, "config": config})
-    return path
 
 
 # ----------------------------------------------------------------------------- safetensors

@@ -224,27 +224,30 @@ def _resume_config(a, sets: list, name: str, writer: str):
     return run, load_config(run / name, [("quiet", True)] if a.quiet else [])
 
 
-def cmd_train(a) -> int:
+def _train_config(a):
+    """The config of ``supportnet train`` and the run it resumes (None: a new run), each
+    checked once here; what is passed down is typed."""
     from .config import load_config
-    from .runfolder import check_run_folder
-    from .train import finished_note, fit
+    from .errors import ConfigError
+    from .train import open_resume
 
+    sets = _shortcuts(a) + a.overrides
     if a.resume:
-        run, cfg = _resume_config(a, _shortcuts(a) + a.overrides, "config.yaml", "supportnet train")
-        if note := finished_note(run, cfg):  # a finished run is read-only: said, nothing written
-            print(f"supportnet: {note}")
-            return 0
-        out = fit(cfg, resume=run, strict=a.strict)
-        print(f"run folder: {out}")
-        return 0
+        run, cfg = _resume_config(a, sets, "config.yaml", "supportnet train")
+        return cfg, open_resume(run, cfg)
     if a.strict:
-        from .errors import ConfigError
-
         raise ConfigError("--strict only applies with --resume RUN_DIR; drop --strict or add --resume")
-    cfg = load_config(a.config, _shortcuts(a) + a.overrides)
-    if cfg.out:  # refuse a taken or impossible folder now, before the data is loaded
-        check_run_folder(cfg.out, overwrite=a.overwrite)
-    out = fit(cfg, overwrite=a.overwrite)
+    return load_config(a.config, sets), None
+
+
+def cmd_train(a) -> int:
+    from .train import fit
+
+    cfg, resume = _train_config(a)
+    if resume is not None and resume.note:  # a finished run is read-only: said, nothing written
+        print(f"supportnet: {resume.note}")
+        return 0
+    out = fit(cfg, resume=resume, strict=a.strict, overwrite=a.overwrite)
     print(f"run folder: {out}")
     return 0
 

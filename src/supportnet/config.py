@@ -493,6 +493,24 @@ def from_dict(data: dict | None) -> Config:
     return validate(_build(Config, data or {}, ""))
 
 
+def check_same_config(saved_dict: dict, cfg: Config, run: Path, fix: str) -> None:
+    """Refuse ``cfg`` unless it is the config ``run`` was started with, ``saved_dict`` (``out`` and
+    ``quiet`` aside, each side's method defaults resolved; ``fix`` ends the one-line error)."""
+    saved = resolve_method_defaults(from_dict(saved_dict)).to_dict()
+    mine = resolve_method_defaults(cfg.copy()).to_dict()
+    for d in (saved, mine):
+        d.pop("out", None), d.pop("quiet", None)
+    if saved != mine:
+        diff = sorted(
+            f"{s}.{k}"
+            for s in saved
+            if isinstance(saved[s], dict)
+            for k in saved[s]
+            if saved[s][k] != mine.get(s, {}).get(k)
+        )
+        raise ConfigError(f"the config differs from the one {run} was started with ({', '.join(diff[:4])}); {fix}")
+
+
 #: Bounds on a YAML text (a config file, a ``--set`` value, a method spec): a config is a few
 #: dozen keys, so these refuse only inputs built to hang or exhaust the loader.
 MAX_CONFIG_BYTES = 1 << 20
