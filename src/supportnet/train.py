@@ -213,13 +213,10 @@ def start_run(
     strict: bool = False,
     overwrite: bool = False,
 ) -> Run:
-    """Set a run up: the config checked and resolved, the process group, the data and the
-    (seeded) model on the device, the optimizer, schedule and divergence guard, the DDP /
-    compiled wrappers, the run folder, and, with ``resume`` (:func:`open_resume`), everything
-    the checkpoint holds. The run folder is refused early (taken or impossible: checked
-    without writing) and claimed (locked; another run's folder refused unless ``overwrite``)
-    only after the config, the data, the model and the schedule have been checked
-    (:mod:`supportnet.runfolder`)."""
+    """Set a run up, every check first: the config checked and resolved, a taken run folder
+    refused (nothing written), the process group, the data and the seeded model on the device,
+    the optimizer, schedule, guard and DDP / compiled wrappers, then the folder claimed (locked:
+    :mod:`supportnet.runfolder`) and, with ``resume`` (:func:`open_resume`), the checkpoint restored."""
     check_config_runs(cfg, data, step_hook)
     if resume is not None:
         cfg.out = str(resume.folder)
@@ -342,7 +339,8 @@ def _steps(run: Run, epoch: int, ep: _Epoch, penalised: bool, graphed: cuda_grap
         x, y, idx = _prepare(run, key, x, y, idx)
         track = st.step % t.stats_every == 0  # sample the active fraction and drift every stats_every steps
         if track != ep.tracking:  # (set on the layers only when it changes: a walk of the model per call)
-            configure(run.model, track=track, strict=False)
+            for _, layer in threshold_layers(run.model):
+                layer.track = track
             ep.tracking = track
         ep.lr = t.lr * lr_at(run.cfg, st.step, run.steps_per_epoch) * run.sched.lr_factor
         cuda_graphs.set_lr(run.opt, ep.lr)
