@@ -105,3 +105,25 @@ def test_unquoted_off_and_no_read_as_the_off_choice(tmp_path):
     assert "choose one of: off, round, epoch" in str(
         pytest.raises(ConfigError, load_config, None, ["head.solve=yes"]).value
     )
+
+
+def test_every_field_with_a_list_of_choices_refuses_a_value_outside_it():
+    """The choices sit beside their fields (``_one_of``); validate checks each of them, and every
+    list of choices is one of supportnet.choices' (or METHODS)."""
+    import dataclasses
+
+    from supportnet import choices
+
+    lists = {v for k, v in vars(choices).items() if k.isupper() and isinstance(v, tuple)}
+    checked = []
+    for sec in dataclasses.fields(Config):
+        part = getattr(Config(), sec.name)
+        for f in dataclasses.fields(part) if dataclasses.is_dataclass(part) else ():
+            if "choices" in f.metadata:
+                assert f.metadata["choices"] in lists, f"{sec.name}.{f.name}"
+                assert getattr(part, f.name) in f.metadata["choices"], f"{sec.name}.{f.name}: its default"
+                with pytest.raises(ConfigError, match=rf"unknown {sec.name}\.{f.name} 'bogus'; choose one of"):
+                    from_dict({sec.name: {f.name: "bogus"}})
+                checked.append(f"{sec.name}.{f.name}")
+    assert {"train.schedule", "support.method", "data.preprocess", "dsd.prune", "head.solve"} <= set(checked)
+    assert len(checked) == 14, checked

@@ -72,3 +72,24 @@ def test_dsd_resume_of_a_finished_run_writes_nothing(tmp_path, caplog):
         dsd(_cfg(tmp_path / "d", *sets, ("dsd.sparsity", 0.5)), tmp_path / "d", resume=True)
     after = {k: v for k, v in snapshot(tmp_path / "d").items() if not k.endswith(".supportnet.lock")}
     assert after == before
+
+
+def test_open_resume_reads_a_run_once_and_fit_takes_what_it_read(tmp_path):
+    """``open_resume``: a finished run gives its one line and no state; an unfinished one its
+    checkpoint; another config is refused. ``fit`` takes the :class:`Resume` as it is (what the
+    command line passes), reading nothing again."""
+    from supportnet.train import Resume, fit, open_resume
+
+    run = fit(_cfg(tmp_path / "run"))
+    done = open_resume(run, _cfg(run))
+    assert done.folder == run and done.state is None and "has already finished (1 epoch)" in done.note
+    with pytest.raises(ConfigError, match=r"differs .*\(train\.lr\); a finished run is not changed"):
+        open_resume(run, _cfg(run, ("train.lr", 0.5)))
+    (run / "summary.json").unlink()
+    again = open_resume(run, _cfg(run))
+    assert again.note is None and again.state["epoch"] == 1 and again.state["format"] >= 1
+    with pytest.raises(ConfigError, match=r"differs .*\(train\.lr\); resume with the run's own config\.yaml"):
+        open_resume(run, _cfg(run, ("train.lr", 0.5)))
+    (run / "checkpoint.pt").rename(run / "elsewhere.pt")  # fit must not read the folder again
+    assert fit(_cfg(run), resume=Resume(run, state=again.state)) == run
+    assert json.loads((run / "summary.json").read_text())["test_acc"] >= 0

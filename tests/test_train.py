@@ -196,3 +196,15 @@ def test_trace_train_loss_adds_the_free_mode_train_loss_to_every_trace_point(syn
     assert [p["train_loss"] for p in s["trace"] if p["epoch"] in (1.0, 2.0)] == [c["train_loss"] for c in s["curve"]]
     off = fit(_cfg(tmp_path / "off", "train.evals_per_epoch=2", "train.train_eval_size=100"), data=synthetic)
     assert not any("train_loss" in p for p in json.loads((off / "summary.json").read_text())["trace"])
+
+
+def test_fit_refuses_a_taken_run_folder_before_it_loads_the_data(tmp_path):
+    """The folder is checked first (without writing), so a taken one is refused before the data
+    is read: here the data set cannot be found, and the folder's refusal is what is said."""
+    from supportnet.runfolder import RunFolderError
+
+    (tmp_path / "notes.txt").write_text("mine")
+    cfg = load_config(None, [f"out={tmp_path}", "quiet=true", f"data.data_dir={tmp_path / 'nowhere'}"])
+    with pytest.raises(RunFolderError, match=r"already holds files \(notes\.txt\)"):
+        fit(cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

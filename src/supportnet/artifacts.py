@@ -76,13 +76,12 @@ def save_final(
     sd = plain_state_dict(model)
     arch = arch_of(cfg, in_shape, num_classes, class_path(model) if user_model else None)
     taus, config = taus_of(model), cfg.to_dict()
-    path = save_checkpoint(
+    write_safetensors(out / "model.safetensors", sd, {"arch": arch, "taus": taus, "config": config})
+    return save_checkpoint(
         out / "final.pt",
         {"state_dict": sd, "config": config, "metrics": rows, "taus": taus, "arch": arch},
         kind="final",
     )
-    write_safetensors(out / "model.safetensors", sd, {"arch": arch, "taus": taus, "config": config})
-    return path
 
 
 # ----------------------------------------------------------------------------- safetensors

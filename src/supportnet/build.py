@@ -88,3 +88,19 @@ def to_device(data: DataBundle, device: torch.device) -> DataBundle:
     """The bundle's tensor splits moved to ``device`` (train.loader=device)."""
     move = lambda s: None if s is None else Split(s.x.to(device), s.y.to(device))
     return dataclasses.replace(data, train=move(data.train), test=move(data.test), val=move(data.val))
+
+
+def build_on(cfg: Config, device: torch.device, data: DataBundle | None = None, model: nn.Module | None = None):
+    """fit()'s data and model on ``device``: each built as ``cfg`` says where not given, the
+    training RNG seeded, the model in ``train.channels_last`` memory format, and with
+    ``train.loader=device`` the whole data set on the device (batches are gathers, no host copies)."""
+    if model is None:
+        data, model = build(cfg, data)
+    elif data is None:
+        data, _ = build(cfg)
+    assert data is not None
+    seed_everything(cfg.train.seed)
+    model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
+    if cfg.train.loader == "device":
+        data = to_device(data, device)
+    return data, model

@@ -113,67 +113,76 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _training_command(sub, name: str, func, help: str, config: str, add_own) -> None:
+    """A command that trains from a config: ``--config`` (``config``: its help), ``--model``
+    and ``--data``, the command's own options (``add_own(parser)``), then the options every
+    training command shares (:func:`_add_common`, ``--overwrite``)."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--config", help=config)
+    p.add_argument("--model", help="model name (supportnet models)")
+    p.add_argument("--data", help="data set name (supportnet data list)")
+    add_own(p)
+    _add_common(p)
+    _add_overwrite(p)
+    p.set_defaults(func=func)
+
+
 def _add_train(sub) -> None:
-    t = sub.add_parser("train", help="train one model (defaults: convnet-s on Fashion-MNIST, SGD)")
-    t.add_argument("--config", help="YAML config file (see configs/)")
-    t.add_argument("--method", help="support.method: sgd | b-alt | i-alt")
-    t.add_argument("--model", help="model name (supportnet models)")
-    t.add_argument("--data", help="data set name (supportnet data list)")
-    t.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its checkpoint (its own config.yaml; exact on CPU)",
-    )
-    t.add_argument(
-        "--strict",
-        action="store_true",
-        help="with --resume: stop on a damaged mask store instead of re-estimating the supports",
-    )
-    _add_common(t)
-    _add_overwrite(t)
-    t.set_defaults(func=cmd_train)
+    def own(t):
+        t.add_argument("--method", help="support.method: sgd | b-alt | i-alt")
+        t.add_argument(
+            "--resume",
+            metavar="RUN_DIR",
+            help="continue the run in RUN_DIR from its checkpoint (its own config.yaml; exact on CPU)",
+        )
+        t.add_argument(
+            "--strict",
+            action="store_true",
+            help="with --resume: stop on a damaged mask store instead of re-estimating the supports",
+        )
+
+    about = "train one model (defaults: convnet-s on Fashion-MNIST, SGD)"
+    _training_command(sub, "train", cmd_train, about, "YAML config file (see configs/)", own)
 
 
 def _add_compare(sub) -> None:
-    c = sub.add_parser("compare", help="train several methods from the same start; table and plot")
-    c.add_argument("--config", help="base YAML config")
-    c.add_argument("--data", help="data set name")
-    c.add_argument("--model", help="model name")
-    c.add_argument(
-        "--methods",
-        default="sgd,b-alt,i-alt",
-        help="comma-separated methods, e.g. sgd,b-alt,i-alt,i-alt[backend=stored]",
-    )
-    c.add_argument(
-        "--seeds",
-        help="several seeds, e.g. 0,1,2: run the convergence study (time-to-target, "
-        "mean ± std; see docs/results.md) instead of a single comparison",
-    )
-    c.add_argument("--lr-grid", help="study: learning rates tuned per method on a validation split, e.g. 0.02,0.05,0.1")
-    c.add_argument("--tune-epochs", type=int, help="study: epochs per tuning run (default: --epochs)")
-    c.add_argument("--tune-val", type=int, default=5000, help="study: validation hold-out for tuning (default 5000)")
-    c.add_argument(
-        "--targets",
-        default="",
-        help="study: fixed target accuracies, e.g. 0.88,0.90,0.91 "
-        "(SGD's final accuracy - 0.2 points is always a target)",
-    )
-    c.add_argument("--jobs", type=int, default=1, help="study: runs in parallel processes (default 1)")
-    _add_common(c)
-    _add_overwrite(c)
-    c.set_defaults(func=cmd_compare)
+    def own(c):
+        c.add_argument(
+            "--methods",
+            default="sgd,b-alt,i-alt",
+            help="comma-separated methods, e.g. sgd,b-alt,i-alt,i-alt[backend=stored]",
+        )
+        c.add_argument(
+            "--seeds",
+            help="several seeds, e.g. 0,1,2: run the convergence study (time-to-target, "
+            "mean ± std; see docs/results.md) instead of a single comparison",
+        )
+        c.add_argument(
+            "--lr-grid", help="study: learning rates tuned per method on a validation split, e.g. 0.02,0.05,0.1"
+        )
+        c.add_argument("--tune-epochs", type=int, help="study: epochs per tuning run (default: --epochs)")
+        c.add_argument(
+            "--tune-val", type=int, default=5000, help="study: validation hold-out for tuning (default 5000)"
+        )
+        c.add_argument(
+            "--targets",
+            default="",
+            help="study: fixed target accuracies, e.g. 0.88,0.90,0.91 "
+            "(SGD's final accuracy - 0.2 points is always a target)",
+        )
+        c.add_argument("--jobs", type=int, default=1, help="study: runs in parallel processes (default 1)")
+
+    about = "train several methods from the same start; table and plot"
+    _training_command(sub, "compare", cmd_compare, about, "base YAML config", own)
 
 
 def _add_dsd(sub) -> None:
-    ds = sub.add_parser("dsd", help="Dense-Sparse-Dense training with magnitude or support pruning (Table 8)")
-    ds.add_argument("--config", help="YAML config with a dsd: section (see configs/t8-*-dsd-*.yaml)")
-    ds.add_argument("--model", help="model name")
-    ds.add_argument("--data", help="data set name")
-    ds.add_argument("--prune", choices=PRUNE, help="dsd.prune")
-    ds.add_argument("--resume", metavar="OUT", help="continue the interrupted DSD run in OUT (its own config)")
-    _add_common(ds)
-    _add_overwrite(ds)
-    ds.set_defaults(func=cmd_dsd)
+    def own(ds):
+        ds.add_argument("--prune", choices=PRUNE, help="dsd.prune")
+        ds.add_argument("--resume", metavar="OUT", help="continue the interrupted DSD run in OUT (its own config)")
+
+    about = "Dense-Sparse-Dense training with magnitude or support pruning (Table 8)"
+    _training_command(sub, "dsd", cmd_dsd, about, "YAML config with a dsd: section (see configs/t8-*-dsd-*.yaml)", own)
 
 
 def _add_data(sub) -> None:
@@ -224,27 +233,30 @@ def _resume_config(a, sets: list, name: str, writer: str):
     return run, load_config(run / name, [("quiet", True)] if a.quiet else [])
 
 
-def cmd_train(a) -> int:
+def _train_config(a):
+    """The config of ``supportnet train`` and the run it resumes (None: a new run), each
+    checked once here; what is passed down is typed."""
     from .config import load_config
-    from .runfolder import check_run_folder
-    from .train import finished_note, fit
+    from .errors import ConfigError
+    from .train import open_resume
 
+    sets = _shortcuts(a) + a.overrides
     if a.resume:
-        run, cfg = _resume_config(a, _shortcuts(a) + a.overrides, "config.yaml", "supportnet train")
-        if note := finished_note(run, cfg):  # a finished run is read-only: said, nothing written
-            print(f"supportnet: {note}")
-            return 0
-        out = fit(cfg, resume=run, strict=a.strict)
-        print(f"run folder: {out}")
-        return 0
+        run, cfg = _resume_config(a, sets, "config.yaml", "supportnet train")
+        return cfg, open_resume(run, cfg)
     if a.strict:
-        from .errors import ConfigError
-
         raise ConfigError("--strict only applies with --resume RUN_DIR; drop --strict or add --resume")
-    cfg = load_config(a.config, _shortcuts(a) + a.overrides)
-    if cfg.out:  # refuse a taken or impossible folder now, before the data is loaded
-        check_run_folder(cfg.out, overwrite=a.overwrite)
-    out = fit(cfg, overwrite=a.overwrite)
+    return load_config(a.config, sets), None
+
+
+def cmd_train(a) -> int:
+    from .train import fit
+
+    cfg, resume = _train_config(a)
+    if resume is not None and resume.note:  # a finished run is read-only: said, nothing written
+        print(f"supportnet: {resume.note}")
+        return 0
+    out = fit(cfg, resume=resume, strict=a.strict, overwrite=a.overwrite)
     print(f"run folder: {out}")
     return 0
 

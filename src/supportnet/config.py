@@ -33,6 +33,12 @@ from .errors import ConfigError
 from .paths import check_input_file, read_utf8
 
 
+def _one_of(default: str, allowed: tuple[str, ...]):
+    """A config field that takes one of ``allowed`` (a list of :mod:`supportnet.choices`),
+    checked by :func:`validate`."""
+    return field(default=default, metadata={"choices": allowed})
+
+
 @dataclass
 class DataConfig:
     name: str = "fashion-mnist"  # registered data set (supportnet data list)
@@ -42,7 +48,8 @@ class DataConfig:
     val: int = 0  # seeded hold-out of N training examples for tuning (never the test set)
     pad: int = 0  # zero padding on each side (28x28 -> 32x32 with pad=2)
     normalize: bool = True  # per-channel mean/std from the training split
-    preprocess: str = "standard"  # standard (mean/std) | gcn-zca (ALL-CNN/NIN on CIFAR) | none
+    # standard (mean/std) | gcn-zca (ALL-CNN/NIN on CIFAR) | none
+    preprocess: str = _one_of("standard", choices.PREPROCESS)
     augment: bool = False  # random crop (4-pixel padding) + horizontal flip, batched
     image_size: int | None = None  # imagefolder: resize every image to this square size
     extra: bool = False  # svhn: add extra_32x32.mat to the training split
@@ -63,9 +70,11 @@ class TrainConfig:
     lr: float = 0.05  # peak learning rate
     momentum: float = 0.9  # heavy-ball (or Nesterov) momentum of sgd and kfac; adamw and soap keep their own
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | step | constant | linear (to zero at the last step)
+    # cosine | step | constant | linear (to zero at the last step)
+    schedule: str = _one_of("cosine", choices.LR_SCHEDULES)
     lr_warmup: float = 0.0  # epochs of linear learning-rate warm-up from 0 (then the schedule)
-    optimizer: str = "sgd"  # sgd | adamw | kfac (the kfac section) | soap (heavyball); supportnet.optim
+    # sgd | adamw | kfac (the kfac section) | soap (heavyball); supportnet.optim
+    optimizer: str = _one_of("sgd", choices.OPTIMIZERS)
     nesterov: bool = False  # sgd: Nesterov momentum
     label_smoothing: float = 0.0  # of the training cross-entropy (evaluation stays the plain one)
     milestones: list = field(default_factory=list)  # epochs at which 'step' multiplies lr by gamma
@@ -84,18 +93,19 @@ class TrainConfig:
     log_every: int = 20  # optimizer steps between step scalars (loss, lr, active fraction) for jsonl/tensorboard
     trace_train_loss: bool = False  # also put the free-mode train loss/accuracy (train_eval_size examples) in the trace
     # GPU fast path (docs/performance.md); all off by default
-    amp: str = "off"  # off | bf16 (autocast of the forward pass and loss)
+    amp: str = _one_of("off", choices.AMP)  # off | bf16 (autocast of the forward pass and loss)
     channels_last: bool = False  # NHWC memory format for model and inputs
     compile: bool = False  # torch.compile the model
-    loader: str = "host"  # host | device (whole data set resident on the device; augmentation as tensor ops there)
+    # host | device (whole data set resident on the device; augmentation as tensor ops there)
+    loader: str = _one_of("host", choices.LOADERS)
     cuda_graphs: bool = False  # capture fit()'s step in a CUDA graph (supportnet.cuda_graphs); not timed on a GPU yet
 
 
 @dataclass
 class SupportConfig:
-    method: str = "sgd"  # sgd | b-alt | i-alt
-    apply: str = "gated"  # linear (z = m*q, Eq. 13) | gated (z = m*relu_tau(q))
-    rule: str = "energy-rel"  # batch rule: energy (Eq. 41) | energy-rel | vote
+    method: str = _one_of("sgd", METHODS)  # sgd | b-alt | i-alt
+    apply: str = _one_of("gated", choices.APPLY)  # linear (z = m*q, Eq. 13) | gated (z = m*relu_tau(q))
+    rule: str = _one_of("energy-rel", choices.RULES)  # batch rule: energy (Eq. 41) | energy-rel | vote
     tau: Any = 0.0  # threshold, one value or one per layer
     beta: float = 0.1  # Eq. 41's beta (for energy-rel, in units of the layer's mean energy)
     warmup: int = 1  # epochs of free SGD before alternation starts
@@ -103,12 +113,14 @@ class SupportConfig:
     max_gap: int = 1  # i-alt: most epochs between support re-estimations (1: every epoch, the measured default)
     plateau_tol: float = 0.05  # i-alt: relative drop of the training loss below which it has plateaued
     patience: int = 1  # i-alt: epochs below plateau_tol before re-estimating
-    backend: str = "snapshot"  # i-alt supports: stored (bit-packed MaskStore) | snapshot (frozen weights)
-    store: str = "memory"  # stored back end: memory | file (memory-mapped, in the run folder)
+    # i-alt supports: stored (bit-packed MaskStore) | snapshot (frozen weights)
+    backend: str = _one_of("snapshot", choices.BACKENDS)
+    store: str = _one_of("memory", choices.STORES)  # stored back end: memory | file (memory-mapped, in the run folder)
     lr_scale: float = 1.0  # learning-rate multiplier while a support is held fixed
-    sync: str = "local"  # b-alt batch support: local (this rank's examples, inside the training forward) |
+    # b-alt batch support: local (this rank's examples, inside the training forward) |
     # global-inline (the global batch, inside the training forward: one small collective per layer; the
     # global mode to use) | global (the global batch from a no-grad probe pass, one collective per step)
+    sync: str = _one_of("local", choices.SYNCS)
     probe: bool = False  # b-alt: estimate the batch support in a probe pass even when sync=local
     consistency: float | None = None  # penalty keeping pre-activations consistent with a fixed support;
     # None: the method's tuned default (METHOD_DEFAULTS)
@@ -122,7 +134,8 @@ class KFACConfig:
     update_every: int = 10  # steps between inverses of the factors
     factor_every: int = 1  # steps between factor updates
     ema: float = 0.05  # weight of a new batch in the factors' running averages
-    line_search: str = "armijo"  # armijo | interp | none: the step size, by extra forwards under the held support
+    # armijo | interp | none: the step size, by extra forwards under the held support
+    line_search: str = _one_of("armijo", choices.LINE_SEARCHES)
     ls_steps: int = 5  # most trial step sizes per step
     hold: bool = True  # hold a B-alternation batch support fixed across the line search's passes
 
@@ -131,7 +144,8 @@ class KFACConfig:
 class HeadConfig:
     """The exact solve of the classifier layer on the network's features (supportnet.solvers.solve_head)."""
 
-    solve: str = "off"  # off | round (at each support estimation) | epoch (at every epoch's start)
+    # off | round (at each support estimation) | epoch (at every epoch's start)
+    solve: str = _one_of("off", choices.HEAD_SOLVES)
     tol: float = 1e-6  # gradient norm at which the convex problem counts as solved
     max_iter: int = 50  # most Newton (or L-BFGS) iterations
     max_examples: int | None = None  # solve on the first N training examples (None: all)
@@ -144,7 +158,7 @@ class DSDConfig:
     dense_epochs: int = 3  # E_d: dense training (SGD)
     sparse_epochs: int = 2  # E_s: sparse retraining with the pruned weights held at zero
     redense_epochs: int = 1  # E_r: the pruned weights restart at zero and train again
-    prune: str = "support-b"  # magnitude (DSD's baseline) | support-b | support-i | channel-l2
+    prune: str = _one_of("support-b", choices.PRUNE)  # magnitude (DSD's baseline) | support-b | support-i | channel-l2
     sparsity: float = 0.3  # magnitude: fraction of each layer's weights pruned; channel-l2: of its units
     eps: float = 0.01  # support-*: a unit on in at most this fraction of batches / examples is pruned
     sparse_lr: float | None = None  # None: train.lr
@@ -208,24 +222,6 @@ def resolve_method_defaults(cfg: Config) -> Config:
             setattr(cfg.support, k, v)
     cfg.train.eval_batch_size = eval_batch_for(cfg.train.eval_batch_size, cfg.train.device)
     return cfg
-
-
-CHOICES = {
-    ("train", "schedule"): choices.LR_SCHEDULES,
-    ("support", "method"): METHODS,
-    ("data", "preprocess"): choices.PREPROCESS,
-    ("support", "apply"): choices.APPLY,
-    ("support", "rule"): choices.RULES,
-    ("support", "backend"): choices.BACKENDS,
-    ("support", "store"): choices.STORES,
-    ("support", "sync"): choices.SYNCS,
-    ("train", "amp"): choices.AMP,
-    ("dsd", "prune"): choices.PRUNE,
-    ("train", "loader"): choices.LOADERS,
-    ("train", "optimizer"): choices.OPTIMIZERS,
-    ("kfac", "line_search"): choices.LINE_SEARCHES,
-    ("head", "solve"): choices.HEAD_SOLVES,
-}
 
 
 def _type_name(tp) -> str:
@@ -306,7 +302,7 @@ def _unquoted_word(value: bool, key: str) -> str:
     """A string key given an unquoted YAML 1.1 boolean word (``head.solve: off`` reads as False):
     False is the key's ``off`` (or ``none``) choice where it has one; anything else is refused
     with one line that says why the text became a boolean and how to quote it."""
-    allowed = CHOICES.get(tuple(key.split(".", 1)), ())
+    allowed = choices_of(*key.split(".", 1)) if "." in key else ()
     for word in ("off", "none") if value is False else ("on",):
         if word in allowed:
             return word
@@ -500,12 +496,23 @@ def _check_optimizer(cfg: Config) -> None:
         )
 
 
+def choices_of(section: str, name: str) -> tuple[str, ...]:
+    """The choices of the field ``section.name`` (its ``_one_of`` metadata); () for a free field."""
+    part = next((f for f in dataclasses.fields(Config) if f.name == section), None)
+    if part is None or not isinstance(part.default_factory, type):
+        return ()
+    fld = next((f for f in dataclasses.fields(part.default_factory) if f.name == name), None)
+    return tuple(fld.metadata.get("choices", ())) if fld is not None else ()
+
+
 def validate(cfg: Config) -> Config:
     """Check choices, ranges (:data:`RANGES`) and the relations between keys; return ``cfg``."""
-    for (sec, key), allowed in CHOICES.items():
-        v = getattr(getattr(cfg, sec), key)
-        if v not in allowed:
-            raise ConfigError(f"unknown {sec}.{key} {_short(v)}; choose one of: {', '.join(allowed)}")
+    for sec in dataclasses.fields(cfg):
+        part = getattr(cfg, sec.name)
+        for f in dataclasses.fields(part) if dataclasses.is_dataclass(part) else ():
+            allowed, v = f.metadata.get("choices"), getattr(part, f.name)
+            if allowed is not None and v not in allowed:
+                raise ConfigError(f"unknown {sec.name}.{f.name} {_short(v)}; choose one of: {', '.join(allowed)}")
     if not _DEVICE.match(cfg.train.device):
         raise ConfigError(
             f"train.device must be {', '.join(choices.DEVICES)}, got {_short(cfg.train.device)}; e.g. train.device=cpu"
@@ -534,14 +541,24 @@ DOC_KEYS = ("train.optimizer", "train.nesterov", "train.momentum", "train.schedu
 
 
 def _field_comments(cls) -> dict[str, str]:
-    """Each field's ``# comment`` in the dataclass's source (the one description of a key)."""
-    lines = inspect.getsource(cls).splitlines()
-    return {m[1]: m[2].strip() for m in (re.match(r"^\s+(\w+):[^#]*#\s*(.+)$", ln) for ln in lines) if m}
+    """Each field's ``# comment`` in the dataclass's source (the one description of a key): on
+    the field's line, or on its own line just above the field."""
+    out, above = {}, None
+    for ln in inspect.getsource(cls).splitlines():
+        if m := re.match(r"^\s+#\s*(.+)$", ln):
+            above = m[1].strip()
+            continue
+        if m := re.match(r"^\s+(\w+):[^#=]*=[^#]*(?:#\s*(.+))?$", ln):
+            note = m[2] or above
+            if note:
+                out[m[1]] = note.strip()
+        above = None
+    return out
 
 
 def key_table(keys=DOC_KEYS) -> str:
     """A Markdown table of ``keys``: each key's default, its values (the one list of choices,
-    :data:`CHOICES`, or its range, :data:`RANGES`) and its comment in the dataclass."""
+    :func:`choices_of`, or its range, :data:`RANGES`) and its comment in the dataclass."""
     rows = ["| key | default | values | what |", "|---|---|---|---|"]
     cfg, hints = Config(), typing.get_type_hints(Config)
     for pattern in keys:
@@ -551,8 +568,8 @@ def key_table(keys=DOC_KEYS) -> str:
         notes, types = _field_comments(cls), typing.get_type_hints(cls)
         for n in names:
             default, key = getattr(getattr(cfg, sec), n), f"{sec}.{n}"
-            if (sec, n) in CHOICES:
-                values = ", ".join(f"`{c}`" for c in CHOICES[(sec, n)])
+            if choices_of(sec, n):
+                values = ", ".join(f"`{c}`" for c in choices_of(sec, n))
             elif key in RANGES:
                 values = RANGES[key].describe(types[n] is int or types[n] == int | None)
             else:
@@ -564,6 +581,24 @@ def key_table(keys=DOC_KEYS) -> str:
 
 def from_dict(data: dict | None) -> Config:
     return validate(_build(Config, data or {}, ""))
+
+
+def check_same_config(saved_dict: dict, cfg: Config, run: Path, fix: str) -> None:
+    """Refuse ``cfg`` unless it is the config ``run`` was started with, ``saved_dict`` (``out`` and
+    ``quiet`` aside, each side's method defaults resolved; ``fix`` ends the one-line error)."""
+    saved = resolve_method_defaults(from_dict(saved_dict)).to_dict()
+    mine = resolve_method_defaults(cfg.copy()).to_dict()
+    for d in (saved, mine):
+        d.pop("out", None), d.pop("quiet", None)
+    if saved != mine:
+        diff = sorted(
+            f"{s}.{k}"
+            for s in saved
+            if isinstance(saved[s], dict)
+            for k in saved[s]
+            if saved[s][k] != mine.get(s, {}).get(k)
+        )
+        raise ConfigError(f"the config differs from the one {run} was started with ({', '.join(diff[:4])}); {fix}")
 
 
 #: Bounds on a YAML text (a config file, a ``--set`` value, a method spec): a config is a few

@@ -154,6 +154,16 @@ def shard_order(order: torch.Tensor, info: DistInfo, n: int) -> torch.Tensor:
     return mine[: n // info.world]
 
 
+def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """The module the forward pass calls: ``model`` under DistributedDataParallel when a
+    process group is joined, else ``model`` itself."""
+    if not info.active:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP  # (its import is slow; torchrun only)
+
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def check_batch(batch_size: int, info: DistInfo) -> None:
     if info.active and batch_size % info.world:
         raise ConfigError(

@@ -56,7 +56,7 @@ from . import cuda_graphs
 from .artifacts import arch_of, plain_state_dict, taus_of
 from .build import build
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config
+from .config import Config, check_same_config
 from .data import batches, epoch_order
 from .errors import ConfigError
 from .export import export_model
@@ -65,7 +65,7 @@ from .layers import batch_support, configure
 from .models import count_params
 from .runfolder import claim_run_folder, releases_run_folders
 from .step import evaluate
-from .train import check_same_config, fit, is_finished
+from .train import fit, is_finished
 from .units import Pruning, Unit, compact, count_flops, find_units
 
 _log = logging.getLogger("supportnet")

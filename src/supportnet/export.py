@@ -4,14 +4,9 @@ A trained network is the paper's network with a fixed ``tau`` per threshold laye
 ``eta*(q; tau) = q if q > tau else 0``) and no support held fixed: the free mode. That is
 what leaves a run, in forms that need no supportnet to use:
 
-* ``final.pt``: ``{"state_dict", "config", "metrics", "taus", "arch", "supportnet"}``,
-  one ``torch.save`` (:mod:`supportnet.checkpoint`). ``["state_dict"]`` loads, strictly,
-  into the model built with ``nn.ReLU`` (a ``HardThreshold`` has no parameters or buffers);
-  ``"taus"`` maps each threshold layer's name to its ``tau``; ``"arch"`` names the registry
-  model, its input shape, classes and options.
-* ``model.safetensors`` beside it: the same tensors; ``arch``, ``taus`` and ``config`` as JSON
-  and the SHA-256 of all of it in the safetensors metadata (written by a streaming writer
-  here, so memory holds one copy of the model; read by the ``safetensors`` package).
+* ``final.pt`` and ``model.safetensors``, written where the training loop ends: their
+  contents are :mod:`supportnet.artifacts`' (one ``torch.save`` and the same tensors with
+  ``arch``, ``taus`` and ``config`` in the safetensors metadata).
 * ``supportnet export``: ``state_dict`` (a checkpoint of kind ``state_dict``, or
   ``compact`` with ``--compact``), ``safetensors``, ``torchscript`` and ``onnx``. The last two
   hold the network with every threshold layer replaced by plain PyTorch: ``nn.ReLU`` where

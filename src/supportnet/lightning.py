@@ -147,23 +147,15 @@ class SupportCallback(L.pytorch.Callback):
             layer.mode, layer.track = mode, track
         self._modes = []
 
-    def on_validation_start(self, trainer, pl_module) -> None:
+    def _free_hook(self, trainer, pl_module) -> None:
         self._free(pl_module)
 
-    def on_validation_end(self, trainer, pl_module) -> None:
+    def _restore_hook(self, trainer, pl_module) -> None:
         self._restore(pl_module)
 
-    def on_test_start(self, trainer, pl_module) -> None:
-        self._free(pl_module)
-
-    def on_test_end(self, trainer, pl_module) -> None:
-        self._restore(pl_module)
-
-    def on_predict_start(self, trainer, pl_module) -> None:
-        self._free(pl_module)
-
-    def on_predict_end(self, trainer, pl_module) -> None:
-        self._restore(pl_module)
+    # validation, test and prediction run in free mode; training's modes come back after
+    on_validation_start = on_test_start = on_predict_start = _free_hook
+    on_validation_end = on_test_end = on_predict_end = _restore_hook
 
     def state_dict(self) -> dict:
         return self.schedule.state_dict() if self.schedule is not None else {}

@@ -19,6 +19,8 @@ step (``train.lr`` times the schedule), and its state round-trips through ``stat
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -26,7 +28,25 @@ from ._optional import require
 from .config import Config
 from .solvers import KFAC
 
-__all__ = ["make_optimizer"]
+__all__ = ["make_optimizer", "lr_at"]
+
+
+def lr_at(cfg: Config, step: int, steps_per_epoch: int) -> float:
+    """Learning rate multiplier at optimizer step ``step``: a linear warm-up over
+    ``train.lr_warmup`` epochs (from 0), times the schedule (per-step cosine, step decay, or a
+    linear decay that reaches 0 at the run's last step)."""
+    t = cfg.train
+    total = max(1, t.epochs * steps_per_epoch)
+    warm = t.lr_warmup * steps_per_epoch
+    ramp = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+    if t.schedule == "cosine":
+        return ramp * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    if t.schedule == "step":
+        epoch = step // steps_per_epoch
+        return ramp * t.gamma ** sum(1 for m in t.milestones if epoch >= m)
+    if t.schedule == "linear":  # after the warm-up, down to 0 at the last step
+        return ramp * min(1.0, max(0.0, (total - step) / max(1.0, total - warm)))
+    return ramp
 
 
 def make_optimizer(model: nn.Module, cfg: Config, fused: bool = False) -> torch.optim.Optimizer:

@@ -29,6 +29,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SupportnetError
@@ -200,45 +201,47 @@ def _other_rank() -> bool:
     return os.environ.get("RANK", "0") not in ("", "0")
 
 
-def check_run_folder(
-    path: str | Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    reuse: Iterable[str] = (),
-    resumable: bool = True,
-    flag: str = "--out",
-) -> Path:
-    """What :func:`claim_run_folder` checks, without writing anything (to refuse early).
-    ``flag`` names the option the path came from in a message."""
-    path = check_output_dir(path, flag)
-    if path.is_dir() and not _other_rank():
-        _probe_lock(path)
-        if not resume and not overwrite:
-            names = _foreign(_entries(path), reuse)
-            if names:
-                raise RunFolderError(_taken_message(path, names, resumable))
-    return path
+@dataclass(frozen=True)
+class FolderUse:
+    """How a run uses its folder: the keyword arguments of :func:`check_run_folder` and
+    :func:`claim_run_folder`.
 
-
-def claim_run_folder(
-    path: str | Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    reuse: Iterable[str] = (),
-    resumable: bool = True,
-) -> RunFolder:
-    """Make ``path`` and own it for this run (module docstring); returns the held :class:`RunFolder`.
-
-    ``resume``: this run continues the one in ``path`` (its files are this run's).
+    ``resume``: this run continues the one in the folder (its files are this run's).
     ``overwrite``: a new run may replace another run's files (:data:`RUN_FILES` are removed).
     ``reuse``: glob patterns of entries a new run may find and reuse as its own (the finished
     sub-runs of an interrupted convergence study); anything else is another run's.
     ``resumable``: the refusal names ``--resume`` (train, dsd) or not (compare, theory).
     """
+
+    resume: bool = False
+    overwrite: bool = False
+    reuse: Iterable[str] = ()
+    resumable: bool = True
+
+    def taken(self, path: Path) -> list[str]:
+        """The entries of ``path`` that are another run's (none where this run may have them)."""
+        return [] if self.resume else _foreign(_entries(path), self.reuse)
+
+
+def check_run_folder(path: str | Path, *, flag: str = "--out", **use) -> Path:
+    """What :func:`claim_run_folder` checks, without writing anything (to refuse early); ``use``:
+    :class:`FolderUse`. ``flag`` names the option the path came from in a message."""
+    how = FolderUse(**use)
+    path = check_output_dir(path, flag)
+    if path.is_dir() and not _other_rank():
+        _probe_lock(path)
+        names = [] if how.overwrite else how.taken(path)
+        if names:
+            raise RunFolderError(_taken_message(path, names, how.resumable))
+    return path
+
+
+def claim_run_folder(path: str | Path, **use) -> RunFolder:
+    """Make ``path`` and own it for this run (module docstring); returns the held :class:`RunFolder`.
+    ``use``: :class:`FolderUse` (resume, overwrite, reuse, resumable)."""
     import fcntl
 
+    how = FolderUse(**use)
     path = check_output_dir(path)
     if _other_rank():  # torchrun: rank 0 claims and writes; the others hold nothing
         return RunFolder(path, None)
@@ -257,12 +260,11 @@ def claim_run_folder(
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
             log.warning("run folder %s: the file system does not support locks; not locked", path)
-        if not resume:  # checked under the lock: no other process can fill the folder meanwhile
-            names = _foreign(_entries(path), reuse)
-            if names and not overwrite:
-                raise RunFolderError(_taken_message(path, names, resumable))
-            if names:
-                _remove_run_files(path)
+        names = how.taken(path)  # checked under the lock: no other process can fill the folder meanwhile
+        if names and not how.overwrite:
+            raise RunFolderError(_taken_message(path, names, how.resumable))
+        if names:
+            _remove_run_files(path)
         _remove_stale_temporaries(path)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

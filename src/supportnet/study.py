@@ -756,6 +756,16 @@ def _mean_curve(by_seed: dict, key: str):
     return ep, [statistics.fmean(v) for v in vals], [statistics.pstdev(v) for v in vals]
 
 
+def _finish_panels(fig, axes, xlabel: str, title: str, footer: str | None, path: Path) -> None:
+    """A study figure's two panels: their x label and grid, the legend in the second, the title
+    (and ``footer`` under it); saved to ``path``."""
+    for ax in axes:
+        ax.set_xlabel(xlabel), ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(title + (f"\n{footer}" if footer else ""), fontsize=8)
+    _save(fig, path)
+
+
 @plot
 def plot_study_curves(s: dict, path: Path, footer: str | None = None) -> None:
     """Training objective and test error against epochs (mean over seeds, band = ±1 std)."""
@@ -784,15 +794,8 @@ def plot_study_curves(s: dict, path: Path, footer: str | None = None) -> None:
             a.set_ylim(0, 2.0 * max(lo))
             b.set_ylim(0, 2.5 * 100 * (1 - min(acc)))
     a.set_ylabel("training objective (under the method's support)"), b.set_ylabel("test error (%)")
-    for ax in (a, b):
-        ax.set_xlabel("epoch"), ax.grid(alpha=0.3)
-    b.legend(fontsize=7)
-    fig.suptitle(
-        f"{s['model']} on {s['data']}, seeds {s['seeds']}, mean ± std "
-        f"(dotted: support re-estimated)" + (f"\n{footer}" if footer else ""),
-        fontsize=8,
-    )
-    _save(fig, path)
+    title = f"{s['model']} on {s['data']}, seeds {s['seeds']}, mean ± std (dotted: support re-estimated)"
+    _finish_panels(fig, (a, b), "epoch", title, footer, path)
 
 
 @plot
@@ -867,12 +870,8 @@ def plot_trace_curves(s: dict, path: Path, footer: str | None = None) -> None:
     a.set_yscale("log")
     a.set_ylabel("free-mode training loss (train_eval_size subset)")
     b.set_ylabel(f"test error (%), running mean of {k} (faint: raw)")
-    for ax in (a, b):
-        ax.set_xlabel("iterations"), ax.grid(alpha=0.3)
-    b.legend(fontsize=7)
-    fig.suptitle(
+    title = (
         f"{s['model']} on {s['data']}, seeds {s['seeds']}, mean over seeds "
-        f"(dotted: support re-estimated; dashed: lr x{s.get('gamma', 0.1):g})" + (f"\n{footer}" if footer else ""),
-        fontsize=8,
+        f"(dotted: support re-estimated; dashed: lr x{s.get('gamma', 0.1):g})"
     )
-    _save(fig, path)
+    _finish_panels(fig, (a, b), "iterations", title, footer, path)

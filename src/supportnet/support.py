@@ -15,6 +15,8 @@ This module imports nothing of supportnet above :mod:`supportnet.errors` and
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .choices import RULES
@@ -29,28 +31,49 @@ def _factor(m: torch.Tensor) -> torch.Tensor:
     return m.view(torch.uint8) if m.dtype == torch.bool else m
 
 
-class _GatedBatch(torch.autograd.Function):
-    """``relu_tau(q) * m`` with ``m = rule(q, relu_tau(q))`` shared by the batch (``gated``, tau >= 0).
+def masked_node(name: str, doc: str, masked: Callable, grad: Callable) -> type[torch.autograd.Function]:
+    """An autograd node for ``(out, m) = masked(q, *args)``, an output masked by a support ``m``
+    (which has no gradient): it saves ``out`` only, and the gradient of ``q`` is
+    ``grad(g, out)``. The torch code's batch support here and the fused kernels' are both one."""
+
+    def forward(ctx, q, *args):
+        out, m = masked(q, *args)
+        ctx.save_for_backward(out)
+        ctx.mark_non_differentiable(m)
+        return out, m
+
+    def backward(ctx, g, _grad_m):
+        (out,) = ctx.saved_tensors
+        return (grad(g, out), *(None,) * (len(ctx.needs_input_grad) - 1))
+
+    body = {"__doc__": doc, "forward": staticmethod(forward), "backward": staticmethod(backward)}
+    return type(name, (torch.autograd.Function,), body)
+
+
+def _gate_by_batch(q: torch.Tensor, tau: float, rule) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.relu(q) if tau == 0.0 else torch.where(q > tau, q, 0.0)
+    m = rule(q, x)
+    return x.mul_(m.to(x.dtype)), m  # (the small per-unit mask converted once, not per example)
+
+
+def threshold_grad(g: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The gradient through a masked ``relu_tau`` (tau >= 0): it passes where ``out`` is non-zero."""
+    return torch.ops.aten.threshold_backward(g, out, 0.0)
+
+
+_GatedBatch = masked_node(
+    "_GatedBatch",
+    """``relu_tau(q) * m`` with ``m = rule(q, relu_tau(q))`` shared by the batch (``gated``, tau >= 0);
+    ``_GatedBatch.apply(q, tau, rule)``.
 
     Autograd through ``relu`` then ``* m`` keeps two tensors and runs two elementwise passes
     backward; here the output is masked in place and is the only thing saved: for tau >= 0 an
     output entry is non-zero exactly where ``q > tau`` and ``m`` hold, which is where the
     gradient passes (``threshold_backward``, one pass). Returns ``(out, m)``; ``m`` has no gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, q, tau, rule):  # type: ignore[override]
-        x = torch.relu(q) if tau == 0.0 else torch.where(q > tau, q, 0.0)
-        m = rule(q, x)
-        out = x.mul_(m.to(x.dtype))  # (the small per-unit mask converted once, not per example)
-        ctx.save_for_backward(out)
-        ctx.mark_non_differentiable(m)
-        return out, m
-
-    @staticmethod
-    def backward(ctx, grad, _grad_m):  # type: ignore[override]
-        (out,) = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward(grad, out, 0.0), None, None
+    """,
+    _gate_by_batch,
+    threshold_grad,
+)
 
 
 class _GatedInstance(torch.autograd.Function):

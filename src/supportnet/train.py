@@ -26,10 +26,10 @@ Run folder::
     summary.json     final figures, written last: with final.pt it marks the run finished
 
 A finished run is read-only: ``fit(cfg, resume=run)`` (and ``supportnet train --resume``) of
-one says so in one line and returns without writing (:func:`finished_note`).
+one says so in one line and returns without writing (:func:`open_resume`).
 
 Over 500 lines: the loop, its set-up (:func:`start_run`), its checkpoint and its resume
-(:func:`save_run_checkpoint`, :func:`restore`, the RNG state, :func:`_load_resume`) are one
+(:func:`save_run_checkpoint`, :func:`restore`, the RNG state, :func:`open_resume`) are one
 unit: a checkpoint holds exactly a :class:`Run`'s state, so what is saved and what is restored
 must change together with the loop that fills it, and the resume is bit-exact only while they
 do. The schedules (:mod:`supportnet.alternation`), the step (:mod:`supportnet.step`), the
@@ -58,9 +58,9 @@ from . import cuda_graphs, distributed, faults
 from .allocator import tune_allocator
 from .alternation import EpochEvent, IAlternation, Schedule, make_schedule
 from .artifacts import save_final
-from .build import build, seed_everything, to_device
+from .build import build, build_on, seed_everything, to_device  # noqa: F401  (build etc.: re-exported)
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config, from_dict, resolve_method_defaults
+from .config import Config, check_same_config, resolve_method_defaults
 from .data import DataBundle, Split, batches, epoch_order, num_batches
 from .data.adapters import from_datasets
 from .data.augment import crop_flip
@@ -70,15 +70,17 @@ from .io import atomic_write_text
 from .layers import collect_stats, configure, layer_mode, threshold_layers
 from .loggers import Loggers
 from .models import count_params
-from .optim import make_optimizer
+from .optim import lr_at, make_optimizer
 from .report import plot_run
-from .runfolder import claim_run_folder, releases_run_folders
+from .runfolder import check_run_folder, claim_run_folder, releases_run_folders
 from .solvers import solve_head
 from .step import evaluate, train_step
 
 log = logging.getLogger("supportnet")
 
-__all__ = ["fit", "evaluate", "train_step", "train_one_epoch", "evaluate_epoch", "Run", "start_run"]
+__all__ = [
+    "fit", "evaluate", "train_step", "train_one_epoch", "evaluate_epoch", "Run", "start_run", "Resume", "open_resume",
+]  # fmt: skip
 
 METRIC_DOC = {
     "epoch": "epochs completed",
@@ -100,24 +102,6 @@ METRIC_DOC = {
     "active/<layer>": "fraction of active units (sampled every train.stats_every steps)",
     "drift/<layer>": "fraction of units whose free support disagrees with the fixed one",
 }
-
-
-def lr_at(cfg: Config, step: int, steps_per_epoch: int) -> float:
-    """Learning rate multiplier at optimizer step ``step``: a linear warm-up over
-    ``train.lr_warmup`` epochs (from 0), times the schedule (per-step cosine, step decay, or a
-    linear decay that reaches 0 at the run's last step)."""
-    t = cfg.train
-    total = max(1, t.epochs * steps_per_epoch)
-    warm = t.lr_warmup * steps_per_epoch
-    ramp = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
-    if t.schedule == "cosine":
-        return ramp * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    if t.schedule == "step":
-        epoch = step // steps_per_epoch
-        return ramp * t.gamma ** sum(1 for m in t.milestones if epoch >= m)
-    if t.schedule == "linear":  # after the warm-up, down to 0 at the last step
-        return ramp * min(1.0, max(0.0, (total - step) / max(1.0, total - warm)))
-    return ramp
 
 
 # ----------------------------------------------------------------------------- the run
@@ -226,41 +210,32 @@ def start_run(
     model: nn.Module | None = None,
     *,
     step_hook: Callable | None = None,
-    resume: str | Path | None = None,
+    resume: Resume | None = None,
     strict: bool = False,
     overwrite: bool = False,
 ) -> Run:
-    """Set a run up: the config resolved and checked, the process group, the data and the
-    (seeded) model on the device, the run folder, optimizer, divergence guard, schedule, the
-    DDP / compiled wrappers, and, with ``resume``, everything the checkpoint holds. The run
-    folder is claimed (locked; another run's folder refused unless ``overwrite``) only after
-    the config, the data and the model have been checked (:mod:`supportnet.runfolder`)."""
-    rs = None
+    """Set a run up, every check first: the config checked and resolved, a taken run folder
+    refused (nothing written), the process group, the data and the seeded model on the device,
+    the optimizer, schedule, guard and DDP / compiled wrappers, then the folder claimed (locked:
+    :mod:`supportnet.runfolder`) and, with ``resume`` (:func:`open_resume`), the checkpoint restored."""
+    check_config_runs(cfg, data, step_hook)
     if resume is not None:
-        rs = _load_resume(Path(resume), cfg)
-        cfg.out = str(resume)
+        cfg.out = str(resume.folder)
     cfg = resolve_method_defaults(cfg.copy())
-    check_config_runs(cfg, data)
-    t = cfg.train
+    t, rs = cfg.train, resume.state if resume is not None else None
+    out = Path(cfg.out) if cfg.out else _default_out(cfg)
+    if rs is None:  # a taken or impossible folder is refused now, before the data is loaded
+        check_run_folder(out, overwrite=overwrite)
     if t.threads:
         torch.set_num_threads(t.threads)
     tune_allocator()  # no page faults for the same activations every step (supportnet.allocator)
-    cuda_graphs.check_run(cfg, distributed.env_world() > 1, step_hook, lazy_default(torch.device(t.device)))
-    if distributed.env_world() > 1 and cfg.head.solve != "off":
-        raise ConfigError("head.solve solves the classifier on one process's data; under torchrun set head.solve=off")
     info = distributed.setup(t.device)
     distributed.check_batch(t.batch_size, info)
     device = torch.device(f"cuda:{info.local_rank}" if info.active and t.device.startswith("cuda") else t.device)
     user_model = model is not None
-    data, model = _data_and_model(cfg, data, model, device)
-    out = Path(cfg.out) if cfg.out else _default_out(cfg)
-    if info.is_main:  # the folder is this run's (locked) until fit returns
-        claim_run_folder(out, resume=rs is not None, overwrite=overwrite)
-        if rs is None:
-            atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    data, model = build_on(cfg, device, data, model)
     lazy = lazy_default(device)
     opt = make_optimizer(model, cfg, fused=lazy)
-    guard = DivergenceGuard(model, opt, device, lazy=lazy, distributed_active=info.active)
     if step_hook is not None:
         step_hook(model, opt)
     augment_seed = t.seed if cfg.data.augment else None
@@ -268,60 +243,31 @@ def start_run(
     sharded = info.active and cfg.support.method == "i-alt" and cfg.support.backend == "stored"
     if sharded:
         sched.set_shard(info.rank, info.world)
+    guard = DivergenceGuard(model, opt, device, lazy=lazy, distributed_active=info.active)
+    net = distributed.wrap(model, info, device)
+    if info.is_main:  # the folder is this run's (locked) until fit returns
+        claim_run_folder(out, resume=rs is not None, overwrite=overwrite)
+        if rs is None:
+            atomic_write_text(out / "config.yaml", cfg.to_yaml())
     local_batch = t.batch_size // info.world if sharded else t.batch_size
     n_train = len(data.train) // info.world if sharded else len(data.train)
-    layers = threshold_layers(model)
+    steps = num_batches(n_train, local_batch)
+    n_eval = min(t.train_eval_size, len(data.train))  # free-mode training figures each epoch
+    k = max(1, t.evals_per_epoch)
     run = Run(
-        cfg, data, model, _wrap(model, info, device, cfg), opt, sched, guard, Loggers([], None), device, info, out,
-        RunState(), num_batches(n_train, local_batch), local_batch, sharded, step_hook,
+        cfg, data, model, torch.compile(net) if t.compile else net, opt, sched, guard, Loggers([], None), device,
+        info, out, RunState(), steps, local_batch, sharded, step_hook,
         # a captured step must not keep autocast's cast cache between replays
         (lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not t.cuda_graphs))
         if t.amp == "bf16" else nullcontext,
-        [name for name, _ in layers], _eval_train(data, t.train_eval_size),
+        [name for name, _ in threshold_layers(model)], data.train.take(torch.arange(n_eval)) if n_eval else None,
+        {round(j * steps / k) for j in range(1, k)} - {0, steps},  # the trace's mid-epoch test evaluations
     )  # fmt: skip
-    run.eval_at = _mid_epoch_evals(run)
     run.user_model = user_model
     if rs is not None:
         restore(run, rs, strict)
     run.loggers = Loggers(["csv", *t.loggers], out if info.is_main else None, rs["step"] if rs else None)
     return run
-
-
-def _data_and_model(cfg: Config, data, model, device) -> tuple[DataBundle, nn.Module]:
-    if model is None:
-        data, model = build(cfg, data)
-    elif data is None:
-        data, _ = build(cfg)
-    assert data is not None
-    seed_everything(cfg.train.seed)
-    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    model.to(device, memory_format=fmt)
-    if cfg.train.loader == "device":  # the whole set on the device: batches are gathers, no host copies
-        data = to_device(data, device)
-    return data, model
-
-
-def _wrap(model: nn.Module, info, device: torch.device, cfg: Config) -> nn.Module:
-    """The module the forward pass calls: DDP under torchrun, then ``torch.compile`` if asked."""
-    net = model
-    if info.active:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.train.compile:
-        net = torch.compile(net)
-    return net
-
-
-def _eval_train(data: DataBundle, size: int) -> Split | None:
-    """The first ``size`` training examples, evaluated in free mode each epoch."""
-    return data.train.take(torch.arange(min(size, len(data.train)))) if size else None
-
-
-def _mid_epoch_evals(run: Run) -> set[int]:
-    """The steps within an epoch after which the trace gets a test evaluation (evals_per_epoch)."""
-    n, k = run.steps_per_epoch, max(1, run.cfg.train.evals_per_epoch)
-    return {round(j * n / k) for j in range(1, k)} - {0, n}
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -375,8 +321,8 @@ def train_one_epoch(run: Run, epoch: int, ev: EpochEvent) -> float:
     finally:  # the learning rate a float again, the graphs' memory freed
         if graphed is not None:
             graphed.close(ep.lr or None)
-    run.guard.check_pending(st.step)
     configure(run.model, track=False, strict=False)
+    run.guard.check_pending(st.step)
     loss_sum, n_seen = ep.loss_sum.item(), ep.n_seen
     if run.info.active:
         sums = distributed.all_reduce_sum(
@@ -390,19 +336,24 @@ def train_one_epoch(run: Run, epoch: int, ev: EpochEvent) -> float:
 
 def _steps(run: Run, epoch: int, ep: _Epoch, penalised: bool, graphed: cuda_graphs.FitStep | None) -> None:
     """The epoch's steps from ``ep.steps`` on."""
-    st = run.state
-    bar = _progress(run, epoch, ep)
+    st, t = run.state, run.cfg.train
+    bar, key = _progress(run, epoch, ep)
     for x, y, idx in bar:
-        x, y, idx = _prepare(run, epoch, x, y, idx)
-        ep.lr = _set_lr(run)
-        ep.tracking = _set_tracking(run, ep.tracking)
+        x, y, idx = _prepare(run, key, x, y, idx)
+        track = st.step % t.stats_every == 0  # sample the active fraction and drift every stats_every steps
+        if track != ep.tracking:  # (set on the layers only when it changes: a walk of the model per call)
+            for _, layer in threshold_layers(run.model):
+                layer.track = track
+            ep.tracking = track
+        ep.lr = t.lr * lr_at(run.cfg, st.step, run.steps_per_epoch) * run.sched.lr_factor
+        cuda_graphs.set_lr(run.opt, ep.lr)
         if graphed is not None:  # the same step, captured once and replayed (train.cuda_graphs)
             loss = graphed(x, y, idx, ep.tracking)
         else:
             run.sched.before_step(x, idx)  # the supports of this batch (I-alt: looked up by example index)
             loss = train_step(run.net, run.opt, x, y, model=run.model, penalised=penalised, guard=run.guard,
                               step=st.step + 1, autocast=run.autocast, step_hook=run.step_hook,
-                              label_smoothing=run.cfg.train.label_smoothing)  # fmt: skip
+                              label_smoothing=t.label_smoothing)  # fmt: skip
         st.step += 1
         ep.steps += 1
         ep.loss_sum.add_(loss, alpha=y.numel())  # on the device (float64)
@@ -413,17 +364,19 @@ def _steps(run: Run, epoch: int, ep: _Epoch, penalised: bool, graphed: cuda_grap
 
 
 def _progress(run: Run, epoch: int, ep: _Epoch):
-    """This epoch's batches in the epoch's order, with a progress bar on a terminal."""
+    """This epoch's batches in the epoch's order, with a progress bar on a terminal, and the key
+    of the epoch's augmented views (the schedule's: one view per example for a stored round)."""
     from tqdm import tqdm
 
     data, t = run.data, run.cfg.train
+    key = run.sched.view_key(epoch)
     order = epoch_order(len(data.train), t.seed, epoch)
     if hasattr(data.train, "loader"):  # the workers draw this epoch's views (random-resized crops, flips)
-        data.train.key = run.sched.view_key(epoch)
+        data.train.key = key
     if run.sharded:
         order = distributed.shard_order(order, run.info, len(data.train))
     quiet = run.cfg.quiet or not run.main or not sys.stderr.isatty()  # no \r updates in log files
-    return tqdm(
+    bar = tqdm(
         batches(data.train, run.local_batch, order, start=ep.steps),
         total=run.steps_per_epoch,
         initial=ep.steps,
@@ -431,37 +384,21 @@ def _progress(run: Run, epoch: int, ep: _Epoch):
         disable=quiet,
         desc=f"epoch {epoch + 1}/{t.epochs} [{ep.ev.phase}]",
     )
+    return bar, key
 
 
-def _prepare(run: Run, epoch: int, x, y, idx):
-    """This rank's slice of the batch, its augmented view, on the device."""
+def _prepare(run: Run, key: int, x, y, idx):
+    """This rank's slice of the batch, its augmented view (``key``: the epoch's), on the device."""
     t = run.cfg.train
     if run.info.active and not run.sharded:  # this rank's slice of the global batch
         sl = distributed.local_slice(len(idx), run.info)
         x, y, idx = x[sl], y[sl], idx[sl]
     if run.cfg.data.augment and not hasattr(run.data.train, "loader"):
-        x = crop_flip(x, idx, t.seed, run.sched.view_key(epoch))  # the view: a function of (seed, key, index)
+        x = crop_flip(x, idx, t.seed, key)  # the view: a function of (seed, key, index)
     x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
     if t.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y, idx
-
-
-def _set_lr(run: Run) -> float:
-    t = run.cfg.train
-    lr = t.lr * lr_at(run.cfg, run.state.step, run.steps_per_epoch) * run.sched.lr_factor
-    cuda_graphs.set_lr(run.opt, lr)
-    return lr
-
-
-def _set_tracking(run: Run, tracking: bool | None) -> bool:
-    """Sample the active fraction and drift every ``stats_every`` steps (set on the layers only
-    when it changes: a walk of the model per call)."""
-    track = run.state.step % run.cfg.train.stats_every == 0
-    if track != tracking:
-        for _, layer in threshold_layers(run.model):
-            layer.track = track
-    return track
 
 
 def _after_step(run: Run, epoch: int, ep: _Epoch, bar, loss: torch.Tensor) -> None:
@@ -483,7 +420,8 @@ def _after_step(run: Run, epoch: int, ep: _Epoch, bar, loss: torch.Tensor) -> No
     if st.step % 20 == 0 or ckpt:
         run.guard.check_pending(st.step)
     if run.main and ckpt and ep.steps < run.steps_per_epoch:  # everything needed to continue from this step
-        run.guard.last_good = save_run_checkpoint(run, epoch, ep.steps, ep.partial(run))
+        partial = ep.partial(run)
+        run.guard.last_good = save_run_checkpoint(run, epoch, ep.steps, partial)
     if st.step % 20 == 0 and not bar.disable:
         bar.set_postfix(loss=f"{ep.loss_sum.item() / ep.n_seen:.4f}")
     if run.loggers.wants_steps and st.step % t.log_every == 0:
@@ -577,7 +515,7 @@ def fit(
     train=None,
     test=None,
     step_hook: Callable | None = None,
-    resume: str | Path | None = None,
+    resume: Resume | str | Path | None = None,
     strict: bool = False,
     overwrite: bool = False,
 ) -> Path:
@@ -598,17 +536,19 @@ def fit(
     ``load_model(run, model=skeleton)`` reads it back.
     ``step_hook(model, optimizer)``, if given, runs once before training and after every
     optimizer step (DSD uses it to hold pruned weights at zero).
-    ``resume``: a run folder; training continues from its ``checkpoint.pt`` (which may
-    be mid-epoch) and ends with the weights an uninterrupted run would have, bit for bit
-    on CPU. ``strict``: a damaged mask store is an error instead of a re-estimation.
+    ``resume``: a run folder (or its :class:`Resume`, read once by :func:`open_resume`);
+    training continues from its ``checkpoint.pt`` (which may be mid-epoch) and ends with the
+    weights an uninterrupted run would have, bit for bit on CPU.
+    ``strict``: a damaged mask store is an error instead of a re-estimation.
     ``overwrite``: a new run may replace another run's files in ``cfg.out`` (else refused;
     :mod:`supportnet.runfolder`). A ``resume`` of a finished run writes nothing: one line is
-    logged and the run folder returned (:func:`finished_note`).
+    logged and the run folder returned (:func:`open_resume`).
     """
-    note = finished_note(Path(resume), cfg) if resume is not None else None
-    if note:
-        log.warning(note)
-        return Path(resume)
+    if isinstance(resume, (str, Path)):
+        resume = open_resume(resume, cfg)
+    if resume is not None and resume.note:
+        log.warning(resume.note)
+        return resume.folder
     if train is not None:
         if test is None:
             raise ConfigError("fit(train=...) also needs test=...: the run evaluates on it after every epoch")
@@ -628,13 +568,14 @@ def fit(
 
 def save_run_checkpoint(run: Run, epoch_done: int, step_in_epoch: int, partial: dict | None) -> Path:
     """``checkpoint.pt``: everything needed to continue from this very step (see ``restore``)."""
-    st = run.state
+    st = run.state  # every state gathered first, then written at once
+    model, opt, sched, rng = run.model.state_dict(), _optimizer_state(run.opt), run.sched.state_dict(), get_rng_state()
     return save_checkpoint(
         run.out / "checkpoint.pt",
         {
-            "model": run.model.state_dict(),
-            "optimizer": _optimizer_state(run.opt),
-            "schedule": run.sched.state_dict(),
+            "model": model,
+            "optimizer": opt,
+            "schedule": sched,
             "epoch": epoch_done,
             "step": st.step,
             "step_in_epoch": step_in_epoch,
@@ -642,7 +583,7 @@ def save_run_checkpoint(run: Run, epoch_done: int, step_in_epoch: int, partial: 
             "seconds": st.seconds,
             "extra_passes": st.extra_passes,
             "config": run.cfg.to_dict(),
-            "rng": get_rng_state(),
+            "rng": rng,
             "metrics": st.rows,
             "trace": st.trace,
             "format": RESUME_FORMAT,
@@ -697,7 +638,7 @@ def restore(run: Run, rs: dict, strict: bool = False) -> None:
     set_rng_state(rs["rng"])
 
 
-RESUME_FORMAT = 2  # what a checkpoint.pt holds (see _load_resume)
+RESUME_FORMAT = 2  # what a checkpoint.pt holds (see open_resume)
 
 
 def get_rng_state() -> dict:
@@ -721,40 +662,14 @@ def set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def _load_resume(run: Path, cfg: Config) -> dict:
+@dataclass
+class Resume:
+    """A run folder to continue, read and checked once (:func:`open_resume`): ``note`` is the
+    one line to say instead where the run has finished; else ``state`` is its checkpoint."""
 
-    ck = run / "checkpoint.pt"
-    if not ck.is_file():
-        raise ConfigError(
-            f"{run} has no checkpoint.pt to resume from; pass a run folder written by "
-            f"'supportnet train' (with train.checkpoint_every or train.checkpoint_steps > 0)"
-        )
-    rs = load_checkpoint(ck, kind="resume")
-    if rs.get("format") != RESUME_FORMAT:
-        raise ConfigError(
-            f"{ck} was written by another supportnet version (resume format "
-            f"{rs.get('format')}, this one reads {RESUME_FORMAT}); start a new run"
-        )
-    check_same_config(rs["config"], cfg, run, "resume with the run's own config.yaml")
-    return rs
-
-
-def check_same_config(saved_dict: dict, cfg: Config, run: Path, fix: str) -> None:
-    """Refuse ``cfg`` unless it is the config ``run`` was started with, ``saved_dict`` (``out`` and
-    ``quiet`` aside; ``fix`` ends the one-line error)."""
-    saved = resolve_method_defaults(Config.copy(_config_from(saved_dict))).to_dict()
-    mine = resolve_method_defaults(cfg.copy()).to_dict()
-    for d in (saved, mine):
-        d.pop("out", None), d.pop("quiet", None)
-    if saved != mine:
-        diff = sorted(
-            f"{s}.{k}"
-            for s in saved
-            if isinstance(saved[s], dict)
-            for k in saved[s]
-            if saved[s][k] != mine.get(s, {}).get(k)
-        )
-        raise ConfigError(f"the config differs from the one {run} was started with ({', '.join(diff[:4])}); {fix}")
+    folder: Path
+    note: str | None = None
+    state: dict | None = None
 
 
 def is_finished(run: str | Path) -> bool:
@@ -764,26 +679,37 @@ def is_finished(run: str | Path) -> bool:
     return (run / "final.pt").is_file() and (run / "summary.json").is_file()
 
 
-def finished_note(run: Path, cfg: Config) -> str | None:
-    """The one line to say instead of resuming ``run`` if it has finished (None if it has not).
+def open_resume(run: str | Path, cfg: Config) -> Resume:
+    """The run in folder ``run``, to be resumed with ``cfg``: one file read (a finished run's
+    ``final.pt``, else ``checkpoint.pt``) and one check that ``cfg`` is the config the run was
+    started with (a ConfigError otherwise).
 
-    A finished run is read-only: nothing in it is written again. ``cfg`` must still be the
-    config it ran with (its ``final.pt``'s): another config is refused (ConfigError), since a
-    finished run cannot be continued with changes."""
-    if not is_finished(run):
-        return None
-    final = load_checkpoint(run / "final.pt", kind="final")
-    check_same_config(final["config"], cfg, run, "a finished run is not changed: start a new run with a new --out")
+    A finished run is read-only: its :class:`Resume` holds the one line to say instead (a
+    finished run cannot be continued with changes either), and nothing in it is written again."""
+    run = Path(run)
+    finished = is_finished(run)
+    ck = run / ("final.pt" if finished else "checkpoint.pt")
+    if not ck.is_file():
+        raise ConfigError(
+            f"{run} has no checkpoint.pt to resume from; pass a run folder written by "
+            f"'supportnet train' (with train.checkpoint_every or train.checkpoint_steps > 0)"
+        )
+    rs = load_checkpoint(ck, kind="final" if finished else "resume")
+    if not finished and rs.get("format") != RESUME_FORMAT:
+        raise ConfigError(
+            f"{ck} was written by another supportnet version (resume format "
+            f"{rs.get('format')}, this one reads {RESUME_FORMAT}); start a new run"
+        )
+    fix = "a finished run is not changed: start a new run with a new --out" if finished else None
+    check_same_config(rs["config"], cfg, run, fix or "resume with the run's own config.yaml")
+    if not finished:
+        return Resume(run, state=rs)
     n = cfg.train.epochs
-    return (
+    note = (
         f"{run} has already finished ({n} epoch{'s' * (n != 1)}); nothing to resume: "
         f"its files are left as they are (a new run needs a new --out)"
     )
-
-
-def _config_from(d: dict) -> Config:
-
-    return from_dict(d)
+    return Resume(run, note=note)
 
 
 def curve_point(r: dict) -> dict:
@@ -805,8 +731,9 @@ def _finite_or_none(v):
     return v if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def check_config_runs(cfg: Config, data: DataBundle | None = None) -> None:
-    """Combinations that validate field by field but cannot run (or cannot run on ``data``)."""
+def check_config_runs(cfg: Config, data: DataBundle | None = None, step_hook: Callable | None = None) -> None:
+    """Combinations that validate field by field but cannot run here (on ``data``, under
+    torchrun, with ``step_hook``): checked once, before anything is loaded or written."""
     if cfg.data.stream and cfg.train.loader == "device":
         raise ConfigError("data.stream=true decodes images on the host; it cannot use train.loader=device")
     if data is not None and not isinstance(data.train, Split):
@@ -829,3 +756,7 @@ def check_config_runs(cfg: Config, data: DataBundle | None = None) -> None:
         raise ConfigError(
             f"train.device={cfg.train.device} but no CUDA device is available; use --set train.device=cpu"
         )
+    torchrun = distributed.env_world() > 1
+    cuda_graphs.check_run(cfg, torchrun, step_hook, lazy_default(torch.device(cfg.train.device)))
+    if torchrun and cfg.head.solve != "off":
+        raise ConfigError("head.solve solves the classifier on one process's data; under torchrun set head.solve=off")

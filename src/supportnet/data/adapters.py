@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ..errors import DataError
+from .batching import Inputs, collate
 from .registry import DataBundle, Split
 
 _PROBE_ITEMS = 2  # examples read twice to tell random transforms from fixed ones
@@ -64,23 +65,6 @@ def _pair(item, i: int):
     return x, int(y)
 
 
-def _collate(items):
-    xs, ys, idx = zip(*items)
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64), torch.tensor(idx, dtype=torch.int64)
-
-
-class _Inputs:
-    """``split.x[a:b]`` / ``split.x[index]``: the inputs as one tensor (small requests only)."""
-
-    def __init__(self, split: DatasetSplit):
-        self.split = split
-
-    def __getitem__(self, key) -> torch.Tensor:
-        n = len(self.split)
-        idx = range(n)[key] if isinstance(key, slice) else torch.as_tensor(key).reshape(-1).tolist()
-        return torch.stack([self.split.item(i)[0] for i in idx])
-
-
 class DatasetSplit:
     """A map-style data set of ``(x, y)`` read by index, batched by a ``DataLoader``.
 
@@ -111,8 +95,8 @@ class DatasetSplit:
         return DatasetSplit(Subset(self.dataset, torch.as_tensor(index).tolist()), self.workers)
 
     @property
-    def x(self) -> _Inputs:
-        return _Inputs(self)
+    def x(self) -> Inputs:
+        return Inputs(len(self), self.item)
 
     @property
     def y(self) -> torch.Tensor:
@@ -149,7 +133,7 @@ class DatasetSplit:
             IndexedDataset(self.dataset),
             batch_sampler=chunks,
             num_workers=self.workers,
-            collate_fn=_collate,
+            collate_fn=collate,
         )
         yield from dl
 

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -36,3 +36,22 @@ def batches(
 
 def num_batches(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
+
+
+def collate(items) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x, y, index)`` items as one batch: the inputs stacked, labels and indices as int64
+    (the DataLoader batches of a :class:`~supportnet.data.DatasetSplit` and a folder stream)."""
+    xs, ys, idx = zip(*items)
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64), torch.tensor(idx, dtype=torch.int64)
+
+
+class Inputs:
+    """``data.x[a:b]`` / ``data.x[index]`` of a data set read by index (``read(i)`` returns
+    ``(x, ...)``; ``n`` examples): the inputs as one tensor (small requests only)."""
+
+    def __init__(self, n: int, read: Callable[[int], tuple]):
+        self.n, self.read = n, read
+
+    def __getitem__(self, key) -> torch.Tensor:
+        idx = range(self.n)[key] if isinstance(key, slice) else torch.as_tensor(key).reshape(-1).tolist()
+        return torch.stack([self.read(i)[0] for i in idx])

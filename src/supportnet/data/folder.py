@@ -24,6 +24,7 @@ import torch
 from .._optional import require
 from ..errors import DataError
 from .augment import view_randoms
+from .batching import Inputs, collate
 from .formats import imagefolder_classes, open_image
 
 MEAN = (0.485, 0.456, 0.406)
@@ -73,8 +74,9 @@ class FolderStream(torch.utils.data.Dataset):
         return FolderStream([self.paths[i] for i in idx], self.y[index], self.size, self.train, self.seed, self.workers)
 
     @property
-    def x(self) -> _Images:
-        return _Images(self)
+    def x(self) -> Inputs:
+        """Decoded images as one tensor (small requests only)."""
+        return Inputs(len(self), self.__getitem__)
 
     def _decode(self, i: int):
 
@@ -127,26 +129,10 @@ class FolderStream(torch.utils.data.Dataset):
             batch_sampler=chunks,
             num_workers=self.workers,
             pin_memory=torch.cuda.is_available(),
-            collate_fn=_collate,
+            collate_fn=collate,
             persistent_workers=False,
         )
         yield from dl
-
-
-def _collate(items):
-    xs, ys, idx = zip(*items)
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64), torch.tensor(idx, dtype=torch.int64)
-
-
-class _Images:
-    """``stream.x[a:b]`` / ``stream.x[index]``: decoded images as one tensor (small requests only)."""
-
-    def __init__(self, stream: FolderStream):
-        self.stream = stream
-
-    def __getitem__(self, key) -> torch.Tensor:
-        idx = range(len(self.stream))[key] if isinstance(key, slice) else torch.as_tensor(key).reshape(-1).tolist()
-        return torch.stack([self.stream[i][0] for i in idx])
 
 
 def load_stream(root: Path, size: int, seed: int = 0, workers: int = 4):

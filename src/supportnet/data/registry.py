@@ -80,90 +80,94 @@ _IDX_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
 
+
+def _idx_spec(name: str, md5: tuple[str, ...], urls: tuple[str, ...], raw_sha256: tuple[str, ...] = ()) -> DatasetSpec:
+    """A 10-class set of MNIST's four IDX files; the digests in :data:`_IDX_FILES`'s order."""
+    files = list(_IDX_FILES.values())
+    return DatasetSpec(name, 10, dict(_IDX_FILES), md5=dict(zip(files, md5)), raw_sha256=dict(zip(files, raw_sha256)),
+                       urls=urls, loader=_load_idx_set)  # fmt: skip
+
+
+def _cifar_spec(name: str, classes: int, archive: str, md5: str, members: dict[str, str], note: str) -> DatasetSpec:
+    """A CIFAR python-pickle tarball, read in place (its members' md5 checked)."""
+    return DatasetSpec(name, classes, {"archive": archive}, md5={archive: md5}, member_md5=members,
+                       urls=("https://www.cs.toronto.edu/~kriz/",),
+                       loader=lambda root, spec, **_: _formats().load_cifar(root, name),
+                       present=lambda d: _formats().cifar_present(d, name), note=note)  # fmt: skip
+
+
 DATASETS: dict[str, DatasetSpec] = {
-    "fashion-mnist": DatasetSpec(
+    # Published by Zalando Research (github.com/zalandoresearch/fashion-mnist README); the
+    # SHA-256 of the *decompressed* IDX bytes beside them: Debian's dataset-fashion-mnist
+    # (upstream git 55506a9) recompresses the .gz files, so their md5 differs from the
+    # published one while the content is identical; these digests were computed from that
+    # package and accept either compression.
+    "fashion-mnist": _idx_spec(
         "fashion-mnist",
-        10,
-        dict(_IDX_FILES),
-        # Published by Zalando Research (github.com/zalandoresearch/fashion-mnist README).
-        md5={
-            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-        },
-        # SHA-256 of the *decompressed* IDX bytes. Debian's dataset-fashion-mnist
-        # (upstream git 55506a9) recompresses the .gz files, so their md5 differs
-        # from the published one while the content is identical; these digests
-        # were computed from that package and accept either compression.
-        raw_sha256={
-            "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-            "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-            "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-            "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-        },
-        urls=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-        loader=_load_idx_set,
+        (
+            "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "25c81989df183df01b3e8a0aad5dffbe",
+            "bef4ecab320f06d8554ea6380940ec79",
+            "bb300cfdad3c16e7a12a480ee83cd310",
+        ),
+        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        (
+            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        ),
     ),
-    "mnist": DatasetSpec(
+    # The checksums torchvision and the mirrors publish for LeCun's files.
+    "mnist": _idx_spec(
         "mnist",
-        10,
-        dict(_IDX_FILES),
-        # The checksums torchvision and the mirrors publish for LeCun's files.
-        md5={
-            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-        },
-        urls=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
-        loader=_load_idx_set,
+        (
+            "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "d53e105ee54ea40749a09fcbcd1e9432",
+            "9fb629c4189551a2d022fa330f9573f3",
+            "ec29112dd5afa0611ce80d1b7f02629c",
+        ),
+        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
     ),
-    "kmnist": DatasetSpec(
+    # Published by ROIS-CODH (github.com/rois-codh/kmnist), as torchvision uses them.
+    "kmnist": _idx_spec(
         "kmnist",
-        10,
-        dict(_IDX_FILES),
-        # Published by ROIS-CODH (github.com/rois-codh/kmnist), as torchvision uses them.
-        md5={
-            "train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
-            "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
-            "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
-            "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134",
-        },
-        urls=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
-        loader=_load_idx_set,
+        (
+            "bdb82020997e1d708af4cf47b453dcf7",
+            "e144d726b3acfaa3e44228e80efcd344",
+            "5c965bf0a639b31b8f53240b1b52f4d7",
+            "7320c461ea6c1c855c0b718fb2a4b134",
+        ),
+        ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
     ),
-    "cifar10": DatasetSpec(
+    "cifar10": _cifar_spec(
         "cifar10",
         10,
-        {"archive": "cifar-10-python.tar.gz"},
-        md5={"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
-        member_md5={
-            "cifar-10-batches-py/data_batch_1": "c99cafc152244af753f735de768cd75f",
-            "cifar-10-batches-py/data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-            "cifar-10-batches-py/data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
-            "cifar-10-batches-py/data_batch_4": "634d18415352ddfa80567beed471001a",
-            "cifar-10-batches-py/data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-            "cifar-10-batches-py/test_batch": "40351d587109b95175f43aff81a1287e",
+        "cifar-10-python.tar.gz",
+        "c58f30108f718f92721af3b95e74349a",
+        {
+            f"cifar-10-batches-py/{k}": v
+            for k, v in (
+                ("data_batch_1", "c99cafc152244af753f735de768cd75f"),
+                ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+                ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
+                ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+                ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"),
+                ("test_batch", "40351d587109b95175f43aff81a1287e"),
+            )
         },
-        urls=("https://www.cs.toronto.edu/~kriz/",),
-        loader=lambda root, spec, **_: _formats().load_cifar(root, "cifar10"),
-        present=lambda d: _formats().cifar_present(d, "cifar10"),
-        note="python-pickle tarball (read in place, no extraction needed)",
+        "python-pickle tarball (read in place, no extraction needed)",
     ),
-    "cifar100": DatasetSpec(
+    "cifar100": _cifar_spec(
         "cifar100",
         100,
-        {"archive": "cifar-100-python.tar.gz"},
-        md5={"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"},
-        member_md5={
+        "cifar-100-python.tar.gz",
+        "eb9058c3a382ffc7106e4002c42a8d85",
+        {
             "cifar-100-python/train": "16019d7e3df5f24257cddd939b257f8d",
             "cifar-100-python/test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
         },
-        urls=("https://www.cs.toronto.edu/~kriz/",),
-        loader=lambda root, spec, **_: _formats().load_cifar(root, "cifar100"),
-        present=lambda d: _formats().cifar_present(d, "cifar100"),
-        note="python-pickle tarball, fine labels",
+        "python-pickle tarball, fine labels",
     ),
     "svhn": DatasetSpec(
         "svhn",

@@ -36,7 +36,7 @@ import threading
 import torch
 
 from ..bits import LayerBits
-from ..support import _GatedBatch, _GatedInstance, batch_support
+from ..support import _GatedBatch, _GatedInstance, batch_support, masked_node
 from . import cpu
 from .common import ENV, ENV_CHOICES, Geometry, geometry, switched_on  # noqa: F401  (the package's names)
 
@@ -273,20 +273,12 @@ def gated_backward(
     return out
 
 
-class GatedBatch(torch.autograd.Function):
-    """``(out, m)`` of :func:`batch_forward` as an autograd node; saves ``out`` only."""
-
-    @staticmethod
-    def forward(ctx, q, tau, rule, beta):  # type: ignore[override]
-        out, m = batch_forward(q, tau, rule, beta)
-        ctx.save_for_backward(out)
-        ctx.mark_non_differentiable(m)
-        return out, m
-
-    @staticmethod
-    def backward(ctx, grad, _grad_m):  # type: ignore[override]
-        (out,) = ctx.saved_tensors
-        return gated_backward(grad, out), None, None, None
+GatedBatch = masked_node(
+    "GatedBatch",
+    """``(out, m)`` of :func:`batch_forward` as an autograd node; saves ``out`` only.""",
+    lambda q, tau, rule, beta: batch_forward(q, tau, rule, beta),  # (looked up at each call)
+    lambda g, out: gated_backward(g, out),
+)
 
 
 class GatedInstance(torch.autograd.Function):
