@@ -10,8 +10,8 @@ what leaves a run, in forms that need no supportnet to use:
   ``"taus"`` maps each threshold layer's name to its ``tau``; ``"arch"`` names the registry
   model, its input shape, classes and options.
 * ``model.safetensors`` beside it: the same tensors; ``arch``, ``taus`` and ``config`` as JSON
-  and the SHA-256 of all of it in the safetensors metadata (written by a streaming writer
-  here, so memory holds one copy of the model; read by the ``safetensors`` package).
+  and the SHA-256 of all of it in the safetensors metadata (written atomically by
+  ``safetensors.torch.save_file``; read by the ``safetensors`` package, the SHA-256 checked).
 * ``supportnet export``: ``state_dict`` (a checkpoint of kind ``state_dict``, or
   ``compact`` with ``--compact``), ``safetensors``, ``torchscript`` and ``onnx``. The last two
   hold the network with every threshold layer replaced by plain PyTorch: ``nn.ReLU`` where
