@@ -366,6 +366,7 @@ INTEGRATION = (
     "tests/test_cpu_kernels.py::test_cache_is_verified_and_rebuilt",
     "tests/test_cpu_kernels.py::test_no_compiler_falls_back_to_torch_code",
     "tests/test_cpu_kernels.py::test_misspelt_switch_is_one_line_exit_2",
+    "tests/test_cpu_kernels.py::test_traced_kernels_give_the_eager_result",
     "tests/test_models.py::test_cheap_commands_do_not_import_torch",
     "tests/test_models.py::test_model_table_writer_refuses_unknown_arguments",
     "tests/test_configs.py::test_make_configs_reproduces_every_committed_config",

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -364,3 +365,28 @@ def test_misspelt_switch_is_one_line_exit_2(tmp_path):
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "SUPPORTNET_KERNELS='off' is not a choice" in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- torch.compile / torch.export
+# The checks are tests/cpu_kernels_traced.py, run in a child process: tracing imports
+# torch._inductor, which imports triton without its interpreter, and the Triton tests of
+# test_kernels.py need triton imported under it (a worker may run both files).
+
+
+@pytest.fixture(scope="module")
+def traced():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = str(Path(__file__).with_name("cpu_kernels_traced.py"))
+    r = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "check",
+    ["compiled_b_alt_step", "compiled_i_alt_step_with_the_penalty", "export_sees_the_batch_kernel", "opcheck"],
+)
+def test_traced_kernels_give_the_eager_result(traced, check):
+    """torch.compile (aot_eager) of a B- and an I-alternation step gives the eager step's bits with
+    the kernels' ops in the graph; torch.export holds the batch op; the ops pass opcheck."""
+    assert traced[check] == "ok", traced[check]

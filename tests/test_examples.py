@@ -29,7 +29,18 @@ def test_own_loop_example_trains_with_i_alternation():
 
 def test_lightning_example_trains_with_the_callback():
     pytest.importorskip("lightning")
-    p = _run("lightning.py", "--epochs", "2", "--subset", "600")
+    p = _run("lightning_callback.py", "--epochs", "2", "--subset", "600")
     assert p.returncode == 0, p.stderr[-2000:]
     acc = float(re.search(r"test acc ([0-9.]+)", p.stdout).group(1))
     assert acc > 0.2, p.stdout[-500:]
+
+
+def test_no_example_shadows_a_package():
+    """A script's folder is first on ``sys.path``: an example named like a package it imports
+    (``examples/lightning.py``) would import itself instead."""
+    import importlib.util
+
+    names = sorted(p.stem for p in (ROOT / "examples").glob("*.py"))
+    assert "lightning_callback" in names
+    assert [n for n in names if importlib.util.find_spec(n) is not None] == []
+    assert all("sys.path" not in (ROOT / "examples" / f"{n}.py").read_text() for n in names)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,6 +86,42 @@ def test_safetensors_checksum_catches_a_flipped_weight(run, tmp_path):
     bad.write_bytes(bytes(raw))
     with pytest.raises(IntegrityError, match="checksum"):
         read_safetensors(bad)
+
+
+def test_safetensors_is_written_by_the_library_atomically(tmp_path, monkeypatch):
+    """``write_safetensors`` hands the tensors and the metadata to ``safetensors.torch.save_file``,
+    writes a temporary file beside the target, and keeps the old file when the write fails."""
+    import safetensors.torch as st
+
+    from supportnet.artifacts import write_safetensors
+
+    calls = []
+    real = st.save_file
+
+    def spy(tensors, filename, metadata=None):
+        calls.append((sorted(tensors), Path(filename), dict(metadata or {})))
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(st, "save_file", spy)
+    w = torch.randn(3, 4)
+    tensors = {"a.weight": w, "b.weight": w, "c.t": torch.arange(6).view(2, 3).t()}  # tied, non-contiguous
+    out = tmp_path / "m.safetensors"
+    write_safetensors(out, tensors, {"arch": {"name": "x"}})
+    ((names, where, meta),) = calls
+    assert names == sorted(tensors) and where.parent == tmp_path and where != out and not where.exists()
+    assert meta["format"] == "supportnet-safetensors-1" and len(meta["sha256"]) == 64
+    back, info = read_safetensors(out)
+    assert info == {"arch": {"name": "x"}} and all(torch.equal(back[k], tensors[k]) for k in tensors)
+
+    def broken(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(st, "save_file", broken)
+    with pytest.raises(supportnet.SupportnetError, match="free some disk space"):
+        write_safetensors(out, {"w": torch.zeros(2)}, {})
+    assert read_safetensors(out)[1] == {"arch": {"name": "x"}}  # the previous file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no temporary left
 
 
 def test_content_digest_sees_every_value():

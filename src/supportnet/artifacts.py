@@ -10,8 +10,9 @@ support held fixed. :func:`save_final` writes it where the training loop ends:
   model, its input shape, classes and options, and ``user_model`` (the class) for a model
   the caller passed to ``fit``.
 * ``model.safetensors`` beside it: the same tensors; ``arch``, ``taus`` and ``config`` as JSON
-  and the SHA-256 of all of it in the safetensors metadata (written by a streaming writer
-  here, so memory holds one copy of the model; read by the ``safetensors`` package).
+  and the SHA-256 of all of it in the safetensors metadata (written by
+  ``safetensors.torch.save_file`` into a temporary file that is renamed into place; read
+  back by ``safetensors.torch.load_file`` and checked against the SHA-256).
 
 The other export formats and :func:`~supportnet.export.load_model` are :mod:`supportnet.export`.
 """
@@ -19,9 +20,7 @@ The other export formats and :func:`~supportnet.export.load_model` are :mod:`sup
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -29,7 +28,7 @@ from torch import nn
 from ._optional import require
 from .checkpoint import content_digest, save_checkpoint
 from .errors import IntegrityError
-from .io import atomic_write
+from .io import atomic_path
 from .layers import threshold_layers
 
 SAFETENSORS_FORMAT = "supportnet-safetensors-1"
@@ -86,52 +85,41 @@ def save_final(
 
 # ----------------------------------------------------------------------------- safetensors
 
-_ST_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-
 
 def _st_digest(tensors: dict[str, torch.Tensor], info: str) -> str:
     return content_digest({"tensors": dict(sorted(tensors.items())), "info": info}, "safetensors")
 
 
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` on the host, contiguous, none sharing memory with another (which the
+    ``safetensors`` writer refuses: tied weights are stored once per name, as ``final.pt`` loads them)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, t in sorted(tensors.items()):
+        t = t.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        if ptr is not None and ptr in seen:
+            t = t.clone()
+        elif ptr is not None:
+            seen.add(ptr)
+        out[name] = t
+    return out
+
+
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], info: dict) -> Path:
-    """Write ``tensors`` as a safetensors file, streamed (one copy of the model in memory).
+    """Write ``tensors`` as a safetensors file with ``safetensors.torch.save_file``, atomically.
 
     Its metadata holds ``format``, ``supportnet`` (``info`` as JSON) and ``sha256`` (of the
-    tensors and that JSON), which :func:`read_safetensors` checks.
+    tensors and that JSON), which :func:`read_safetensors` checks. The library writes from the
+    tensors' own memory, so memory holds one copy of the model.
     """
-    items = sorted(tensors.items())
+    st = require("safetensors.torch")
+    tensors = _unshared(tensors)
     text = json.dumps(info, sort_keys=True)
-    header: dict[str, Any] = {
-        "__metadata__": {"format": SAFETENSORS_FORMAT, "supportnet": text, "sha256": _st_digest(tensors, text)}
-    }
-    offset = 0
-    for name, t in items:
-        if t.dtype not in _ST_DTYPES:
-            raise ValueError(f"safetensors: no dtype code for {t.dtype} ({name})")
-        n = t.numel() * t.element_size()
-        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as the reference writer does
-
-    def write(f) -> None:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        for _, t in items:
-            if t.numel():
-                f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
-
-    return atomic_write(path, write)
+    meta = {"format": SAFETENSORS_FORMAT, "supportnet": text, "sha256": _st_digest(tensors, text)}
+    with atomic_path(path) as tmp:
+        st.save_file(tensors, str(tmp), metadata=meta)
+    return Path(path)
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +73,16 @@ def write_error(path: Path, e: OSError) -> SupportnetError:
     return SupportnetError(f"{where}; {fix}")
 
 
-def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Write ``path`` through ``write(fileobj)`` into a temporary file, fsync, rename.
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` for a writer that takes a file name; when the block
+    exits without error it is fsynced and renamed to ``path``.
 
-    On any failure (a full disk included) the temporary file is removed and the
-    previous ``path``, if any, is left untouched. The file gets the mode a plain
-    ``open(path, "w")`` would give it (0666 less the umask), not ``mkstemp``'s 0600.
-    A write that fails is one :class:`SupportnetError` line naming its cause (a full
-    disk, a folder in the way, a permission, a path that cannot be made).
+    On any failure (a full disk included) the temporary file is removed and the previous
+    ``path``, if any, is left untouched. The file gets the mode a plain ``open(path, "w")``
+    would give it (0666 less the umask), not ``mkstemp``'s 0600. A write that fails is one
+    :class:`SupportnetError` line naming its cause (a full disk, a folder in the way, a
+    permission, a path that cannot be made).
     """
     path = Path(path)
     tmp = None
@@ -92,11 +95,14 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             os.fchmod(fd, new_file_mode())
         except OSError:
             pass  # a file system without modes (some network mounts): keep its default
-        with os.fdopen(fd, mode) as f:
-            faults.hit("disk-full")
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        os.close(fd)
+        faults.hit("disk-full")
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)  # fsync through any descriptor flushes the file's data
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         if path.suffix == ".pt":
             faults.hit("checkpoint")  # tests: killed with the temporary file complete, not yet renamed
         os.replace(tmp, path)
@@ -111,7 +117,14 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             _unlink(tmp)
         raise
     fsync_dir(path.parent)
-    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Write ``path`` through ``write(fileobj)`` into a temporary file, fsync, rename
+    (:func:`atomic_path`: the previous file survives any failure; one-line errors)."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        write(f)
+    return Path(path)
 
 
 def _unlink(p: str) -> None:

@@ -341,7 +341,8 @@ class HardThreshold(nn.Module):
                 # fused: one saved tensor, one backward pass (same values and gradient as below);
                 # the rule's own statistics in the kernels of supportnet.kernels (Triton on CUDA, C on the CPU)
                 fused = _batch_kernels(q, self.rule) if self.given_batch_mask is None and not self.sync_inline else None
-                if fused is cpu_kernels:  # the support written into this layer's own buffer, step after step
+                if fused is cpu_kernels and not torch.compiler.is_compiling():
+                    # the support written into this layer's own buffer, step after step (compiled: the op's own)
                     self._mask_buf = cpu_kernels.mask_buffer(q, self._mask_buf)
                     out, m = cpu_kernels.gated_batch(q, self.tau, self.rule, self.beta, self._mask_buf)
                 elif fused is not None:

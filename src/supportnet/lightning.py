@@ -9,19 +9,28 @@ same seam a plain loop uses (docs/own-loop.md)::
             self.net = supportnet.convert(make_net())         # ReLU -> HardThreshold
         def training_step(self, batch, batch_idx):
             x, y, idx = batch                                 # DataLoader(supportnet.with_indices(train_set))
-            return F.cross_entropy(self.net(x), y) + supportnet.support_penalty(self.net)
+            return F.cross_entropy(self.net(x), y) + supportnet.support_penalty(self.net)  # the one line
 
-    trainer = lightning.Trainer(callbacks=[SupportCallback("i-alt", train_set, backend="stored")])
+    trainer = lightning.Trainer(callbacks=[SupportCallback("i-alt", module="net", backend="stored")])
 
+* the training set (I-alternation estimates every example's support from it) is the one
+  passed, else the trainer's training dataloader's ``dataset`` (a ``with_indices`` wrapper is
+  unwrapped), read when training starts;
 * ``on_train_epoch_start``: the schedule's ``start_epoch`` (warm-up, or a new round's support
   estimation); the mask change is logged as ``support/mask_change``;
 * ``on_train_batch_start``: the batch's supports (the batch must carry example indices);
 * ``on_train_batch_end`` / ``on_train_epoch_end``: the epoch's mean loss goes to ``end_epoch``
-  (the plateau test that starts the next round);
+  (the plateau test that starts the next round), summed on the device and read once an epoch;
+* the support-consistency penalty is the loss's to add: ``+ supportnet.support_penalty(net)``
+  in ``training_step``. A step whose penalty was computed and not read warns, once;
 * validation, test and prediction run in free mode (the threshold applies at test time), and
   the training modes come back afterwards;
-* while a support is held fixed, the optimizers' learning rates are scaled by
-  ``support.lr_scale`` (1 by default), and restored at the epoch's end.
+* while a support is held fixed, each optimizer step runs with the learning rates scaled by
+  ``support.lr_scale`` (1 by default): an optimizer step pre-hook scales them and a post-hook
+  puts back the values it found, so a learning-rate scheduler (stepped per step or per epoch)
+  sees and sets its own values;
+* the schedule's state is in Lightning checkpoints: ``Trainer.fit(..., ckpt_path=...)`` resumes
+  it (I-alternation's supports rebuilt from the round-start weights).
 
 A second-order weight phase (:class:`~supportnet.solvers.KFAC`) needs manual optimization:
 Lightning's automatic optimization hands ``step`` a closure that runs the training step and its
@@ -43,24 +52,39 @@ Needs ``pip install 'supportnet[lightning]'``.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ._optional import require
 from .alternation import Schedule, alternation
+from .data import IndexedDataset
 from .errors import ConfigError
-from .layers import configure, threshold_layers
+from .layers import HardThreshold, configure, threshold_layers
 
 L = require("lightning")
+
+
+def train_set_of(trainer) -> object:
+    """The data set of ``trainer``'s training dataloader, without its ``with_indices`` wrapper."""
+    ds = getattr(trainer.train_dataloader, "dataset", None)
+    if ds is None:
+        raise ConfigError(
+            "SupportCallback found no training set: the trainer's training dataloader has no .dataset; "
+            "pass it, SupportCallback(method, train_set, ...)"
+        )
+    return ds.dataset if isinstance(ds, IndexedDataset) else ds
 
 
 class SupportCallback(L.pytorch.Callback):
     """Weight/support alternation (paper Sec. 4) inside ``Trainer.fit``.
 
     ``method``: ``"b-alt"``, ``"i-alt"`` or ``"sgd"``; ``train``: the training set the
-    dataloader reads, by index (I-alternation estimates every example's support from it);
-    ``module``: the attribute of the LightningModule holding the converted network (default:
-    the LightningModule itself; name it for the snapshot back end, which copies it);
-    ``support``: ``support.*`` config keys (``backend="stored"``, ``warmup=1``, ...).
+    dataloader reads, by index (I-alternation estimates every example's support from it;
+    default: the trainer's training dataloader's data set); ``module``: the attribute of the
+    LightningModule holding the converted network (default: the LightningModule itself; name
+    it for the snapshot back end, which copies it); ``support``: ``support.*`` config keys
+    (``backend="stored"``, ``warmup=1``, ``lr_scale=0.5``, ...).
     """
 
     def __init__(
@@ -70,24 +94,32 @@ class SupportCallback(L.pytorch.Callback):
         self.eval_batch_size, self.support = eval_batch_size, support
         self.schedule: Schedule | None = None
         self._state: dict | None = None
-        self._loss, self._n = 0.0, 0
-        self._base_lrs: list[list[float]] = []
+        self._loss: torch.Tensor | None = None
+        self._n = 0
+        self._layers: list[HardThreshold] = []
+        self._hooks: list = []
+        self._found_lrs: dict[int, list] = {}
         self._modes: list[tuple[str, bool]] = []
+        self._warned = False
 
     def _net(self, pl_module) -> torch.nn.Module:
         return getattr(pl_module, self.module_attr) if self.module_attr else pl_module
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if self.schedule is None:
-            net = self._net(pl_module)
-            self.schedule = alternation(
-                self.method, net, self.train, device=pl_module.device, eval_batch_size=self.eval_batch_size,
-                **self.support,
-            )  # fmt: skip
-            if self._state is not None:
-                self.schedule.load_state_dict(self._state)
+    def _build(self, pl_module, train) -> None:
+        net = self._net(pl_module)
+        self.schedule = alternation(
+            self.method, net, train, device=pl_module.device, eval_batch_size=self.eval_batch_size, **self.support
+        )
+        self._layers = [layer for _, layer in threshold_layers(net)]
+        if self._state is not None:
+            self.schedule.load_state_dict(self._state)
 
-    def on_train_start(self, trainer, pl_module) -> None:
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.schedule is None and (self.train is not None or self.method != "i-alt"):
+            self._build(pl_module, self.train)  # else on_train_start, once the trainer has its dataloader
+
+    @staticmethod
+    def _refuse_automatic_kfac(trainer, pl_module) -> None:
         if not pl_module.automatic_optimization:
             return
         for opt in trainer.optimizers:
@@ -98,17 +130,34 @@ class SupportCallback(L.pytorch.Callback):
                     "training_step (docs/own-loop.md, Second-order weight phase)"
                 )
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._refuse_automatic_kfac(trainer, pl_module)
+        if self.schedule is None:
+            self._build(pl_module, self.train if self.train is not None else train_set_of(trainer))
+        for opt in trainer.optimizers:
+            self._hooks += [opt.register_step_pre_hook(self._scale_lr), opt.register_step_post_hook(self._put_lr)]
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def _scale_lr(self, opt, args, kwargs) -> None:
+        f = self.schedule.lr_factor if self.schedule is not None else 1.0
+        if f != 1.0:  # support.lr_scale while a support is held fixed
+            self._found_lrs[id(opt)] = [g["lr"] for g in opt.param_groups]
+            for g in opt.param_groups:
+                g["lr"] = g["lr"] * f
+
+    def _put_lr(self, opt, args, kwargs) -> None:
+        for g, lr in zip(opt.param_groups, self._found_lrs.pop(id(opt), [])):
+            g["lr"] = lr
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         assert self.schedule is not None
         self.schedule.device = pl_module.device
         ev = self.schedule.start_epoch(trainer.current_epoch)
-        self._loss, self._n = 0.0, 0
-        self._base_lrs = []
-        if self.schedule.lr_factor != 1.0:  # support.lr_scale while a support is held fixed
-            self._base_lrs = [[g["lr"] for g in opt.param_groups] for opt in trainer.optimizers]
-            for opt in trainer.optimizers:
-                for g in opt.param_groups:
-                    g["lr"] *= self.schedule.lr_factor
+        self._loss, self._n = None, 0
         if ev.reestimated:
             pl_module.log("support/mask_change", float(ev.mask_change), on_epoch=True, on_step=False)
 
@@ -126,15 +175,29 @@ class SupportCallback(L.pytorch.Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             n = len(batch[1])
-            self._loss += loss.detach().float().item() * n
+            part = loss.detach().float() * n  # summed where the loss lives: no host sync a step
+            self._loss = part if self._loss is None else self._loss + part
             self._n += n
+        self._check_penalty()
+
+    def _check_penalty(self) -> None:
+        unread = False
+        for layer in self._layers:
+            if layer.penalty is not None:  # computed by the forward, never added to the loss
+                unread, layer.penalty = True, None  # and its graph freed
+        if unread and not self._warned:
+            self._warned = True
+            net = f"self.{self.module_attr}" if self.module_attr else "self"
+            warnings.warn(
+                f"SupportCallback: training_step's loss does not include the support-consistency penalty; "
+                f"add + supportnet.support_penalty({net}) to it",
+                stacklevel=2,
+            )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         assert self.schedule is not None
-        for opt, lrs in zip(trainer.optimizers, self._base_lrs):
-            for g, lr in zip(opt.param_groups, lrs):
-                g["lr"] = lr
-        self.schedule.end_epoch(self._loss / max(self._n, 1))
+        mean = self._loss.item() / self._n if self._loss is not None and self._n else 0.0
+        self.schedule.end_epoch(mean)
 
     # -- evaluation in free mode ---------------------------------------------------------
     def _free(self, pl_module) -> None:

@@ -20,9 +20,10 @@ under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests chec
 torch reference on a machine without a GPU. ``SUPPORTNET_KERNELS=0`` switches both off.
 
 The activations may be any dense layout (contiguous or channels_last, 2-D to 4-D); others,
-and code traced by ``torch.compile``, take the torch path. The first use of each kernel variant
-in a process runs a self-check against the torch nodes on the device (:func:`trusted`); a variant
-that fails to compile or disagrees stays off, with one warning, and the torch code runs.
+and code traced by ``torch.compile``, take the torch path (the CPU kernels are custom ops there,
+which a traced step runs). The first use of each kernel variant in a process runs a self-check
+against the torch nodes on the device (:func:`trusted`); a variant that fails to compile or
+disagrees stays off, with one warning, and the torch code runs.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 
 from ..bits import LayerBits
 from ..support import _GatedBatch, _GatedInstance, batch_support, masked_node
-from . import cpu
+from . import cpu, cpu_ops  # noqa: F401  (cpu_ops: the CPU kernels' torch.library ops, registered)
 from .common import ENV, ENV_CHOICES, Geometry, geometry, switched_on  # noqa: F401  (the package's names)
 
 log = logging.getLogger("supportnet")

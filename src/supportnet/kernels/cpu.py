@@ -27,6 +27,10 @@ Built with the C compiler (``$CC``, else ``cc``) into ``$SUPPORTNET_CACHE/kernel
 CPU, once per machine (about 0.4 s); written atomically and checked (SHA-256, ABI number) when
 loaded. Without a compiler, or with ``SUPPORTNET_KERNELS=0``, the layers run their torch code.
 OpenMP comes from the ``libgomp`` torch itself loaded, so the kernels share torch's threads.
+
+Traced by ``torch.compile`` or ``torch.export``, the same C code runs as ``torch.library`` custom
+ops (:mod:`supportnet.kernels.cpu_ops`), with fake implementations and autograd formulas, so a
+compiled step gives the eager result; eager calls go straight to the library.
 """
 
 from __future__ import annotations
@@ -145,17 +149,22 @@ def _load(lib: Path) -> ctypes.CDLL | None:
     return dll
 
 
+_loaded: list[ctypes.CDLL | None] = []  # library()'s result, once it ran: what a traced step reads
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernels (built on first use, then loaded from the cache), or None where they
     cannot be built; :func:`status` says why. Never raises: anything wrong means the torch code."""
     with _lock:
         try:
-            return _build_and_load()
+            dll = _build_and_load()
         except Exception as e:  # noqa: BLE001 - a missing source, a home-less user, ...: the torch code
             _status["state"] = f"not available ({type(e).__name__}: {e}): torch code"
             log.warning("supportnet: CPU support kernels not available (%s); the torch code runs instead", e)
-            return None
+            dll = None
+        _loaded[:] = [dll]
+        return dll
 
 
 def _build_and_load() -> ctypes.CDLL | None:
@@ -186,7 +195,13 @@ def status() -> str:
 
 
 def enabled() -> bool:
-    """Whether the layers use the CPU kernels (builds them on the first call)."""
+    """Whether the layers use the CPU kernels (builds them on the first call).
+
+    Traced (``torch.compile``, ``torch.export``), nothing is built: the kernels are in use when an
+    eager call loaded them before (a forward pass, or this function), else the trace takes the
+    torch code."""
+    if torch.compiler.is_compiling():
+        return switched_on() and bool(_loaded) and _loaded[0] is not None
     return switched_on() and library() is not None
 
 
@@ -200,7 +215,7 @@ def usable(q: torch.Tensor, contiguous: bool = False) -> bool:
             return False
         if geometry(q) is None:
             return False
-    return not torch.compiler.is_compiling() and enabled()
+    return enabled()
 
 
 def rows_fit(q: torch.Tensor, rows: torch.Tensor, bit_off: int) -> bool:
@@ -331,12 +346,19 @@ def instance_backward(grad: torch.Tensor, out: torch.Tensor, terms: PenaltyTerms
 
 def record(q: torch.Tensor, tau: float, rows: torch.Tensor, bit_off: int) -> torch.Tensor:
     """``relu_tau(q)``, and ``1[q > tau]`` written into the packed ``rows`` (``(B, row_bytes)``
-    uint8, C-contiguous, zero where this layer's bits go) from bit ``bit_off``. ``q`` in C order."""
+    uint8, C-contiguous, zero where this layer's bits go) from bit ``bit_off``. ``q`` in C order.
+    Traced (torch.compile, torch.export): the custom op ``supportnet::cpu_record``, which writes ``rows``."""
     _check_rows(q, rows, bit_off)
+    if torch.compiler.is_compiling():
+        return torch.ops.supportnet.cpu_record(q, float(tau), rows, int(bit_off))
+    return _record(q, float(tau), rows, int(bit_off))
+
+
+def _record(q: torch.Tensor, tau: float, rows: torch.Tensor, bit_off: int) -> torch.Tensor:
     b, u = _rows_of(q)
     out = torch.empty_like(q)
     library().sn_record(  # type: ignore[union-attr]
-        q.data_ptr(), out.data_ptr(), rows.data_ptr(), rows.stride(0), int(bit_off), b, u, tau, _threads()
+        q.data_ptr(), out.data_ptr(), rows.data_ptr(), rows.stride(0), bit_off, b, u, tau, _threads()
     )
     return out
 
@@ -344,7 +366,7 @@ def record(q: torch.Tensor, tau: float, rows: torch.Tensor, bit_off: int) -> tor
 def count_above(q: torch.Tensor, tau: float) -> int | torch.Tensor:
     """The number of activations ``q > tau``: one pass in C where the kernels take ``q`` (a Python
     int), else torch's ``(q > tau).sum()`` (a tensor, on ``q``'s device)."""
-    if usable(q):
+    if usable(q) and not torch.compiler.is_compiling():  # (a Python int: a host value, not traced)
         return int(library().sn_count_above(q.data_ptr(), q.numel(), tau, _threads()))  # type: ignore[union-attr]
     return (q > tau).sum()
 
@@ -406,6 +428,8 @@ def gated_batch(
     (a uint8 buffer of :func:`mask_buffer`) the support is written there: the layers keep one per
     layer, because a new small tensor each step that lives until the next step moves the large
     activation buffers around the heap (docs/performance.md, "The CPU kernels")."""
+    if torch.compiler.is_compiling():  # torch.compile / torch.export: the custom op (a new support each call)
+        return torch.ops.supportnet.cpu_gated_batch(q, float(tau), rule, float(beta))
     holder = [mask]
     out = GatedBatch.apply(q, tau, rule, beta, holder)
     return out, holder[0].view(torch.bool)
@@ -414,4 +438,7 @@ def gated_batch(
 def gated_instance(q: torch.Tensor, bits, tau: float, penalty: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """I-alternation's fused stored support on the CPU: ``(relu_tau(q) * m, pen)`` with ``m`` read
     from ``bits`` (a :class:`~supportnet.masks.LayerBits` on the CPU)."""
+    if torch.compiler.is_compiling():  # torch.compile / torch.export: the custom op
+        out, pen, *_ = torch.ops.supportnet.cpu_gated_instance(q, bits.rows, int(bits.offset), float(tau), penalty)
+        return out, pen
     return GatedInstance.apply(q, bits.rows, bits.offset, tau, penalty)

@@ -1,23 +1,20 @@
 """I-alternation in a Lightning Trainer: supportnet.lightning.SupportCallback (docs/own-loop.md).
 
 pip install 'supportnet[lightning]'
-python examples/lightning.py                       # Fashion-MNIST if installed, else MNIST-shaped noise
-python examples/lightning.py --epochs 2 --subset 2000
+python examples/lightning_callback.py              # Fashion-MNIST if installed, else MNIST-shaped noise
+python examples/lightning_callback.py --epochs 2 --subset 2000
 """
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]  # this file is
-import lightning as L  # noqa: E402  (named lightning.py too: without the line above, it would import itself)
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-import supportnet as sn  # noqa: E402
-from supportnet.lightning import SupportCallback  # noqa: E402
+import supportnet as sn
+from supportnet.lightning import SupportCallback
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--epochs", type=int, default=3)
@@ -58,7 +55,7 @@ class Lit(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 
 
-callback = SupportCallback("i-alt", train_set, module="net", backend="stored", warmup=1)
+callback = SupportCallback("i-alt", module="net", backend="stored", warmup=1)  # the training set: the trainer's
 trainer = L.Trainer(
     max_epochs=args.epochs, callbacks=[callback], accelerator="cpu", logger=False,
     enable_checkpointing=False, enable_model_summary=False,
