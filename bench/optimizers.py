@@ -301,6 +301,20 @@ def ratio_interval(recs, base, target, key, n=2000, rng=None) -> dict:
     return out
 
 
+def _active_by_epoch(q: Queue, name: str) -> list[float] | None:
+    """The mean over the threshold layers of the active fraction at each epoch's end (metrics.csv's
+    ``active/*`` columns), or None where the run logged none: a support that switches most units off
+    shows here."""
+    path = q.root / name / "run" / "metrics.csv"
+    if not path.is_file():
+        return None
+    out = []
+    for r in csv.DictReader(open(path)):
+        v = [float(x) for k, x in r.items() if k.startswith("active/") and x not in ("", "nan")]
+        out.append(statistics.fmean(v) if v else None)
+    return out if any(x is not None for x in out) else None
+
+
 def summarize(q: Queue) -> dict:
     base = _per_seed(q, "sgd", BUDGETS)
     rows = {}
@@ -313,6 +327,7 @@ def summarize(q: Queue) -> dict:
         diverged = sorted(str(c.parent.relative_to(q.root)) for c in (q.root / m).glob("*/job.json")
                           if "diverged" in json.loads(c.read_text()))  # fmt: skip
         row = {"grid": grid, "tuning_val_acc": tuning, "diverged_runs": diverged}
+        row["tuning_active_by_epoch"] = {lr: _active_by_epoch(q, job_name(m, lr, TUNE_BUDGET, 0)) for lr in grid}
         row.update(spec=METHODS[m][0], overrides=METHODS[m][1], budgets={})
         for b, r in recs.items():
             row["budgets"][b] = {
