@@ -354,6 +354,17 @@ def summarize(q: Queue) -> dict:
             for t in TARGETS
         }
         rows[m] = row
+    for m, row in rows.items():  # a budget not every seed of which finished: its seeds' values, as such
+        part = {}
+        for b in BUDGETS:
+            lr = q.rate_for(m, b)
+            recs = {s: q.result(job_name(m, lr, b, s)) for s in SEEDS} if lr else {}
+            done = {s: r["val_acc"] for s, r in recs.items() if r}
+            if done and len(done) < len(SEEDS):
+                test = {s: recs[s]["test_acc"] for s in done}
+                part[b] = {"lr": lr, "val_acc_per_seed": done, "test_acc_per_seed": test}
+        if part:
+            row["unfinished_budgets"] = part
     extra = {f"{m}@{b}": _per_seed(q, m, [b]).get(b) for m, b in EXTRA}
     extra = {
         k: {key: _ms([r[key] for r in v.values()]) for key in ("val_acc", "test_acc")}
