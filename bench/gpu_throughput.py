@@ -47,7 +47,12 @@ def device_name(dev: torch.device) -> str:
     return f"{cpu} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def bench_model(name, shape, batch, steps, warm, repeats, dev, fast, use_compile=False, profile=False) -> dict:
+def bench_model(
+    name, shape, batch, steps, warm, repeats, dev, fast, use_compile=False, profile=False, bf16=True
+) -> dict:
+    """One model's images per second under each method. ``fast``: channels_last, and bf16 autocast
+    unless ``bf16`` is False (``--quick`` on a CPU: there bf16 convolutions take a reference path ~10x
+    slower than fp32, which made the smoke run of bench/gpu_check.sh take 8 minutes)."""
     torch.manual_seed(0)
     model = create_model(name, shape, 10).to(dev)
     fmt = torch.channels_last if fast else torch.contiguous_format
@@ -56,7 +61,7 @@ def bench_model(name, shape, batch, steps, warm, repeats, dev, fast, use_compile
     y_all = torch.randint(0, 10, (batch * 4,), device=dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     net = torch.compile(model) if use_compile else model
-    amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if fast else nullcontext
+    amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if fast and bf16 else nullcontext
     split = Split(x_all, y_all)
     balt = BAlternation(SupportConfig(method="b-alt", warmup=0), model, split, dev)
     stored = IAlternation(SupportConfig(method="i-alt", backend="stored", warmup=0), model, split, dev)
@@ -115,6 +120,7 @@ def bench_model(name, shape, batch, steps, warm, repeats, dev, fast, use_compile
         "input": "x".join(map(str, shape)),
         "batch": batch,
         "fast_path": fast,
+        "bf16": fast and bf16,
         "compile": use_compile,
         "warmup_seconds": round(compile_s, 2),
         "images_per_s": med,
@@ -146,7 +152,7 @@ def top_kernels(fn, steps: int, dev: torch.device, top: int = 12) -> list[list]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke run)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, fp32 on a CPU (a smoke run)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile on allcnn-c")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--fast-only", action="store_true", help="only bf16 + channels_last (skip fp32)")
@@ -160,14 +166,17 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
     plan = [("allcnn-c", (3, 32, 32), 256, 30, 10), ("resnet18", (3, 224, 224), 128, 15, 5)]
     if a.quick:
-        plan = [("allcnn-c", (3, 32, 32), 16, 2, 1), ("resnet18", (3, 64, 64), 4, 2, 1)]
+        plan = [("allcnn-c", (3, 32, 32), 16, 2, 1), ("resnet18", (3, 32, 32), 4, 2, 1)]
+    bf16 = not (a.quick and dev.type == "cpu")  # see bench_model
     rows: list[dict] = []
     res = {"device": device_name(dev), "rows": rows}
     make_out(ap, a.out)
     for name, shape, batch, steps, warm in plan:
         for fast in (True,) if a.fast_only else (False, True):
             try:
-                rows.append(bench_model(name, shape, batch, steps, warm, a.repeats, dev, fast, profile=a.profile))
+                rows.append(
+                    bench_model(name, shape, batch, steps, warm, a.repeats, dev, fast, profile=a.profile, bf16=bf16)
+                )
             except Exception as e:  # noqa: BLE001 - report it, keep the other rows
                 rows.append({"model": name, "fast_path": fast, "error": f"{type(e).__name__}: {str(e)[:400]}"})
             print(json.dumps(rows[-1]), flush=True)
@@ -190,7 +199,9 @@ def main() -> None:
         if "error" in r:
             print(f"| {r['model']} | failed: {r['error']} |")
             continue
-        p = ("bf16 + channels_last" if r["fast_path"] else "fp32") + (" + compile" if r["compile"] else "")
+        p = ("bf16 + channels_last" if r.get("bf16") else "channels_last" if r["fast_path"] else "fp32") + (
+            " + compile" if r["compile"] else ""
+        )
         ips, rat, mem = r["images_per_s"], r["ratio_to_sgd"], r["peak_memory_ratio_to_sgd"]
         print(
             f"| {r['model']} | {r['input']} | {r['batch']} | {p} | {'triton' if r['kernels'] else 'torch'} | "

@@ -225,6 +225,7 @@ def test_gpu_check_smoke_runs_every_step_and_writes_their_json(tmp_path):
     assert "0 step(s) failed" in (out / "gpu_check.log").read_text()
     rows = json.loads((out / "gpu_throughput.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["allcnn-c", "resnet18"] and not any("error" in r for r in rows)
+    assert not any(r["bf16"] for r in rows), "bf16 on the CPU: a reference path ~10x slower than fp32"
     for r in rows:  # every method timed and profiled
         assert set(r["images_per_s"]) == set(r["profile_top_kernels_ms_per_step"]) and r["images_per_s"]["sgd"] > 0
         assert all(r["profile_top_kernels_ms_per_step"].values())
