@@ -223,6 +223,7 @@ def run_job(q: Queue, name: str, method: str, lr: float, budget: int, seed: int)
             passes=int(float(last["passes"])),
             val_by_epoch=[float(r["val_acc"]) for r in rows],
         )
+        rec["active_by_epoch"] = _active_by_epoch(q, name)
     atomic_write_text(q.root / name / "job.json", json.dumps(rec, indent=1))
     return rec
 
@@ -304,7 +305,10 @@ def ratio_interval(recs, base, target, key, n=2000, rng=None) -> dict:
 def _active_by_epoch(q: Queue, name: str) -> list[float] | None:
     """The mean over the threshold layers of the active fraction at each epoch's end (metrics.csv's
     ``active/*`` columns), or None where the run logged none: a support that switches most units off
-    shows here."""
+    shows here. Read from the job's record where it holds them (a record outlives its run folder)."""
+    rec = q.result(name) or {}
+    if "active_by_epoch" in rec:
+        return rec["active_by_epoch"]
     path = q.root / name / "run" / "metrics.csv"
     if not path.is_file():
         return None
@@ -332,7 +336,7 @@ def summarize(q: Queue) -> dict:
         for b, r in recs.items():
             row["budgets"][b] = {
                 "lr": r[0]["lr"],
-                "per_seed": {s: {k: v for k, v in rec.items() if k != "val_by_epoch"} for s, rec in r.items()},
+                "per_seed": {s: {k: v for k, v in rec.items() if k not in ("val_by_epoch", "active_by_epoch")} for s, rec in r.items()},
                 "val_acc": _ms([rec["val_acc"] for rec in r.values()]),
                 "test_acc": _ms([rec["test_acc"] for rec in r.values()]),
                 "seconds": _ms([rec["seconds"] for rec in r.values() if "seconds" in rec]),
