@@ -1,6 +1,7 @@
 """Every command of the ``sh`` blocks of README.md, docs/install.md and docs/cli.md runs, in that
 order, as a user would paste them (the README holds the set-up and install lines, docs/cli.md
-every ``supportnet`` command).
+every ``supportnet`` command); a ``supportnet`` command through ``supportnet.cli.main`` in the test's
+process (the start-up of a fresh process is tested elsewhere: tests/test_models.py, test_hostile.py).
 
 They run in a fresh folder against a small stand-in Fashion-MNIST (the official IDX format, 5,600
 training and 200 test images of 8x8 pixels written here, found through ``$SUPPORTNET_DATA``; 5,600
@@ -89,21 +90,25 @@ def test_readme_pip_lines_name_defined_extras():
             assert set(named.split(",")) <= extras, c
 
 
-def test_readme_commands_run_in_order(workdir):
+def test_readme_commands_run_in_order(workdir, cli, monkeypatch):
+    """A ``supportnet`` command runs through ``supportnet.cli.main`` in this process (the ``cli``
+    fixture: its exit code and output are a fresh process's, without the second of start-up each);
+    ``torchrun`` in processes of its own."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), SUPPORTNET_DATA=str(workdir / "data"), HOME=str(workdir))
     env.pop("SUPPORTNET_FAULT", None)
+    monkeypatch.delenv("SUPPORTNET_FAULT", raising=False)
     for cmd in COMMANDS:
         if cmd.startswith(SETUP):
             continue
         argv = shlex.split(cmd)
         if argv[0] == "supportnet":
-            argv = [sys.executable, "-m", "supportnet", *argv[1:]]
+            p = cli(*argv[1:], cwd=workdir, env={"SUPPORTNET_DATA": env["SUPPORTNET_DATA"], "HOME": env["HOME"]})
         elif argv[0] == "torchrun":
             argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
+            p = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
         else:
             pytest.fail(f"README command of an unknown program: {cmd}")
-        p = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
-        if argv[3:6] == ["data", "check", "fashion-mnist"]:  # the stand-in files are not the published ones
+        if argv[1:4] == ["data", "check", "fashion-mnist"]:  # the stand-in files are not the published ones
             assert p.returncode == 2 and "NOT verified" in p.stdout and "Traceback" not in p.stderr, cmd
             continue
         assert p.returncode == 0, f"{cmd}\n{p.stdout[-1500:]}\n{p.stderr[-3000:]}"
