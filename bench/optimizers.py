@@ -319,6 +319,10 @@ def _active_by_epoch(q: Queue, name: str) -> list[float] | None:
     return out if any(x is not None for x in out) else None
 
 
+#: a job record's per-epoch lists, left out of the result file's per-seed values
+PER_RUN_TRACES = ("val_by_epoch", "active_by_epoch")
+
+
 def summarize(q: Queue) -> dict:
     base = _per_seed(q, "sgd", BUDGETS)
     rows = {}
@@ -336,12 +340,13 @@ def summarize(q: Queue) -> dict:
         for b, r in recs.items():
             row["budgets"][b] = {
                 "lr": r[0]["lr"],
-                "per_seed": {s: {k: v for k, v in rec.items() if k not in ("val_by_epoch", "active_by_epoch")} for s, rec in r.items()},
+                "per_seed": {s: {k: v for k, v in rec.items() if k not in PER_RUN_TRACES} for s, rec in r.items()},
                 "val_acc": _ms([rec["val_acc"] for rec in r.values()]),
                 "test_acc": _ms([rec["test_acc"] for rec in r.values()]),
                 "seconds": _ms([rec["seconds"] for rec in r.values() if "seconds" in rec]),
                 "cpu_seconds": _ms([rec["cpu_seconds"] for rec in r.values()]),
                 "passes_per_epoch": _ms([rec["passes"] / b for rec in r.values() if "passes" in rec]),
+                "seconds_per_epoch": _ms([rec["seconds"] / b for rec in r.values() if "seconds" in rec]),
             }
         big = max(BUDGETS)
         if big in recs and big in base:
@@ -349,6 +354,10 @@ def summarize(q: Queue) -> dict:
             row["test_acc_minus_sgd_at_largest_budget"] = _ms(d) | {"per_seed": d}
             p0 = statistics.fmean(base[big][x].get("passes", 0) for x in SEEDS)
             row["passes_ratio_at_largest_budget"] = statistics.fmean(recs[big][x].get("passes", 0) for x in SEEDS) / p0
+            s0 = statistics.fmean(base[big][x].get("seconds", 0) for x in SEEDS)
+            row["seconds_ratio_at_largest_budget"] = (
+                statistics.fmean(recs[big][x].get("seconds", 0) for x in SEEDS) / s0
+            )
         row["targets"] = {
             f"{t:.3f}": {
                 "epochs": ratio_interval(recs, base, t, None),

@@ -75,7 +75,8 @@ def test_docs_figure_copies_equal_their_result_files():
     """A figure a docs page shows from bench/results/ is a copy under docs/img/ (mkdocs serves only
     docs/); the copy must stay the committed result's."""
     copies = {
-        "docs/img/convergence-paper-trace.png": "bench/results/convergence-paper-fmnist-convnet-s-paper-trace.png"
+        "docs/img/convergence-paper-trace.png": "bench/results/convergence-paper-fmnist-convnet-s-paper-trace.png",
+        "docs/img/optimizers-budget.png": "bench/results/optimizers-budget.png",
     }
     for copy, original in copies.items():
         assert (ROOT / copy).read_bytes() == (ROOT / original).read_bytes(), f"cp {original} {copy}"
