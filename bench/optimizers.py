@@ -222,8 +222,8 @@ def run_job(q: Queue, name: str, method: str, lr: float, budget: int, seed: int)
             iterations=int(last["iterations"]),
             passes=int(float(last["passes"])),
             val_by_epoch=[float(r["val_acc"]) for r in rows],
+            active_by_epoch=_active_of_rows(rows),
         )
-        rec["active_by_epoch"] = _active_by_epoch(q, name)
     atomic_write_text(q.root / name / "job.json", json.dumps(rec, indent=1))
     return rec
 
@@ -302,21 +302,25 @@ def ratio_interval(recs, base, target, key, n=2000, rng=None) -> dict:
     return out
 
 
-def _active_by_epoch(q: Queue, name: str) -> list[float] | None:
+def _active_of_rows(rows: list[dict]) -> list[float] | None:
     """The mean over the threshold layers of the active fraction at each epoch's end (metrics.csv's
     ``active/*`` columns), or None where the run logged none: a support that switches most units off
-    shows here. Read from the job's record where it holds them (a record outlives its run folder)."""
+    shows here."""
+    out = []
+    for r in rows:
+        v = [float(x) for k, x in r.items() if k.startswith("active/") and x not in ("", "nan")]
+        out.append(statistics.fmean(v) if v else None)
+    return out if any(x is not None for x in out) else None
+
+
+def _active_by_epoch(q: Queue, name: str) -> list[float] | None:
+    """:func:`_active_of_rows` of a job: from its record (which outlives its run folder), else from
+    the run folder's metrics.csv (a record written before the record kept them)."""
     rec = q.result(name) or {}
     if "active_by_epoch" in rec:
         return rec["active_by_epoch"]
     path = q.root / name / "run" / "metrics.csv"
-    if not path.is_file():
-        return None
-    out = []
-    for r in csv.DictReader(open(path)):
-        v = [float(x) for k, x in r.items() if k.startswith("active/") and x not in ("", "nan")]
-        out.append(statistics.fmean(v) if v else None)
-    return out if any(x is not None for x in out) else None
+    return _active_of_rows(list(csv.DictReader(open(path)))) if path.is_file() else None
 
 
 #: a job record's per-epoch lists, left out of the result file's per-seed values
@@ -352,12 +356,9 @@ def summarize(q: Queue) -> dict:
         if big in recs and big in base:
             d = [recs[big][x]["test_acc"] - base[big][x]["test_acc"] for x in SEEDS]
             row["test_acc_minus_sgd_at_largest_budget"] = _ms(d) | {"per_seed": d}
-            p0 = statistics.fmean(base[big][x].get("passes", 0) for x in SEEDS)
-            row["passes_ratio_at_largest_budget"] = statistics.fmean(recs[big][x].get("passes", 0) for x in SEEDS) / p0
-            s0 = statistics.fmean(base[big][x].get("seconds", 0) for x in SEEDS)
-            row["seconds_ratio_at_largest_budget"] = (
-                statistics.fmean(recs[big][x].get("seconds", 0) for x in SEEDS) / s0
-            )
+            for key in ("passes", "seconds"):  # the seeds' mean, ÷ SGD's
+                mean = [statistics.fmean(r[big][x].get(key, 0) for x in SEEDS) for r in (recs, base)]
+                row[f"{key}_ratio_at_largest_budget"] = mean[0] / mean[1]
         row["targets"] = {
             f"{t:.3f}": {
                 "epochs": ratio_interval(recs, base, t, None),

@@ -94,15 +94,16 @@ def test_readme_commands_run_in_order(workdir, cli, monkeypatch):
     """A ``supportnet`` command runs through ``supportnet.cli.main`` in this process (the ``cli``
     fixture: its exit code and output are a fresh process's, without the second of start-up each);
     ``torchrun`` in processes of its own."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), SUPPORTNET_DATA=str(workdir / "data"), HOME=str(workdir))
-    env.pop("SUPPORTNET_FAULT", None)
+    monkeypatch.setenv("SUPPORTNET_DATA", str(workdir / "data"))
+    monkeypatch.setenv("HOME", str(workdir))
     monkeypatch.delenv("SUPPORTNET_FAULT", raising=False)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))  # torchrun's processes
     for cmd in COMMANDS:
         if cmd.startswith(SETUP):
             continue
         argv = shlex.split(cmd)
         if argv[0] == "supportnet":
-            p = cli(*argv[1:], cwd=workdir, env={"SUPPORTNET_DATA": env["SUPPORTNET_DATA"], "HOME": env["HOME"]})
+            p = cli(*argv[1:], cwd=workdir)
         elif argv[0] == "torchrun":
             argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
             p = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
